@@ -1,0 +1,30 @@
+# strongroom: the two commands are `make run` and `make test`; both install what is missing.
+
+CARGO ?= cargo
+
+.PHONY: deps build run test lint fmt clean
+
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --locked
+
+## Build and start the vault on the embedded defaults: ./strongroom-data, a generated master key
+## (0600), the policies in ./policies, and an admin token printed on the first start.
+run: build
+	$(CARGO) run --release --locked --bin strongroom -- serve
+
+## The whole test suite: unit, property and integration tests against a real server and RocksDB.
+test: deps
+	$(CARGO) test --locked --all-targets
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

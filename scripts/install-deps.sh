@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building strongroom needs and a fresh Debian machine lacks: libclang (bindgen
+# generates RocksDB's bindings with it) and a C++ compiler (RocksDB is C++). Idempotent: does
+# nothing when everything is there.
+set -euo pipefail
+
+missing=()
+have_libclang() {
+  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' ||
+    ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1
+}
+have_libclang || missing+=(libclang-dev)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust with rustup (https://rustup.rs) and run again" >&2
+  exit 1
+fi

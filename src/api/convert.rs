@@ -1,0 +1,100 @@
+//! Protobuf <-> domain conversions, and `Debug` for the messages that carry field values or
+//! tokens (generated with `skip_debug`): they print names, never values.
+
+use std::fmt;
+
+use super::pb;
+use crate::{
+    policy::Decision,
+    vault::{FieldInput, FieldView, ShredReceipt},
+};
+
+impl fmt::Debug for pb::Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::FieldResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FieldResult")
+            .field("name", &self.name)
+            .field("disclosure", &self.disclosure)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::CreateTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateTokenResponse")
+            .field("token", &"<redacted>")
+            .field("subject", &self.subject)
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+/// The fields of a write, borrowed from the request, with their position for error messages.
+pub(super) fn field_inputs<'a>(fields: &'a [pb::Field], input: &str) -> Vec<FieldInput<'a>> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FieldInput {
+            input: format!("{input}[{i}]"),
+            name: &f.name,
+            value: &f.value,
+        })
+        .collect()
+}
+
+impl From<Decision> for pb::Disclosure {
+    fn from(d: Decision) -> Self {
+        match d {
+            Decision::Denied => Self::Withheld,
+            Decision::Masked => Self::Masked,
+            Decision::Plain => Self::Plain,
+        }
+    }
+}
+
+/// One field of a read, for the wire. `purpose` and `roles` explain a withheld field.
+pub(super) fn field_result(
+    view: FieldView,
+    collection: &str,
+    roles: &str,
+    purpose: &str,
+) -> pb::FieldResult {
+    let reason = match view.decision {
+        Decision::Denied => format!(
+            "withheld: no rule lets {roles} read {collection}.{} for purpose {purpose}",
+            view.name
+        ),
+        Decision::Masked | Decision::Plain => String::new(),
+    };
+    pb::FieldResult {
+        name: view.name,
+        disclosure: pb::Disclosure::from(view.decision).into(),
+        value: view
+            .value
+            .map(|v| v.expose().to_owned())
+            .unwrap_or_default(),
+        reason,
+    }
+}
+
+impl From<ShredReceipt> for pb::ShredReceipt {
+    fn from(r: ShredReceipt) -> Self {
+        Self {
+            id: r.id.to_string(),
+            collection: r.collection,
+            shredded_at_unix_ms: r.shredded_at_ms,
+            data_key_destroyed: true,
+            fields_destroyed: r.fields_destroyed,
+            purged_at_unix_ms: r.purged_at_ms,
+        }
+    }
+}

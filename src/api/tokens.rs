@@ -1,0 +1,64 @@
+//! The `Tokens` service: issuing bearer tokens (admin role only).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    auth::principal,
+    pb::{self, tokens_server::Tokens},
+};
+use crate::{
+    domain::{InvalidInput, Principal, Role, Subject},
+    policy::PolicyEngine,
+    tokens::TokenRegistry,
+};
+
+/// The `Tokens` gRPC service.
+#[derive(Debug, Clone)]
+pub struct TokensApi {
+    tokens: Arc<TokenRegistry>,
+    policy: Arc<PolicyEngine>,
+}
+
+impl TokensApi {
+    /// The service over the token registry; new principals are compiled into the policy.
+    pub fn new(tokens: Arc<TokenRegistry>, policy: Arc<PolicyEngine>) -> Self {
+        Self { tokens, policy }
+    }
+}
+
+#[tonic::async_trait]
+impl Tokens for TokensApi {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = principal(&request)?;
+        let req = request.into_inner();
+        let subject = Subject::parse(&req.subject, "subject")?;
+        if req.roles.is_empty() {
+            return Err(InvalidInput::new("roles", "give at least one role").into());
+        }
+        let roles = req
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Role::parse(r, &format!("roles[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let new = Principal::new(subject, roles);
+        self.tokens.check_issue(&caller, &new)?;
+        self.policy.add_principal(new.clone()).await.map_err(|e| {
+            crate::vault::Error::Internal(format!(
+                "cannot compile the policy for a new subject: {e}"
+            ))
+        })?;
+        let token = self.tokens.issue(&new, crate::vault::now_ms())?;
+        tracing::info!(by = %caller.subject, subject = %new.subject, roles = %new.roles_text(), "token issued");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: token.to_string(),
+            subject: new.subject.as_str().to_owned(),
+            roles: new.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        }))
+    }
+}

@@ -1,0 +1,17 @@
+//! Envelope encryption. A per-record data key (DEK) seals each field on its own with
+//! XChaCha20-Poly1305; the DEK is wrapped under the master key (KEK).
+//!
+//! The only module that names the cipher crate. Depends on `domain` for ids and names only.
+
+mod envelope;
+mod kek;
+mod keys;
+
+pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek, wrap_dek};
+pub use kek::{EnvKekProvider, FileKekProvider, KekProvider, default_key_path};
+pub use keys::{Dek, DekId, Kek, KekId, WrappedDek};
+
+/// A crypto failure. Deliberately opaque: it says nothing about which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("decryption failed")]
+pub struct DecryptError;

@@ -1,0 +1,144 @@
+//! Who is calling: a namespaced subject (`svc:crm`, `user:alice`) and its roles (`role:support`).
+//!
+//! Subjects and roles live in different namespaces so that a subject named like a role gains
+//! nothing: `role:` is reserved for roles and refused as a subject.
+
+use std::fmt;
+
+use super::InvalidInput;
+
+/// The namespaces a subject may use.
+const SUBJECT_NAMESPACES: [&str; 3] = ["svc:", "user:", "app:"];
+const ROLE_NAMESPACE: &str = "role:";
+
+/// A namespaced caller identity, e.g. `svc:crm`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject(String);
+
+/// A namespaced role, e.g. `role:support`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Role(String);
+
+/// The ASCII name after a namespace prefix: `[a-z0-9][a-z0-9_.-]{0,62}`.
+fn is_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && s.len() <= 63
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+}
+
+impl Subject {
+    /// Parses a subject.
+    ///
+    /// # Errors
+    /// `InvalidInput` unless `s` is `svc:NAME`, `user:NAME` or `app:NAME`.
+    pub fn parse(s: &str, field: &str) -> Result<Self, InvalidInput> {
+        let ok = SUBJECT_NAMESPACES
+            .iter()
+            .any(|ns| s.strip_prefix(ns).is_some_and(is_name));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidInput::new(
+                field,
+                "must be a namespaced subject: svc:NAME, user:NAME or app:NAME (lowercase)",
+            ))
+        }
+    }
+
+    /// The subject as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Role {
+    /// Parses a role.
+    ///
+    /// # Errors
+    /// `InvalidInput` unless `s` is `role:NAME`.
+    pub fn parse(s: &str, field: &str) -> Result<Self, InvalidInput> {
+        if s.strip_prefix(ROLE_NAMESPACE).is_some_and(is_name) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidInput::new(
+                field,
+                "must be a namespaced role: role:NAME (lowercase)",
+            ))
+        }
+    }
+
+    /// The role as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// An authenticated caller. Only the authentication layer makes one from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Who.
+    pub subject: Subject,
+    /// With which roles (sorted, no duplicates, at least one).
+    pub roles: Vec<Role>,
+}
+
+impl Principal {
+    /// Makes a principal; roles are sorted and deduplicated.
+    pub fn new(subject: Subject, mut roles: Vec<Role>) -> Self {
+        roles.sort();
+        roles.dedup();
+        Self { subject, roles }
+    }
+
+    /// The roles joined with commas, for messages and logs.
+    pub fn roles_text(&self) -> String {
+        self.roles
+            .iter()
+            .map(Role::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_enforced() {
+        assert!(Subject::parse("svc:crm", "s").is_ok());
+        assert!(Subject::parse("user:alice.smith", "s").is_ok());
+        assert!(Subject::parse("role:admin", "s").is_err());
+        assert!(Subject::parse("admin", "s").is_err());
+        assert!(Subject::parse("svc:", "s").is_err());
+        assert!(Subject::parse("svc:CRM", "s").is_err());
+        assert!(Role::parse("role:support", "r").is_ok());
+        assert!(Role::parse("svc:crm", "r").is_err());
+        assert!(Role::parse("role:a,b", "r").is_err());
+    }
+}

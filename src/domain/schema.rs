@@ -1,0 +1,246 @@
+//! Declared collections and purposes (`policies/schema.toml`): which fields a collection has,
+//! of which type, and which purposes a read may declare. Records are not free-form.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::Deserialize;
+
+use super::{FieldName, FieldType, InvalidInput, is_identifier};
+
+/// The most fields a collection may declare: a record's field manifest is a 64-bit set.
+pub const MAX_FIELDS_PER_COLLECTION: usize = 64;
+
+/// A declared collection's name, e.g. `customers`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CollectionName(String);
+
+impl CollectionName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CollectionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CollectionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// A declared purpose of a read, e.g. `support`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Purpose(String);
+
+impl Purpose {
+    /// The purpose as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// A declared collection: its fields in declaration order.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    name: CollectionName,
+    fields: Vec<(FieldName, FieldType)>,
+}
+
+impl Collection {
+    /// The collection's name.
+    pub fn name(&self) -> &CollectionName {
+        &self.name
+    }
+
+    /// The declared fields, in declaration order.
+    pub fn fields(&self) -> &[(FieldName, FieldType)] {
+        &self.fields
+    }
+
+    /// The index of a declared field.
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|(f, _)| f.as_str() == name)
+    }
+
+    /// Parses a field name that must be declared in this collection.
+    ///
+    /// # Errors
+    /// `InvalidInput` if the name is malformed or not declared.
+    pub fn field(&self, name: &str, input: &str) -> Result<(usize, FieldType), InvalidInput> {
+        FieldName::parse(name, input)?;
+        self.field_index(name)
+            .map(|i| (i, self.fields[i].1))
+            .ok_or_else(|| {
+                InvalidInput::new(
+                    input,
+                    format!("unknown field {name:?} in collection {}", self.name),
+                )
+            })
+    }
+}
+
+/// Every declared collection and purpose.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    collections: BTreeMap<String, Collection>,
+    purposes: Vec<Purpose>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaFile {
+    purposes: Vec<String>,
+    collections: BTreeMap<String, CollectionFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CollectionFile {
+    /// Field name -> type, as an ordered list of single-entry tables or inline pairs.
+    fields: Vec<FieldFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldFile {
+    name: String,
+    #[serde(rename = "type")]
+    ty: FieldType,
+}
+
+impl Schema {
+    /// Parses `schema.toml` text.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the problem: TOML errors, unknown keys or types, bad or duplicate
+    /// names, a collection without fields, no purposes.
+    pub fn parse(text: &str) -> Result<Self, InvalidInput> {
+        let file: SchemaFile =
+            toml::from_str(text).map_err(|e| InvalidInput::new("schema.toml", e.to_string()))?;
+        let mut purposes = Vec::new();
+        for p in file.purposes {
+            if !is_identifier(&p) {
+                return Err(InvalidInput::new(
+                    "schema.toml: purposes",
+                    format!("{p:?} is not a lowercase identifier"),
+                ));
+            }
+            if purposes.iter().any(|q: &Purpose| q.as_str() == p) {
+                return Err(InvalidInput::new(
+                    "schema.toml: purposes",
+                    format!("{p:?} is declared twice"),
+                ));
+            }
+            purposes.push(Purpose(p));
+        }
+        if purposes.is_empty() {
+            return Err(InvalidInput::new(
+                "schema.toml: purposes",
+                "declare at least one purpose",
+            ));
+        }
+        let mut collections = BTreeMap::new();
+        for (name, c) in file.collections {
+            let at = format!("schema.toml: collections.{name}");
+            if !is_identifier(&name) {
+                return Err(InvalidInput::new(
+                    at,
+                    "collection name must be a lowercase identifier",
+                ));
+            }
+            if c.fields.is_empty() || c.fields.len() > MAX_FIELDS_PER_COLLECTION {
+                return Err(InvalidInput::new(
+                    at,
+                    format!("declare between 1 and {MAX_FIELDS_PER_COLLECTION} fields"),
+                ));
+            }
+            let mut fields: Vec<(FieldName, FieldType)> = Vec::new();
+            for f in c.fields {
+                let field = FieldName::parse(&f.name, &at)?;
+                if fields.iter().any(|(n, _)| *n == field) {
+                    return Err(InvalidInput::new(
+                        at,
+                        format!("field {:?} is declared twice", f.name),
+                    ));
+                }
+                fields.push((field, f.ty));
+            }
+            let name = CollectionName(name);
+            collections.insert(name.0.clone(), Collection { name, fields });
+        }
+        if collections.is_empty() {
+            return Err(InvalidInput::new(
+                "schema.toml: collections",
+                "declare at least one collection",
+            ));
+        }
+        Ok(Self {
+            collections,
+            purposes,
+        })
+    }
+
+    /// Looks up a declared collection.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming `input` if no such collection is declared.
+    pub fn collection(&self, name: &str, input: &str) -> Result<&Collection, InvalidInput> {
+        if name.is_empty() {
+            return Err(InvalidInput::new(input, "collection is required"));
+        }
+        self.collections
+            .get(name)
+            .ok_or_else(|| InvalidInput::new(input, format!("unknown collection {name:?}")))
+    }
+
+    /// Every declared collection.
+    pub fn collections(&self) -> impl Iterator<Item = &Collection> {
+        self.collections.values()
+    }
+
+    /// Every declared purpose.
+    pub fn purposes(&self) -> &[Purpose] {
+        &self.purposes
+    }
+
+    /// The index of a declared purpose.
+    pub fn purpose_index(&self, name: &str) -> Option<usize> {
+        self.purposes.iter().position(|p| p.as_str() == name)
+    }
+
+    /// Parses a purpose that must be declared.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming `input` if the purpose is missing or not declared.
+    pub fn purpose(&self, name: &str, input: &str) -> Result<(usize, Purpose), InvalidInput> {
+        if name.is_empty() {
+            return Err(InvalidInput::new(input, "a declared purpose is required"));
+        }
+        self.purpose_index(name)
+            .map(|i| (i, self.purposes[i].clone()))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.purposes.iter().map(Purpose::as_str).collect();
+                InvalidInput::new(
+                    input,
+                    format!("unknown purpose {name:?}; declared: {}", known.join(", ")),
+                )
+            })
+    }
+}

@@ -1,0 +1,230 @@
+//! The composition root: opens the store, loads the master key, the schema, the policy and the
+//! tokens, and serves the gRPC services (with health and reflection) until shut down.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::interceptor::InterceptedService, transport::Server};
+use zeroize::Zeroizing;
+
+use crate::{
+    api::{
+        RecordsApi, TokensApi,
+        auth::Authenticator,
+        pb::{self, records_server::RecordsServer, tokens_server::TokensServer},
+    },
+    config::Config,
+    crypto::{FileKekProvider, KekProvider},
+    domain::{Principal, Role, Schema, Subject},
+    policy::PolicyEngine,
+    storage::{self, Store},
+    tokens::{ADMIN_ROLE, TokenRegistry},
+    vault::{Vault, now_ms},
+};
+
+/// Why the server could not start or stopped with an error. Messages are for operators.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServerError(String);
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    /// The admin token created on the first start of an empty vault; `None` afterwards.
+    pub first_admin_token: Option<Zeroizing<String>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// Stops accepting calls, lets in-flight ones finish, and closes the store.
+    ///
+    /// # Errors
+    /// `ServerError` if the server failed while running.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after `shutdown` or a fatal error).
+    ///
+    /// # Errors
+    /// `ServerError` if the server failed.
+    pub async fn wait(&mut self) -> Result<(), ServerError> {
+        (&mut self.task)
+            .await
+            .map_err(|e| ServerError(format!("server task failed: {e}")))?
+    }
+
+    /// A sender that stops the server when sent to (or dropped by) a signal handler.
+    pub fn take_shutdown(&mut self) -> Option<oneshot::Sender<()>> {
+        self.shutdown.take()
+    }
+}
+
+fn read(dir: &std::path::Path, name: &str) -> Result<String, ServerError> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).map_err(|e| {
+        ServerError(format!("cannot read {}: {e} (set --policies to the directory holding model.conf, policy.csv and schema.toml)", path.display()))
+    })
+}
+
+/// Rewrites tonic's OUT_OF_RANGE for an oversized message into RESOURCE_EXHAUSTED, the code
+/// gRPC clients expect for a message over the limit.
+fn oversize_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers();
+    let oversize = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            String::from_utf8_lossy(m.as_bytes())
+                .replace("%20", " ")
+                .contains("length too large")
+        });
+    if oversize {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Opens everything and starts serving on `config.listen`.
+///
+/// # Errors
+/// `ServerError` with an operator-facing message: unreadable policies, a bad master key file,
+/// a store that cannot open, an address that cannot be bound.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let store: Arc<dyn Store> = Arc::new(
+        storage::open_rocks(&config.data_dir.join("db")).map_err(|e| ServerError(e.to_string()))?,
+    );
+    start_with_store(config, store).await
+}
+
+/// As `start`, over a store the caller opened (any `Store` implementation).
+///
+/// # Errors
+/// As `start`.
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> Result<Running, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let kek = FileKekProvider::new(&config.master_key_file)
+        .load()
+        .map_err(ServerError)?;
+    let schema = Arc::new(
+        Schema::parse(&read(&config.policies_dir, "schema.toml")?)
+            .map_err(|e| ServerError(format!("{}: {}", e.field, e.problem)))?,
+    );
+    let model = read(&config.policies_dir, "model.conf")?;
+    let policy_text = read(&config.policies_dir, "policy.csv")?;
+    let tokens =
+        Arc::new(TokenRegistry::load(Arc::clone(&store)).map_err(|e| ServerError(e.to_string()))?);
+
+    let mut first_admin_token = None;
+    if tokens.is_empty() {
+        let admin = Principal::new(
+            Subject::parse("user:admin", "subject").map_err(|e| ServerError(e.to_string()))?,
+            vec![Role::parse(ADMIN_ROLE, "role").map_err(|e| ServerError(e.to_string()))?],
+        );
+        first_admin_token = Some(
+            tokens
+                .issue(&admin, now_ms())
+                .map_err(|e| ServerError(e.to_string()))?,
+        );
+    }
+    let policy = Arc::new(
+        PolicyEngine::new(
+            Arc::clone(&schema),
+            model,
+            &policy_text,
+            1,
+            tokens.principals(),
+        )
+        .await
+        .map_err(|e| ServerError(format!("policies/policy.csv: {e}")))?,
+    );
+    let vault = Arc::new(Vault::new(
+        store,
+        kek,
+        schema,
+        Arc::clone(&policy),
+        config.limits,
+    ));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError(format!("cannot read the bound address: {e}")))?;
+
+    let auth = Authenticator::new(Arc::clone(&tokens));
+    let max = config.max_message_bytes;
+    let records = RecordsServer::new(RecordsApi::new(Arc::clone(&vault)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let tokens_svc = TokensServer::new(TokensApi::new(Arc::clone(&tokens), Arc::clone(&policy)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError(format!("cannot build reflection: {e}")))?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RecordsServer<RecordsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<TokensServer<TokensApi>>()
+        .await;
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted,
+        ))
+        .add_service(health)
+        .add_service(InterceptedService::new(reflection, auth.clone()))
+        .add_service(InterceptedService::new(records, auth.clone()))
+        .add_service(InterceptedService::new(tokens_svc, auth));
+    let task = tokio::spawn(async move {
+        let result = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| ServerError(format!("server failed: {e}")));
+        // Keep the reporter alive while serving; dropping it ends health watches.
+        drop(health_reporter);
+        result
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "strongroom serving");
+    Ok(Running {
+        addr,
+        first_admin_token,
+        shutdown: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,165 @@
+//! Storage: the `Store` trait, its keyspaces, and atomic batches. `rocks.rs` is the only file
+//! that names RocksDB; `memory.rs` is a second implementation the conformance tests also run.
+//!
+//! Knows nothing of records, keys or policies: it stores bytes.
+
+mod memory;
+mod rocks;
+
+use std::path::Path;
+
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+
+/// A named keyspace (a RocksDB column family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Keyspace {
+    /// Hash-chained audit events.
+    Audit,
+    /// Record headers: collection, version, wrapped DEK. Deleting one shreds the record.
+    Deks,
+    /// Blind-index entries for lookups.
+    Index,
+    /// Tokens, policy versions, KEK registry.
+    Meta,
+    /// Field ciphertexts, keyed `record id | field name`.
+    Records,
+    /// Shredded record ids, so a restored backup cannot bring a record back.
+    Tombstones,
+}
+
+impl Keyspace {
+    /// Every keyspace.
+    pub const ALL: [Self; 6] = [
+        Self::Audit,
+        Self::Deks,
+        Self::Index,
+        Self::Meta,
+        Self::Records,
+        Self::Tombstones,
+    ];
+
+    /// The column family name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Audit => "audit",
+            Self::Deks => "deks",
+            Self::Index => "index",
+            Self::Meta => "meta",
+            Self::Records => "records",
+            Self::Tombstones => "tombstones",
+        }
+    }
+}
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// One change in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Remove a key.
+    Delete(Keyspace, Vec<u8>),
+    /// Set a key.
+    Put(Keyspace, Vec<u8>, Vec<u8>),
+}
+
+/// Changes applied together or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, ks: Keyspace, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(ks, key.into(), value.into()));
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, ks: Keyspace, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(ks, key.into()));
+    }
+
+    /// The changes, in order.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A storage failure. The detail is for logs; clients see a generic message.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening the store failed.
+    #[error("cannot open the store at {path}: {detail}")]
+    Open {
+        /// The data dir.
+        path: String,
+        /// What the engine said.
+        detail: String,
+    },
+    /// A read, write, sync or purge failed.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+}
+
+/// The storage engine behind the vault.
+///
+/// Every write is durable (synced) when `write` returns `Ok`; concurrent writers share syncs.
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the engine fails.
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every key/value whose key starts with `prefix`, in key order.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the engine fails.
+    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Applies a batch atomically and durably.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the write or its sync fails; then nothing of the batch is applied.
+    fn write(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Makes deleted data under the given key prefixes leave every live file: flush all
+    /// keyspaces (so the write-ahead log holding the old values becomes obsolete), then compact
+    /// the prefixes' ranges down to and including the bottommost level.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if a flush fails.
+    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError>;
+}
+
+/// Opens the RocksDB store in `dir`, creating it and its keyspaces if needed.
+///
+/// # Errors
+/// `StoreError::Open` with the engine's message.
+pub fn open_rocks(dir: &Path) -> Result<RocksStore, StoreError> {
+    RocksStore::open(dir)
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}

@@ -1,0 +1,126 @@
+//! The RocksDB store: one column family per keyspace, compression off (ciphertext does not
+//! compress), every batch written with sync. The only file that names `rocksdb`.
+
+use std::path::Path;
+
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
+    DB, DBCompressionType, FlushOptions, Options, WriteBatch, WriteOptions,
+};
+
+use super::{Batch, KeyValue, Keyspace, Op, Store, StoreError, prefix_end};
+
+/// RocksDB behind the `Store` trait.
+pub struct RocksStore {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn io(e: rocksdb::Error) -> StoreError {
+    StoreError::Io(e.into_string())
+}
+
+fn cf_options(cache: &Cache) -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::None);
+    opts.set_bottommost_compression_type(DBCompressionType::None);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// # Errors
+    /// `StoreError::Open` with the engine's message.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let cache = Cache::new_lru_cache(64 << 20);
+        let mut db_opts = cf_options(&cache);
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // Old WAL files must not be reused or archived: they hold deleted values.
+        db_opts.set_recycle_log_file_num(0);
+        db_opts.set_wal_ttl_seconds(0);
+        db_opts.set_wal_size_limit_mb(0);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        let cfs = Keyspace::ALL
+            .iter()
+            .map(|ks| ColumnFamilyDescriptor::new(ks.name(), cf_options(&cache)));
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            detail: e.into_string(),
+        })?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, ks: Keyspace) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(ks.name())
+            .ok_or_else(|| StoreError::Io(format!("column family {} is missing", ks.name())))
+    }
+}
+
+impl Store for RocksStore {
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(ks)?, key).map_err(io)
+    }
+
+    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let cf = self.cf(ks)?;
+        let mut out = Vec::new();
+        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(cf, mode) {
+            let (key, value) = item.map_err(io)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                Op::Delete(ks, key) => wb.delete_cf(self.cf(*ks)?, key),
+                Op::Put(ks, key, value) => wb.put_cf(self.cf(*ks)?, key, value),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(wb, &opts).map_err(io)
+    }
+
+    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        let cfs = Keyspace::ALL
+            .iter()
+            .map(|ks| self.cf(*ks))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.db.flush_cfs_opt(&cfs, &flush).map_err(io)?;
+        let mut compact = CompactOptions::default();
+        compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(false);
+        for (ks, prefix) in prefixes {
+            let end = prefix_end(prefix);
+            self.db
+                .compact_range_cf_opt(self.cf(*ks)?, Some(*prefix), end.as_deref(), &compact);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! Bearer tokens: issued once, stored only as SHA-256 hashes in the `meta` keyspace, compared in
+//! constant time, each mapped to a subject and its roles.
+//!
+//! Tokens are 256 random bits, so a fast hash is enough: there is nothing to brute-force.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+};
+
+use rand::{RngCore, rngs::OsRng};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::{
+    domain::{InvalidInput, Principal, Role, Subject},
+    storage::{Batch, Keyspace, Store},
+    vault::Error,
+};
+
+const PREFIX: &[u8] = b"token/";
+const TOKEN_PREFIX: &str = "sr_";
+/// The role that may issue tokens.
+pub const ADMIN_ROLE: &str = "role:admin";
+
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    subject: String,
+    roles: Vec<String>,
+    created_at_ms: i64,
+}
+
+/// The registry of issued tokens, held in memory and in the store.
+pub struct TokenRegistry {
+    store: Arc<dyn Store>,
+    by_hash: RwLock<HashMap<[u8; 32], Principal>>,
+}
+
+impl std::fmt::Debug for TokenRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self
+            .by_hash
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("TokenRegistry")
+            .field("tokens", &n)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl TokenRegistry {
+    /// Loads every stored token.
+    ///
+    /// # Errors
+    /// `Unavailable` if the store fails, `DataLoss` if a stored token is malformed.
+    pub fn load(store: Arc<dyn Store>) -> Result<Self, Error> {
+        let mut by_hash = HashMap::new();
+        for (key, value) in store.scan_prefix(Keyspace::Meta, PREFIX)? {
+            let hash: [u8; 32] = key[PREFIX.len()..]
+                .try_into()
+                .map_err(|_| Error::DataLoss)?;
+            let stored: StoredToken =
+                serde_json::from_slice(&value).map_err(|_| Error::DataLoss)?;
+            let subject =
+                Subject::parse(&stored.subject, "subject").map_err(|_| Error::DataLoss)?;
+            let roles = stored
+                .roles
+                .iter()
+                .map(|r| Role::parse(r, "role"))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| Error::DataLoss)?;
+            by_hash.insert(hash, Principal::new(subject, roles));
+        }
+        Ok(Self {
+            store,
+            by_hash: RwLock::new(by_hash),
+        })
+    }
+
+    /// Every distinct principal that holds a token.
+    pub fn principals(&self) -> Vec<Principal> {
+        let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Principal> = Vec::new();
+        for p in map.values() {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
+    /// Whether any token exists.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// The principal a presented token stands for, if it is one we issued.
+    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+        let h = hash(presented);
+        let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+        // The map is keyed by the hash; the final comparison is constant-time all the same.
+        map.get_key_value(&h)
+            .filter(|(k, _)| bool::from(k.ct_eq(&h)))
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Checks that `by` may issue tokens and that `subject` keeps one set of roles.
+    ///
+    /// # Errors
+    /// `PermissionDenied` unless `by` holds the admin role; `InvalidArgument` if the subject
+    /// already holds tokens with other roles.
+    pub fn check_issue(&self, by: &Principal, principal: &Principal) -> Result<(), Error> {
+        if !by.roles.iter().any(|r| r.as_str() == ADMIN_ROLE) {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not issue tokens: that needs {ADMIN_ROLE}",
+                by.subject
+            )));
+        }
+        let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(other) = map
+            .values()
+            .find(|p| p.subject == principal.subject && p.roles != principal.roles)
+        {
+            return Err(InvalidInput::new(
+                "roles",
+                format!(
+                    "{} already holds tokens with roles {}; a subject has one set of roles",
+                    other.subject,
+                    other.roles_text()
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Issues a token for `principal` (already checked with `check_issue`). The token is
+    /// returned once; only its hash is stored.
+    ///
+    /// # Errors
+    /// `Unavailable` if the store fails.
+    pub fn issue(&self, principal: &Principal, now_ms: i64) -> Result<Zeroizing<String>, Error> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(secret.as_mut());
+        let token = Zeroizing::new(format!("{TOKEN_PREFIX}{}", hex::encode(secret.as_ref())));
+        let h = hash(&token);
+        let stored = StoredToken {
+            subject: principal.subject.as_str().to_owned(),
+            roles: principal
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            created_at_ms: now_ms,
+        };
+        let value = serde_json::to_vec(&stored).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut key = PREFIX.to_vec();
+        key.extend_from_slice(&h);
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Meta, key, value);
+        self.store.write(batch)?;
+        self.by_hash
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(h, principal.clone());
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    fn principal(subject: &str, role: &str) -> Principal {
+        Principal::new(
+            Subject::parse(subject, "s").unwrap_or_else(|e| panic!("{e}")),
+            vec![Role::parse(role, "r").unwrap_or_else(|e| panic!("{e}"))],
+        )
+    }
+
+    #[test]
+    fn issues_authenticates_and_reloads_storing_only_hashes() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
+        let p = principal("svc:crm", "role:writer");
+        let token = registry.issue(&p, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(registry.authenticate(&token), Some(p.clone()));
+        assert_eq!(registry.authenticate("sr_wrong"), None);
+        for (key, value) in store.scan_prefix(Keyspace::Meta, b"").unwrap_or_default() {
+            let raw = token.as_bytes();
+            assert!(!key.windows(raw.len()).any(|w| w == raw));
+            assert!(!value.windows(raw.len()).any(|w| w == raw));
+        }
+        let reloaded = TokenRegistry::load(store).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reloaded.authenticate(&token), Some(p));
+    }
+
+    #[test]
+    fn only_admins_issue_and_subjects_keep_their_roles() {
+        let registry =
+            TokenRegistry::load(Arc::new(MemoryStore::new())).unwrap_or_else(|e| panic!("{e}"));
+        let writer = principal("svc:crm", "role:writer");
+        let admin = principal("user:root", ADMIN_ROLE);
+        assert!(registry.check_issue(&writer, &writer).is_err());
+        assert!(registry.check_issue(&admin, &writer).is_ok());
+        registry.issue(&writer, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            registry
+                .check_issue(&admin, &principal("svc:crm", "role:admin"))
+                .is_err()
+        );
+        assert!(registry.check_issue(&admin, &writer).is_ok());
+    }
+}

@@ -1,0 +1,290 @@
+//! Test support: a real server on 127.0.0.1:0 over a real RocksDB in a temp dir, the generated
+//! clients, tokens for each starting role, and raw access to the store while the server is down.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use strongroom::{
+    api::pb::{self, records_client::RecordsClient},
+    client::{self, Client},
+    config::Config,
+    server::{self, Running},
+    storage::{KeyValue, Keyspace, RocksStore, Store},
+};
+use tonic::{Code, transport::Channel};
+
+/// The repository's policies directory.
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A running vault in a temp dir.
+pub struct Vault {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub admin_token: String,
+    /// The store, shared with the running server (only for vaults from `start_shared`).
+    pub shared: Option<Arc<RocksStore>>,
+}
+
+impl Vault {
+    /// Starts a fresh vault and keeps its first admin token.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut running = start_in(dir.path()).await;
+        let admin_token = running
+            .first_admin_token
+            .take()
+            .expect("first start creates an admin token")
+            .to_string();
+        Self {
+            dir,
+            running: Some(running),
+            admin_token,
+            shared: None,
+        }
+    }
+
+    /// Starts a fresh vault over a store the test keeps a handle to, to alter it while the
+    /// server runs (as an attacker with disk access would).
+    pub async fn start_shared() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let store = Arc::new(RocksStore::open(&data.join("db")).unwrap());
+        let config = Config::with(&data, "127.0.0.1:0", &policies_dir()).unwrap();
+        let mut running = server::start_with_store(config, store.clone())
+            .await
+            .unwrap();
+        let admin_token = running.first_admin_token.take().unwrap().to_string();
+        Self {
+            dir,
+            running: Some(running),
+            admin_token,
+            shared: Some(store),
+        }
+    }
+
+    /// The live store of a `start_shared` vault.
+    pub fn store(&self) -> &RocksStore {
+        self.shared.as_deref().expect("start_shared")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://{}", self.running.as_ref().unwrap().addr)
+    }
+
+    /// Clients authenticated with `token`.
+    pub async fn client(&self, token: &str) -> Client {
+        client::connect(&self.addr(), token).await.unwrap()
+    }
+
+    /// Clients authenticated as the first admin.
+    pub async fn admin(&self) -> Client {
+        self.client(&self.admin_token).await
+    }
+
+    /// A token for `subject` with `roles`, issued by the admin.
+    pub async fn token(&self, subject: &str, roles: &[&str]) -> String {
+        let mut admin = self.admin().await;
+        admin
+            .tokens
+            .create_token(pb::CreateTokenRequest {
+                subject: subject.into(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
+    /// A client with a new token for `role` (subject `svc:<role name>`).
+    pub async fn as_role(&self, role: &str) -> Client {
+        let name = role.trim_start_matches("role:");
+        let token = self.token(&format!("svc:{name}"), &[role]).await;
+        self.client(&token).await
+    }
+
+    /// An unauthenticated records client on the same server.
+    pub async fn raw_records(&self) -> RecordsClient<Channel> {
+        RecordsClient::connect(self.addr()).await.unwrap()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let running = start_in(self.dir.path()).await;
+        assert!(
+            running.first_admin_token.is_none(),
+            "a restart must not create another admin token"
+        );
+        self.running = Some(running);
+    }
+
+    /// Runs `f` on the raw store with the server stopped, then starts the server again.
+    pub async fn with_store<T>(&mut self, f: impl FnOnce(&RocksStore) -> T) -> T {
+        self.stop().await;
+        let out = {
+            let store = RocksStore::open(&self.data_dir().join("db")).unwrap();
+            f(&store)
+        };
+        self.restart().await;
+        out
+    }
+}
+
+async fn start_in(dir: &Path) -> Running {
+    let config = Config::with(&dir.join("data"), "127.0.0.1:0", &policies_dir()).unwrap();
+    server::start(config).await.unwrap()
+}
+
+/// A customer with every field type set.
+pub fn customer(tag: &str) -> Vec<pb::Field> {
+    [
+        ("name", format!("Ada {tag} Lovelace")),
+        ("email", format!("ada.{tag}@example.com")),
+        ("phone", "+44 20 7946 0958".to_owned()),
+        ("address", format!("12 St James's Square {tag}, London")),
+        ("date_of_birth", "1815-12-10".to_owned()),
+        ("ssn", "123-45-6789".to_owned()),
+        ("card_number", "4242 4242 4242 4242".to_owned()),
+        ("notes", format!("prefers email; ref {tag}")),
+    ]
+    .into_iter()
+    .map(|(name, value)| pb::Field {
+        name: name.into(),
+        value,
+    })
+    .collect()
+}
+
+pub fn field(name: &str, value: &str) -> pb::Field {
+    pb::Field {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+pub async fn create(client: &mut Client, fields: Vec<pb::Field>) -> String {
+    client
+        .records
+        .create_record(pb::CreateRecordRequest {
+            collection: "customers".into(),
+            fields,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+pub async fn get(
+    client: &mut Client,
+    id: &str,
+    purpose: &str,
+) -> Result<pb::GetRecordResponse, tonic::Status> {
+    client
+        .records
+        .get_record(pb::GetRecordRequest {
+            id: id.into(),
+            fields: vec![],
+            purpose: purpose.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `(name, disclosure, value)` of each returned field.
+pub fn view(resp: &pb::GetRecordResponse) -> Vec<(String, pb::Disclosure, String)> {
+    resp.fields
+        .iter()
+        .map(|f| {
+            (
+                f.name.clone(),
+                pb::Disclosure::try_from(f.disclosure).unwrap(),
+                f.value.clone(),
+            )
+        })
+        .collect()
+}
+
+pub fn value_of<'a>(
+    resp: &'a pb::GetRecordResponse,
+    name: &str,
+) -> Option<(&'a str, pb::Disclosure)> {
+    resp.fields.iter().find(|f| f.name == name).map(|f| {
+        (
+            f.value.as_str(),
+            pb::Disclosure::try_from(f.disclosure).unwrap(),
+        )
+    })
+}
+
+pub fn assert_code<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+) -> tonic::Status {
+    match result {
+        Ok(v) => panic!("expected {code:?}, got Ok({v:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{}", status.message());
+            status
+        }
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The files under `dir` that contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    assert!(!needle.is_empty());
+    files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+        .collect()
+}
+
+/// The record id's 16 bytes.
+pub fn id_bytes(id: &str) -> Vec<u8> {
+    hex::decode(id).unwrap()
+}
+
+/// The stored header (wrapped DEK) and `(key, ciphertext)` of each field of a record.
+pub fn stored(store: &RocksStore, id: &str) -> (Vec<u8>, Vec<KeyValue>) {
+    let key = id_bytes(id);
+    let header = store.get(Keyspace::Deks, &key).unwrap().expect("header");
+    let fields = store.scan_prefix(Keyspace::Records, &key).unwrap();
+    (header, fields)
+}
