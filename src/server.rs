@@ -74,24 +74,26 @@ fn read(dir: &std::path::Path, name: &str) -> Result<String, ServerError> {
     })
 }
 
-/// Rewrites tonic's OUT_OF_RANGE for an oversized message into RESOURCE_EXHAUSTED, the code
-/// gRPC clients expect for a message over the limit.
-fn oversize_is_resource_exhausted(
+/// Gives the client's own mistakes the client-error codes gRPC clients expect: tonic answers a
+/// message over the size limit with OUT_OF_RANGE (made RESOURCE_EXHAUSTED here) and a message
+/// that does not decode (e.g. invalid UTF-8 in a string) with INTERNAL (made INVALID_ARGUMENT).
+fn client_errors_as_client_codes(
     mut response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let headers = response.headers();
-    let oversize = headers
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"11")
-        && headers.get("grpc-message").is_some_and(|m| {
-            String::from_utf8_lossy(m.as_bytes())
-                .replace("%20", " ")
-                .contains("length too large")
-        });
-    if oversize {
+    let message = headers
+        .get("grpc-message")
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).replace("%20", " "))
+        .unwrap_or_default();
+    let code = match headers.get("grpc-status").map(http::HeaderValue::as_bytes) {
+        Some(b"11") if message.contains("message length too large") => Some("8"),
+        Some(b"13") if message.starts_with("failed to decode Protobuf message") => Some("3"),
+        Some(_) | None => None,
+    };
+    if let Some(code) = code {
         response
             .headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
+            .insert("grpc-status", http::HeaderValue::from_static(code));
     }
     response
 }
@@ -203,7 +205,7 @@ pub async fn start_with_store(
     let router = Server::builder()
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .layer(tower::util::MapResponseLayer::new(
-            oversize_is_resource_exhausted,
+            client_errors_as_client_codes,
         ))
         .add_service(health)
         .add_service(InterceptedService::new(reflection, auth.clone()))

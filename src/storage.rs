@@ -163,3 +163,80 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// One conformance suite, run against every `Store` implementation.
+#[cfg(test)]
+mod conformance {
+    use super::*;
+
+    fn suite(store: &dyn Store) {
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Records, b"ab1".to_vec(), b"one".to_vec());
+        batch.put(Keyspace::Records, b"ab2".to_vec(), b"two".to_vec());
+        batch.put(Keyspace::Records, b"ac1".to_vec(), b"other".to_vec());
+        batch.put(Keyspace::Deks, b"ab1".to_vec(), b"elsewhere".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let get = |ks, k: &[u8]| store.get(ks, k).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(get(Keyspace::Records, b"ab1").as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            get(Keyspace::Deks, b"ab1").as_deref(),
+            Some(&b"elsewhere"[..])
+        );
+        assert_eq!(get(Keyspace::Meta, b"ab1"), None);
+        let scan = store
+            .scan_prefix(Keyspace::Records, b"ab")
+            .unwrap_or_default();
+        let keys: Vec<&[u8]> = scan.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            keys,
+            [&b"ab1"[..], &b"ab2"[..]],
+            "prefix scan is ordered and bounded"
+        );
+        assert!(
+            store
+                .scan_prefix(Keyspace::Index, b"")
+                .unwrap_or_default()
+                .is_empty()
+        );
+
+        // A batch is applied in order: a put then a delete of the same key leaves nothing.
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Records, b"ab3".to_vec(), b"three".to_vec());
+        batch.delete(Keyspace::Records, b"ab3".to_vec());
+        batch.delete(Keyspace::Records, b"ab1".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(get(Keyspace::Records, b"ab3"), None);
+        assert_eq!(get(Keyspace::Records, b"ab1"), None);
+        assert_eq!(get(Keyspace::Records, b"ab2").as_deref(), Some(&b"two"[..]));
+        store
+            .purge(&[(Keyspace::Records, b"ab")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            get(Keyspace::Records, b"ab2").as_deref(),
+            Some(&b"two"[..]),
+            "purge keeps live data"
+        );
+        assert_eq!(
+            get(Keyspace::Records, b"ac1").as_deref(),
+            Some(&b"other"[..])
+        );
+    }
+
+    #[test]
+    fn memory_store_conforms() {
+        suite(&MemoryStore::new());
+    }
+
+    #[test]
+    fn rocks_store_conforms() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        suite(&RocksStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}

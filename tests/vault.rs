@@ -1023,3 +1023,41 @@ async fn concurrent_updates_of_one_record_lose_nothing() {
     let resp = get(&mut admin, &id, "support").await.unwrap();
     assert_eq!(resp.version, 17);
 }
+
+/// A `CreateRecordRequest` whose `collection` (field 1) is raw bytes, to send invalid UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCreate {
+    #[prost(bytes = "vec", tag = "1")]
+    collection: Vec<u8>,
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_invalid_argument() {
+    let vault = Vault::start_shared().await;
+    let channel = tonic::transport::Endpoint::from_shared(vault.addr())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(RawCreate {
+        collection: vec![b'c', 0xff, 0xfe],
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", vault.admin_token).parse().unwrap(),
+    );
+    let codec = tonic_prost::ProstCodec::<RawCreate, pb::CreateRecordResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/strongroom.v1.Records/CreateRecord");
+    let status = assert_code(
+        grpc.unary(request, path, codec).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        status.message().contains("collection"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(record_count(vault.store()), (0, 0));
+}
