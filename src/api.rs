@@ -5,10 +5,12 @@
 
 pub mod auth;
 mod convert;
+mod policies;
 mod records;
 pub mod status;
 mod tokens;
 
+pub use policies::PoliciesApi;
 pub use records::RecordsApi;
 pub use tokens::TokensApi;
 

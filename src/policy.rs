@@ -7,14 +7,16 @@
 //! under a `ReadPermit`, and only this module can make one.
 
 mod compile;
+mod explain;
 mod rules;
 
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::domain::{Collection, Principal, Purpose, Schema};
 
-pub use compile::DecisionTable;
-pub use rules::{Action, PolicyError, PolicyText};
+pub use compile::{DecisionChange, DecisionTable};
+pub use explain::MatchedRule;
+pub use rules::{Action, MAX_ROLE_DEPTH, PolicyError, PolicyText};
 
 /// What a caller may see of one field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,8 +72,30 @@ pub struct Refusal {
 }
 
 struct Current {
-    text: PolicyText,
+    text: Arc<PolicyText>,
     table: Arc<DecisionTable>,
+}
+
+/// The answer to "may S do A on F for P, and why?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// `plain`, `masked` or `denied` for reads; `allowed` or `denied` for writes and deletes.
+    pub outcome: &'static str,
+    /// Every rule that matched, allow and deny alike, in policy order.
+    pub matched: Vec<MatchedRule>,
+    /// One sentence saying why.
+    pub summary: String,
+    /// The policy version that answered.
+    pub policy_version: u64,
+}
+
+/// Why a policy change failed: the policy was invalid, or it could not be persisted.
+#[derive(Debug)]
+pub enum ReplaceError<E> {
+    /// Persisting the new version failed; the running policy stays.
+    Persist(E),
+    /// The policy is invalid; the running policy stays.
+    Policy(PolicyError),
 }
 
 /// The live policy: its text, its compiled table, and the principals it was compiled for.
@@ -79,6 +103,7 @@ pub struct PolicyEngine {
     schema: Arc<Schema>,
     model: String,
     current: RwLock<Arc<Current>>,
+    /// Serializes changes (policy replacements and new principals); reads never take it.
     principals: tokio::sync::Mutex<Vec<Principal>>,
 }
 
@@ -102,24 +127,79 @@ impl PolicyEngine {
         version: u64,
         principals: Vec<Principal>,
     ) -> Result<Self, PolicyError> {
+        compile::check_model(&model)?;
         let text = PolicyText::parse(policy, &schema, version)?;
         let table = compile::compile(&model, &text, &schema, &principals).await?;
         Ok(Self {
             schema,
             model,
             current: RwLock::new(Arc::new(Current {
-                text,
+                text: Arc::new(text),
                 table: Arc::new(table),
             })),
             principals: tokio::sync::Mutex::new(principals),
         })
     }
 
+    fn current(&self) -> Arc<Current> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&current)
+    }
+
     /// The current decision table. Readers keep the `Arc` for one request: a change in between
     /// is seen whole by the next request, never half.
     pub fn table(&self) -> Arc<DecisionTable> {
-        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(&current.table)
+        Arc::clone(&self.current().table)
+    }
+
+    /// The current policy text.
+    pub fn text(&self) -> Arc<PolicyText> {
+        Arc::clone(&self.current().text)
+    }
+
+    /// Validates and compiles a candidate policy aside, against the current principals,
+    /// without installing it.
+    ///
+    /// # Errors
+    /// `PolicyError` naming the line and problem.
+    pub async fn compile_candidate(
+        &self,
+        policy: &str,
+        version: u64,
+    ) -> Result<(PolicyText, DecisionTable), PolicyError> {
+        let principals = self.principals.lock().await.clone();
+        let text = PolicyText::parse(policy, &self.schema, version)?;
+        let table = compile::compile(&self.model, &text, &self.schema, &principals).await?;
+        Ok((text, table))
+    }
+
+    /// Replaces the live policy: validates and compiles `policy` aside, calls `persist` with
+    /// the validated text and the decision changes, and only if that succeeds swaps the new
+    /// table in. Reads are never blocked: they see the old table or the new one.
+    ///
+    /// # Errors
+    /// `ReplaceError::Policy` if the policy is invalid, `ReplaceError::Persist` if `persist`
+    /// fails; in both cases the running policy stays.
+    pub async fn replace<T, E>(
+        &self,
+        policy: &str,
+        version: u64,
+        persist: impl FnOnce(&PolicyText, &[DecisionChange]) -> Result<T, E>,
+    ) -> Result<T, ReplaceError<E>> {
+        let principals = self.principals.lock().await;
+        let text =
+            PolicyText::parse(policy, &self.schema, version).map_err(ReplaceError::Policy)?;
+        let table = compile::compile(&self.model, &text, &self.schema, &principals)
+            .await
+            .map_err(ReplaceError::Policy)?;
+        let changes = self.table().changes_to(&table);
+        let out = persist(&text, &changes).map_err(ReplaceError::Persist)?;
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(Current {
+            text: Arc::new(text),
+            table: Arc::new(table),
+        });
+        Ok(out)
     }
 
     /// Adds a principal (e.g. for a newly issued token) and recompiles the table for it.
@@ -132,12 +212,8 @@ impl PolicyEngine {
             return Ok(());
         }
         principals.push(principal);
-        let text = {
-            let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-            current.text.clone()
-        };
-        let table = compile::compile(&self.model, &text, &self.schema, &principals).await;
-        match table {
+        let text = self.text();
+        match compile::compile(&self.model, &text, &self.schema, &principals).await {
             Ok(table) => {
                 let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
                 *current = Arc::new(Current {
@@ -151,6 +227,92 @@ impl PolicyEngine {
                 Err(e)
             }
         }
+    }
+
+    /// Explains the decision for `name` (a subject or a role) doing `action` on `object`
+    /// (`collection.field`, or `collection.*` for delete) for `purpose` (`*` for writes and
+    /// deletes).
+    ///
+    /// # Errors
+    /// `PolicyError::Line` (line 0) naming the malformed part of the question.
+    pub async fn explain(
+        &self,
+        name: &str,
+        action: Action,
+        object: &str,
+        purpose: &str,
+    ) -> Result<Explanation, PolicyError> {
+        let bad = |problem: String| PolicyError::Line { line: 0, problem };
+        let (collection, field) = object
+            .split_once('.')
+            .ok_or_else(|| bad(format!("object {object:?} must be <collection>.<field>")))?;
+        let coll = self
+            .schema
+            .collection(collection, "object")
+            .map_err(|e| bad(e.problem))?;
+        let field_index = match (action, field) {
+            (Action::Delete, "*") => None,
+            (Action::Delete, _) => return Err(bad("delete is asked of <collection>.*".into())),
+            (_, f) => Some(coll.field(f, "object").map_err(|e| bad(e.problem))?.0),
+        };
+        let purpose = match action {
+            Action::Delete | Action::Write => "*",
+            Action::Read | Action::ReadMasked => {
+                self.schema
+                    .purpose(purpose, "purpose")
+                    .map_err(|e| bad(e.problem))?;
+                purpose
+            }
+        };
+        let principals = self.principals.lock().await.clone();
+        let current = self.current();
+        let actions: &[Action] = match action {
+            Action::Read | Action::ReadMasked => &[Action::Read, Action::ReadMasked],
+            Action::Delete => &[Action::Delete],
+            Action::Write => &[Action::Write],
+        };
+        let matched =
+            explain::matching_rules(&current.text, &principals, name, actions, object, purpose);
+        let outcome = match (action, field_index) {
+            (Action::Read | Action::ReadMasked, Some(f)) => {
+                match current.table.read_by_name(name, coll, f, purpose) {
+                    Decision::Denied => "denied",
+                    Decision::Masked => "masked",
+                    Decision::Plain => "plain",
+                }
+            }
+            (Action::Write, Some(f)) => {
+                if current.table.write_by_name(name, coll, f) {
+                    "allowed"
+                } else {
+                    "denied"
+                }
+            }
+            (Action::Delete, _) | (_, None) => {
+                if current.table.delete_by_name(name, coll) {
+                    "allowed"
+                } else {
+                    "denied"
+                }
+            }
+        };
+        let summary = if matched.is_empty() {
+            "no rule matched: default deny".to_owned()
+        } else if matched.iter().any(|m| !m.allow && m.action == action) {
+            format!("{outcome}: a deny rule matched, and deny overrides allow")
+        } else {
+            let lines: Vec<String> = matched.iter().map(|m| m.line.to_string()).collect();
+            format!(
+                "{outcome}: decided by the rule(s) on line(s) {}",
+                lines.join(", ")
+            )
+        };
+        Ok(Explanation {
+            outcome,
+            matched,
+            summary,
+            policy_version: current.table.version(),
+        })
     }
 }
 

@@ -10,14 +10,17 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        RecordsApi, TokensApi,
+        PoliciesApi, RecordsApi, TokensApi,
         auth::Authenticator,
-        pb::{self, records_server::RecordsServer, tokens_server::TokensServer},
+        pb::{
+            self, policies_server::PoliciesServer, records_server::RecordsServer,
+            tokens_server::TokensServer,
+        },
     },
     config::Config,
     crypto::{FileKekProvider, KekProvider},
     domain::{Principal, Role, Schema, Subject},
-    policy::PolicyEngine,
+    governance::Governance,
     storage::{self, Store},
     tokens::{ADMIN_ROLE, TokenRegistry},
     vault::{Vault, now_ms},
@@ -154,17 +157,18 @@ pub async fn start_with_store(
                 .map_err(|e| ServerError(e.to_string()))?,
         );
     }
-    let policy = Arc::new(
-        PolicyEngine::new(
+    let governance = Arc::new(
+        Governance::open(
+            Arc::clone(&store),
             Arc::clone(&schema),
             model,
             &policy_text,
-            1,
             tokens.principals(),
         )
         .await
-        .map_err(|e| ServerError(format!("policies/policy.csv: {e}")))?,
+        .map_err(ServerError)?,
     );
+    let policy = governance.engine();
     let vault = Arc::new(Vault::new(
         store,
         kek,
@@ -186,6 +190,9 @@ pub async fn start_with_store(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let tokens_svc = TokensServer::new(TokensApi::new(Arc::clone(&tokens), Arc::clone(&policy)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let policies = PoliciesServer::new(PoliciesApi::new(Arc::clone(&governance)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let reflection = tonic_reflection::server::Builder::configure()
@@ -210,6 +217,7 @@ pub async fn start_with_store(
         .add_service(health)
         .add_service(InterceptedService::new(reflection, auth.clone()))
         .add_service(InterceptedService::new(records, auth.clone()))
+        .add_service(InterceptedService::new(policies, auth.clone()))
         .add_service(InterceptedService::new(tokens_svc, auth));
     let task = tokio::spawn(async move {
         let result = router

@@ -54,6 +54,9 @@ pub enum Error {
     /// The request is malformed.
     #[error(transparent)]
     InvalidArgument(#[from] InvalidInput),
+    /// No such policy version.
+    #[error("no policy version {0}")]
+    NoSuchVersion(u64),
     /// No such record (never existed or shredded: the two are indistinguishable).
     #[error("record not found")]
     NotFound,

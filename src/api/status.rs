@@ -28,6 +28,7 @@ impl From<Error> for Status {
                 Status::internal(format!("internal error (request id {id})"))
             }
             Error::InvalidArgument(input) => Status::from(input),
+            Error::NoSuchVersion(v) => Status::not_found(format!("no policy version {v}")),
             Error::NotFound => Status::not_found("record not found"),
             Error::PermissionDenied(msg) => Status::permission_denied(msg),
             Error::Unavailable(detail) => {

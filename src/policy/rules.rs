@@ -6,11 +6,16 @@
 //! ```
 //!
 //! Validation fails closed, naming the line: unknown collections, fields, actions or purposes,
-//! subjects outside their namespace, write/delete rules bound to a purpose, and role cycles.
+//! subjects outside their namespace, write/delete rules bound to a purpose, role cycles, and
+//! role chains deeper than casbin evaluates.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::domain::{Role, Schema, Subject};
+
+/// The longest role chain a policy may hold. casbin's role manager stops at 10 hops; a token's
+/// own grant adds one, and we keep a margin so no chain is ever cut short.
+pub const MAX_ROLE_DEPTH: usize = 8;
 
 /// An action a rule can allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +31,9 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action.
+    pub const ALL: [Self; 4] = [Self::Delete, Self::Read, Self::ReadMasked, Self::Write];
+
     /// The action as written in policy lines.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,14 +44,13 @@ impl Action {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
-        [Self::Delete, Self::Read, Self::ReadMasked, Self::Write]
-            .into_iter()
-            .find(|a| a.as_str() == s)
+    /// Parses an action name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 
-/// A policy that cannot be applied, or a model casbin cannot load.
+/// A policy that cannot be applied, or a model this vault cannot evaluate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     /// A policy line is wrong.
@@ -59,13 +66,18 @@ pub enum PolicyError {
     Model(String),
 }
 
-/// One validated rule.
+/// One validated rule, with the line it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Rule {
     /// `g, member, role`: member (a role or subject) inherits role.
-    Grant { member: String, role: String },
+    Grant {
+        line: usize,
+        member: String,
+        role: String,
+    },
     /// `p, ...`: allows or denies an action.
     Permission {
+        line: usize,
         subject: String,
         object: String,
         action: Action,
@@ -74,10 +86,42 @@ pub(super) enum Rule {
     },
 }
 
-/// A validated policy: its rules and version.
+impl Rule {
+    /// The rule as one canonical policy line.
+    pub(super) fn canonical(&self) -> String {
+        match self {
+            Self::Grant { member, role, .. } => format!("g, {member}, {role}"),
+            Self::Permission {
+                subject,
+                object,
+                action,
+                purpose,
+                allow,
+                ..
+            } => {
+                let eft = if *allow { "allow" } else { "deny" };
+                format!(
+                    "p, {subject}, {object}, {}, {purpose}, {eft}",
+                    action.as_str()
+                )
+            }
+        }
+    }
+
+    /// The line the rule came from.
+    #[cfg(test)]
+    pub(super) fn line(&self) -> usize {
+        match self {
+            Self::Grant { line, .. } | Self::Permission { line, .. } => *line,
+        }
+    }
+}
+
+/// A validated policy: its source text, its rules and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyText {
     version: u64,
+    source: String,
     rules: Vec<Rule>,
 }
 
@@ -105,6 +149,7 @@ impl PolicyText {
     /// `PolicyError::Line` naming the first bad line and its problem.
     pub fn parse(text: &str, schema: &Schema, version: u64) -> Result<Self, PolicyError> {
         let mut rules = Vec::new();
+        let mut seen = BTreeSet::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let trimmed = raw.trim();
@@ -112,20 +157,21 @@ impl PolicyText {
                 continue;
             }
             let parts: Vec<&str> = trimmed.split(',').map(str::trim).collect();
-            match parts.as_slice() {
-                ["p", subject, object, action, purpose, effect] => {
-                    rules.push(parse_permission(
-                        line, schema, subject, object, action, purpose, effect,
-                    )?);
-                }
+            let rule = match parts.as_slice() {
+                ["p", subject, object, action, purpose, effect] => parse_permission(
+                    line,
+                    schema,
+                    [*subject, *object, *action, *purpose, *effect],
+                )?,
                 ["g", member, role] => {
                     let member = principal_name(member, line, "member")?;
                     let role = Role::parse(role, "role")
                         .map_err(|e| line_err(line, format!("role {role:?}: {}", e.problem)))?;
-                    rules.push(Rule::Grant {
+                    Rule::Grant {
+                        line,
                         member,
                         role: role.as_str().to_owned(),
-                    });
+                    }
                 }
                 ["p", ..] => {
                     return Err(line_err(
@@ -137,10 +183,21 @@ impl PolicyText {
                     return Err(line_err(line, "expected `g, <role or subject>, <role>`"));
                 }
                 _ => return Err(line_err(line, "a line must start with `p,` or `g,`")),
+            };
+            if !seen.insert(rule.canonical()) {
+                return Err(line_err(
+                    line,
+                    "the same rule appears earlier in the policy",
+                ));
             }
+            rules.push(rule);
         }
-        check_cycles(text, &rules)?;
-        Ok(Self { version, rules })
+        check_role_graph(&rules)?;
+        Ok(Self {
+            version,
+            source: text.to_owned(),
+            rules,
+        })
     }
 
     /// The version of this policy.
@@ -148,7 +205,21 @@ impl PolicyText {
         self.version
     }
 
-    #[cfg(test)]
+    /// The text as submitted.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// How many rules (p and g lines) the policy holds.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Each rule as one canonical line, in policy order.
+    pub fn canonical_lines(&self) -> Vec<String> {
+        self.rules.iter().map(Rule::canonical).collect()
+    }
+
     pub(super) fn rules(&self) -> &[Rule] {
         &self.rules
     }
@@ -158,7 +229,7 @@ impl PolicyText {
         let mut roles = BTreeSet::new();
         for rule in &self.rules {
             match rule {
-                Rule::Grant { member, role } => {
+                Rule::Grant { member, role, .. } => {
                     roles.insert(role.as_str());
                     if member.starts_with("role:") {
                         roles.insert(member.as_str());
@@ -178,24 +249,8 @@ impl PolicyText {
     pub(super) fn to_casbin_csv(&self) -> String {
         let mut out = String::new();
         for rule in &self.rules {
-            match rule {
-                Rule::Grant { member, role } => {
-                    out.push_str(&format!("g, {member}, {role}\n"));
-                }
-                Rule::Permission {
-                    subject,
-                    object,
-                    action,
-                    purpose,
-                    allow,
-                } => {
-                    let eft = if *allow { "allow" } else { "deny" };
-                    out.push_str(&format!(
-                        "p, {subject}, {object}, {}, {purpose}, {eft}\n",
-                        action.as_str()
-                    ));
-                }
-            }
+            out.push_str(&rule.canonical());
+            out.push('\n');
         }
         out
     }
@@ -204,11 +259,7 @@ impl PolicyText {
 fn parse_permission(
     line: usize,
     schema: &Schema,
-    subject: &str,
-    object: &str,
-    action: &str,
-    purpose: &str,
-    effect: &str,
+    [subject, object, action, purpose, effect]: [&str; 5],
 ) -> Result<Rule, PolicyError> {
     let subject = principal_name(subject, line, "subject")?;
     let action = Action::parse(action).ok_or_else(|| {
@@ -258,6 +309,7 @@ fn parse_permission(
         }
     };
     Ok(Rule::Permission {
+        line,
         subject,
         object: object.to_owned(),
         action,
@@ -266,51 +318,79 @@ fn parse_permission(
     })
 }
 
-/// Rejects a role graph with a cycle, naming a line of the cycle.
-fn check_cycles(text: &str, rules: &[Rule]) -> Result<(), PolicyError> {
-    let mut edges: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+/// The roles each member is granted directly, from `g` rules and extra grants.
+pub(super) fn grant_graph<'a>(
+    rules: &'a [Rule],
+    extra: impl Iterator<Item = (&'a str, &'a str)>,
+) -> HashMap<&'a str, Vec<&'a str>> {
+    let mut edges: HashMap<&str, Vec<&str>> = HashMap::new();
     for rule in rules {
-        if let Rule::Grant { member, role } = rule {
+        if let Rule::Grant { member, role, .. } = rule {
             edges
                 .entry(member.as_str())
                 .or_default()
                 .push(role.as_str());
         }
     }
-    // Iterative DFS with colors: 1 = on the stack, 2 = done.
-    let mut color: BTreeMap<&str, u8> = BTreeMap::new();
-    for &start in edges.keys() {
-        if color.contains_key(start) {
-            continue;
+    for (member, role) in extra {
+        edges.entry(member).or_default().push(role);
+    }
+    edges
+}
+
+/// Rejects a role graph with a cycle or a chain deeper than `MAX_ROLE_DEPTH`, naming a line.
+fn check_role_graph(rules: &[Rule]) -> Result<(), PolicyError> {
+    let mut line_of: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for rule in rules {
+        if let Rule::Grant { line, member, role } = rule {
+            line_of.insert((member.as_str(), role.as_str()), *line);
         }
-        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
-        color.insert(start, 1);
-        while let Some((node, next)) = stack.pop() {
+    }
+    let edges = grant_graph(rules, std::iter::empty());
+    // Longest chain from each node, memoized; a node on the current path means a cycle.
+    let mut depth: HashMap<&str, usize> = HashMap::new();
+    let mut starts: Vec<&str> = edges.keys().copied().collect();
+    starts.sort_unstable();
+    for start in starts {
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        while let Some(&(node, next)) = path.last() {
             let children = edges.get(node).map(Vec::as_slice).unwrap_or_default();
             if let Some(&child) = children.get(next) {
-                stack.push((node, next + 1));
-                match color.get(child) {
-                    Some(1) => {
-                        let line = text
-                            .lines()
-                            .position(|l| {
-                                let p: Vec<&str> = l.split(',').map(str::trim).collect();
-                                p.as_slice() == ["g", node, child]
-                            })
-                            .map_or(0, |i| i + 1);
-                        return Err(line_err(
-                            line,
-                            format!("role cycle: {node} -> {child} leads back to {child}"),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        color.insert(child, 1);
-                        stack.push((child, 0));
-                    }
+                if let Some(top) = path.last_mut() {
+                    top.1 += 1;
+                }
+                if path.iter().any(|(n, _)| *n == child) {
+                    let line = line_of.get(&(node, child)).copied().unwrap_or(0);
+                    return Err(line_err(
+                        line,
+                        format!("role cycle: {node} -> {child} leads back to {child}"),
+                    ));
+                }
+                if !depth.contains_key(child) {
+                    path.push((child, 0));
                 }
             } else {
-                color.insert(node, 2);
+                let d = children
+                    .iter()
+                    .map(|c| depth.get(c).copied().unwrap_or(0) + 1)
+                    .max()
+                    .unwrap_or(0);
+                if d > MAX_ROLE_DEPTH {
+                    let line = children
+                        .iter()
+                        .filter_map(|c| line_of.get(&(node, *c)))
+                        .min()
+                        .copied()
+                        .unwrap_or(0);
+                    return Err(line_err(
+                        line,
+                        format!(
+                            "role chain from {node} is {d} grants deep; at most {MAX_ROLE_DEPTH}"
+                        ),
+                    ));
+                }
+                depth.insert(node, d);
+                path.pop();
             }
         }
     }
@@ -347,10 +427,25 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
         assert!(err("p, admin, customers.email, read, support, allow").contains("subject"));
         assert!(err("p, role:a, customers.email, write, support, allow").contains("every purpose"));
         assert!(err("p, role:a, customers.email, delete, *, allow").contains("whole records"));
+        assert!(err("p, role:a, customers, read, *, allow").contains("<collection>.<field>"));
+        assert!(err("p, role:a, customers.email, read, support").contains("expected `p,"));
         assert!(err("x, y").contains("must start"));
-        assert!(err("g, role:a, role:b\ng, role:b, role:c\ng, role:c, role:a").contains("cycle"));
+        let cycle = err("g, role:a, role:b\ng, role:b, role:c\ng, role:c, role:a");
+        assert!(
+            cycle.contains("cycle") && cycle.contains("line 3"),
+            "{cycle}"
+        );
         assert!(err("g, role:a, role:a").contains("cycle"));
         assert!(err("g, role:a, svc:crm").contains("role"));
+        assert!(err("g, svc:a, role:b\ng, svc:a, role:b").contains("line 2: the same rule"));
+        let deep: String = (0..=MAX_ROLE_DEPTH)
+            .map(|i| format!("g, role:r{i}, role:r{}\n", i + 1))
+            .collect();
+        assert!(err(&deep).contains("deep"), "{}", err(&deep));
+        let ok: String = (0..MAX_ROLE_DEPTH)
+            .map(|i| format!("g, role:r{i}, role:r{}\n", i + 1))
+            .collect();
+        assert_eq!(err(&ok), "");
     }
 
     #[test]
@@ -358,10 +453,15 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
         let text = "# comment\np, role:a, customers.*, read, *, allow\ng, svc:crm, role:a\ng, role:b, role:a\n";
         let parsed = PolicyText::parse(text, &schema(), 3).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed.version(), 3);
-        assert_eq!(parsed.rules().len(), 3);
+        assert_eq!(parsed.rule_count(), 3);
+        assert_eq!(parsed.rules()[0].line(), 2);
         assert_eq!(
             parsed.roles().into_iter().collect::<Vec<_>>(),
             ["role:a", "role:b"]
+        );
+        assert_eq!(
+            parsed.canonical_lines()[0],
+            "p, role:a, customers.*, read, *, allow"
         );
     }
 }
