@@ -4,14 +4,19 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
+
+mod policy;
+mod record;
+mod token;
 
 use crate::{
-    api::pb,
     client::{self, Client},
     config::{Config, ConfigFile, Overrides},
     server,
 };
+use policy::{PolicyCommand, policy};
+use record::{RecordCommand, record};
+use token::{TokenCommand, token};
 
 /// strongroom: an encrypted customer-record vault.
 #[derive(Debug, Parser)]
@@ -34,6 +39,11 @@ enum Command {
     Record {
         #[command(subcommand)]
         command: RecordCommand,
+    },
+    /// Show, apply, diff, dry-run, explain and roll back role policies (security admins).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
 }
 
@@ -69,78 +79,13 @@ struct Remote {
     json: bool,
 }
 
-#[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// Issue a token for a subject with roles; it is printed once.
-    Create {
-        /// Namespaced subject, e.g. svc:crm or user:alice.
-        #[arg(long)]
-        subject: String,
-        /// Role, e.g. role:writer (repeat for several).
-        #[arg(long = "role", required = true)]
-        roles: Vec<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum RecordCommand {
-    /// Create a record: --field name=value, repeated.
-    Create {
-        /// Collection.
-        #[arg(long, default_value = "customers")]
-        collection: String,
-        /// A field, as name=value (repeat).
-        #[arg(long = "field", value_name = "NAME=VALUE", required = true)]
-        fields: Vec<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Read a record for a declared purpose.
-    Get {
-        /// Record id.
-        id: String,
-        /// Why you read it, e.g. support, billing, marketing.
-        #[arg(long)]
-        purpose: String,
-        /// Only these fields (repeat); all by default.
-        #[arg(long = "field")]
-        fields: Vec<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Set and clear fields.
-    Update {
-        /// Record id.
-        id: String,
-        /// A field to set, as name=value (repeat).
-        #[arg(long = "set", value_name = "NAME=VALUE")]
-        set: Vec<String>,
-        /// A field to clear (repeat).
-        #[arg(long = "clear")]
-        clear: Vec<String>,
-        /// Apply only if the record is at this version.
-        #[arg(long)]
-        expected_version: Option<u64>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Crypto-shred a record: its data key is destroyed.
-    Delete {
-        /// Record id.
-        id: String,
-        #[command(flatten)]
-        remote: Remote,
-    },
-}
-
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Token { command } => token(command).await,
         Command::Record { command } => record(command).await,
+        Command::Policy { command } => policy(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -218,177 +163,4 @@ async fn connect(remote: &Remote) -> Result<Client, String> {
 
 fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
-}
-
-fn pairs(items: &[String], flag: &str) -> Result<Vec<pb::Field>, String> {
-    items
-        .iter()
-        .map(|item| {
-            item.split_once('=')
-                .map(|(name, value)| pb::Field {
-                    name: name.trim().to_owned(),
-                    value: value.to_owned(),
-                })
-                .ok_or_else(|| format!("{flag} {item:?}: expected NAME=VALUE"))
-        })
-        .collect()
-}
-
-async fn token(command: TokenCommand) -> Result<(), String> {
-    let TokenCommand::Create {
-        subject,
-        roles,
-        remote,
-    } = command;
-    let mut client = connect(&remote).await?;
-    let reply = client
-        .tokens
-        .create_token(pb::CreateTokenRequest { subject, roles })
-        .await
-        .map_err(|s| status_text(&s))?
-        .into_inner();
-    if remote.json {
-        println!(
-            "{}",
-            json!({"token": reply.token, "subject": reply.subject, "roles": reply.roles})
-        );
-    } else {
-        println!(
-            "token for {} ({}), shown only this once:",
-            reply.subject,
-            reply.roles.join(", ")
-        );
-        println!("{}", reply.token);
-    }
-    Ok(())
-}
-
-fn disclosure_name(d: i32) -> &'static str {
-    match pb::Disclosure::try_from(d) {
-        Ok(pb::Disclosure::Plain) => "plain",
-        Ok(pb::Disclosure::Masked) => "masked",
-        Ok(pb::Disclosure::Withheld) => "withheld",
-        Ok(pb::Disclosure::Unspecified) | Err(_) => "unknown",
-    }
-}
-
-async fn record(command: RecordCommand) -> Result<(), String> {
-    match command {
-        RecordCommand::Create {
-            collection,
-            fields,
-            remote,
-        } => {
-            let fields = pairs(&fields, "--field")?;
-            let mut client = connect(&remote).await?;
-            let reply = client
-                .records
-                .create_record(pb::CreateRecordRequest { collection, fields })
-                .await
-                .map_err(|s| status_text(&s))?
-                .into_inner();
-            if remote.json {
-                println!("{}", json!({"id": reply.id, "version": reply.version}));
-            } else {
-                println!("created record {} (version {})", reply.id, reply.version);
-            }
-        }
-        RecordCommand::Get {
-            id,
-            purpose,
-            fields,
-            remote,
-        } => {
-            let mut client = connect(&remote).await?;
-            let reply = client
-                .records
-                .get_record(pb::GetRecordRequest {
-                    id,
-                    fields,
-                    purpose,
-                })
-                .await
-                .map_err(|s| status_text(&s))?
-                .into_inner();
-            if remote.json {
-                let fields: Vec<_> = reply
-                    .fields
-                    .iter()
-                    .map(|f| json!({"name": f.name, "disclosure": disclosure_name(f.disclosure), "value": f.value, "reason": f.reason}))
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"id": reply.id, "collection": reply.collection, "version": reply.version, "policy_version": reply.policy_version, "fields": fields})
-                );
-            } else {
-                println!(
-                    "record {} ({}, version {}, policy version {})",
-                    reply.id, reply.collection, reply.version, reply.policy_version
-                );
-                let width = reply.fields.iter().map(|f| f.name.len()).max().unwrap_or(0);
-                for f in &reply.fields {
-                    match pb::Disclosure::try_from(f.disclosure) {
-                        Ok(pb::Disclosure::Plain) => println!("  {:width$}  {}", f.name, f.value),
-                        Ok(pb::Disclosure::Masked) => {
-                            println!("  {:width$}  {}  (masked)", f.name, f.value)
-                        }
-                        Ok(pb::Disclosure::Withheld | pb::Disclosure::Unspecified) | Err(_) => {
-                            println!("  {:width$}  -  ({})", f.name, f.reason);
-                        }
-                    }
-                }
-            }
-        }
-        RecordCommand::Update {
-            id,
-            set,
-            clear,
-            expected_version,
-            remote,
-        } => {
-            let set = pairs(&set, "--set")?;
-            let mut client = connect(&remote).await?;
-            let reply = client
-                .records
-                .update_record(pb::UpdateRecordRequest {
-                    id,
-                    set,
-                    clear,
-                    expected_version,
-                })
-                .await
-                .map_err(|s| status_text(&s))?
-                .into_inner();
-            if remote.json {
-                println!("{}", json!({"id": reply.id, "version": reply.version}));
-            } else {
-                println!(
-                    "updated record {} (now version {})",
-                    reply.id, reply.version
-                );
-            }
-        }
-        RecordCommand::Delete { id, remote } => {
-            let mut client = connect(&remote).await?;
-            let reply = client
-                .records
-                .delete_record(pb::DeleteRecordRequest { id })
-                .await
-                .map_err(|s| status_text(&s))?
-                .into_inner();
-            let r = reply.receipt.unwrap_or_default();
-            if remote.json {
-                println!(
-                    "{}",
-                    json!({"id": r.id, "collection": r.collection, "shredded_at_unix_ms": r.shredded_at_unix_ms, "data_key_destroyed": r.data_key_destroyed, "fields_destroyed": r.fields_destroyed, "purged_at_unix_ms": r.purged_at_unix_ms})
-                );
-            } else {
-                println!(
-                    "shredded record {} ({}): data key destroyed, {} field ciphertexts deleted, purged from live files",
-                    r.id, r.collection, r.fields_destroyed
-                );
-            }
-        }
-    }
-    Ok(())
 }

@@ -7,7 +7,9 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::api::pb::{records_client::RecordsClient, tokens_client::TokensClient};
+use crate::api::pb::{
+    policies_client::PoliciesClient, records_client::RecordsClient, tokens_client::TokensClient,
+};
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub struct Client {
     pub records: RecordsClient<Authed>,
     /// The `Tokens` service.
     pub tokens: TokensClient<Authed>,
+    /// The `Policies` service.
+    pub policies: PoliciesClient<Authed>,
 }
 
 /// Connects to `addr` (`http://host:port`, or `host:port`) with `token`.
@@ -65,6 +69,7 @@ pub async fn connect(addr: &str, token: &str) -> Result<Client, String> {
     let auth = BearerToken(value);
     Ok(Client {
         records: RecordsClient::with_interceptor(channel.clone(), auth.clone()),
-        tokens: TokensClient::with_interceptor(channel, auth),
+        tokens: TokensClient::with_interceptor(channel.clone(), auth.clone()),
+        policies: PoliciesClient::with_interceptor(channel, auth),
     })
 }

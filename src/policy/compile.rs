@@ -65,7 +65,8 @@ pub(super) fn check_model(model: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// Every decision of one policy version, for every role it names and every known subject.
+/// Every decision of one policy version, for every role and subject it names and every subject
+/// holding a token.
 #[derive(Debug)]
 pub struct DecisionTable {
     version: u64,
@@ -305,7 +306,7 @@ pub(super) async fn compile(
 }
 
 fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> DecisionTable {
-    let mut names: Vec<String> = text.roles().into_iter().map(str::to_owned).collect();
+    let mut names: Vec<String> = text.names().into_iter().map(str::to_owned).collect();
     for p in principals {
         if !names.iter().any(|n| n == p.subject.as_str()) {
             names.push(p.subject.as_str().to_owned());

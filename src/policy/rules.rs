@@ -224,25 +224,21 @@ impl PolicyText {
         &self.rules
     }
 
-    /// Every role named anywhere in the policy.
-    pub(super) fn roles(&self) -> BTreeSet<&str> {
-        let mut roles = BTreeSet::new();
+    /// Every role and subject named anywhere in the policy.
+    pub(super) fn names(&self) -> BTreeSet<&str> {
+        let mut names = BTreeSet::new();
         for rule in &self.rules {
             match rule {
                 Rule::Grant { member, role, .. } => {
-                    roles.insert(role.as_str());
-                    if member.starts_with("role:") {
-                        roles.insert(member.as_str());
-                    }
+                    names.insert(role.as_str());
+                    names.insert(member.as_str());
                 }
                 Rule::Permission { subject, .. } => {
-                    if subject.starts_with("role:") {
-                        roles.insert(subject.as_str());
-                    }
+                    names.insert(subject.as_str());
                 }
             }
         }
-        roles
+        names
     }
 
     /// The rules as casbin CSV lines.
@@ -456,8 +452,8 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
         assert_eq!(parsed.rule_count(), 3);
         assert_eq!(parsed.rules()[0].line(), 2);
         assert_eq!(
-            parsed.roles().into_iter().collect::<Vec<_>>(),
-            ["role:a", "role:b"]
+            parsed.names().into_iter().collect::<Vec<_>>(),
+            ["role:a", "role:b", "svc:crm"]
         );
         assert_eq!(
             parsed.canonical_lines()[0],

@@ -1,0 +1,424 @@
+//! `strongroom policy ...`: policy administration for security admins.
+
+use std::{io::IsTerminal, path::PathBuf};
+
+use clap::{ArgGroup, Subcommand};
+use serde_json::json;
+
+use super::{Remote, connect, status_text};
+use crate::api::pb;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum PolicyCommand {
+    /// Print the current policy (or a version) with who applied it and why.
+    Show {
+        /// The version to show; the current one by default.
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Apply a policy file as the next version (prints the dry-run and asks first).
+    Apply {
+        /// The policy file (casbin CSV lines).
+        file: PathBuf,
+        /// Why: kept with the version.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Apply only if the current version is this one.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Rules and decisions that differ between two versions (default: previous and current).
+    Diff {
+        /// The older version.
+        from: Option<u64>,
+        /// The newer version.
+        to: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Every decision a policy file would change, without applying it.
+    DryRun {
+        /// The candidate policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// May a subject or role do an action on a field for a purpose, and why.
+    #[command(group(ArgGroup::new("who").required(true).args(["subject", "role"])))]
+    Explain {
+        /// A subject, e.g. svc:crm.
+        #[arg(long)]
+        subject: Option<String>,
+        /// A role, e.g. role:support.
+        #[arg(long)]
+        role: Option<String>,
+        /// read, read_masked, write or delete.
+        #[arg(long, default_value = "read")]
+        action: String,
+        /// The field, as collection.field (collection.* for delete).
+        #[arg(long)]
+        field: String,
+        /// The declared purpose (reads).
+        #[arg(long, default_value = "")]
+        purpose: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Every version: who applied it, when, and why.
+    History {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Re-apply an earlier version as a new version.
+    Rollback {
+        /// The version to go back to.
+        version: u64,
+        /// Why.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Roll back only if the current version is this one.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn read_file(path: &PathBuf) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn info_json(v: &pb::PolicyVersionInfo) -> serde_json::Value {
+    json!({
+        "version": v.version, "applied_by": v.applied_by, "applied_at_unix_ms": v.applied_at_unix_ms,
+        "comment": v.comment, "from_version": v.from_version, "rule_count": v.rule_count,
+        "decisions_changed": v.decisions_changed,
+    })
+}
+
+fn changes_json(changes: &[pb::DecisionChange]) -> serde_json::Value {
+    changes
+        .iter()
+        .map(|c| {
+            json!({"principal": c.principal, "object": c.object, "action": c.action,
+                   "purpose": c.purpose, "before": c.before, "after": c.after})
+        })
+        .collect()
+}
+
+fn print_changes(changes: &[pb::DecisionChange]) {
+    if changes.is_empty() {
+        println!("no decision changes");
+        return;
+    }
+    println!("{} decision change(s):", changes.len());
+    for c in changes {
+        let purpose = if c.purpose == "*" {
+            String::new()
+        } else {
+            format!(" for {}", c.purpose)
+        };
+        println!(
+            "  {:<24} {:<6} {:<28}{purpose}: {} -> {}",
+            c.principal, c.action, c.object, c.before, c.after
+        );
+    }
+}
+
+fn print_info(v: &pb::PolicyVersionInfo) {
+    let comment = if v.comment.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", v.comment)
+    };
+    println!(
+        "version {} by {} at {} (from {}, {} rules, {} decisions changed){comment}",
+        v.version,
+        v.applied_by,
+        when(v.applied_at_unix_ms),
+        v.from_version,
+        v.rule_count,
+        v.decisions_changed
+    );
+}
+
+fn confirm(question: &str) -> Result<bool, String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            "refusing to apply without confirmation: stdin is not a terminal; pass --yes".into(),
+        );
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
+    match command {
+        PolicyCommand::Show { version, remote } => {
+            let mut c = connect(&remote).await?;
+            let v = c
+                .policies
+                .get_policy(pb::GetPolicyRequest { version })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            let info = v.info.unwrap_or_default();
+            if remote.json {
+                println!("{}", json!({"info": info_json(&info), "text": v.text}));
+            } else {
+                print_info(&info);
+                println!();
+                print!("{}", v.text);
+            }
+        }
+        PolicyCommand::Apply {
+            file,
+            comment,
+            expected_version,
+            yes,
+            remote,
+        } => {
+            let text = read_file(&file)?;
+            let mut c = connect(&remote).await?;
+            let dry = c
+                .policies
+                .dry_run_policy(pb::DryRunPolicyRequest { text: text.clone() })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if !remote.json {
+                println!("against version {}:", dry.against_version);
+                print_changes(&dry.changes);
+            }
+            if !yes && !confirm("apply this policy?")? {
+                return Err("not applied".into());
+            }
+            let applied = c
+                .policies
+                .apply_policy(pb::ApplyPolicyRequest {
+                    text,
+                    comment,
+                    // Guard against a change applied between the dry-run and now.
+                    expected_version: expected_version.or(Some(dry.against_version)),
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            let info = applied.version.unwrap_or_default();
+            if remote.json {
+                println!(
+                    "{}",
+                    json!({"version": info_json(&info), "changes": changes_json(&applied.changes)})
+                );
+            } else {
+                print!("applied: ");
+                print_info(&info);
+            }
+        }
+        PolicyCommand::Diff { from, to, remote } => {
+            let mut c = connect(&remote).await?;
+            let to = match to {
+                Some(v) => v,
+                None => {
+                    c.policies
+                        .get_policy(pb::GetPolicyRequest { version: None })
+                        .await
+                        .map_err(|s| status_text(&s))?
+                        .into_inner()
+                        .info
+                        .unwrap_or_default()
+                        .version
+                }
+            };
+            let from = from.unwrap_or(to.saturating_sub(1).max(1));
+            let d = c
+                .policies
+                .diff_policy(pb::DiffPolicyRequest {
+                    from_version: from,
+                    to_version: to,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                println!(
+                    "{}",
+                    json!({"from": from, "to": to, "removed_rules": d.removed_rules,
+                           "added_rules": d.added_rules, "changes": changes_json(&d.changes)})
+                );
+            } else {
+                println!("version {from} -> {to}");
+                for r in &d.removed_rules {
+                    println!("- {r}");
+                }
+                for r in &d.added_rules {
+                    println!("+ {r}");
+                }
+                print_changes(&d.changes);
+            }
+        }
+        PolicyCommand::DryRun { file, remote } => {
+            let text = read_file(&file)?;
+            let mut c = connect(&remote).await?;
+            let dry = c
+                .policies
+                .dry_run_policy(pb::DryRunPolicyRequest { text })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                println!(
+                    "{}",
+                    json!({"against_version": dry.against_version, "changes": changes_json(&dry.changes)})
+                );
+            } else {
+                println!("against version {}:", dry.against_version);
+                print_changes(&dry.changes);
+            }
+        }
+        PolicyCommand::Explain {
+            subject,
+            role,
+            action,
+            field,
+            purpose,
+            remote,
+        } => {
+            let principal = subject.or(role).unwrap_or_default();
+            let mut c = connect(&remote).await?;
+            let e = c
+                .policies
+                .explain(pb::ExplainRequest {
+                    principal: principal.clone(),
+                    action: action.clone(),
+                    object: field.clone(),
+                    purpose: purpose.clone(),
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                let matched: Vec<_> = e
+                    .matched
+                    .iter()
+                    .map(
+                        |m| json!({"line": m.line, "rule": m.rule, "via": m.via, "allow": m.allow}),
+                    )
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"outcome": e.outcome, "summary": e.summary, "policy_version": e.policy_version, "matched": matched})
+                );
+            } else {
+                let purpose = if purpose.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {purpose}")
+                };
+                println!(
+                    "{principal} {action} {field}{purpose}: {} (policy version {})",
+                    e.outcome, e.policy_version
+                );
+                println!("  {}", e.summary);
+                for m in &e.matched {
+                    println!(
+                        "  line {:>4}: {}   (via {})",
+                        m.line,
+                        m.rule,
+                        m.via.join(" -> ")
+                    );
+                }
+            }
+        }
+        PolicyCommand::History { remote } => {
+            let mut c = connect(&remote).await?;
+            let list = c
+                .policies
+                .list_policy_versions(pb::ListPolicyVersionsRequest {})
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                let versions: Vec<_> = list.versions.iter().map(info_json).collect();
+                println!("{}", json!({"versions": versions}));
+            } else {
+                for v in &list.versions {
+                    print_info(v);
+                }
+            }
+        }
+        PolicyCommand::Rollback {
+            version,
+            comment,
+            expected_version,
+            remote,
+        } => {
+            let mut c = connect(&remote).await?;
+            let applied = c
+                .policies
+                .rollback_policy(pb::RollbackPolicyRequest {
+                    to_version: version,
+                    comment,
+                    expected_version,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            let info = applied.version.unwrap_or_default();
+            if remote.json {
+                println!(
+                    "{}",
+                    json!({"version": info_json(&info), "changes": changes_json(&applied.changes)})
+                );
+            } else {
+                print!("rolled back: ");
+                print_info(&info);
+                print_changes(&applied.changes);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times_as_utc() {
+        assert_eq!(super::when(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::when(1_700_000_000_000), "2023-11-14 22:13:20Z");
+        assert_eq!(super::when(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
+}

@@ -1,0 +1,202 @@
+//! `strongroom record ...`: create, read, update and crypto-shred records.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{Remote, connect, status_text};
+use crate::api::pb;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum RecordCommand {
+    /// Create a record: --field name=value, repeated.
+    Create {
+        /// Collection.
+        #[arg(long, default_value = "customers")]
+        collection: String,
+        /// A field, as name=value (repeat).
+        #[arg(long = "field", value_name = "NAME=VALUE", required = true)]
+        fields: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Read a record for a declared purpose.
+    Get {
+        /// Record id.
+        id: String,
+        /// Why you read it, e.g. support, billing, marketing.
+        #[arg(long)]
+        purpose: String,
+        /// Only these fields (repeat); all by default.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Set and clear fields.
+    Update {
+        /// Record id.
+        id: String,
+        /// A field to set, as name=value (repeat).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// A field to clear (repeat).
+        #[arg(long = "clear")]
+        clear: Vec<String>,
+        /// Apply only if the record is at this version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Crypto-shred a record: its data key is destroyed.
+    Delete {
+        /// Record id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn pairs(items: &[String], flag: &str) -> Result<Vec<pb::Field>, String> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(name, value)| pb::Field {
+                    name: name.trim().to_owned(),
+                    value: value.to_owned(),
+                })
+                .ok_or_else(|| format!("{flag} {item:?}: expected NAME=VALUE"))
+        })
+        .collect()
+}
+
+fn disclosure_name(d: i32) -> &'static str {
+    match pb::Disclosure::try_from(d) {
+        Ok(pb::Disclosure::Plain) => "plain",
+        Ok(pb::Disclosure::Masked) => "masked",
+        Ok(pb::Disclosure::Withheld) => "withheld",
+        Ok(pb::Disclosure::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
+    match command {
+        RecordCommand::Create {
+            collection,
+            fields,
+            remote,
+        } => {
+            let fields = pairs(&fields, "--field")?;
+            let mut client = connect(&remote).await?;
+            let reply = client
+                .records
+                .create_record(pb::CreateRecordRequest { collection, fields })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                println!("{}", json!({"id": reply.id, "version": reply.version}));
+            } else {
+                println!("created record {} (version {})", reply.id, reply.version);
+            }
+        }
+        RecordCommand::Get {
+            id,
+            purpose,
+            fields,
+            remote,
+        } => {
+            let mut client = connect(&remote).await?;
+            let reply = client
+                .records
+                .get_record(pb::GetRecordRequest {
+                    id,
+                    fields,
+                    purpose,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                let fields: Vec<_> = reply
+                    .fields
+                    .iter()
+                    .map(|f| json!({"name": f.name, "disclosure": disclosure_name(f.disclosure), "value": f.value, "reason": f.reason}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"id": reply.id, "collection": reply.collection, "version": reply.version, "policy_version": reply.policy_version, "fields": fields})
+                );
+            } else {
+                println!(
+                    "record {} ({}, version {}, policy version {})",
+                    reply.id, reply.collection, reply.version, reply.policy_version
+                );
+                let width = reply.fields.iter().map(|f| f.name.len()).max().unwrap_or(0);
+                for f in &reply.fields {
+                    match pb::Disclosure::try_from(f.disclosure) {
+                        Ok(pb::Disclosure::Plain) => println!("  {:width$}  {}", f.name, f.value),
+                        Ok(pb::Disclosure::Masked) => {
+                            println!("  {:width$}  {}  (masked)", f.name, f.value)
+                        }
+                        Ok(pb::Disclosure::Withheld | pb::Disclosure::Unspecified) | Err(_) => {
+                            println!("  {:width$}  -  ({})", f.name, f.reason);
+                        }
+                    }
+                }
+            }
+        }
+        RecordCommand::Update {
+            id,
+            set,
+            clear,
+            expected_version,
+            remote,
+        } => {
+            let set = pairs(&set, "--set")?;
+            let mut client = connect(&remote).await?;
+            let reply = client
+                .records
+                .update_record(pb::UpdateRecordRequest {
+                    id,
+                    set,
+                    clear,
+                    expected_version,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                println!("{}", json!({"id": reply.id, "version": reply.version}));
+            } else {
+                println!(
+                    "updated record {} (now version {})",
+                    reply.id, reply.version
+                );
+            }
+        }
+        RecordCommand::Delete { id, remote } => {
+            let mut client = connect(&remote).await?;
+            let reply = client
+                .records
+                .delete_record(pb::DeleteRecordRequest { id })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            let r = reply.receipt.unwrap_or_default();
+            if remote.json {
+                println!(
+                    "{}",
+                    json!({"id": r.id, "collection": r.collection, "shredded_at_unix_ms": r.shredded_at_unix_ms, "data_key_destroyed": r.data_key_destroyed, "fields_destroyed": r.fields_destroyed, "purged_at_unix_ms": r.purged_at_unix_ms})
+                );
+            } else {
+                println!(
+                    "shredded record {} ({}): data key destroyed, {} field ciphertexts deleted, purged from live files",
+                    r.id, r.collection, r.fields_destroyed
+                );
+            }
+        }
+    }
+    Ok(())
+}
