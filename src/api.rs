@@ -3,6 +3,7 @@
 //!
 //! With `server.rs` and `client.rs`, the only code that names tonic or prost types.
 
+mod audit;
 pub mod auth;
 mod convert;
 mod policies;
@@ -10,6 +11,7 @@ mod records;
 pub mod status;
 mod tokens;
 
+pub use audit::AuditApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;
 pub use tokens::TokensApi;

@@ -27,6 +27,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Most concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// Audit log settings (retention, checkpoint interval).
+    pub audit: crate::audit::AuditOptions,
+    /// Do not audit reads. Only for measuring what auditing costs; never in production.
+    pub danger_disable_read_audit: bool,
 }
 
 /// The TOML file, as written.
@@ -41,6 +45,9 @@ pub struct ConfigFile {
     max_fields: Option<usize>,
     max_message_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
+    audit_retention_days: Option<u32>,
+    audit_checkpoint_every: Option<u64>,
+    danger_disable_read_audit: Option<bool>,
 }
 
 /// Values from the command line, which win over the file.
@@ -112,8 +119,19 @@ impl Config {
         if max_concurrent_streams == 0 {
             return Err("max_concurrent_streams: must be at least 1".into());
         }
+        let audit = crate::audit::AuditOptions {
+            retention_days: file.audit_retention_days,
+            checkpoint_every: file.audit_checkpoint_every.unwrap_or(1000),
+        };
+        if audit.retention_days == Some(0) || audit.checkpoint_every == 0 {
+            return Err(
+                "audit_retention_days and audit_checkpoint_every: must be at least 1".into(),
+            );
+        }
         Ok(Self {
             listen,
+            audit,
+            danger_disable_read_audit: file.danger_disable_read_audit.unwrap_or(false),
             data_dir,
             policies_dir,
             master_key_file,
@@ -121,6 +139,15 @@ impl Config {
             max_message_bytes,
             max_concurrent_streams,
         })
+    }
+
+    /// Reads a config file's text with `overrides` (used by tests and bench).
+    ///
+    /// # Errors
+    /// As `resolve`, and TOML errors.
+    pub fn from_toml(text: &str, over: Overrides) -> Result<Self, String> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        Self::resolve(file, over)
     }
 
     /// The defaults with a data dir, listen address and policies dir (used by tests and bench).

@@ -6,10 +6,12 @@
 mod envelope;
 mod kek;
 mod keys;
+mod subkey;
 
 pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek, wrap_dek};
 pub use kek::{EnvKekProvider, FileKekProvider, KekProvider, default_key_path};
 pub use keys::{Dek, DekId, Kek, KekId, WrappedDek};
+pub use subkey::SubKey;
 
 /// A crypto failure. Deliberately opaque: it says nothing about which check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

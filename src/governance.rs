@@ -10,9 +10,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    audit::{Audit, Call, Event},
     domain::{InvalidInput, Principal, Schema},
     policy::{Action, DecisionChange, Explanation, PolicyEngine, PolicyError, ReplaceError},
-    storage::{Batch, Keyspace, Store, StoreError},
+    storage::{Batch, Keyspace, Store},
     vault::{Error, now_ms},
 };
 
@@ -54,6 +55,7 @@ fn policy_input(e: PolicyError) -> Error {
 /// The policy administration use cases.
 pub struct Governance {
     store: Arc<dyn Store>,
+    audit: Arc<Audit>,
     engine: Arc<PolicyEngine>,
     /// Serializes changes, so `expected_version` checks and version numbers never race.
     changes: tokio::sync::Mutex<()>,
@@ -84,6 +86,7 @@ impl Governance {
     /// fails.
     pub async fn open(
         store: Arc<dyn Store>,
+        audit: Arc<Audit>,
         schema: Arc<Schema>,
         model: String,
         seed: &str,
@@ -111,13 +114,29 @@ impl Governance {
                 from_version: 0,
                 decisions_changed: 0,
             };
-            write(store.as_ref(), &record).map_err(|e| e.to_string())?;
+            let event = Event {
+                method: "Policies/Seed".into(),
+                policy_version: 1,
+                result: "OK".into(),
+                detail: "policy version 1 seeded from policies/policy.csv".into(),
+                ..Event::default()
+            };
+            audit
+                .commit(version_batch(&record), vec![event])
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(Self {
             store,
+            audit,
             engine: Arc::new(engine),
             changes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The audit log policy changes are recorded in.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// The engine serving decisions.
@@ -195,6 +214,7 @@ impl Governance {
     pub async fn apply(
         &self,
         by: &Principal,
+        call: &Call,
         text: &str,
         comment: &str,
         expected_version: Option<u64>,
@@ -210,7 +230,7 @@ impl Governance {
             )));
         }
         let next = current + 1;
-        let store = Arc::clone(&self.store);
+        let audit = Arc::clone(&self.audit);
         let result = self
             .engine
             .replace(text, next, |validated, changes| {
@@ -224,7 +244,21 @@ impl Governance {
                     rule_count: validated.rule_count() as u64,
                     decisions_changed: changes.len() as u64,
                 };
-                write(store.as_ref(), &record).map(|()| (record, changes.to_vec()))
+                let event = Event {
+                    policy_version: next,
+                    detail: format!(
+                        "policy version {current} -> {next}, {} decisions changed: {comment}",
+                        changes.len()
+                    ),
+                    ..call.event(by)
+                };
+                let changes = changes.to_vec();
+                async move {
+                    audit
+                        .commit(version_batch(&record), vec![event])
+                        .await
+                        .map(|_| (record, changes))
+                }
             })
             .await;
         match result {
@@ -244,6 +278,7 @@ impl Governance {
     pub async fn rollback(
         &self,
         by: &Principal,
+        call: &Call,
         to: u64,
         comment: &str,
         expected_version: Option<u64>,
@@ -255,7 +290,7 @@ impl Governance {
         } else {
             format!("rollback to version {to}: {comment}")
         };
-        self.apply(by, &earlier.text, &comment, expected_version)
+        self.apply(by, call, &earlier.text, &comment, expected_version)
             .await
     }
 
@@ -316,9 +351,11 @@ impl Governance {
     }
 }
 
-fn write(store: &dyn Store, record: &PolicyVersion) -> Result<(), StoreError> {
-    let value = serde_json::to_vec(record).map_err(|e| StoreError::Io(e.to_string()))?;
+/// The batch storing a policy version.
+fn version_batch(record: &PolicyVersion) -> Batch {
+    // A struct of strings and numbers always serializes.
+    let value = serde_json::to_vec(record).unwrap_or_default();
     let mut batch = Batch::new();
     batch.put(Keyspace::Meta, key(record.version), value);
-    store.write(batch)
+    batch
 }

@@ -12,6 +12,7 @@
 //! - `domain` holds the types that cannot hold invalid values; no I/O.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -10,7 +10,10 @@ mod compile;
 mod explain;
 mod rules;
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::{
+    future::Future,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use crate::domain::{Collection, Principal, Purpose, Schema};
 
@@ -180,12 +183,15 @@ impl PolicyEngine {
     /// # Errors
     /// `ReplaceError::Policy` if the policy is invalid, `ReplaceError::Persist` if `persist`
     /// fails; in both cases the running policy stays.
-    pub async fn replace<T, E>(
+    pub async fn replace<T, E, F>(
         &self,
         policy: &str,
         version: u64,
-        persist: impl FnOnce(&PolicyText, &[DecisionChange]) -> Result<T, E>,
-    ) -> Result<T, ReplaceError<E>> {
+        persist: impl FnOnce(&PolicyText, &[DecisionChange]) -> F,
+    ) -> Result<T, ReplaceError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
         let principals = self.principals.lock().await;
         let text =
             PolicyText::parse(policy, &self.schema, version).map_err(ReplaceError::Policy)?;
@@ -193,7 +199,9 @@ impl PolicyEngine {
             .await
             .map_err(ReplaceError::Policy)?;
         let changes = self.table().changes_to(&table);
-        let out = persist(&text, &changes).map_err(ReplaceError::Persist)?;
+        let out = persist(&text, &changes)
+            .await
+            .map_err(ReplaceError::Persist)?;
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         *current = Arc::new(Current {
             text: Arc::new(text),

@@ -5,23 +5,24 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{service::interceptor::InterceptedService, transport::Server};
+use tonic::transport::Server;
 use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        PoliciesApi, RecordsApi, TokensApi,
+        AuditApi, PoliciesApi, RecordsApi, TokensApi,
         auth::Authenticator,
         pb::{
-            self, policies_server::PoliciesServer, records_server::RecordsServer,
-            tokens_server::TokensServer,
+            self, audit_server::AuditServer, policies_server::PoliciesServer,
+            records_server::RecordsServer, tokens_server::TokensServer,
         },
     },
+    audit::{Audit, Event},
     config::Config,
     crypto::{FileKekProvider, KekProvider},
     domain::{Principal, Role, Schema, Subject},
     governance::Governance,
-    storage::{self, Store},
+    storage::{self, Batch, Store},
     tokens::{ADMIN_ROLE, TokenRegistry},
     vault::{Vault, now_ms},
 };
@@ -127,12 +128,14 @@ pub async fn start_with_store(
     config: Config,
     store: Arc<dyn Store>,
 ) -> Result<Running, ServerError> {
+    let fail = |e: &dyn std::fmt::Display| ServerError(e.to_string());
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServerError(format!(
             "cannot create data dir {}: {e}",
             config.data_dir.display()
         ))
     })?;
+    let key_existed = config.master_key_file.exists();
     let kek = FileKekProvider::new(&config.master_key_file)
         .load()
         .map_err(ServerError)?;
@@ -142,24 +145,52 @@ pub async fn start_with_store(
     );
     let model = read(&config.policies_dir, "model.conf")?;
     let policy_text = read(&config.policies_dir, "policy.csv")?;
-    let tokens =
-        Arc::new(TokenRegistry::load(Arc::clone(&store)).map_err(|e| ServerError(e.to_string()))?);
 
+    let audit =
+        Arc::new(Audit::open(Arc::clone(&store), &kek, config.audit).map_err(|e| fail(&e))?);
+    let key_event = Event {
+        method: "Keys/LoadMasterKey".into(),
+        result: "OK".into(),
+        detail: format!(
+            "master key {} {} {}",
+            kek.id().0,
+            if key_existed {
+                "loaded from"
+            } else {
+                "created in"
+            },
+            config.master_key_file.display()
+        ),
+        ..Event::default()
+    };
+    audit
+        .commit(Batch::new(), vec![key_event])
+        .await
+        .map_err(|e| fail(&e))?;
+
+    let tokens = Arc::new(TokenRegistry::load(Arc::clone(&store)).map_err(|e| fail(&e))?);
     let mut first_admin_token = None;
     if tokens.is_empty() {
         let admin = Principal::new(
-            Subject::parse("user:admin", "subject").map_err(|e| ServerError(e.to_string()))?,
-            vec![Role::parse(ADMIN_ROLE, "role").map_err(|e| ServerError(e.to_string()))?],
+            Subject::parse("user:admin", "subject").map_err(|e| fail(&e))?,
+            vec![Role::parse(ADMIN_ROLE, "role").map_err(|e| fail(&e))?],
         );
+        let event = Event {
+            method: "Tokens/Bootstrap".into(),
+            result: "OK".into(),
+            ..Event::default()
+        };
         first_admin_token = Some(
             tokens
-                .issue(&admin, now_ms())
-                .map_err(|e| ServerError(e.to_string()))?,
+                .issue(&admin, now_ms(), &audit, event)
+                .await
+                .map_err(|e| fail(&e))?,
         );
     }
     let governance = Arc::new(
         Governance::open(
             Arc::clone(&store),
+            Arc::clone(&audit),
             Arc::clone(&schema),
             model,
             &policy_text,
@@ -169,13 +200,19 @@ pub async fn start_with_store(
         .map_err(ServerError)?,
     );
     let policy = governance.engine();
-    let vault = Arc::new(Vault::new(
-        store,
+    let mut vault = Vault::new(
+        Arc::clone(&store),
+        Arc::clone(&audit),
         kek,
         schema,
         Arc::clone(&policy),
         config.limits,
-    ));
+    );
+    if config.danger_disable_read_audit {
+        tracing::warn!("danger_disable_read_audit is set: reads are not audited");
+        vault = vault.danger_without_read_audit();
+    }
+    let vault = Arc::new(vault);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -184,15 +221,23 @@ pub async fn start_with_store(
         .local_addr()
         .map_err(|e| ServerError(format!("cannot read the bound address: {e}")))?;
 
-    let auth = Authenticator::new(Arc::clone(&tokens));
+    let auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit));
     let max = config.max_message_bytes;
     let records = RecordsServer::new(RecordsApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let tokens_svc = TokensServer::new(TokensApi::new(Arc::clone(&tokens), Arc::clone(&policy)))
+    let tokens_svc = TokensServer::new(TokensApi::new(
+        Arc::clone(&tokens),
+        Arc::clone(&policy),
+        Arc::clone(&audit),
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let policies = PoliciesServer::new(PoliciesApi::new(Arc::clone(&governance)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let policies = PoliciesServer::new(PoliciesApi::new(Arc::clone(&governance)))
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let audit_svc = AuditServer::new(AuditApi::new(Arc::clone(&audit), stopping))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let reflection = tonic_reflection::server::Builder::configure()
@@ -207,6 +252,26 @@ pub async fn start_with_store(
     health_reporter
         .set_serving::<TokensServer<TokensApi>>()
         .await;
+    health_reporter
+        .set_serving::<PoliciesServer<PoliciesApi>>()
+        .await;
+    health_reporter.set_serving::<AuditServer<AuditApi>>().await;
+
+    // Retention of the audit log itself: prune at start and every hour.
+    let pruner = {
+        let audit = Arc::clone(&audit);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                match audit.prune(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(events = n, "audit log pruned past its retention"),
+                    Err(e) => tracing::error!(error = %e, "audit log pruning failed"),
+                }
+            }
+        })
+    };
 
     let (tx, rx) = oneshot::channel::<()>();
     let router = Server::builder()
@@ -215,18 +280,26 @@ pub async fn start_with_store(
             client_errors_as_client_codes,
         ))
         .add_service(health)
-        .add_service(InterceptedService::new(reflection, auth.clone()))
-        .add_service(InterceptedService::new(records, auth.clone()))
-        .add_service(InterceptedService::new(policies, auth.clone()))
-        .add_service(InterceptedService::new(tokens_svc, auth));
+        .add_service(auth.guard(reflection))
+        .add_service(auth.guard(records))
+        .add_service(auth.guard(policies))
+        .add_service(auth.guard(audit_svc))
+        .add_service(auth.guard(tokens_svc));
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = rx.await;
+                // End live streams first: graceful shutdown waits for every open call.
+                let _ = stopping_tx.send(true);
             })
             .await
             .map_err(|e| ServerError(format!("server failed: {e}")));
-        // Keep the reporter alive while serving; dropping it ends health watches.
+        pruner.abort();
+        let _ = pruner.await;
+        // A durable checkpoint of the final head, so a truncated tail is seen after a restart.
+        if let Err(e) = audit.checkpoint().await {
+            tracing::error!(error = %e, "the shutdown checkpoint of the audit log failed");
+        }
         drop(health_reporter);
         result
     });

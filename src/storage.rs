@@ -86,6 +86,11 @@ impl Batch {
         self.ops.push(Op::Delete(ks, key.into()));
     }
 
+    /// Moves every change of `other` to the end of this batch.
+    pub fn append(&mut self, mut other: Batch) {
+        self.ops.append(&mut other.ops);
+    }
+
     /// The changes, in order.
     pub fn ops(&self) -> &[Op] {
         &self.ops
@@ -128,6 +133,25 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `StoreError::Io` if the engine fails.
     fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Up to `limit` key/values with `from <= key < to` (no upper bound if `to` is `None`), in
+    /// key order.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the engine fails.
+    fn scan_range(
+        &self,
+        ks: Keyspace,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// The last key/value of a keyspace, in key order.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the engine fails.
+    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError>;
 
     /// Applies a batch atomically and durably.
     ///

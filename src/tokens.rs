@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::{
+    audit::{Audit, Event},
     domain::{InvalidInput, Principal, Role, Subject},
     storage::{Batch, Keyspace, Store},
     vault::Error,
@@ -34,7 +35,6 @@ struct StoredToken {
 
 /// The registry of issued tokens, held in memory and in the store.
 pub struct TokenRegistry {
-    store: Arc<dyn Store>,
     by_hash: RwLock<HashMap<[u8; 32], Principal>>,
 }
 
@@ -61,6 +61,7 @@ impl TokenRegistry {
     /// # Errors
     /// `Unavailable` if the store fails, `DataLoss` if a stored token is malformed.
     pub fn load(store: Arc<dyn Store>) -> Result<Self, Error> {
+        // Tokens are read once here; new ones are written through the audit log.
         let mut by_hash = HashMap::new();
         for (key, value) in store.scan_prefix(Keyspace::Meta, PREFIX)? {
             let hash: [u8; 32] = key[PREFIX.len()..]
@@ -79,7 +80,6 @@ impl TokenRegistry {
             by_hash.insert(hash, Principal::new(subject, roles));
         }
         Ok(Self {
-            store,
             by_hash: RwLock::new(by_hash),
         })
     }
@@ -144,12 +144,18 @@ impl TokenRegistry {
         Ok(())
     }
 
-    /// Issues a token for `principal` (already checked with `check_issue`). The token is
-    /// returned once; only its hash is stored.
+    /// Issues a token for `principal` (already checked with `check_issue`), committing it with
+    /// its audit `event`. The token is returned once; only its hash is stored.
     ///
     /// # Errors
-    /// `Unavailable` if the store fails.
-    pub fn issue(&self, principal: &Principal, now_ms: i64) -> Result<Zeroizing<String>, Error> {
+    /// `Unavailable` if the store or the audit log fails; then no token exists.
+    pub async fn issue(
+        &self,
+        principal: &Principal,
+        now_ms: i64,
+        audit: &Audit,
+        event: Event,
+    ) -> Result<Zeroizing<String>, Error> {
         let mut secret = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(secret.as_mut());
         let token = Zeroizing::new(format!("{TOKEN_PREFIX}{}", hex::encode(secret.as_ref())));
@@ -168,7 +174,15 @@ impl TokenRegistry {
         key.extend_from_slice(&h);
         let mut batch = Batch::new();
         batch.put(Keyspace::Meta, key, value);
-        self.store.write(batch)?;
+        let event = Event {
+            detail: format!(
+                "token issued to {} with roles {}",
+                principal.subject,
+                principal.roles_text()
+            ),
+            ..event
+        };
+        audit.commit(batch, vec![event]).await?;
         self.by_hash
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -180,7 +194,20 @@ impl TokenRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::MemoryStore;
+    use crate::{
+        audit::AuditOptions,
+        crypto::{Kek, KekId},
+        storage::MemoryStore,
+    };
+
+    fn audit(store: &Arc<dyn Store>) -> Audit {
+        Audit::open(
+            Arc::clone(store),
+            &Kek::generate(KekId(1)),
+            AuditOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
 
     fn principal(subject: &str, role: &str) -> Principal {
         Principal::new(
@@ -189,12 +216,15 @@ mod tests {
         )
     }
 
-    #[test]
-    fn issues_authenticates_and_reloads_storing_only_hashes() {
+    #[tokio::test]
+    async fn issues_authenticates_and_reloads_storing_only_hashes() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
         let p = principal("svc:crm", "role:writer");
-        let token = registry.issue(&p, 0).unwrap_or_else(|e| panic!("{e}"));
+        let token = registry
+            .issue(&p, 0, &audit(&store), Event::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(registry.authenticate(&token), Some(p.clone()));
         assert_eq!(registry.authenticate("sr_wrong"), None);
         for (key, value) in store.scan_prefix(Keyspace::Meta, b"").unwrap_or_default() {
@@ -206,15 +236,18 @@ mod tests {
         assert_eq!(reloaded.authenticate(&token), Some(p));
     }
 
-    #[test]
-    fn only_admins_issue_and_subjects_keep_their_roles() {
-        let registry =
-            TokenRegistry::load(Arc::new(MemoryStore::new())).unwrap_or_else(|e| panic!("{e}"));
+    #[tokio::test]
+    async fn only_admins_issue_and_subjects_keep_their_roles() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
         let writer = principal("svc:crm", "role:writer");
         let admin = principal("user:root", ADMIN_ROLE);
         assert!(registry.check_issue(&writer, &writer).is_err());
         assert!(registry.check_issue(&admin, &writer).is_ok());
-        registry.issue(&writer, 0).unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .issue(&writer, 0, &audit(&store), Event::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             registry
                 .check_issue(&admin, &principal("svc:crm", "role:admin"))

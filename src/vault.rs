@@ -1,9 +1,12 @@
-//! The use cases: create, read, update and crypto-shred records. Each checks the policy, does
-//! its crypto, and commits one synced batch. Reads decrypt only what the `ReadPermit` allows.
+//! The record use cases: create, read, update and crypto-shred. Each checks the policy, does its
+//! crypto, and commits its writes and its audit event in one synced batch. Reads decrypt only
+//! what the `ReadPermit` allows, and return nothing unless their audit event is durable.
 //!
-//! Depends on `domain`, `crypto`, `policy` and `storage`; knows nothing of gRPC.
+//! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
 mod header;
+mod locks;
+mod sealed;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,12 +17,14 @@ use std::{
 use zeroize::Zeroizing;
 
 use crate::{
-    crypto::{self, Dek, DekContext, FieldContext, Kek},
-    domain::{Collection, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
+    audit::{Audit, AuditError, Call, Event, FieldOutcome},
+    crypto::{Dek, Kek},
+    domain::{FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
-use header::Header;
+use locks::RecordLocks;
+use sealed::field_key;
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,12 @@ pub enum Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<AuditError> for Error {
+    fn from(e: AuditError) -> Self {
         Self::Unavailable(e.to_string())
     }
 }
@@ -143,37 +154,11 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn field_key(id: &RecordId, field: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 + field.len());
-    key.extend_from_slice(id.as_bytes());
-    key.extend_from_slice(field.as_bytes());
-    key
-}
-
-/// Serializes writers of the same record (update vs update vs shred) without a global lock.
-struct RecordLocks {
-    stripes: Vec<tokio::sync::Mutex<()>>,
-}
-
-impl RecordLocks {
-    fn new(n: usize) -> Self {
-        Self {
-            stripes: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
-        }
-    }
-
-    async fn lock(&self, id: &RecordId) -> tokio::sync::MutexGuard<'_, ()> {
-        let b = id.as_bytes();
-        let n = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-        // `stripes` is never empty (built with a fixed positive count).
-        let i = usize::try_from(n % self.stripes.len() as u64).unwrap_or(0);
-        self.stripes[i].lock().await
-    }
-}
-
 /// The vault: the use cases over a store, a master key, a schema and a policy.
 pub struct Vault {
     store: Arc<dyn Store>,
+    audit: Arc<Audit>,
+    audit_reads: bool,
     kek: Kek,
     schema: Arc<Schema>,
     policy: Arc<PolicyEngine>,
@@ -190,16 +175,11 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-/// A record's header, parsed, with its collection resolved.
-struct Loaded<'s> {
-    header: Header,
-    collection: &'s Collection,
-}
-
 impl Vault {
     /// A vault over its parts.
     pub fn new(
         store: Arc<dyn Store>,
+        audit: Arc<Audit>,
         kek: Kek,
         schema: Arc<Schema>,
         policy: Arc<PolicyEngine>,
@@ -207,12 +187,27 @@ impl Vault {
     ) -> Self {
         Self {
             store,
+            audit,
+            audit_reads: true,
             kek,
             schema,
             policy,
             limits,
             locks: RecordLocks::new(256),
         }
+    }
+
+    /// Turns off the audit event of reads: only for measuring what auditing costs. A vault
+    /// configured so is not compliant with its own promises.
+    #[must_use]
+    pub fn danger_without_read_audit(mut self) -> Self {
+        self.audit_reads = false;
+        self
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
     }
 
     /// The declared collections and purposes.
@@ -223,18 +218,6 @@ impl Vault {
     /// The request limits.
     pub fn limits(&self) -> Limits {
         self.limits
-    }
-
-    /// Runs a blocking store call off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Error> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| Error::Internal(format!("storage task failed: {e}")))?
-            .map_err(Error::from)
     }
 
     fn check_count(&self, n: usize, input: &str) -> Result<(), Error> {
@@ -251,166 +234,6 @@ impl Vault {
         Ok(())
     }
 
-    /// Parses and validates field values against `collection`: known, unique, valid by type.
-    fn parse_values(
-        &self,
-        collection: &Collection,
-        inputs: &[FieldInput<'_>],
-    ) -> Result<Vec<(usize, FieldValue)>, Error> {
-        let mut out: Vec<(usize, FieldValue)> = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let (idx, ty) = collection.field(input.name, &format!("{}.name", input.input))?;
-            if out.iter().any(|(i, _)| *i == idx) {
-                return Err(InvalidInput::new(
-                    format!("{}.name", input.input),
-                    format!("field {:?} given more than once", input.name),
-                )
-                .into());
-            }
-            let value = FieldValue::parse(
-                input.value,
-                ty,
-                self.limits.max_value_bytes,
-                &format!("{}.value", input.input),
-            )?;
-            out.push((idx, value));
-        }
-        Ok(out)
-    }
-
-    fn load(&self, id: &RecordId) -> Result<Loaded<'_>, Error> {
-        let Some(bytes) = self.store.get(Keyspace::Deks, id.as_bytes())? else {
-            return Err(Error::NotFound);
-        };
-        if self
-            .store
-            .get(Keyspace::Tombstones, id.as_bytes())?
-            .is_some()
-        {
-            // A shredded record brought back (e.g. from a backup) stays shredded.
-            return Err(Error::NotFound);
-        }
-        let header = Header::decode(&bytes).ok_or_else(|| {
-            tracing::error!(record = %id, "record header is malformed");
-            Error::DataLoss
-        })?;
-        let collection = self
-            .schema
-            .collection(&header.collection, "collection")
-            .map_err(|_| {
-                tracing::error!(record = %id, "record header names an undeclared collection");
-                Error::DataLoss
-            })?;
-        Ok(Loaded { header, collection })
-    }
-
-    fn unwrap(&self, id: &RecordId, loaded: &Loaded<'_>) -> Result<Dek, Error> {
-        if loaded.header.kek_id != self.kek.id() {
-            tracing::error!(record = %id, kek = loaded.header.kek_id.0, "record is wrapped by an unknown master key");
-            return Err(Error::DataLoss);
-        }
-        let ctx = DekContext {
-            record_id: id.as_bytes(),
-            collection: &loaded.header.collection,
-            record_version: loaded.header.version,
-            manifest: loaded.header.manifest,
-        };
-        crypto::unwrap_dek(&self.kek, &loaded.header.wrapped, &ctx).map_err(|_| {
-            tracing::error!(record = %id, "data key failed to unwrap");
-            Error::DataLoss
-        })
-    }
-
-    /// Reads the field ciphertexts of a record, checked against the header's manifest.
-    fn ciphertexts(
-        &self,
-        id: &RecordId,
-        loaded: &Loaded<'_>,
-    ) -> Result<HashMap<usize, Vec<u8>>, Error> {
-        let mut out = HashMap::new();
-        for (key, value) in self.store.scan_prefix(Keyspace::Records, id.as_bytes())? {
-            let name = std::str::from_utf8(&key[16..]).unwrap_or_default();
-            match loaded.collection.field_index(name) {
-                Some(i) if loaded.header.manifest & (1 << i) != 0 => {
-                    out.insert(i, value);
-                }
-                Some(_) | None => {
-                    tracing::error!(record = %id, "a field ciphertext is not in the record's manifest");
-                    return Err(Error::DataLoss);
-                }
-            }
-        }
-        if out.len() != usize::try_from(loaded.header.manifest.count_ones()).unwrap_or(usize::MAX) {
-            tracing::error!(record = %id, "a field ciphertext named in the manifest is missing");
-            return Err(Error::DataLoss);
-        }
-        Ok(out)
-    }
-
-    fn open(
-        &self,
-        id: &RecordId,
-        loaded: &Loaded<'_>,
-        dek: &Dek,
-        field: usize,
-        envelope: &[u8],
-    ) -> Result<FieldValue, Error> {
-        let ctx = FieldContext {
-            collection: &loaded.header.collection,
-            record_id: id.as_bytes(),
-            field: loaded.collection.fields()[field].0.as_str(),
-            record_version: loaded.header.version,
-        };
-        crypto::open_field(dek, &ctx, envelope)
-            .map(FieldValue::from_stored)
-            .map_err(|_| {
-                tracing::error!(record = %id, field = ctx.field, "field ciphertext failed to open");
-                Error::DataLoss
-            })
-    }
-
-    /// Seals every value and wraps the DEK at `version`, adding the writes to `batch`.
-    fn seal_record(
-        &self,
-        batch: &mut Batch,
-        id: &RecordId,
-        collection: &Collection,
-        dek: &Dek,
-        version: u64,
-        values: &BTreeMap<usize, FieldValue>,
-    ) {
-        let manifest = values.keys().fold(0u64, |m, i| m | (1 << i));
-        let name = collection.name().as_str();
-        for (&i, value) in values {
-            let field = collection.fields()[i].0.as_str();
-            let ctx = FieldContext {
-                collection: name,
-                record_id: id.as_bytes(),
-                field,
-                record_version: version,
-            };
-            batch.put(
-                Keyspace::Records,
-                field_key(id, field),
-                crypto::seal_field(dek, &ctx, value.expose()),
-            );
-        }
-        let ctx = DekContext {
-            record_id: id.as_bytes(),
-            collection: name,
-            record_version: version,
-            manifest,
-        };
-        let header = Header {
-            version,
-            kek_id: self.kek.id(),
-            manifest,
-            collection: name.to_owned(),
-            wrapped: crypto::wrap_dek(&self.kek, dek, &ctx),
-        };
-        batch.put(Keyspace::Deks, id.as_bytes().to_vec(), header.encode());
-    }
-
     /// Creates a record; returns its id and version (1).
     ///
     /// # Errors
@@ -419,6 +242,7 @@ impl Vault {
     pub async fn create(
         &self,
         principal: &Principal,
+        call: &Call,
         collection: &str,
         fields: &[FieldInput<'_>],
     ) -> Result<(RecordId, u64), Error> {
@@ -429,11 +253,19 @@ impl Vault {
         self.check_count(fields.len(), "fields")?;
         let values = self.parse_values(collection, fields)?;
         let indices: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
-        self.policy
+        let permit = self
+            .policy
             .table()
             .check_write(principal, collection, &indices)
             .map_err(|r| refused(principal, r))?;
         let id = RecordId::random();
+        let event = Event {
+            collection: collection.name().as_str().to_owned(),
+            record_id: id.to_string(),
+            fields: outcomes(collection, indices.iter().map(|&i| (i, "written"))),
+            policy_version: permit.policy_version(),
+            ..call.event(principal)
+        };
         let dek = Dek::generate();
         let mut batch = Batch::new();
         self.seal_record(
@@ -444,7 +276,7 @@ impl Vault {
             1,
             &values.into_iter().collect(),
         );
-        self.blocking(move |s| s.write(batch)).await?;
+        self.audit.commit(batch, vec![event]).await?;
         Ok((id, 1))
     }
 
@@ -454,9 +286,10 @@ impl Vault {
     /// # Errors
     /// `InvalidArgument` for unknown fields, `NotFound` for an unknown or shredded id,
     /// `DataLoss` if stored data fails its integrity check.
-    pub fn get(
+    pub async fn get(
         &self,
         principal: &Principal,
+        call: &Call,
         id: &RecordId,
         fields: &[String],
         purpose: &Purpose,
@@ -527,6 +360,26 @@ impl Vault {
             });
         }
         shown.extend(withheld);
+        if self.audit_reads {
+            let decided = permit.decisions().iter().map(|&(f, d)| {
+                let outcome = match d {
+                    Decision::Denied => "withheld",
+                    Decision::Masked => "masked",
+                    Decision::Plain => "plain",
+                };
+                (f, outcome)
+            });
+            let event = Event {
+                collection: collection.name().as_str().to_owned(),
+                record_id: id.to_string(),
+                fields: outcomes(collection, decided),
+                purpose: purpose.as_str().to_owned(),
+                policy_version: permit.policy_version(),
+                ..call.event(principal)
+            };
+            // Fail closed: no data leaves unless its event is durable.
+            self.audit.commit(Batch::new(), vec![event]).await?;
+        }
         Ok(RecordView {
             id: *id,
             collection: collection.name().as_str().to_owned(),
@@ -545,6 +398,7 @@ impl Vault {
     pub async fn update(
         &self,
         principal: &Principal,
+        call: &Call,
         id: &RecordId,
         set: &[FieldInput<'_>],
         clear: &[String],
@@ -577,7 +431,8 @@ impl Vault {
             .map(|(i, _)| *i)
             .chain(cleared.iter().copied())
             .collect();
-        self.policy
+        let permit = self
+            .policy
             .table()
             .check_write(principal, collection, &touched)
             .map_err(|r| refused(principal, r))?;
@@ -613,7 +468,16 @@ impl Vault {
             .into());
         }
         self.seal_record(&mut batch, id, collection, &dek, version, &current);
-        self.blocking(move |s| s.write(batch)).await?;
+        let changed = values_idx(&touched, &cleared);
+        let event = Event {
+            collection: collection.name().as_str().to_owned(),
+            record_id: id.to_string(),
+            fields: outcomes(collection, changed),
+            policy_version: permit.policy_version(),
+            detail: format!("version {} -> {version}", loaded.header.version),
+            ..call.event(principal)
+        };
+        self.audit.commit(batch, vec![event]).await?;
         Ok(version)
     }
 
@@ -622,10 +486,16 @@ impl Vault {
     ///
     /// # Errors
     /// `NotFound`, `PermissionDenied`, `DataLoss` (malformed header), `Unavailable`.
-    pub async fn shred(&self, principal: &Principal, id: &RecordId) -> Result<ShredReceipt, Error> {
+    pub async fn shred(
+        &self,
+        principal: &Principal,
+        call: &Call,
+        id: &RecordId,
+    ) -> Result<ShredReceipt, Error> {
         let _guard = self.locks.lock(id).await;
         let loaded = self.load(id)?;
-        self.policy
+        let permit = self
+            .policy
             .table()
             .check_delete(principal, loaded.collection)
             .map_err(|r| refused(principal, r))?;
@@ -647,12 +517,24 @@ impl Vault {
             id.as_bytes().to_vec(),
             shredded_at_ms.to_be_bytes().to_vec(),
         );
-        let key = *id.as_bytes();
-        self.blocking(move |s| {
-            s.write(batch)?;
-            s.purge(&[(Keyspace::Deks, &key), (Keyspace::Records, &key)])
+        let destroyed = (0..loaded.collection.fields().len())
+            .filter(|i| loaded.header.manifest & (1 << i) != 0)
+            .map(|i| (i, "destroyed"));
+        let event = Event {
+            collection: loaded.header.collection.clone(),
+            record_id: id.to_string(),
+            fields: outcomes(loaded.collection, destroyed),
+            policy_version: permit.policy_version(),
+            detail: "data key destroyed; ciphertexts deleted and purged from live files".into(),
+            ..call.event(principal)
+        };
+        self.audit.commit(batch, vec![event]).await?;
+        let (store, key) = (Arc::clone(&self.store), *id.as_bytes());
+        tokio::task::spawn_blocking(move || {
+            store.purge(&[(Keyspace::Deks, &key), (Keyspace::Records, &key)])
         })
-        .await?;
+        .await
+        .map_err(|e| Error::Internal(format!("purge task failed: {e}")))??;
         Ok(ShredReceipt {
             id: *id,
             collection: loaded.header.collection,
@@ -661,4 +543,34 @@ impl Vault {
             purged_at_ms: now_ms(),
         })
     }
+}
+
+/// `(field index, outcome)` pairs as named field outcomes.
+fn outcomes<'a>(
+    collection: &crate::domain::Collection,
+    pairs: impl Iterator<Item = (usize, &'a str)>,
+) -> Vec<FieldOutcome> {
+    pairs
+        .map(|(i, outcome)| FieldOutcome {
+            field: collection.fields()[i].0.as_str().to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .collect()
+}
+
+/// The fields an update touched: set ones `written`, cleared ones `cleared`.
+fn values_idx<'a>(
+    touched: &'a [usize],
+    cleared: &'a [usize],
+) -> impl Iterator<Item = (usize, &'static str)> + 'a {
+    touched.iter().map(move |&i| {
+        (
+            i,
+            if cleared.contains(&i) {
+                "cleared"
+            } else {
+                "written"
+            },
+        )
+    })
 }

@@ -7,8 +7,10 @@ use tonic::{Request, Response, Status};
 use super::{
     auth::principal,
     pb::{self, policies_server::Policies},
+    status::{Known, audited, recorded},
 };
 use crate::{
+    audit::Call,
     governance::{Governance, PolicyVersion},
     policy::DecisionChange,
 };
@@ -59,7 +61,9 @@ impl Policies for PoliciesApi {
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::PolicyVersion>, Status> {
         let by = principal(&request)?;
-        let v = self.governance.show(&by, request.get_ref().version)?;
+        let call = Call::new("Policies/GetPolicy");
+        let result = self.governance.show(&by, request.get_ref().version);
+        let v = recorded(self.governance.audit(), &by, &call, result).await?;
         Ok(Response::new(pb::PolicyVersion {
             info: Some(info(&v)),
             text: v.text,
@@ -72,10 +76,19 @@ impl Policies for PoliciesApi {
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
         let by = principal(&request)?;
         let req = request.into_inner();
-        let (v, c) = self
+        let call = Call::new("Policies/ApplyPolicy");
+        let result = self
             .governance
-            .apply(&by, &req.text, &req.comment, req.expected_version)
-            .await?;
+            .apply(&by, &call, &req.text, &req.comment, req.expected_version)
+            .await;
+        let (v, c) = audited(
+            self.governance.audit(),
+            &by,
+            &call,
+            Known::default(),
+            result,
+        )
+        .await?;
         Ok(Response::new(pb::ApplyPolicyResponse {
             version: Some(info(&v)),
             changes: changes(c),
@@ -87,7 +100,13 @@ impl Policies for PoliciesApi {
         request: Request<pb::ListPolicyVersionsRequest>,
     ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
         let by = principal(&request)?;
-        let versions = self.governance.history(&by)?.iter().map(info).collect();
+        let call = Call::new("Policies/ListPolicyVersions");
+        let result = self.governance.history(&by);
+        let versions = recorded(self.governance.audit(), &by, &call, result)
+            .await?
+            .iter()
+            .map(info)
+            .collect();
         Ok(Response::new(pb::ListPolicyVersionsResponse { versions }))
     }
 
@@ -97,10 +116,12 @@ impl Policies for PoliciesApi {
     ) -> Result<Response<pb::DiffPolicyResponse>, Status> {
         let by = principal(&request)?;
         let req = request.into_inner();
-        let (removed, added, c) = self
+        let call = Call::new("Policies/DiffPolicy");
+        let result = self
             .governance
             .diff(&by, req.from_version, req.to_version)
-            .await?;
+            .await;
+        let (removed, added, c) = recorded(self.governance.audit(), &by, &call, result).await?;
         Ok(Response::new(pb::DiffPolicyResponse {
             removed_rules: removed,
             added_rules: added,
@@ -114,10 +135,25 @@ impl Policies for PoliciesApi {
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
         let by = principal(&request)?;
         let req = request.into_inner();
-        let (v, c) = self
+        let call = Call::new("Policies/RollbackPolicy");
+        let result = self
             .governance
-            .rollback(&by, req.to_version, &req.comment, req.expected_version)
-            .await?;
+            .rollback(
+                &by,
+                &call,
+                req.to_version,
+                &req.comment,
+                req.expected_version,
+            )
+            .await;
+        let (v, c) = audited(
+            self.governance.audit(),
+            &by,
+            &call,
+            Known::default(),
+            result,
+        )
+        .await?;
         Ok(Response::new(pb::ApplyPolicyResponse {
             version: Some(info(&v)),
             changes: changes(c),
@@ -129,10 +165,9 @@ impl Policies for PoliciesApi {
         request: Request<pb::DryRunPolicyRequest>,
     ) -> Result<Response<pb::DryRunPolicyResponse>, Status> {
         let by = principal(&request)?;
-        let (against, c) = self
-            .governance
-            .dry_run(&by, &request.get_ref().text)
-            .await?;
+        let call = Call::new("Policies/DryRunPolicy");
+        let result = self.governance.dry_run(&by, &request.get_ref().text).await;
+        let (against, c) = recorded(self.governance.audit(), &by, &call, result).await?;
         Ok(Response::new(pb::DryRunPolicyResponse {
             against_version: against,
             changes: changes(c),
@@ -145,10 +180,12 @@ impl Policies for PoliciesApi {
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         let by = principal(&request)?;
         let req = request.into_inner();
-        let e = self
+        let call = Call::new("Policies/Explain");
+        let result = self
             .governance
             .explain(&by, &req.principal, &req.action, &req.object, &req.purpose)
-            .await?;
+            .await;
+        let e = recorded(self.governance.audit(), &by, &call, result).await?;
         Ok(Response::new(pb::ExplainResponse {
             outcome: e.outcome.to_owned(),
             matched: e

@@ -1,4 +1,5 @@
-//! The `Records` service: parses requests, calls the vault, shapes responses.
+//! The `Records` service: parses requests, calls the vault, shapes responses. Every call ends
+//! in exactly one audit event: the vault's on success, a failure event otherwise.
 
 use std::sync::Arc;
 
@@ -8,8 +9,9 @@ use super::{
     auth::principal,
     convert::{field_inputs, field_result},
     pb::{self, records_server::Records},
+    status::{Known, audited},
 };
-use crate::{domain::RecordId, vault::Vault};
+use crate::{audit::Call, domain::RecordId, vault::Vault};
 
 /// The `Records` gRPC service.
 #[derive(Debug, Clone)]
@@ -31,12 +33,23 @@ impl Records for RecordsApi {
         request: Request<pb::CreateRecordRequest>,
     ) -> Result<Response<pb::CreateRecordResponse>, Status> {
         let principal = principal(&request)?;
+        let call = Call::new("Records/CreateRecord");
         let req = request.into_inner();
-        let fields = field_inputs(&req.fields, "fields");
-        let (id, version) = self
+        let mut known = Known::default();
+        if self
             .vault
-            .create(&principal, &req.collection, &fields)
-            .await?;
+            .schema()
+            .collection(&req.collection, "collection")
+            .is_ok()
+        {
+            known.collection.clone_from(&req.collection);
+        }
+        let fields = field_inputs(&req.fields, "fields");
+        let result = self
+            .vault
+            .create(&principal, &call, &req.collection, &fields)
+            .await;
+        let (id, version) = audited(self.vault.audit(), &principal, &call, known, result).await?;
         Ok(Response::new(pb::CreateRecordResponse {
             id: id.to_string(),
             version,
@@ -48,10 +61,22 @@ impl Records for RecordsApi {
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
         let principal = principal(&request)?;
+        let call = Call::new("Records/GetRecord");
         let req = request.into_inner();
-        let id = RecordId::parse(&req.id, "id")?;
-        let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
-        let view = self.vault.get(&principal, &id, &req.fields, &purpose)?;
+        let mut known = Known::default();
+        let result = async {
+            let id = RecordId::parse(&req.id, "id")?;
+            known.record_id = id.to_string();
+            let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
+            known.purpose = purpose.as_str().to_owned();
+            let view = self
+                .vault
+                .get(&principal, &call, &id, &req.fields, &purpose)
+                .await?;
+            Ok((view, purpose))
+        }
+        .await;
+        let (view, purpose) = audited(self.vault.audit(), &principal, &call, known, result).await?;
         let roles = principal.roles_text();
         let collection = view.collection.clone();
         let fields = view
@@ -73,13 +98,28 @@ impl Records for RecordsApi {
         request: Request<pb::UpdateRecordRequest>,
     ) -> Result<Response<pb::UpdateRecordResponse>, Status> {
         let principal = principal(&request)?;
+        let call = Call::new("Records/UpdateRecord");
         let req = request.into_inner();
-        let id = RecordId::parse(&req.id, "id")?;
+        let mut known = Known::default();
         let set = field_inputs(&req.set, "set");
-        let version = self
-            .vault
-            .update(&principal, &id, &set, &req.clear, req.expected_version)
-            .await?;
+        let result = async {
+            let id = RecordId::parse(&req.id, "id")?;
+            known.record_id = id.to_string();
+            let version = self
+                .vault
+                .update(
+                    &principal,
+                    &call,
+                    &id,
+                    &set,
+                    &req.clear,
+                    req.expected_version,
+                )
+                .await?;
+            Ok((id, version))
+        }
+        .await;
+        let (id, version) = audited(self.vault.audit(), &principal, &call, known, result).await?;
         Ok(Response::new(pb::UpdateRecordResponse {
             id: id.to_string(),
             version,
@@ -91,8 +131,15 @@ impl Records for RecordsApi {
         request: Request<pb::DeleteRecordRequest>,
     ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
         let principal = principal(&request)?;
-        let id = RecordId::parse(&request.get_ref().id, "id")?;
-        let receipt = self.vault.shred(&principal, &id).await?;
+        let call = Call::new("Records/DeleteRecord");
+        let mut known = Known::default();
+        let result = async {
+            let id = RecordId::parse(&request.get_ref().id, "id")?;
+            known.record_id = id.to_string();
+            self.vault.shred(&principal, &call, &id).await
+        }
+        .await;
+        let receipt = audited(self.vault.audit(), &principal, &call, known, result).await?;
         Ok(Response::new(pb::DeleteRecordResponse {
             receipt: Some(receipt.into()),
         }))

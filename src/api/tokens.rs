@@ -7,11 +7,14 @@ use tonic::{Request, Response, Status};
 use super::{
     auth::principal,
     pb::{self, tokens_server::Tokens},
+    status::{Known, audited},
 };
 use crate::{
+    audit::{Audit, Call},
     domain::{InvalidInput, Principal, Role, Subject},
     policy::PolicyEngine,
     tokens::TokenRegistry,
+    vault::{Error, now_ms},
 };
 
 /// The `Tokens` gRPC service.
@@ -19,12 +22,17 @@ use crate::{
 pub struct TokensApi {
     tokens: Arc<TokenRegistry>,
     policy: Arc<PolicyEngine>,
+    audit: Arc<Audit>,
 }
 
 impl TokensApi {
     /// The service over the token registry; new principals are compiled into the policy.
-    pub fn new(tokens: Arc<TokenRegistry>, policy: Arc<PolicyEngine>) -> Self {
-        Self { tokens, policy }
+    pub fn new(tokens: Arc<TokenRegistry>, policy: Arc<PolicyEngine>, audit: Arc<Audit>) -> Self {
+        Self {
+            tokens,
+            policy,
+            audit,
+        }
     }
 }
 
@@ -35,7 +43,26 @@ impl Tokens for TokensApi {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = principal(&request)?;
+        let call = Call::new("Tokens/CreateToken");
         let req = request.into_inner();
+        let result = self.issue(&caller, &call, &req).await;
+        let (token, new) = audited(&self.audit, &caller, &call, Known::default(), result).await?;
+        tracing::info!(by = %caller.subject, subject = %new.subject, roles = %new.roles_text(), "token issued");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: token.to_string(),
+            subject: new.subject.as_str().to_owned(),
+            roles: new.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        }))
+    }
+}
+
+impl TokensApi {
+    async fn issue(
+        &self,
+        caller: &Principal,
+        call: &Call,
+        req: &pb::CreateTokenRequest,
+    ) -> Result<(zeroize::Zeroizing<String>, Principal), Error> {
         let subject = Subject::parse(&req.subject, "subject")?;
         if req.roles.is_empty() {
             return Err(InvalidInput::new("roles", "give at least one role").into());
@@ -47,18 +74,14 @@ impl Tokens for TokensApi {
             .map(|(i, r)| Role::parse(r, &format!("roles[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let new = Principal::new(subject, roles);
-        self.tokens.check_issue(&caller, &new)?;
+        self.tokens.check_issue(caller, &new)?;
         self.policy.add_principal(new.clone()).await.map_err(|e| {
-            crate::vault::Error::Internal(format!(
-                "cannot compile the policy for a new subject: {e}"
-            ))
+            Error::Internal(format!("cannot compile the policy for a new subject: {e}"))
         })?;
-        let token = self.tokens.issue(&new, crate::vault::now_ms())?;
-        tracing::info!(by = %caller.subject, subject = %new.subject, roles = %new.roles_text(), "token issued");
-        Ok(Response::new(pb::CreateTokenResponse {
-            token: token.to_string(),
-            subject: new.subject.as_str().to_owned(),
-            roles: new.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-        }))
+        let token = self
+            .tokens
+            .issue(&new, now_ms(), &self.audit, call.event(caller))
+            .await?;
+        Ok((token, new))
     }
 }

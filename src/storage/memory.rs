@@ -38,6 +38,31 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn scan_range(
+        &self,
+        ks: Keyspace,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(data
+            .range((ks, from.to_vec())..)
+            .take_while(|((k_ks, key), _)| *k_ks == ks && to.is_none_or(|to| key.as_slice() < to))
+            .take(limit)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
+        let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(data
+            .range((ks, Vec::new())..)
+            .take_while(|((k_ks, _), _)| *k_ks == ks)
+            .last()
+            .map(|((_, key), value)| (key.clone(), value.clone())))
+    }
+
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
         for op in batch.ops() {

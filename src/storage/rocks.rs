@@ -92,6 +92,40 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn scan_range(
+        &self,
+        ks: Keyspace,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let cf = self.cf(ks)?;
+        let mut out = Vec::new();
+        let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(cf, mode) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(io)?;
+            if to.is_some_and(|to| *key >= *to) {
+                break;
+            }
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
+        let cf = self.cf(ks)?;
+        match self.db.iterator_cf(cf, rocksdb::IteratorMode::End).next() {
+            Some(item) => {
+                let (key, value) = item.map_err(io)?;
+                Ok(Some((key.into_vec(), value.into_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut wb = WriteBatch::default();
         for op in batch.ops() {

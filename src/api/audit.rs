@@ -1,0 +1,267 @@
+//! The `Audit` service: query, follow, verify and export the audit log (auditors and admins).
+//! Each call is itself an audit event.
+
+use std::{pin::Pin, sync::Arc};
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    auth::principal,
+    pb::{self, audit_server::Audit as AuditService},
+    status::recorded,
+};
+use crate::{
+    audit::{self, Audit, Call, Event, Filter, READER_ROLES},
+    domain::Principal,
+    vault::Error,
+};
+
+/// The `Audit` gRPC service.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    audit: Arc<Audit>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AuditApi {
+    /// The service over the log.
+    /// Live streams end when `stopping` turns true, so a follower never holds up shutdown.
+    pub fn new(audit: Arc<Audit>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { audit, stopping }
+    }
+
+    /// Checks the caller's roles and records the call.
+    async fn admit(&self, principal: &Principal, call: &Call) -> Result<(), Status> {
+        let allowed = if audit::may_read(principal) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{} may not read the audit log: that needs {}",
+                principal.subject,
+                READER_ROLES.join(" or ")
+            )))
+        };
+        recorded(&self.audit, principal, call, allowed).await
+    }
+}
+
+fn filter(f: Option<pb::EventFilter>) -> Filter {
+    let f = f.unwrap_or_default();
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    Filter {
+        from_ms: f.from_unix_ms,
+        to_ms: f.to_unix_ms,
+        subject: some(f.subject),
+        role: some(f.role),
+        record_id: some(f.record_id),
+        collection: some(f.collection),
+        field: some(f.field),
+        purpose: some(f.purpose),
+        outcome: some(f.outcome),
+        method: some(f.method),
+    }
+}
+
+fn to_pb(e: &Event) -> pb::AuditEvent {
+    pb::AuditEvent {
+        seq: e.seq,
+        time_unix_ms: e.time_ms,
+        request_id: e.request_id.clone(),
+        subject: e.subject.clone(),
+        roles: e.roles.clone(),
+        method: e.method.clone(),
+        collection: e.collection.clone(),
+        record_id: e.record_id.clone(),
+        fields: e
+            .fields
+            .iter()
+            .map(|f| pb::FieldOutcome {
+                field: f.field.clone(),
+                outcome: f.outcome.clone(),
+            })
+            .collect(),
+        purpose: e.purpose.clone(),
+        policy_version: e.policy_version,
+        result: e.result.clone(),
+        detail: e.detail.clone(),
+    }
+}
+
+fn unavailable(e: audit::AuditError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    type FollowEventsStream = EventStream;
+    type ExportEventsStream = ChunkStream;
+
+    async fn query_events(
+        &self,
+        request: Request<pb::QueryEventsRequest>,
+    ) -> Result<Response<pb::QueryEventsResponse>, Status> {
+        let by = principal(&request)?;
+        self.admit(&by, &Call::new("Audit/QueryEvents")).await?;
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let (events, next) = self
+            .audit
+            .query(&filter(req.filter), req.after_seq, limit)
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::QueryEventsResponse {
+            events: events.iter().map(to_pb).collect(),
+            next_after_seq: next.unwrap_or(0),
+        }))
+    }
+
+    async fn follow_events(
+        &self,
+        request: Request<pb::FollowEventsRequest>,
+    ) -> Result<Response<Self::FollowEventsStream>, Status> {
+        let by = principal(&request)?;
+        // Subscribe before recording the call: the stream starts with this call's own event.
+        let mut live = self.audit.subscribe();
+        self.admit(&by, &Call::new("Audit/FollowEvents")).await?;
+        let req = request.into_inner();
+        let filter = filter(req.filter);
+        let audit = Arc::clone(&self.audit);
+        let mut stopping = self.stopping.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut last = 0u64;
+            if let Some(after) = req.after_seq {
+                let mut after = after;
+                loop {
+                    let (events, next) = match audit.query(&filter, after, 500) {
+                        Ok(page) => page,
+                        Err(e) => return tx.send(Err(unavailable(e))).await.unwrap_or(()),
+                    };
+                    for e in &events {
+                        last = e.seq;
+                        if tx.send(Ok(to_pb(e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    match next {
+                        Some(n) => after = n,
+                        None => break,
+                    }
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    next = live.recv() => next,
+                    _ = stopping.wait_for(|s| *s) => return,
+                    () = tx.closed() => return,
+                };
+                match next {
+                    Ok(event) => {
+                        if event.seq > last && filter.matches(&event) {
+                            last = event.seq;
+                            if tx.send(Ok(to_pb(&event))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        // Too slow for the live feed: catch up from the store, in order.
+                        let mut after = last;
+                        loop {
+                            let (events, next) = match audit.query(&filter, after, 500) {
+                                Ok(page) => page,
+                                Err(e) => return tx.send(Err(unavailable(e))).await.unwrap_or(()),
+                            };
+                            for e in &events {
+                                last = e.seq;
+                                if tx.send(Ok(to_pb(e))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            match next {
+                                Some(n) => after = n,
+                                None => break,
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn verify_log(
+        &self,
+        request: Request<pb::VerifyLogRequest>,
+    ) -> Result<Response<pb::VerifyLogResponse>, Status> {
+        let by = principal(&request)?;
+        self.admit(&by, &Call::new("Audit/VerifyLog")).await?;
+        let req = request.into_inner();
+        let audit = Arc::clone(&self.audit);
+        let report = tokio::task::spawn_blocking(move || audit.verify(req.from_seq, req.to_seq))
+            .await
+            .map_err(|e| Status::internal(format!("verification task failed: {e}")))?
+            .map_err(unavailable)?;
+        let (problem_seq, problem) = report.problem.clone().unwrap_or_default();
+        Ok(Response::new(pb::VerifyLogResponse {
+            ok: report.ok(),
+            from_seq: report.from,
+            to_seq: report.to,
+            checked: report.checked,
+            anchor_seq: report.anchor,
+            problem_seq,
+            problem,
+        }))
+    }
+
+    async fn export_events(
+        &self,
+        request: Request<pb::ExportEventsRequest>,
+    ) -> Result<Response<Self::ExportEventsStream>, Status> {
+        let by = principal(&request)?;
+        self.admit(&by, &Call::new("Audit/ExportEvents")).await?;
+        let filter = filter(request.into_inner().filter);
+        let audit = Arc::clone(&self.audit);
+        let stream = async_stream(move |tx| async move {
+            let mut after = 0u64;
+            loop {
+                let (events, next) = match audit.query(&filter, after, 500) {
+                    Ok(page) => page,
+                    Err(e) => return tx.send(Err(unavailable(e))).await.unwrap_or(()),
+                };
+                let mut jsonl = String::new();
+                for e in &events {
+                    jsonl.push_str(&serde_json::to_string(e).unwrap_or_default());
+                    jsonl.push('\n');
+                }
+                if !jsonl.is_empty() && tx.send(Ok(pb::ExportChunk { jsonl })).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(n) => after = n,
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task: the task gets the sending half of a small channel.
+fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

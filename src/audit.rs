@@ -1,0 +1,373 @@
+//! The audit log: every access decision as an event, hash-chained with a keyed MAC (the key is
+//! derived from the master key, so only the vault can extend the chain), with signed
+//! checkpoints; queried, followed live, verified, exported, pruned.
+//!
+//! Events hold ids, names and outcomes, never field values or tokens. Events and the writes
+//! they describe are committed in one synced batch by a single appender that groups concurrent
+//! requests (one fsync for many events), so a read's event is durable before its data is
+//! returned without costing a fsync per read.
+//!
+//! Depends on `crypto` (the MAC) and `storage`; knows nothing of gRPC.
+
+mod appender;
+mod query;
+mod verify;
+
+use std::sync::{Arc, mpsc};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::{
+    crypto::{Kek, SubKey},
+    storage::{Batch, Keyspace, Store, StoreError},
+};
+
+pub use query::Filter;
+pub use verify::{Checkpoint, VerifyReport};
+
+/// How one field fared in a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldOutcome {
+    /// The field name.
+    pub field: String,
+    /// `plain`, `masked`, `withheld` (reads); `written`, `cleared` (writes); `destroyed`.
+    pub outcome: String,
+}
+
+/// One audited call or decision. Never holds a field value or a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the chain, from 1; set by the appender.
+    pub seq: u64,
+    /// When it was committed (ms since the epoch, never decreasing); set by the appender.
+    pub time_ms: i64,
+    /// The request id (also in error messages and logs).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// The caller's subject; empty for an unauthenticated call.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    /// The caller's roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The gRPC method, e.g. `Records/GetRecord`, or an internal operation.
+    pub method: String,
+    /// The collection, when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub collection: String,
+    /// The record id, when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub record_id: String,
+    /// Per-field outcomes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldOutcome>,
+    /// The declared purpose.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
+    /// The policy version that decided (0 when no policy was consulted).
+    #[serde(default)]
+    pub policy_version: u64,
+    /// The result: `OK` or a gRPC status code name such as `PERMISSION_DENIED`.
+    pub result: String,
+    /// Non-personal detail: versions changed, subjects a token was issued to, counts.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// One call as the audit log names it: its method and request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The method, e.g. `Records/GetRecord`.
+    pub method: &'static str,
+    /// A fresh random id for this request, also in error messages and logs.
+    pub request_id: String,
+}
+
+impl Call {
+    /// A call to `method` with a fresh request id.
+    pub fn new(method: &'static str) -> Self {
+        use rand::RngCore;
+        Self {
+            method,
+            request_id: format!("{:016x}", rand::thread_rng().next_u64()),
+        }
+    }
+
+    /// The start of an `OK` event of this call by `principal`.
+    pub fn event(&self, principal: &crate::domain::Principal) -> Event {
+        Event {
+            request_id: self.request_id.clone(),
+            subject: principal.subject.as_str().to_owned(),
+            roles: principal
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            method: self.method.to_owned(),
+            result: "OK".into(),
+            ..Event::default()
+        }
+    }
+}
+
+/// The audit log could not be written or read. Callers fail closed: no data, no write.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct AuditError(pub String);
+
+impl From<StoreError> for AuditError {
+    fn from(e: StoreError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Settings of the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Events older than this many days are pruned (from a checkpoint on); `None` keeps all.
+    pub retention_days: Option<u32>,
+    /// A durable checkpoint every this many events.
+    pub checkpoint_every: u64,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            retention_days: None,
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+struct Job {
+    batch: Batch,
+    events: Vec<Event>,
+    /// A durable checkpoint is written with this job even if no boundary was crossed.
+    checkpoint: bool,
+    reply: Option<oneshot::Sender<Result<Vec<u64>, AuditError>>>,
+}
+
+/// The roles that may read the audit log.
+pub const READER_ROLES: [&str; 2] = ["role:auditor", "role:admin"];
+
+/// Whether `principal` may read the audit log.
+pub fn may_read(principal: &crate::domain::Principal) -> bool {
+    principal
+        .roles
+        .iter()
+        .any(|r| READER_ROLES.contains(&r.as_str()))
+}
+
+/// Keys under which the audit log keeps its checkpoints (in `meta`).
+pub(crate) const HEAD_KEY: &[u8] = b"audit/head";
+pub(crate) const CHECKPOINT_PREFIX: &[u8] = b"audit/checkpoint/";
+
+/// The audit log.
+pub struct Audit {
+    jobs: mpsc::Sender<Job>,
+    appender: Option<std::thread::JoinHandle<()>>,
+    live: broadcast::Sender<Arc<Event>>,
+    store: Arc<dyn Store>,
+    keys: Arc<verify::Keys>,
+    options: AuditOptions,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Opens the log over `store` and starts its appender thread. The chain continues from the
+    /// last stored event.
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails or the last event is unreadable.
+    pub fn open(
+        store: Arc<dyn Store>,
+        kek: &Kek,
+        options: AuditOptions,
+    ) -> Result<Self, AuditError> {
+        let keys = Arc::new(verify::Keys {
+            chain: SubKey::derive(kek, "audit-chain"),
+            checkpoint: SubKey::derive(kek, "audit-checkpoint"),
+        });
+        let state = appender::State::load(store.as_ref())?;
+        let (jobs, rx) = mpsc::channel();
+        let (live, _) = broadcast::channel(4096);
+        let appender = appender::Appender {
+            store: Arc::clone(&store),
+            keys: Arc::clone(&keys),
+            live: live.clone(),
+            state,
+            checkpoint_every: options.checkpoint_every.max(1),
+        };
+        let appender = std::thread::Builder::new()
+            .name("strongroom-audit".into())
+            .spawn(move || appender.run(&rx))
+            .map_err(|e| AuditError(format!("cannot start the audit appender: {e}")))?;
+        Ok(Self {
+            jobs,
+            appender: Some(appender),
+            live,
+            store,
+            keys,
+            options,
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<(), AuditError> {
+        self.jobs
+            .send(job)
+            .map_err(|_| AuditError("the audit appender has stopped".into()))
+    }
+
+    /// Commits `batch` and `events` together, durably, in chain order; returns the events'
+    /// sequence numbers. Nothing of `batch` is applied if the events cannot be written.
+    ///
+    /// # Errors
+    /// `AuditError` if the write or its sync fails.
+    pub async fn commit(&self, batch: Batch, events: Vec<Event>) -> Result<Vec<u64>, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job {
+            batch,
+            events,
+            checkpoint: false,
+            reply: Some(tx),
+        })?;
+        rx.await
+            .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
+    }
+
+    /// Records an event without waiting for it (for calls that return no data, such as an
+    /// unauthenticated one). A failure is logged.
+    pub fn record_detached(&self, event: Event) {
+        if self
+            .send(Job {
+                batch: Batch::new(),
+                events: vec![event],
+                checkpoint: false,
+                reply: None,
+            })
+            .is_err()
+        {
+            tracing::error!("audit appender stopped; an event was not recorded");
+        }
+    }
+
+    /// Writes a durable checkpoint of the current head now (e.g. at shutdown).
+    ///
+    /// # Errors
+    /// `AuditError` if the write fails.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job {
+            batch: Batch::new(),
+            events: Vec::new(),
+            checkpoint: true,
+            reply: Some(tx),
+        })?;
+        rx.await
+            .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
+            .map(|_| ())
+    }
+
+    /// Events committed from now on, as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.live.subscribe()
+    }
+
+    /// Up to `limit` events after `after_seq` that pass `filter`, oldest first, and the
+    /// sequence number to continue after (`None` at the end of the log).
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails or an event does not decode.
+    pub fn query(
+        &self,
+        filter: &Filter,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Option<u64>), AuditError> {
+        query::query(self.store.as_ref(), filter, after_seq, limit)
+    }
+
+    /// Verifies the chain from `from` to `to` (inclusive; the whole log by default), and the
+    /// tail against the last checkpoint.
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails; integrity problems are in the report.
+    pub fn verify(&self, from: Option<u64>, to: Option<u64>) -> Result<VerifyReport, AuditError> {
+        verify::verify(self.store.as_ref(), &self.keys, from, to)
+    }
+
+    /// Deletes events older than the retention period, up to the newest durable checkpoint
+    /// before the cut, so the log stays verifiable from that checkpoint on. Returns how many
+    /// events were deleted.
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails.
+    pub async fn prune(&self, now_ms: i64) -> Result<u64, AuditError> {
+        let Some(days) = self.options.retention_days else {
+            return Ok(0);
+        };
+        let cut = now_ms - i64::from(days) * 86_400_000;
+        let Some(anchor) = verify::newest_checkpoint_before(self.store.as_ref(), &self.keys, cut)?
+        else {
+            return Ok(0);
+        };
+        let mut batch = Batch::new();
+        let mut deleted = 0u64;
+        let mut from = 1u64.to_be_bytes().to_vec();
+        loop {
+            let chunk = self.store.scan_range(
+                Keyspace::Audit,
+                &from,
+                Some(&(anchor.seq + 1).to_be_bytes()),
+                10_000,
+            )?;
+            let Some((last, _)) = chunk.last() else { break };
+            from = query::next_key(last);
+            for (key, _) in &chunk {
+                batch.delete(Keyspace::Audit, key.clone());
+                deleted += 1;
+            }
+        }
+        for (key, _) in self.store.scan_prefix(Keyspace::Meta, CHECKPOINT_PREFIX)? {
+            if key.as_slice() < verify::checkpoint_key(anchor.seq).as_slice() {
+                batch.delete(Keyspace::Meta, key);
+            }
+        }
+        if deleted == 0 {
+            return Ok(0);
+        }
+        let event = Event {
+            method: "Audit/Prune".into(),
+            result: "OK".into(),
+            detail: format!(
+                "{deleted} events up to seq {} pruned (retention {days} days); the chain is anchored at checkpoint {}",
+                anchor.seq, anchor.seq
+            ),
+            ..Event::default()
+        };
+        self.commit(batch, vec![event]).await?;
+        Ok(deleted)
+    }
+}
+
+impl Drop for Audit {
+    /// Stops the appender after it has committed every pending job, and waits for it, so the
+    /// store is released when the last handle goes.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(appender) = self.appender.take()
+            && appender.join().is_err()
+        {
+            tracing::error!("the audit appender panicked");
+        }
+    }
+}

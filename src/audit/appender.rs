@@ -1,0 +1,153 @@
+//! The single writer of the chain: takes every pending job, numbers and chains their events,
+//! adds their data writes and a checkpoint, and commits all of it in one synced batch. Many
+//! concurrent requests share one fsync; the chain order is the commit order.
+
+use std::{
+    sync::{Arc, mpsc},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::broadcast;
+
+use super::{
+    AuditError, Event, HEAD_KEY, Job,
+    verify::{Checkpoint, Keys, checkpoint_key, decode_stored, encode_stored},
+};
+use crate::storage::{Batch, Keyspace, Store};
+
+/// Jobs taken into one batch at most.
+const MAX_JOBS_PER_BATCH: usize = 1024;
+
+/// Where the chain stands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct State {
+    seq: u64,
+    head: [u8; 32],
+    last_time_ms: i64,
+}
+
+impl State {
+    /// The state after the last stored event (genesis when there is none).
+    pub(super) fn load(store: &dyn Store) -> Result<Self, AuditError> {
+        match store.last(Keyspace::Audit)? {
+            None => {
+                // A pruned log starts from its anchor checkpoint.
+                Ok(Self {
+                    seq: 0,
+                    head: [0; 32],
+                    last_time_ms: 0,
+                })
+            }
+            Some((key, value)) => {
+                let seq = u64::from_be_bytes(
+                    key.as_slice()
+                        .try_into()
+                        .map_err(|_| AuditError("a malformed audit key".into()))?,
+                );
+                let (event, mac) = decode_stored(&value).ok_or_else(|| {
+                    AuditError(format!(
+                        "audit event {seq} is malformed; run `strongroom audit verify`"
+                    ))
+                })?;
+                Ok(Self {
+                    seq,
+                    head: mac,
+                    last_time_ms: event.time_ms,
+                })
+            }
+        }
+    }
+}
+
+pub(super) struct Appender {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) keys: Arc<Keys>,
+    pub(super) live: broadcast::Sender<Arc<Event>>,
+    pub(super) state: State,
+    pub(super) checkpoint_every: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Appender {
+    /// Runs until every sender is gone.
+    pub(super) fn run(mut self, jobs: &mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut taken = vec![first];
+            while taken.len() < MAX_JOBS_PER_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => taken.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit(taken);
+        }
+    }
+
+    fn commit(&mut self, mut jobs: Vec<Job>) {
+        let mut next = self.state;
+        let time = now_ms().max(next.last_time_ms);
+        let mut batch = Batch::new();
+        let mut seqs: Vec<Vec<u64>> = Vec::with_capacity(jobs.len());
+        let mut force_checkpoint = false;
+        let mut committed: Vec<Arc<Event>> = Vec::new();
+        for job in &mut jobs {
+            batch.append(std::mem::take(&mut job.batch));
+            force_checkpoint |= job.checkpoint;
+            let mut job_seqs = Vec::with_capacity(job.events.len());
+            for mut event in std::mem::take(&mut job.events) {
+                next.seq += 1;
+                event.seq = next.seq;
+                event.time_ms = time;
+                let (value, mac) = encode_stored(&self.keys, &event, &next.head);
+                batch.put(Keyspace::Audit, next.seq.to_be_bytes().to_vec(), value);
+                next.head = mac;
+                job_seqs.push(next.seq);
+                committed.push(Arc::new(event));
+            }
+            seqs.push(job_seqs);
+        }
+        next.last_time_ms = time;
+        if next.seq != self.state.seq || force_checkpoint {
+            let checkpoint = Checkpoint::sign(&self.keys, next.seq, next.head, time);
+            let bytes = checkpoint.encode();
+            // The head checkpoint moves with every batch: a truncated tail is seen against it.
+            batch.put(Keyspace::Meta, HEAD_KEY.to_vec(), bytes.clone());
+            let crossed = next.seq / self.checkpoint_every > self.state.seq / self.checkpoint_every;
+            if crossed || force_checkpoint {
+                batch.put(Keyspace::Meta, checkpoint_key(next.seq), bytes);
+            }
+        }
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.store.write(batch)
+        };
+        match result {
+            Ok(()) => {
+                self.state = next;
+                for event in committed {
+                    // No receiver is fine: nobody is following.
+                    let _ = self.live.send(event);
+                }
+                for (job, seqs) in jobs.into_iter().zip(seqs) {
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(Ok(seqs));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit batch failed; its requests fail closed");
+                for job in jobs {
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(Err(AuditError(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The chain format and its verification.
+//!
+//! Stored event: `json | mac[32]` under key `seq` (big-endian u64), where
+//! `mac = HMAC(chain key, previous mac | seq | json)` and the first event's previous mac is 32
+//! zero bytes (or, after pruning, the head of the anchor checkpoint). A checkpoint signs
+//! `(seq, head, time)` with a second derived key.
+
+use serde::{Deserialize, Serialize};
+
+use super::{AuditError, CHECKPOINT_PREFIX, Event, HEAD_KEY};
+use crate::{
+    crypto::SubKey,
+    storage::{Keyspace, Store},
+};
+
+const MAC_LEN: usize = 32;
+
+/// The two keys of the log.
+pub(super) struct Keys {
+    pub(super) chain: SubKey,
+    pub(super) checkpoint: SubKey,
+}
+
+/// A signed statement: the chain had this head at this sequence number at this time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last event covered.
+    pub seq: u64,
+    /// The chain MAC of that event, hex.
+    pub head: String,
+    /// When (ms since the epoch).
+    pub time_ms: i64,
+    /// HMAC-SHA256 of `(seq, head, time)` under the checkpoint key, hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    pub(super) fn sign(keys: &Keys, seq: u64, head: [u8; 32], time_ms: i64) -> Self {
+        let sig = keys.checkpoint.mac(&[
+            b"checkpoint",
+            &seq.to_be_bytes(),
+            &head,
+            &time_ms.to_be_bytes(),
+        ]);
+        Self {
+            seq,
+            head: hex::encode(head),
+            time_ms,
+            signature: hex::encode(sig),
+        }
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn head_bytes(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&self.head, &mut out)
+            .ok()
+            .map(|()| out)
+    }
+
+    fn valid(&self, keys: &Keys) -> bool {
+        let (Some(head), Ok(sig)) = (self.head_bytes(), hex::decode(&self.signature)) else {
+            return false;
+        };
+        keys.checkpoint.verify(
+            &[
+                b"checkpoint",
+                &self.seq.to_be_bytes(),
+                &head,
+                &self.time_ms.to_be_bytes(),
+            ],
+            &sig,
+        )
+    }
+}
+
+pub(super) fn checkpoint_key(seq: u64) -> Vec<u8> {
+    let mut k = CHECKPOINT_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn chain_mac(keys: &Keys, prev: &[u8; 32], seq: u64, json: &[u8]) -> [u8; 32] {
+    keys.chain.mac(&[prev, &seq.to_be_bytes(), json])
+}
+
+/// The stored bytes of `event` chained after `prev`, and its MAC.
+pub(super) fn encode_stored(keys: &Keys, event: &Event, prev: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
+    // Serializing plain strings and numbers cannot fail.
+    let mut json = serde_json::to_vec(event).unwrap_or_default();
+    let mac = chain_mac(keys, prev, event.seq, &json);
+    json.extend_from_slice(&mac);
+    (json, mac)
+}
+
+/// Splits stored bytes into the event and its MAC.
+pub(super) fn decode_stored(value: &[u8]) -> Option<(Event, [u8; 32])> {
+    let split = value.len().checked_sub(MAC_LEN)?;
+    let (json, mac) = value.split_at(split);
+    let event = serde_json::from_slice(json).ok()?;
+    Some((event, mac.try_into().ok()?))
+}
+
+/// The outcome of verifying a range of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The first event checked.
+    pub from: u64,
+    /// The last event checked.
+    pub to: u64,
+    /// How many events were checked.
+    pub checked: u64,
+    /// The checkpoint the chain was anchored at (0 = the start of the log).
+    pub anchor: u64,
+    /// The first problem: the sequence number it concerns and what is wrong.
+    pub problem: Option<(u64, String)>,
+}
+
+impl VerifyReport {
+    /// Whether the range verified clean.
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+fn read_checkpoint(store: &dyn Store, key: &[u8]) -> Result<Option<Checkpoint>, AuditError> {
+    Ok(store
+        .get(Keyspace::Meta, key)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+/// The newest valid durable checkpoint older than `cut_ms`.
+pub(super) fn newest_checkpoint_before(
+    store: &dyn Store,
+    keys: &Keys,
+    cut_ms: i64,
+) -> Result<Option<Checkpoint>, AuditError> {
+    let mut best = None;
+    for (_, bytes) in store.scan_prefix(Keyspace::Meta, CHECKPOINT_PREFIX)? {
+        if let Ok(c) = serde_json::from_slice::<Checkpoint>(&bytes)
+            && c.valid(keys)
+            && c.time_ms < cut_ms
+        {
+            best = Some(c);
+        }
+    }
+    Ok(best)
+}
+
+/// The durable checkpoint to start verifying `from` at: the newest one before `from`.
+fn anchor_for(store: &dyn Store, keys: &Keys, from: u64) -> Result<Option<Checkpoint>, AuditError> {
+    let mut best = None;
+    for (_, bytes) in store.scan_range(
+        Keyspace::Meta,
+        CHECKPOINT_PREFIX,
+        Some(&checkpoint_key(from)),
+        usize::MAX,
+    )? {
+        if let Ok(c) = serde_json::from_slice::<Checkpoint>(&bytes)
+            && c.valid(keys)
+            && c.seq < from
+        {
+            best = Some(c);
+        }
+    }
+    Ok(best)
+}
+
+pub(super) fn verify(
+    store: &dyn Store,
+    keys: &Keys,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> Result<VerifyReport, AuditError> {
+    let first_stored = store
+        .scan_range(Keyspace::Audit, &[], None, 1)?
+        .first()
+        .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes));
+    let from = from.unwrap_or(first_stored.unwrap_or(1)).max(1);
+    let mut report = VerifyReport {
+        from,
+        to: from.saturating_sub(1),
+        checked: 0,
+        anchor: 0,
+        problem: None,
+    };
+    let fail = |mut r: VerifyReport, seq: u64, problem: String| {
+        r.problem = Some((seq, problem));
+        Ok(r)
+    };
+    // The chain value before `from`: genesis, or a checkpoint's head.
+    let (mut expected, mut prev) = (1u64, [0u8; 32]);
+    if from > 1 {
+        match anchor_for(store, keys, from)? {
+            Some(c) => {
+                report.anchor = c.seq;
+                expected = c.seq + 1;
+                prev = c.head_bytes().unwrap_or_default();
+            }
+            None if first_stored.is_some_and(|f| f > 1) => {
+                return fail(
+                    report,
+                    from,
+                    "no valid checkpoint anchors this range: the start of the log was removed"
+                        .into(),
+                );
+            }
+            None => {}
+        }
+    }
+    let head = read_checkpoint(store, HEAD_KEY)?;
+    if let Some(h) = &head
+        && !h.valid(keys)
+    {
+        return fail(
+            report,
+            h.seq,
+            "the head checkpoint's signature is invalid".into(),
+        );
+    }
+    let end = to.unwrap_or(u64::MAX);
+    let mut cursor = expected.to_be_bytes().to_vec();
+    'scan: loop {
+        let chunk = store.scan_range(Keyspace::Audit, &cursor, None, 4096)?;
+        let Some((last_key, _)) = chunk.last() else {
+            break;
+        };
+        cursor = super::query::next_key(last_key);
+        for (key, value) in chunk {
+            let Ok(seq_bytes) = <[u8; 8]>::try_from(key.as_slice()) else {
+                return fail(
+                    report,
+                    expected,
+                    "a malformed key in the audit keyspace".into(),
+                );
+            };
+            let seq = u64::from_be_bytes(seq_bytes);
+            if seq > end {
+                break 'scan;
+            }
+            if seq != expected {
+                return fail(
+                    report,
+                    expected,
+                    format!(
+                        "event {expected} is missing (removed); the next stored event is {seq}"
+                    ),
+                );
+            }
+            let Some((event, mac)) = decode_stored(&value) else {
+                return fail(report, seq, format!("event {seq} is malformed (altered)"));
+            };
+            if event.seq != seq {
+                return fail(
+                    report,
+                    seq,
+                    format!("event {seq} holds event {}: reordered or moved", event.seq),
+                );
+            }
+            let json = &value[..value.len() - MAC_LEN];
+            if chain_mac(keys, &prev, seq, json) != mac {
+                return fail(
+                    report,
+                    seq,
+                    format!(
+                        "event {seq} fails its chain MAC: altered, inserted, or the chain was rewritten"
+                    ),
+                );
+            }
+            if seq >= from {
+                report.checked += 1;
+                report.to = seq;
+            }
+            prev = mac;
+            expected += 1;
+            if let Some(c) = read_checkpoint(store, &checkpoint_key(seq))?
+                && (!c.valid(keys) || c.head_bytes() != Some(mac))
+            {
+                return fail(
+                    report,
+                    seq,
+                    format!("the checkpoint at event {seq} does not match the chain"),
+                );
+            }
+        }
+    }
+    let last_seq = expected - 1;
+    if let Some(h) = head
+        && to.is_none_or(|t| t >= h.seq)
+    {
+        if h.seq > last_seq {
+            return fail(
+                report,
+                last_seq + 1,
+                format!(
+                    "the log ends at event {last_seq} but the last checkpoint covers event {}: the tail was truncated",
+                    h.seq
+                ),
+            );
+        }
+        if h.seq == last_seq && h.head_bytes() != Some(prev) {
+            return fail(
+                report,
+                last_seq,
+                "the last event does not match the head checkpoint".into(),
+            );
+        }
+    }
+    Ok(report)
+}

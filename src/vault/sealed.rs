@@ -1,0 +1,187 @@
+//! The record at rest: loading and checking a header, unwrapping its DEK, reading and opening
+//! its field ciphertexts, and sealing a record's fields at a new version.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Error, FieldInput, Vault, header::Header};
+use crate::{
+    crypto::{self, Dek, DekContext, FieldContext},
+    domain::{Collection, FieldValue, InvalidInput, RecordId},
+    storage::{Batch, Keyspace},
+};
+
+/// A record's header, parsed, with its collection resolved.
+pub(super) struct Loaded<'s> {
+    pub(super) header: Header,
+    pub(super) collection: &'s Collection,
+}
+
+/// The key of a field ciphertext: `record id | field name`.
+pub(super) fn field_key(id: &RecordId, field: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + field.len());
+    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(field.as_bytes());
+    key
+}
+
+impl Vault {
+    /// Parses and validates field values against `collection`: known, unique, valid by type.
+    pub(super) fn parse_values(
+        &self,
+        collection: &Collection,
+        inputs: &[FieldInput<'_>],
+    ) -> Result<Vec<(usize, FieldValue)>, Error> {
+        let mut out: Vec<(usize, FieldValue)> = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let (idx, ty) = collection.field(input.name, &format!("{}.name", input.input))?;
+            if out.iter().any(|(i, _)| *i == idx) {
+                return Err(InvalidInput::new(
+                    format!("{}.name", input.input),
+                    format!("field {:?} given more than once", input.name),
+                )
+                .into());
+            }
+            let value = FieldValue::parse(
+                input.value,
+                ty,
+                self.limits.max_value_bytes,
+                &format!("{}.value", input.input),
+            )?;
+            out.push((idx, value));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn load(&self, id: &RecordId) -> Result<Loaded<'_>, Error> {
+        let Some(bytes) = self.store.get(Keyspace::Deks, id.as_bytes())? else {
+            return Err(Error::NotFound);
+        };
+        if self
+            .store
+            .get(Keyspace::Tombstones, id.as_bytes())?
+            .is_some()
+        {
+            // A shredded record brought back (e.g. from a backup) stays shredded.
+            return Err(Error::NotFound);
+        }
+        let header = Header::decode(&bytes).ok_or_else(|| {
+            tracing::error!(record = %id, "record header is malformed");
+            Error::DataLoss
+        })?;
+        let collection = self
+            .schema
+            .collection(&header.collection, "collection")
+            .map_err(|_| {
+                tracing::error!(record = %id, "record header names an undeclared collection");
+                Error::DataLoss
+            })?;
+        Ok(Loaded { header, collection })
+    }
+
+    pub(super) fn unwrap(&self, id: &RecordId, loaded: &Loaded<'_>) -> Result<Dek, Error> {
+        if loaded.header.kek_id != self.kek.id() {
+            tracing::error!(record = %id, kek = loaded.header.kek_id.0, "record is wrapped by an unknown master key");
+            return Err(Error::DataLoss);
+        }
+        let ctx = DekContext {
+            record_id: id.as_bytes(),
+            collection: &loaded.header.collection,
+            record_version: loaded.header.version,
+            manifest: loaded.header.manifest,
+        };
+        crypto::unwrap_dek(&self.kek, &loaded.header.wrapped, &ctx).map_err(|_| {
+            tracing::error!(record = %id, "data key failed to unwrap");
+            Error::DataLoss
+        })
+    }
+
+    /// Reads the field ciphertexts of a record, checked against the header's manifest.
+    pub(super) fn ciphertexts(
+        &self,
+        id: &RecordId,
+        loaded: &Loaded<'_>,
+    ) -> Result<HashMap<usize, Vec<u8>>, Error> {
+        let mut out = HashMap::new();
+        for (key, value) in self.store.scan_prefix(Keyspace::Records, id.as_bytes())? {
+            let name = std::str::from_utf8(&key[16..]).unwrap_or_default();
+            match loaded.collection.field_index(name) {
+                Some(i) if loaded.header.manifest & (1 << i) != 0 => {
+                    out.insert(i, value);
+                }
+                Some(_) | None => {
+                    tracing::error!(record = %id, "a field ciphertext is not in the record's manifest");
+                    return Err(Error::DataLoss);
+                }
+            }
+        }
+        if out.len() != usize::try_from(loaded.header.manifest.count_ones()).unwrap_or(usize::MAX) {
+            tracing::error!(record = %id, "a field ciphertext named in the manifest is missing");
+            return Err(Error::DataLoss);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn open(
+        &self,
+        id: &RecordId,
+        loaded: &Loaded<'_>,
+        dek: &Dek,
+        field: usize,
+        envelope: &[u8],
+    ) -> Result<FieldValue, Error> {
+        let ctx = FieldContext {
+            collection: &loaded.header.collection,
+            record_id: id.as_bytes(),
+            field: loaded.collection.fields()[field].0.as_str(),
+            record_version: loaded.header.version,
+        };
+        crypto::open_field(dek, &ctx, envelope)
+            .map(FieldValue::from_stored)
+            .map_err(|_| {
+                tracing::error!(record = %id, field = ctx.field, "field ciphertext failed to open");
+                Error::DataLoss
+            })
+    }
+
+    /// Seals every value and wraps the DEK at `version`, adding the writes to `batch`.
+    pub(super) fn seal_record(
+        &self,
+        batch: &mut Batch,
+        id: &RecordId,
+        collection: &Collection,
+        dek: &Dek,
+        version: u64,
+        values: &BTreeMap<usize, FieldValue>,
+    ) {
+        let manifest = values.keys().fold(0u64, |m, i| m | (1 << i));
+        let name = collection.name().as_str();
+        for (&i, value) in values {
+            let field = collection.fields()[i].0.as_str();
+            let ctx = FieldContext {
+                collection: name,
+                record_id: id.as_bytes(),
+                field,
+                record_version: version,
+            };
+            batch.put(
+                Keyspace::Records,
+                field_key(id, field),
+                crypto::seal_field(dek, &ctx, value.expose()),
+            );
+        }
+        let ctx = DekContext {
+            record_id: id.as_bytes(),
+            collection: name,
+            record_version: version,
+            manifest,
+        };
+        let header = Header {
+            version,
+            kek_id: self.kek.id(),
+            manifest,
+            collection: name.to_owned(),
+            wrapped: crypto::wrap_dek(&self.kek, dek, &ctx),
+        };
+        batch.put(Keyspace::Deks, id.as_bytes().to_vec(), header.encode());
+    }
+}
