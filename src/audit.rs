@@ -196,7 +196,7 @@ impl Audit {
             chain: SubKey::derive(kek, "audit-chain"),
             checkpoint: SubKey::derive(kek, "audit-checkpoint"),
         });
-        let state = appender::State::load(store.as_ref())?;
+        let state = appender::State::load(store.as_ref(), &keys)?;
         let (jobs, rx) = mpsc::channel();
         let (live, _) = broadcast::channel(4096);
         let appender = appender::Appender {

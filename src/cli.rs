@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
+mod audit;
 mod policy;
 mod record;
 mod token;
@@ -14,6 +15,7 @@ use crate::{
     config::{Config, ConfigFile, Overrides},
     server,
 };
+use audit::{AuditCommand, audit};
 use policy::{PolicyCommand, policy};
 use record::{RecordCommand, record};
 use token::{TokenCommand, token};
@@ -44,6 +46,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Query, follow, verify and export the audit log (auditors and admins).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
 }
 
@@ -86,6 +93,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token { command } => token(command).await,
         Command::Record { command } => record(command).await,
         Command::Policy { command } => policy(command).await,
+        Command::Audit { command } => audit(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,4 +171,79 @@ async fn connect(remote: &Remote) -> Result<Client, String> {
 
 fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
+}
+
+/// Days since the epoch of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A UTC time for people: `2026-11-22 21:19:14Z`.
+fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parses a time given on the command line: milliseconds since the epoch, `YYYY-MM-DD`, or
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || {
+        format!("{s:?}: expected YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, or milliseconds since the epoch")
+    };
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, t.strip_suffix('Z').ok_or_else(bad)?),
+        None => (s, "00:00:00"),
+    };
+    let num = |p: Option<&str>| p.and_then(|v| v.parse::<i64>().ok()).ok_or_else(bad);
+    let mut d = date.split('-');
+    let (y, mo, da) = (num(d.next())?, num(d.next())?, num(d.next())?);
+    let mut t = time.split(':');
+    let (h, mi, se) = (num(t.next())?, num(t.next())?, num(t.next())?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se) * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        assert_eq!(when(0), "1970-01-01 00:00:00Z");
+        assert_eq!(when(1_700_000_000_000), "2023-11-14 22:13:20Z");
+        assert_eq!(when(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2000-02-29"), Ok(951_782_400_000));
+        assert_eq!(parse_time("12345"), Ok(12345));
+        assert!(parse_time("2000-13-01").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
 }

@@ -8,7 +8,8 @@ use tonic::{
 };
 
 use crate::api::pb::{
-    policies_client::PoliciesClient, records_client::RecordsClient, tokens_client::TokensClient,
+    audit_client::AuditClient, policies_client::PoliciesClient, records_client::RecordsClient,
+    tokens_client::TokensClient,
 };
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -45,6 +46,8 @@ pub struct Client {
     pub tokens: TokensClient<Authed>,
     /// The `Policies` service.
     pub policies: PoliciesClient<Authed>,
+    /// The `Audit` service.
+    pub audit: AuditClient<Authed>,
 }
 
 /// Connects to `addr` (`http://host:port`, or `host:port`) with `token`.
@@ -70,6 +73,7 @@ pub async fn connect(addr: &str, token: &str) -> Result<Client, String> {
     Ok(Client {
         records: RecordsClient::with_interceptor(channel.clone(), auth.clone()),
         tokens: TokensClient::with_interceptor(channel.clone(), auth.clone()),
-        policies: PoliciesClient::with_interceptor(channel, auth),
+        policies: PoliciesClient::with_interceptor(channel.clone(), auth.clone()),
+        audit: AuditClient::with_interceptor(channel, auth),
     })
 }

@@ -27,17 +27,16 @@ pub(super) struct State {
 }
 
 impl State {
-    /// The state after the last stored event (genesis when there is none).
-    pub(super) fn load(store: &dyn Store) -> Result<Self, AuditError> {
-        match store.last(Keyspace::Audit)? {
-            None => {
-                // A pruned log starts from its anchor checkpoint.
-                Ok(Self {
-                    seq: 0,
-                    head: [0; 32],
-                    last_time_ms: 0,
-                })
-            }
+    /// The state after the last stored event (genesis when there is none). If the signed head
+    /// checkpoint is ahead of the last event, the tail was cut off: the chain continues after
+    /// the checkpoint, so the gap stays visible to verification instead of being papered over.
+    pub(super) fn load(store: &dyn Store, keys: &Keys) -> Result<Self, AuditError> {
+        let mut state = match store.last(Keyspace::Audit)? {
+            None => Self {
+                seq: 0,
+                head: [0; 32],
+                last_time_ms: 0,
+            },
             Some((key, value)) => {
                 let seq = u64::from_be_bytes(
                     key.as_slice()
@@ -49,13 +48,28 @@ impl State {
                         "audit event {seq} is malformed; run `strongroom audit verify`"
                     ))
                 })?;
-                Ok(Self {
+                Self {
                     seq,
                     head: mac,
                     last_time_ms: event.time_ms,
-                })
+                }
             }
+        };
+        if let Some(head) = Checkpoint::load_valid(store, keys, HEAD_KEY)?
+            && head.seq > state.seq
+        {
+            tracing::error!(
+                last_event = state.seq,
+                checkpoint = head.seq,
+                "the audit log ends before its last checkpoint: its tail was truncated"
+            );
+            state = Self {
+                seq: head.seq,
+                head: head.head_bytes().unwrap_or_default(),
+                last_time_ms: head.time_ms.max(state.last_time_ms),
+            };
         }
+        Ok(state)
     }
 }
 

@@ -54,7 +54,16 @@ impl Checkpoint {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    fn head_bytes(&self) -> Option<[u8; 32]> {
+    /// The checkpoint stored under `key` in `meta`, if present and validly signed.
+    pub(super) fn load_valid(
+        store: &dyn Store,
+        keys: &Keys,
+        key: &[u8],
+    ) -> Result<Option<Self>, AuditError> {
+        Ok(read_checkpoint(store, key)?.filter(|c| c.valid(keys)))
+    }
+
+    pub(super) fn head_bytes(&self) -> Option<[u8; 32]> {
         let mut out = [0u8; 32];
         hex::decode_to_slice(&self.head, &mut out)
             .ok()

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::PathBuf};
 use clap::{ArgGroup, Subcommand};
 use serde_json::json;
 
-use super::{Remote, connect, status_text};
+use super::{Remote, connect, status_text, when};
 use crate::api::pb;
 
 #[derive(Debug, Subcommand)]
@@ -93,28 +93,6 @@ pub(super) enum PolicyCommand {
 
 fn read_file(path: &PathBuf) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn when(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 fn info_json(v: &pb::PolicyVersionInfo) -> serde_json::Value {
@@ -411,14 +389,4 @@ pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_times_as_utc() {
-        assert_eq!(super::when(0), "1970-01-01 00:00:00Z");
-        assert_eq!(super::when(1_700_000_000_000), "2023-11-14 22:13:20Z");
-        assert_eq!(super::when(951_782_400_000), "2000-02-29 00:00:00Z");
-    }
 }

@@ -11,7 +11,7 @@ use std::{
 use strongroom::{
     api::pb::{self, records_client::RecordsClient},
     client::{self, Client},
-    config::Config,
+    config::{Config, Overrides},
     server::{self, Running},
     storage::{KeyValue, Keyspace, RocksStore, Store},
 };
@@ -67,6 +67,25 @@ impl Vault {
             admin_token,
             shared: Some(store),
         }
+    }
+
+    /// Starts a fresh vault over `store` (any implementation, e.g. one that injects faults),
+    /// with extra config file lines.
+    pub async fn start_over(
+        store: Arc<dyn Store>,
+        config: &str,
+    ) -> (tempfile::TempDir, Running, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let over = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data),
+            policies_dir: Some(policies_dir()),
+        };
+        let config = Config::from_toml(config, over).unwrap();
+        let mut running = server::start_with_store(config, store).await.unwrap();
+        let token = running.first_admin_token.take().unwrap().to_string();
+        (dir, running, token)
     }
 
     /// The live store of a `start_shared` vault.
