@@ -7,7 +7,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("strongroom_descriptor.bin");
-    let file_descriptors = protox::compile(["strongroom/v1/strongroom.proto"], ["proto"])?;
+    let file_descriptors = protox::compile(
+        [
+            "strongroom/v1/strongroom.proto",
+            "strongroom/v1/bench.proto",
+        ],
+        ["proto"],
+    )?;
     std::fs::write(
         &descriptor_path,
         prost::Message::encode_to_vec(&file_descriptors),

@@ -10,6 +10,7 @@
 //! Depends on `crypto` (the MAC) and `storage`; knows nothing of gRPC.
 
 mod appender;
+mod codec;
 mod query;
 mod verify;
 

@@ -47,6 +47,15 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Measure the vault: throughput, latency and server CPU per workload, against ceilings.
+    Bench(BenchArgs),
+    /// Serve the echo ceiling for `strongroom bench` (started by the bench itself).
+    #[command(hide = true)]
+    BenchEcho {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Query, follow, verify and export the audit log (auditors and admins).
     Audit {
         #[command(subcommand)]
@@ -86,6 +95,72 @@ struct Remote {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// A running vault (admin token in STRONGROOM_TOKEN); by default the bench starts its own.
+    #[arg(long)]
+    addr: Option<String>,
+    /// TCP connections per role.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight, in total.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Seconds per workload.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Requests per workload (instead of a duration).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Records preloaded before the read workloads.
+    #[arg(long, default_value_t = 10_000)]
+    records: usize,
+    /// Workloads, comma-separated: put, get-full, get-masked, get-denied, update, mix, shred,
+    /// audit-cost, policy (default: all).
+    #[arg(long, value_delimiter = ',')]
+    workload: Vec<String>,
+    /// Draw record ids Zipf-skewed with this exponent (e.g. 0.99) instead of uniformly.
+    #[arg(long)]
+    zipf: Option<f64>,
+    /// Directory with the policies for the started vault.
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    /// Do not pin the server to CPU 0 and the load generator to the other CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn bench(args: BenchArgs) -> Result<(), String> {
+    if args.duration.is_nan() || args.duration <= 0.0 {
+        return Err("--duration must be positive".into());
+    }
+    let workloads = if args.workload.is_empty() {
+        crate::bench::WORKLOADS
+            .iter()
+            .map(|w| (*w).to_owned())
+            .collect()
+    } else {
+        args.workload
+    };
+    crate::bench::run(crate::bench::BenchOptions {
+        addr: args.addr,
+        connections: args.connections.max(1),
+        in_flight: args.in_flight.max(1),
+        duration: std::time::Duration::from_secs_f64(args.duration),
+        requests: args.requests,
+        records: args.records.max(1),
+        workloads,
+        zipf: args.zipf,
+        policies: args.policies,
+        pin: !args.no_pin,
+        json: args.json,
+    })
+    .await
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
@@ -94,6 +169,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Record { command } => record(command).await,
         Command::Policy { command } => policy(command).await,
         Command::Audit { command } => audit(command).await,
+        Command::Bench(args) => bench(args).await,
+        Command::BenchEcho { listen } => crate::bench::serve_echo(listen).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

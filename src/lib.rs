@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

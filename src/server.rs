@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use zeroize::Zeroizing;
 
 use crate::{
@@ -287,11 +287,14 @@ pub async fn start_with_store(
         .add_service(auth.guard(tokens_svc));
     let task = tokio::spawn(async move {
         let result = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = rx.await;
-                // End live streams first: graceful shutdown waits for every open call.
-                let _ = stopping_tx.send(true);
-            })
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = rx.await;
+                    // End live streams first: graceful shutdown waits for every open call.
+                    let _ = stopping_tx.send(true);
+                },
+            )
             .await
             .map_err(|e| ServerError(format!("server failed: {e}")));
         pruner.abort();

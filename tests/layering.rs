@@ -25,9 +25,15 @@ const RULES: &[(&str, &[&str])] = &[
     ("chacha20poly1305::", &["src/crypto/"]),
     (
         "tonic::",
-        &["src/api", "src/server.rs", "src/client.rs", "src/cli.rs"],
+        &[
+            "src/api",
+            "src/server.rs",
+            "src/client.rs",
+            "src/cli",
+            "src/bench",
+        ],
     ),
-    ("prost::", &["src/api"]),
+    ("prost::", &["src/api", "src/bench"]),
 ];
 
 #[test]

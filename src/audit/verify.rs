@@ -1,13 +1,13 @@
 //! The chain format and its verification.
 //!
-//! Stored event: `json | mac[32]` under key `seq` (big-endian u64), where
-//! `mac = HMAC(chain key, previous mac | seq | json)` and the first event's previous mac is 32
+//! Stored event: `event | mac[32]` under key `seq` (big-endian u64), where `event` is the
+//! binary encoding of `codec` and `mac = HMAC(chain key, previous mac | seq | event)` and the first event's previous mac is 32
 //! zero bytes (or, after pruning, the head of the anchor checkpoint). A checkpoint signs
 //! `(seq, head, time)` with a second derived key.
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuditError, CHECKPOINT_PREFIX, Event, HEAD_KEY};
+use super::{AuditError, CHECKPOINT_PREFIX, Event, HEAD_KEY, codec};
 use crate::{
     crypto::SubKey,
     storage::{Keyspace, Store},
@@ -98,18 +98,18 @@ fn chain_mac(keys: &Keys, prev: &[u8; 32], seq: u64, json: &[u8]) -> [u8; 32] {
 
 /// The stored bytes of `event` chained after `prev`, and its MAC.
 pub(super) fn encode_stored(keys: &Keys, event: &Event, prev: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
-    // Serializing plain strings and numbers cannot fail.
-    let mut json = serde_json::to_vec(event).unwrap_or_default();
-    let mac = chain_mac(keys, prev, event.seq, &json);
-    json.extend_from_slice(&mac);
-    (json, mac)
+    let mut bytes = Vec::with_capacity(256);
+    codec::encode(event, &mut bytes);
+    let mac = chain_mac(keys, prev, event.seq, &bytes);
+    bytes.extend_from_slice(&mac);
+    (bytes, mac)
 }
 
 /// Splits stored bytes into the event and its MAC.
 pub(super) fn decode_stored(value: &[u8]) -> Option<(Event, [u8; 32])> {
     let split = value.len().checked_sub(MAC_LEN)?;
     let (json, mac) = value.split_at(split);
-    let event = serde_json::from_slice(json).ok()?;
+    let event = codec::decode(json)?;
     Some((event, mac.try_into().ok()?))
 }
 

@@ -1,0 +1,773 @@
+//! `strongroom bench`: the product's own load generator (like pgbench or redis-benchmark). It
+//! starts the vault (and an echo server for the ceiling) as child processes on a temp data dir,
+//! or targets a running vault with `--addr`, drives each workload with N connections and M
+//! requests in flight, and reports throughput, p50/p99/p999 latency, server CPU per request,
+//! and ratios to ceilings measured in the same run.
+
+mod ceilings;
+mod load;
+mod process;
+mod zipf;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use serde_json::json;
+
+pub use ceilings::{field_cost, serve_echo};
+use load::{Stats, drive};
+use process::Child;
+use zipf::Picker;
+
+use crate::{
+    api::pb,
+    client::{self, Client},
+    domain::{Principal, Role, Schema, Subject},
+    policy::PolicyEngine,
+};
+
+/// What to run, and how hard.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A running vault to target (its admin token in `STRONGROOM_TOKEN`); `None` starts one.
+    pub addr: Option<String>,
+    /// TCP connections per role.
+    pub connections: usize,
+    /// Requests in flight in total.
+    pub in_flight: usize,
+    /// How long each workload runs.
+    pub duration: Duration,
+    /// Stop each workload after this many requests instead.
+    pub requests: Option<u64>,
+    /// Records preloaded before the read workloads.
+    pub records: usize,
+    /// Workloads to run, in order.
+    pub workloads: Vec<String>,
+    /// Zipf exponent for record choice; `None` is uniform.
+    pub zipf: Option<f64>,
+    /// The policies directory the started vault uses.
+    pub policies: PathBuf,
+    /// Pin the server to CPU 0 and this process to the others (with `taskset`).
+    pub pin: bool,
+    /// Print JSON instead of a table.
+    pub json: bool,
+}
+
+/// Every workload, in the default order (shred last: it destroys records).
+pub const WORKLOADS: [&str; 9] = [
+    "put",
+    "get-full",
+    "get-masked",
+    "get-denied",
+    "update",
+    "mix",
+    "shred",
+    "audit-cost",
+    "policy",
+];
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+struct Row {
+    name: String,
+    stats: Stats,
+    server_cpu_us: Option<f64>,
+}
+
+/// The tokens' clients for each role, one per connection.
+struct Clients {
+    admin: Vec<Client>,
+    support: Vec<Client>,
+    marketing: Vec<Client>,
+}
+
+impl Clients {
+    async fn connect(addr: &str, admin_token: &str, connections: usize) -> Result<Self, String> {
+        let mut admin = Vec::new();
+        for _ in 0..connections {
+            admin.push(client::connect(addr, admin_token).await?);
+        }
+        let issue = |subject: &str, role: &str| {
+            let mut c = admin[0].clone();
+            let (subject, role) = (subject.to_owned(), role.to_owned());
+            async move {
+                c.tokens
+                    .create_token(pb::CreateTokenRequest {
+                        subject,
+                        roles: vec![role],
+                    })
+                    .await
+                    .map(|r| r.into_inner().token)
+                    .map_err(|s| format!("cannot issue a bench token: {}", s.message()))
+            }
+        };
+        let support_token = issue("svc:bench-support", "role:support").await?;
+        let marketing_token = issue("svc:bench-marketing", "role:marketing").await?;
+        let (mut support, mut marketing) = (Vec::new(), Vec::new());
+        for _ in 0..connections {
+            support.push(client::connect(addr, &support_token).await?);
+            marketing.push(client::connect(addr, &marketing_token).await?);
+        }
+        Ok(Self {
+            admin,
+            support,
+            marketing,
+        })
+    }
+}
+
+fn customer(n: u64) -> Vec<pb::Field> {
+    let letters: String = n
+        .to_string()
+        .bytes()
+        .map(|b| char::from(b'a' + (b - b'0')))
+        .collect();
+    [
+        ("name", format!("Ada {letters} Lovelace")),
+        ("email", format!("ada.{n}@example.com")),
+        ("phone", format!("+4420794{:05}", n % 100_000)),
+        ("address", format!("{n} St James's Square, London")),
+        ("date_of_birth", "1815-12-10".to_owned()),
+        ("ssn", "123-45-6789".to_owned()),
+        ("card_number", "4242424242424242".to_owned()),
+        ("notes", format!("customer {n}: prefers email")),
+    ]
+    .into_iter()
+    .map(|(name, value)| pb::Field {
+        name: name.into(),
+        value,
+    })
+    .collect()
+}
+
+fn status(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+/// Creates `count` records at full concurrency, with a progress line on stderr.
+async fn preload(
+    clients: &Clients,
+    count: usize,
+    in_flight: usize,
+    label: &str,
+) -> Result<Vec<String>, String> {
+    let ids = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let done = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let (done, label) = (Arc::clone(&done), label.to_owned());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                eprint!(
+                    "\r{label}: {}/{count} records",
+                    done.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    let admin = clients.admin.clone();
+    let (ids2, done2) = (Arc::clone(&ids), Arc::clone(&done));
+    let stats = drive(
+        in_flight,
+        Duration::from_secs(3600),
+        Some(count as u64),
+        move |n| {
+            let mut c = admin[n as usize % admin.len()].clone();
+            let (ids, done) = (Arc::clone(&ids2), Arc::clone(&done2));
+            async move {
+                let id = c
+                    .records
+                    .create_record(pb::CreateRecordRequest {
+                        collection: "customers".into(),
+                        fields: customer(n),
+                    })
+                    .await
+                    .map_err(|s| status(&s))?
+                    .into_inner()
+                    .id;
+                ids.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        },
+    )
+    .await;
+    ticker.abort();
+    eprintln!(
+        "\r{label}: {count}/{count} records in {:.1}s",
+        stats.elapsed.as_secs_f64()
+    );
+    if let Some(e) = stats.first_error {
+        return Err(format!("preloading failed: {e}"));
+    }
+    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(ids)
+}
+
+/// One request of a workload, in flight.
+type OpFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// The operation of one workload, given the preloaded ids and a pool to shred.
+fn op(
+    workload: &str,
+    clients: &Clients,
+    ids: Arc<Vec<String>>,
+    picker: Arc<Picker>,
+    shred_pool: Arc<(Vec<String>, AtomicUsize)>,
+) -> Result<impl Fn(u64) -> OpFuture + Clone + Send + Sync + 'static, String> {
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Denied,
+        Full,
+        Masked,
+        Put,
+        Shred,
+        Update,
+    }
+    let mix = workload == "mix";
+    let fixed = match workload {
+        "put" => Kind::Put,
+        "get-full" => Kind::Full,
+        "get-masked" | "mix" => Kind::Masked,
+        "get-denied" => Kind::Denied,
+        "update" => Kind::Update,
+        "shred" => Kind::Shred,
+        other => {
+            return Err(format!(
+                "unknown workload {other:?}; known: {}",
+                WORKLOADS.join(", ")
+            ));
+        }
+    };
+    let (admin, support, marketing) = (
+        clients.admin.clone(),
+        clients.support.clone(),
+        clients.marketing.clone(),
+    );
+    Ok(move |n: u64| {
+        let kind = if mix {
+            // 60% get-masked, 20% get-full, 15% put, 4% get-denied, 1% shred.
+            match rand::thread_rng().gen_range(0..100) {
+                0..60 => Kind::Masked,
+                60..80 => Kind::Full,
+                80..95 => Kind::Put,
+                95..99 => Kind::Denied,
+                _ => Kind::Shred,
+            }
+        } else {
+            fixed
+        };
+        let conn = n as usize;
+        let id = ids[picker.pick(&mut rand::thread_rng()) % ids.len().max(1)].clone();
+        let (mut a, mut s, mut m) = (
+            admin[conn % admin.len()].clone(),
+            support[conn % support.len()].clone(),
+            marketing[conn % marketing.len()].clone(),
+        );
+        let shred_pool = Arc::clone(&shred_pool);
+        Box::pin(async move {
+            let get = |purpose: &str| pb::GetRecordRequest {
+                id: id.clone(),
+                fields: vec![],
+                purpose: purpose.into(),
+            };
+            let result = match kind {
+                Kind::Denied => m.records.get_record(get("support")).await.map(|_| ()),
+                Kind::Full => a.records.get_record(get("support")).await.map(|_| ()),
+                Kind::Masked => s.records.get_record(get("support")).await.map(|_| ()),
+                Kind::Put => a
+                    .records
+                    .create_record(pb::CreateRecordRequest {
+                        collection: "customers".into(),
+                        fields: customer(n),
+                    })
+                    .await
+                    .map(|_| ()),
+                Kind::Update => a
+                    .records
+                    .update_record(pb::UpdateRecordRequest {
+                        id: id.clone(),
+                        set: vec![
+                            pb::Field {
+                                name: "email".into(),
+                                value: format!("new.{n}@example.com"),
+                            },
+                            pb::Field {
+                                name: "phone".into(),
+                                value: format!("+1415555{:04}", n % 10_000),
+                            },
+                        ],
+                        clear: vec![],
+                        expected_version: None,
+                    })
+                    .await
+                    .map(|_| ()),
+                Kind::Shred => {
+                    let i = shred_pool.1.fetch_add(1, Ordering::Relaxed);
+                    let Some(victim) = shred_pool.0.get(i).cloned() else {
+                        return Err("the shred pool is used up: raise --records".into());
+                    };
+                    a.records
+                        .delete_record(pb::DeleteRecordRequest { id: victim })
+                        .await
+                        .map(|_| ())
+                }
+            };
+            result.map_err(|s| status(&s))
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    })
+}
+
+/// A policy of `rules` rules over the customers schema (plus the shipped roles' rules), for
+/// measuring how decisions and applies scale with the rule count.
+pub fn generated_policy(rules: usize) -> String {
+    let base = include_str!("../policies/policy.csv");
+    let fields = [
+        "name",
+        "email",
+        "phone",
+        "address",
+        "date_of_birth",
+        "ssn",
+        "card_number",
+        "notes",
+    ];
+    let purposes = [
+        "account_management",
+        "billing",
+        "fraud_prevention",
+        "legal",
+        "marketing",
+        "subject_access",
+        "support",
+    ];
+    let mut out = base.to_owned();
+    let base_rules = base
+        .lines()
+        .filter(|l| l.starts_with("p,") || l.starts_with("g,"))
+        .count();
+    let mut n = base_rules;
+    let mut role = 0usize;
+    'outer: loop {
+        for (f, field) in fields.iter().enumerate() {
+            for (p, purpose) in purposes.iter().enumerate() {
+                if n >= rules {
+                    break 'outer;
+                }
+                let action = if (f + p + role).is_multiple_of(3) {
+                    "read"
+                } else {
+                    "read_masked"
+                };
+                out.push_str(&format!(
+                    "p, role:gen{role}, customers.{field}, {action}, {purpose}, allow\n"
+                ));
+                n += 1;
+            }
+        }
+        if n < rules && !role.is_multiple_of(8) {
+            out.push_str(&format!("g, role:gen{role}, role:gen{}\n", role - 1));
+            n += 1;
+        }
+        role += 1;
+    }
+    out
+}
+
+/// Decision cost with the shipped policy and with a `big`-rule policy: (ns per 8-field
+/// decision at 24 rules, ns at `big`, seconds to compile and check the big policy).
+///
+/// # Errors
+/// A message if a policy does not compile.
+pub async fn decision_cost(
+    policies: &std::path::Path,
+    big: usize,
+    iterations: u32,
+) -> Result<(f64, f64, f64, usize), String> {
+    let schema = Arc::new(
+        Schema::parse(
+            &std::fs::read_to_string(policies.join("schema.toml")).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let model = std::fs::read_to_string(policies.join("model.conf")).map_err(|e| e.to_string())?;
+    let principal = Principal::new(
+        Subject::parse("svc:bench", "s").map_err(|e| e.to_string())?,
+        vec![Role::parse("role:support", "r").map_err(|e| e.to_string())?],
+    );
+    let coll = schema
+        .collection("customers", "c")
+        .map_err(|e| e.to_string())?
+        .clone();
+    let (_, purpose) = schema.purpose("support", "p").map_err(|e| e.to_string())?;
+    let fields: Vec<usize> = (0..coll.fields().len()).collect();
+    let mut out = Vec::new();
+    let mut apply_secs = 0.0;
+    let mut big_rules = 0;
+    for text in [generated_policy(24), generated_policy(big)] {
+        let start = Instant::now();
+        let engine = PolicyEngine::new(
+            Arc::clone(&schema),
+            model.clone(),
+            &text,
+            1,
+            vec![principal.clone()],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        apply_secs = start.elapsed().as_secs_f64();
+        big_rules = engine.text().rule_count();
+        let table = engine.table();
+        let start = Instant::now();
+        let mut plain = 0usize;
+        for _ in 0..iterations {
+            let permit = table.decide_read(&principal, &coll, &fields, &purpose);
+            plain += permit.decisions().len();
+        }
+        std::hint::black_box(plain);
+        out.push(start.elapsed().as_secs_f64() * 1e9 / f64::from(iterations));
+    }
+    Ok((out[0], out[1], apply_secs, big_rules))
+}
+
+fn cpu_us(before: Option<u64>, after: Option<u64>, requests: u64) -> Option<f64> {
+    let ticks = after?.checked_sub(before?)?;
+    // Linux reports CPU time in USER_HZ ticks, 100 per second.
+    Some(ticks as f64 * 10_000.0 / requests.max(1) as f64)
+}
+
+/// Runs the benchmark and prints the report.
+///
+/// # Errors
+/// A message if a server cannot be started or reached, or a workload fails.
+pub async fn run(opts: BenchOptions) -> Result<(), String> {
+    if opts.pin {
+        process::pin_self_away_from_cpu0();
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (server, addr, admin_token) = match &opts.addr {
+        Some(addr) => {
+            let token = std::env::var("STRONGROOM_TOKEN")
+                .map_err(|_| "with --addr, set STRONGROOM_TOKEN to an admin token".to_owned())?;
+            (None, addr.clone(), token)
+        }
+        None => {
+            let (child, token) =
+                Child::vault(&dir.path().join("vault"), &opts.policies, opts.pin, "")?;
+            let addr = child.addr.clone();
+            (Some(child), addr, token)
+        }
+    };
+    let clients = Clients::connect(&addr, &admin_token, opts.connections).await?;
+    let wanted = |w: &str| opts.workloads.iter().any(|x| x == w);
+    let needs_records = opts
+        .workloads
+        .iter()
+        .any(|w| !matches!(w.as_str(), "put" | "policy"));
+    let ids = Arc::new(if needs_records {
+        preload(&clients, opts.records, opts.in_flight, "preloading").await?
+    } else {
+        Vec::new()
+    });
+    let shred_count = if wanted("shred") || wanted("mix") {
+        (opts.records / 2).clamp(100, 20_000)
+    } else {
+        0
+    };
+    let shred_pool = Arc::new((
+        if shred_count > 0 {
+            preload(
+                &clients,
+                shred_count,
+                opts.in_flight,
+                "preloading records to shred",
+            )
+            .await?
+        } else {
+            Vec::new()
+        },
+        AtomicUsize::new(0),
+    ));
+    let picker = Arc::new(match opts.zipf {
+        Some(s) => Picker::zipf(ids.len(), s),
+        None => Picker::uniform(ids.len()),
+    });
+
+    // Message sizes for the echo ceiling: those of a real get-full.
+    let (mut request_size, mut response_size) = (60u32, 600u32);
+    if let Some(id) = ids.first() {
+        let req = pb::GetRecordRequest {
+            id: id.clone(),
+            fields: vec![],
+            purpose: "support".into(),
+        };
+        request_size = u32::try_from(prost::Message::encoded_len(&req)).unwrap_or(60);
+        let mut a = clients.admin[0].clone();
+        if let Ok(resp) = a.records.get_record(req).await {
+            response_size =
+                u32::try_from(prost::Message::encoded_len(resp.get_ref())).unwrap_or(600);
+        }
+    }
+
+    for workload in &opts.workloads {
+        match workload.as_str() {
+            "audit-cost" | "policy" => continue,
+            w => {
+                let cpu_before = server.as_ref().and_then(Child::cpu_ticks);
+                let f = op(
+                    w,
+                    &clients,
+                    Arc::clone(&ids),
+                    Arc::clone(&picker),
+                    Arc::clone(&shred_pool),
+                )?;
+                let requests = if w == "shred" {
+                    opts.requests.or(Some(shred_pool.0.len() as u64))
+                } else {
+                    opts.requests
+                };
+                let stats = drive(opts.in_flight, opts.duration, requests, f).await;
+                let cpu_after = server.as_ref().and_then(Child::cpu_ticks);
+                if let Some(e) = &stats.first_error {
+                    notes.push(format!("{w}: {} errors, first: {e}", stats.errors));
+                }
+                rows.push(Row {
+                    name: w.to_owned(),
+                    server_cpu_us: cpu_us(cpu_before, cpu_after, stats.requests),
+                    stats,
+                });
+            }
+        }
+    }
+    let rss_mib = server
+        .as_ref()
+        .and_then(Child::rss_kib)
+        .map(|k| k as f64 / 1024.0);
+
+    // Reads with auditing off, same records, same load: what the audit log costs a read.
+    let mut audit_ratio = None;
+    if wanted("audit-cost") && opts.addr.is_none() {
+        let (quiet, token) = Child::vault(
+            &dir.path().join("vault-noaudit"),
+            &opts.policies,
+            opts.pin,
+            "danger_disable_read_audit = true\n",
+        )?;
+        let quiet_clients = Clients::connect(&quiet.addr, &token, opts.connections).await?;
+        let quiet_ids = Arc::new(
+            preload(
+                &quiet_clients,
+                opts.records,
+                opts.in_flight,
+                "preloading (auditing off)",
+            )
+            .await?,
+        );
+        let quiet_picker = Arc::new(Picker::uniform(quiet_ids.len()));
+        let empty = Arc::new((Vec::new(), AtomicUsize::new(0)));
+        let f = op(
+            "get-masked",
+            &quiet_clients,
+            Arc::clone(&quiet_ids),
+            quiet_picker,
+            Arc::clone(&empty),
+        )?;
+        let cpu_before = quiet.cpu_ticks();
+        let off = drive(opts.in_flight, opts.duration, opts.requests, f).await;
+        let off_cpu = cpu_us(cpu_before, quiet.cpu_ticks(), off.requests);
+        drop(quiet);
+        // And again with auditing on, right after, on the first server.
+        let f = op(
+            "get-masked",
+            &clients,
+            Arc::clone(&ids),
+            Arc::clone(&picker),
+            Arc::clone(&shred_pool),
+        )?;
+        let cpu_before = server.as_ref().and_then(Child::cpu_ticks);
+        let on = drive(opts.in_flight, opts.duration, opts.requests, f).await;
+        let on_cpu = cpu_us(
+            cpu_before,
+            server.as_ref().and_then(Child::cpu_ticks),
+            on.requests,
+        );
+        audit_ratio = Some(on.per_second() / off.per_second().max(1e-9));
+        rows.push(Row {
+            name: "get-masked (audit off)".into(),
+            stats: off,
+            server_cpu_us: off_cpu,
+        });
+        rows.push(Row {
+            name: "get-masked (audit on)".into(),
+            stats: on,
+            server_cpu_us: on_cpu,
+        });
+    }
+    drop(server);
+
+    // The echo ceiling, same concurrency and message sizes, server pinned the same way.
+    let echo = Child::echo(opts.pin)?;
+    let mut echo_clients = Vec::new();
+    for _ in 0..opts.connections {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", echo.addr))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the echo server: {e}"))?;
+        echo_clients.push(pb::echo_client::EchoClient::new(channel));
+    }
+    let payload = vec![0x5au8; request_size.saturating_sub(4) as usize];
+    let cpu_before = echo.cpu_ticks();
+    let echo_stats = drive(opts.in_flight, opts.duration, opts.requests, move |n| {
+        let mut c = echo_clients[n as usize % echo_clients.len()].clone();
+        let payload = payload.clone();
+        async move {
+            c.echo(pb::EchoRequest {
+                payload,
+                response_size,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| status(&s))
+        }
+    })
+    .await;
+    let echo_cpu = cpu_us(cpu_before, echo.cpu_ticks(), echo_stats.requests);
+    drop(echo);
+    let echo_rate = echo_stats.per_second();
+
+    let (seal_us, open_us) = ceilings::crypto_cost(20_000);
+    let (rocks_put, rocks_get) = ceilings::rocksdb_ceiling(
+        opts.in_flight.min(64),
+        opts.duration.min(Duration::from_secs(5)),
+    )?;
+    let policy = if wanted("policy") {
+        Some(decision_cost(&opts.policies, 15_000, 200_000).await?)
+    } else {
+        None
+    };
+
+    if opts.json {
+        let rows_json: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "workload": r.name, "requests": r.stats.requests, "errors": r.stats.errors,
+                    "per_second": r.stats.per_second(), "p50_us": r.stats.p50_us, "p99_us": r.stats.p99_us,
+                    "p999_us": r.stats.p999_us, "server_cpu_us_per_request": r.server_cpu_us,
+                    "ratio_to_echo": r.stats.per_second() / echo_rate.max(1e-9),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "options": {"connections": opts.connections, "in_flight": opts.in_flight,
+                            "duration_s": opts.duration.as_secs_f64(), "records": opts.records,
+                            "zipf": opts.zipf, "pinned": opts.pin},
+                "workloads": rows_json,
+                "ceilings": {
+                    "echo_per_second": echo_rate, "echo_p99_us": echo_stats.p99_us, "echo_server_cpu_us": echo_cpu,
+                    "crypto_write_us": seal_us, "crypto_read_us": open_us,
+                    "rocksdb_synced_batches_per_second": rocks_put, "rocksdb_gets_per_second": rocks_get,
+                },
+                "audit_on_over_off": audit_ratio,
+                "server_rss_mib": rss_mib,
+                "policy": policy.map(|(small, big, apply, rules)| json!({
+                    "decision_ns_24_rules": small, "decision_ns_big": big, "big_rules": rules, "apply_big_s": apply,
+                })),
+                "notes": notes,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "strongroom bench: {} connections, {} in flight, {:.0}s per workload, {} records ({}){}",
+        opts.connections,
+        opts.in_flight,
+        opts.duration.as_secs_f64(),
+        opts.records,
+        opts.zipf
+            .map_or("uniform".to_owned(), |s| format!("zipf {s}")),
+        if opts.pin {
+            ", server pinned to cpu 0"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!(
+        "{:<24} {:>10} {:>9} {:>9} {:>9} {:>12} {:>8}",
+        "workload", "req/s", "p50 ms", "p99 ms", "p999 ms", "srv cpu us", "x echo"
+    );
+    let ms = |us: u64| us as f64 / 1000.0;
+    let line = |name: &str, s: &Stats, cpu: Option<f64>| {
+        println!(
+            "{name:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>8.2}",
+            s.per_second(),
+            ms(s.p50_us),
+            ms(s.p99_us),
+            ms(s.p999_us),
+            cpu.map_or("-".to_owned(), |c| format!("{c:.1}")),
+            s.per_second() / echo_rate.max(1e-9)
+        );
+    };
+    for r in &rows {
+        line(&r.name, &r.stats, r.server_cpu_us);
+    }
+    line("echo (ceiling)", &echo_stats, echo_cpu);
+    println!();
+    println!("ceilings in this run:");
+    println!(
+        "  raw crypto per request: write (DEK + wrap + 8 seals) {seal_us:.2} us, read (unwrap + 8 opens) {open_us:.2} us"
+    );
+    println!(
+        "  raw RocksDB: {rocks_put:.0} synced record-shaped batches/s, {rocks_get:.0} cached gets/s"
+    );
+    if let Some(r) = audit_ratio {
+        println!(
+            "  reads with auditing on reach {:.0}% of reads with auditing off",
+            r * 100.0
+        );
+    }
+    if let Some(rss) = rss_mib {
+        println!("  vault RSS after the run: {rss:.0} MiB");
+    }
+    if let Some((small, big, apply, rules)) = policy {
+        println!(
+            "  decision for 8 fields: {small:.0} ns at 24 rules, {big:.0} ns at {rules} rules ({:+.1}%); compiling and checking {rules} rules: {apply:.2} s",
+            (big / small - 1.0) * 100.0
+        );
+    }
+    for n in &notes {
+        println!("  note: {n}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_policies_have_the_asked_rule_count() {
+        for n in [24, 500] {
+            let text = generated_policy(n);
+            let rules = text
+                .lines()
+                .filter(|l| l.starts_with("p,") || l.starts_with("g,"))
+                .count();
+            assert_eq!(rules, n);
+        }
+    }
+}
