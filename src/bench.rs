@@ -61,7 +61,7 @@ pub struct BenchOptions {
 }
 
 /// Every workload, in the default order (shred last: it destroys records).
-pub const WORKLOADS: [&str; 9] = [
+pub const WORKLOADS: [&str; 10] = [
     "put",
     "get-full",
     "get-masked",
@@ -69,6 +69,7 @@ pub const WORKLOADS: [&str; 9] = [
     "update",
     "mix",
     "shred",
+    "shred-wait",
     "audit-cost",
     "policy",
 ];
@@ -231,6 +232,7 @@ fn op(
         Shred,
         Update,
     }
+    let wait_for_purge = workload == "shred-wait";
     let mix = workload == "mix";
     let fixed = match workload {
         "put" => Kind::Put,
@@ -238,7 +240,7 @@ fn op(
         "get-masked" | "mix" => Kind::Masked,
         "get-denied" => Kind::Denied,
         "update" => Kind::Update,
-        "shred" => Kind::Shred,
+        "shred" | "shred-wait" => Kind::Shred,
         other => {
             return Err(format!(
                 "unknown workload {other:?}; known: {}",
@@ -315,7 +317,10 @@ fn op(
                         return Err("the shred pool is used up: raise --records".into());
                     };
                     a.records
-                        .delete_record(pb::DeleteRecordRequest { id: victim })
+                        .delete_record(pb::DeleteRecordRequest {
+                            id: victim,
+                            wait_for_purge,
+                        })
                         .await
                         .map(|_| ())
                 }
@@ -479,7 +484,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     } else {
         Vec::new()
     });
-    let shred_count = if wanted("shred") || wanted("mix") {
+    let shred_count = if wanted("shred") || wanted("shred-wait") || wanted("mix") {
         (opts.records / 2).clamp(100, 20_000)
     } else {
         0
@@ -531,8 +536,9 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     Arc::clone(&picker),
                     Arc::clone(&shred_pool),
                 )?;
-                let requests = if w == "shred" {
-                    opts.requests.or(Some(shred_pool.0.len() as u64))
+                // The two shred workloads share the pool of records to destroy.
+                let requests = if w.starts_with("shred") {
+                    opts.requests.or(Some(shred_pool.0.len() as u64 / 2))
                 } else {
                     opts.requests
                 };

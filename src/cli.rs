@@ -116,6 +116,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     records: usize,
     /// Workloads, comma-separated: put, get-full, get-masked, get-denied, update, mix, shred,
+    /// shred-wait,
     /// audit-cost, policy (default: all).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,

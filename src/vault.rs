@@ -6,6 +6,7 @@
 
 mod header;
 mod locks;
+mod purger;
 mod sealed;
 
 use std::{
@@ -24,6 +25,7 @@ use crate::{
     storage::{Batch, Keyspace, Store, StoreError},
 };
 use locks::RecordLocks;
+use purger::Purger;
 use sealed::field_key;
 
 /// Limits on what one request may carry.
@@ -143,8 +145,9 @@ pub struct ShredReceipt {
     pub shredded_at_ms: i64,
     /// How many field ciphertexts were deleted.
     pub fields_destroyed: u32,
-    /// When the purge from live files completed (ms since the epoch).
-    pub purged_at_ms: i64,
+    /// When the purge from live files completed (ms since the epoch); `None` if the caller did
+    /// not wait for it (a `Records/Purge` audit event records when it completes).
+    pub purged_at_ms: Option<i64>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -164,6 +167,7 @@ pub struct Vault {
     policy: Arc<PolicyEngine>,
     limits: Limits,
     locks: RecordLocks,
+    purger: Purger,
 }
 
 impl std::fmt::Debug for Vault {
@@ -185,6 +189,7 @@ impl Vault {
         policy: Arc<PolicyEngine>,
         limits: Limits,
     ) -> Self {
+        let purger = Purger::start(Arc::clone(&store), Arc::clone(&audit));
         Self {
             store,
             audit,
@@ -194,6 +199,7 @@ impl Vault {
             policy,
             limits,
             locks: RecordLocks::new(256),
+            purger,
         }
     }
 
@@ -491,6 +497,7 @@ impl Vault {
         principal: &Principal,
         call: &Call,
         id: &RecordId,
+        wait_for_purge: bool,
     ) -> Result<ShredReceipt, Error> {
         let _guard = self.locks.lock(id).await;
         let loaded = self.load(id)?;
@@ -525,22 +532,22 @@ impl Vault {
             record_id: id.to_string(),
             fields: outcomes(loaded.collection, destroyed),
             policy_version: permit.policy_version(),
-            detail: "data key destroyed; ciphertexts deleted and purged from live files".into(),
+            detail: "data key destroyed and ciphertexts deleted; purge from live files queued"
+                .into(),
             ..call.event(principal)
         };
         self.audit.commit(batch, vec![event]).await?;
-        let (store, key) = (Arc::clone(&self.store), *id.as_bytes());
-        tokio::task::spawn_blocking(move || {
-            store.purge(&[(Keyspace::Deks, &key), (Keyspace::Records, &key)])
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("purge task failed: {e}")))??;
+        let purged_at_ms = self
+            .purger
+            .purge(*id, wait_for_purge)
+            .await
+            .map_err(Error::Internal)?;
         Ok(ShredReceipt {
             id: *id,
             collection: loaded.header.collection,
             shredded_at_ms,
             fields_destroyed,
-            purged_at_ms: now_ms(),
+            purged_at_ms,
         })
     }
 }

@@ -109,7 +109,10 @@ async fn exactly_one_event_per_decision_with_the_right_outcomes() {
         .unwrap();
     admin
         .records
-        .delete_record(pb::DeleteRecordRequest { id: id.clone() })
+        .delete_record(pb::DeleteRecordRequest {
+            id: id.clone(),
+            wait_for_purge: true,
+        })
         .await
         .unwrap();
     assert_code(get(&mut support, &id, "support").await, Code::NotFound);
@@ -135,6 +138,8 @@ async fn exactly_one_event_per_decision_with_the_right_outcomes() {
             ("Records/GetRecord", "svc:support", "INVALID_ARGUMENT"),
             ("Records/UpdateRecord", "user:admin", "OK"),
             ("Records/DeleteRecord", "user:admin", "OK"),
+            // The purge after the shred, which the delete waited for.
+            ("Records/Purge", "", "OK"),
             ("Records/GetRecord", "svc:support", "NOT_FOUND"),
         ]
     );
@@ -672,7 +677,10 @@ async fn a_follower_sees_later_calls_live_in_order() {
     get(&mut admin, &id, "billing").await.unwrap();
     admin
         .records
-        .delete_record(pb::DeleteRecordRequest { id: id.clone() })
+        .delete_record(pb::DeleteRecordRequest {
+            id: id.clone(),
+            wait_for_purge: true,
+        })
         .await
         .unwrap();
     let mut seen = Vec::new();

@@ -220,7 +220,10 @@ async fn each_starting_role_reads_what_its_policy_says() {
     assert_code(
         writer
             .records
-            .delete_record(pb::DeleteRecordRequest { id: id.clone() })
+            .delete_record(pb::DeleteRecordRequest {
+                id: id.clone(),
+                wait_for_purge: true,
+            })
             .await,
         Code::PermissionDenied,
     );
@@ -228,7 +231,10 @@ async fn each_starting_role_reads_what_its_policy_says() {
     assert!(
         officer
             .records
-            .delete_record(pb::DeleteRecordRequest { id: id.clone() })
+            .delete_record(pb::DeleteRecordRequest {
+                id: id.clone(),
+                wait_for_purge: true
+            })
             .await
             .is_ok()
     );
@@ -299,8 +305,11 @@ async fn calls_without_a_valid_token_never_reach_a_handler() {
         Code::Unauthenticated,
     );
     assert_code(
-        raw.delete_record(pb::DeleteRecordRequest { id: id.clone() })
-            .await,
+        raw.delete_record(pb::DeleteRecordRequest {
+            id: id.clone(),
+            wait_for_purge: true,
+        })
+        .await,
         Code::Unauthenticated,
     );
     let mut tokens = strongroom::api::pb::tokens_client::TokensClient::connect(vault.addr())
@@ -323,7 +332,10 @@ async fn calls_without_a_valid_token_never_reach_a_handler() {
     assert_code(
         wrong
             .records
-            .delete_record(pb::DeleteRecordRequest { id: id.clone() })
+            .delete_record(pb::DeleteRecordRequest {
+                id: id.clone(),
+                wait_for_purge: true,
+            })
             .await,
         Code::Unauthenticated,
     );
@@ -345,7 +357,10 @@ async fn calls_without_a_valid_token_never_reach_a_handler() {
     assert_code(
         writer
             .records
-            .delete_record(pb::DeleteRecordRequest { id })
+            .delete_record(pb::DeleteRecordRequest {
+                id,
+                wait_for_purge: true,
+            })
             .await,
         Code::PermissionDenied,
     );
@@ -491,7 +506,10 @@ async fn shredding_removes_the_key_and_ciphertexts_from_every_live_file() {
     let mut admin = vault.admin().await;
     let receipt = admin
         .records
-        .delete_record(pb::DeleteRecordRequest { id: doomed.clone() })
+        .delete_record(pb::DeleteRecordRequest {
+            id: doomed.clone(),
+            wait_for_purge: true,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -513,7 +531,10 @@ async fn shredding_removes_the_key_and_ciphertexts_from_every_live_file() {
     assert_code(
         admin
             .records
-            .delete_record(pb::DeleteRecordRequest { id: doomed.clone() })
+            .delete_record(pb::DeleteRecordRequest {
+                id: doomed.clone(),
+                wait_for_purge: true,
+            })
             .await,
         Code::NotFound,
     );
@@ -558,7 +579,10 @@ async fn a_restored_header_stays_shredded() {
     let mut admin = vault.admin().await;
     admin
         .records
-        .delete_record(pb::DeleteRecordRequest { id: id.clone() })
+        .delete_record(pb::DeleteRecordRequest {
+            id: id.clone(),
+            wait_for_purge: true,
+        })
         .await
         .unwrap();
     // Put the old bytes back, as a restored backup would.
@@ -953,7 +977,10 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_changes_nothing() {
     assert_code(
         admin
             .records
-            .delete_record(pb::DeleteRecordRequest { id: "nope".into() })
+            .delete_record(pb::DeleteRecordRequest {
+                id: "nope".into(),
+                wait_for_purge: true,
+            })
             .await,
         Code::InvalidArgument,
     );
@@ -1060,4 +1087,52 @@ async fn invalid_utf8_is_invalid_argument() {
         status.message()
     );
     assert_eq!(record_count(vault.store()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_shred_without_waiting_returns_at_once_and_the_purge_follows() {
+    let vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let id = create(&mut admin, customer("async")).await;
+    let receipt = admin
+        .records
+        .delete_record(pb::DeleteRecordRequest {
+            id: id.clone(),
+            wait_for_purge: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert!(receipt.purge_pending && receipt.data_key_destroyed);
+    assert_eq!(receipt.purged_at_unix_ms, 0);
+    // The record is gone at once: its key is destroyed.
+    assert_code(get(&mut admin, &id, "support").await, Code::NotFound);
+    // The purge completes off the request path, and says so in the audit log.
+    let filter = pb::EventFilter {
+        record_id: id.clone(),
+        method: "Records/Purge".into(),
+        ..Default::default()
+    };
+    let mut purged = Vec::new();
+    for _ in 0..100 {
+        purged = admin
+            .audit
+            .query_events(pb::QueryEventsRequest {
+                filter: Some(filter.clone()),
+                page_size: 10,
+                after_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if !purged.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(purged.len(), 1, "one purge event for the record");
+    assert!(purged[0].time_unix_ms >= receipt.shredded_at_unix_ms);
 }

@@ -94,7 +94,8 @@ impl From<ShredReceipt> for pb::ShredReceipt {
             shredded_at_unix_ms: r.shredded_at_ms,
             data_key_destroyed: true,
             fields_destroyed: r.fields_destroyed,
-            purged_at_unix_ms: r.purged_at_ms,
+            purged_at_unix_ms: r.purged_at_ms.unwrap_or(0),
+            purge_pending: r.purged_at_ms.is_none(),
         }
     }
 }

@@ -136,7 +136,9 @@ impl Records for RecordsApi {
         let result = async {
             let id = RecordId::parse(&request.get_ref().id, "id")?;
             known.record_id = id.to_string();
-            self.vault.shred(&principal, &call, &id).await
+            self.vault
+                .shred(&principal, &call, &id, request.get_ref().wait_for_purge)
+                .await
         }
         .await;
         let receipt = audited(self.vault.audit(), &principal, &call, known, result).await?;

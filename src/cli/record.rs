@@ -52,6 +52,9 @@ pub(super) enum RecordCommand {
     Delete {
         /// Record id.
         id: String,
+        /// Return once the data key is destroyed; the purge from live files follows.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -176,11 +179,18 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
                 );
             }
         }
-        RecordCommand::Delete { id, remote } => {
+        RecordCommand::Delete {
+            id,
+            no_wait,
+            remote,
+        } => {
             let mut client = connect(&remote).await?;
             let reply = client
                 .records
-                .delete_record(pb::DeleteRecordRequest { id })
+                .delete_record(pb::DeleteRecordRequest {
+                    id,
+                    wait_for_purge: !no_wait,
+                })
                 .await
                 .map_err(|s| status_text(&s))?
                 .into_inner();
@@ -188,11 +198,19 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
             if remote.json {
                 println!(
                     "{}",
-                    json!({"id": r.id, "collection": r.collection, "shredded_at_unix_ms": r.shredded_at_unix_ms, "data_key_destroyed": r.data_key_destroyed, "fields_destroyed": r.fields_destroyed, "purged_at_unix_ms": r.purged_at_unix_ms})
+                    json!({"id": r.id, "collection": r.collection, "shredded_at_unix_ms": r.shredded_at_unix_ms, "data_key_destroyed": r.data_key_destroyed, "fields_destroyed": r.fields_destroyed, "purged_at_unix_ms": r.purged_at_unix_ms, "purge_pending": r.purge_pending})
                 );
             } else {
+                let purge = if r.purge_pending {
+                    "purge from live files queued (see the Records/Purge audit event)".to_owned()
+                } else {
+                    format!(
+                        "purged from live files at {}",
+                        super::when(r.purged_at_unix_ms)
+                    )
+                };
                 println!(
-                    "shredded record {} ({}): data key destroyed, {} field ciphertexts deleted, purged from live files",
+                    "shredded record {} ({}): data key destroyed, {} field ciphertexts deleted, {purge}",
                     r.id, r.collection, r.fields_destroyed
                 );
             }

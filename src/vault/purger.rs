@@ -1,0 +1,102 @@
+//! The purge after a shred: make the deleted wrapped DEK and ciphertexts leave every live file
+//! (flush, then forced bottommost compaction of their key ranges). A purge costs a flush of
+//! every keyspace, so it runs off the request path, and all shreds queued while one purge runs
+//! share the next. Each purged record gets a `Records/Purge` audit event saying when.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    audit::{Audit, Event},
+    domain::RecordId,
+    storage::{Batch, Keyspace, Store},
+};
+
+struct Job {
+    id: RecordId,
+    done: Option<oneshot::Sender<Result<i64, String>>>,
+}
+
+/// The handle shreds queue their purges on.
+#[derive(Debug, Clone)]
+pub(super) struct Purger {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Purger {
+    /// Starts the purge task.
+    pub(super) fn start(store: Arc<dyn Store>, audit: Arc<Audit>) -> Self {
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(job) = rx.try_recv() {
+                    batch.push(job);
+                }
+                let ids: Vec<[u8; 16]> = batch.iter().map(|j| *j.id.as_bytes()).collect();
+                let store = Arc::clone(&store);
+                let result = tokio::task::spawn_blocking(move || {
+                    let prefixes: Vec<(Keyspace, &[u8])> = ids
+                        .iter()
+                        .flat_map(|id| [(Keyspace::Deks, &id[..]), (Keyspace::Records, &id[..])])
+                        .collect();
+                    store.purge(&prefixes)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|()| crate::vault::now_ms());
+                if let Ok(at) = &result {
+                    let events = batch
+                        .iter()
+                        .map(|j| Event {
+                            method: "Records/Purge".into(),
+                            record_id: j.id.to_string(),
+                            result: "OK".into(),
+                            detail: format!(
+                                "wrapped key and ciphertexts purged from live files at {at} ms ({} records in this purge)",
+                                batch.len()
+                            ),
+                            ..Event::default()
+                        })
+                        .collect();
+                    if let Err(e) = audit.commit(Batch::new(), events).await {
+                        tracing::error!(error = %e, "the purge events were not recorded");
+                    }
+                } else if let Err(e) = &result {
+                    tracing::error!(error = %e, "purge after shred failed; it will be retried by the next one");
+                }
+                for job in batch {
+                    if let Some(done) = job.done {
+                        let _ = done.send(result.clone());
+                    }
+                }
+            }
+        });
+        Self { jobs }
+    }
+
+    /// Queues the purge of a shredded record; with `wait`, returns when it completed.
+    pub(super) async fn purge(&self, id: RecordId, wait: bool) -> Result<Option<i64>, String> {
+        let (tx, rx) = oneshot::channel();
+        let done = wait.then_some(tx);
+        self.jobs
+            .send(Job { id, done })
+            .map_err(|_| "the purge task has stopped".to_owned())?;
+        if !wait {
+            return Ok(None);
+        }
+        rx.await
+            .map_err(|_| "the purge task stopped before the purge".to_owned())?
+            .map(Some)
+    }
+}
