@@ -539,7 +539,7 @@ impl Vault {
         self.audit.commit(batch, vec![event]).await?;
         let purged_at_ms = self
             .purger
-            .purge(*id, wait_for_purge)
+            .purge(*id, loaded.header.collection.clone(), wait_for_purge)
             .await
             .map_err(Error::Internal)?;
         Ok(ShredReceipt {

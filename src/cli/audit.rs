@@ -128,10 +128,10 @@ fn print_event(e: &pb::AuditEvent, as_json: bool) {
         println!("{}", event_json(e));
         return;
     }
-    let who = if e.subject.is_empty() {
-        "(unauthenticated)".to_owned()
-    } else {
-        format!("{} [{}]", e.subject, e.roles.join(","))
+    let who = match (e.subject.is_empty(), e.result.as_str()) {
+        (true, "UNAUTHENTICATED") => "(unauthenticated)".to_owned(),
+        (true, _) => "(vault)".to_owned(),
+        (false, _) => format!("{} [{}]", e.subject, e.roles.join(",")),
     };
     let mut line = format!(
         "#{} {} {who} {} {}",

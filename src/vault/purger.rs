@@ -15,6 +15,7 @@ use crate::{
 
 struct Job {
     id: RecordId,
+    collection: String,
     done: Option<oneshot::Sender<Result<i64, String>>>,
 }
 
@@ -55,15 +56,16 @@ impl Purger {
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
                 .map(|()| crate::vault::now_ms());
-                if let Ok(at) = &result {
+                if result.is_ok() {
                     let events = batch
                         .iter()
                         .map(|j| Event {
                             method: "Records/Purge".into(),
-                            record_id: j.id.to_string(),
+                                                        record_id: j.id.to_string(),
+                            collection: j.collection.clone(),
                             result: "OK".into(),
-                            detail: format!(
-                                "wrapped key and ciphertexts purged from live files at {at} ms ({} records in this purge)",
+                                                        detail: format!(
+                                "wrapped key and ciphertexts purged from live files ({} records in this purge)",
                                 batch.len()
                             ),
                             ..Event::default()
@@ -86,11 +88,20 @@ impl Purger {
     }
 
     /// Queues the purge of a shredded record; with `wait`, returns when it completed.
-    pub(super) async fn purge(&self, id: RecordId, wait: bool) -> Result<Option<i64>, String> {
+    pub(super) async fn purge(
+        &self,
+        id: RecordId,
+        collection: String,
+        wait: bool,
+    ) -> Result<Option<i64>, String> {
         let (tx, rx) = oneshot::channel();
         let done = wait.then_some(tx);
         self.jobs
-            .send(Job { id, done })
+            .send(Job {
+                id,
+                collection,
+                done,
+            })
             .map_err(|_| "the purge task has stopped".to_owned())?;
         if !wait {
             return Ok(None);
