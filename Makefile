@@ -17,7 +17,7 @@ run: build
 
 ## The whole test suite: unit, property and integration tests against a real server and RocksDB.
 test: deps
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked
 	$(CARGO) bench --locked --bench guard
 
 lint: deps
