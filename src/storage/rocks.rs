@@ -35,7 +35,7 @@ fn cf_options(cache: &Cache) -> Options {
     table.set_block_cache(cache);
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
-        opts.set_block_based_table_factory(&table);
+    opts.set_block_based_table_factory(&table);
     // Memory is bounded: 16 MiB memtables per keyspace, 96 MiB for all of them together (see
     // `open`), and the shared 64 MiB block cache.
     opts.set_write_buffer_size(16 << 20);
@@ -59,7 +59,7 @@ impl RocksStore {
         db_opts.set_wal_size_limit_mb(0);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_background_jobs(2);
-                db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_db_write_buffer_size(96 << 20);
         let cfs = Keyspace::ALL
             .iter()
