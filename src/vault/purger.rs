@@ -1,7 +1,8 @@
 //! The purge after a shred: make the deleted wrapped DEK and ciphertexts leave every live file
 //! (flush, then forced bottommost compaction of their key ranges). A purge costs a flush of
 //! every keyspace, so it runs off the request path, and all shreds queued while one purge runs
-//! share the next. Each purged record gets a `Records/Purge` audit event saying when.
+//! share the next, at most one every `MIN_INTERVAL`. Each purged record gets a `Records/Purge`
+//! audit event saying when.
 
 use std::sync::Arc;
 
@@ -12,6 +13,9 @@ use crate::{
     domain::RecordId,
     storage::{Batch, Keyspace, Store},
 };
+
+/// The least time between the starts of two purges.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 struct Job {
     id: RecordId,
@@ -38,7 +42,14 @@ impl Purger {
     pub(super) fn start(store: Arc<dyn Store>, audit: Arc<Audit>) -> Self {
         let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         tokio::spawn(async move {
+            let mut last_start: Option<tokio::time::Instant> = None;
             while let Some(first) = rx.recv().await {
+                // A purge flushes every keyspace: under a stream of shreds, run at most one per
+                // interval and let it cover everything queued meanwhile.
+                if let Some(at) = last_start {
+                    tokio::time::sleep_until(at + MIN_INTERVAL).await;
+                }
+                last_start = Some(tokio::time::Instant::now());
                 let mut batch = vec![first];
                 while let Ok(job) = rx.try_recv() {
                     batch.push(job);
