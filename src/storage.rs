@@ -128,6 +128,13 @@ pub trait Store: Send + Sync + 'static {
     /// `StoreError::Io` if the engine fails.
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The values of `keys`, in order (`None` where a key is absent).
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the engine fails.
+    fn multi_get(&self, ks: Keyspace, keys: &[Vec<u8>])
+    -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
     /// Every key/value whose key starts with `prefix`, in key order.
     ///
     /// # Errors
@@ -207,6 +214,13 @@ mod conformance {
             Some(&b"elsewhere"[..])
         );
         assert_eq!(get(Keyspace::Meta, b"ab1"), None);
+        let many = store
+            .multi_get(
+                Keyspace::Records,
+                &[b"ab2".to_vec(), b"zz".to_vec(), b"ab1".to_vec()],
+            )
+            .unwrap_or_default();
+        assert_eq!(many, [Some(b"two".to_vec()), None, Some(b"one".to_vec())]);
         let scan = store
             .scan_prefix(Keyspace::Records, b"ab")
             .unwrap_or_default();

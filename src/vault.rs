@@ -333,7 +333,15 @@ impl Vault {
         let (dek, mut ciphertexts) = if needs_key {
             (
                 Some(self.unwrap(id, &loaded)?),
-                self.ciphertexts(id, &loaded)?,
+                self.ciphertexts(
+                    id,
+                    &loaded,
+                    permit
+                        .decisions()
+                        .iter()
+                        .filter(|(_, d)| *d != Decision::Denied)
+                        .map(|(f, _)| *f),
+                )?,
             )
         } else {
             (None, HashMap::new())
@@ -452,7 +460,7 @@ impl Vault {
         }
         let dek = self.unwrap(id, &loaded)?;
         let mut current = BTreeMap::new();
-        for (field, envelope) in self.ciphertexts(id, &loaded)? {
+        for (field, envelope) in self.ciphertexts(id, &loaded, 0..collection.fields().len())? {
             current.insert(field, self.open(id, &loaded, &dek, field, &envelope)?);
         }
         let version = loaded.header.version + 1;

@@ -564,6 +564,13 @@ impl Store for FailingStore {
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(ks, key)
     }
+    fn multi_get(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.inner.multi_get(ks, keys)
+    }
     fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         self.inner.scan_prefix(ks, prefix)
     }

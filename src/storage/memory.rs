@@ -29,6 +29,18 @@ impl Store for MemoryStore {
         Ok(data.get(&(ks, key.to_vec())).cloned())
     }
 
+    fn multi_get(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(keys
+            .iter()
+            .map(|k| data.get(&(ks, k.clone())).cloned())
+            .collect())
+    }
+
     fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         let data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(data

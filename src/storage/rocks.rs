@@ -83,6 +83,19 @@ impl Store for RocksStore {
         self.db.get_cf(self.cf(ks)?, key).map_err(io)
     }
 
+    fn multi_get(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let cf = self.cf(ks)?;
+        self.db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|p| p.to_vec())).map_err(io))
+            .collect()
+    }
+
     fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         let cf = self.cf(ks)?;
         let mut out = Vec::new();
