@@ -277,6 +277,18 @@ impl Audit {
             .map(|_| ())
     }
 
+    /// The sequence number of the last stored event (0 for an empty log).
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails.
+    pub fn last_seq(&self) -> Result<u64, AuditError> {
+        Ok(self
+            .store
+            .last(Keyspace::Audit)?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
     /// Events committed from now on, as they are committed.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.live.subscribe()

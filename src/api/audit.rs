@@ -134,26 +134,14 @@ impl AuditService for AuditApi {
         let filter = filter(req.filter);
         let audit = Arc::clone(&self.audit);
         let mut stopping = self.stopping.clone();
+        // Events up to here come from the store, later ones from the live feed.
+        let mut seen = self.audit.last_seq().map_err(unavailable)?;
         let stream = async_stream(move |tx| async move {
-            let mut last = 0u64;
             if let Some(after) = req.after_seq {
-                let mut after = after;
-                loop {
-                    let (events, next) = match audit.query(&filter, after, 500) {
-                        Ok(page) => page,
-                        Err(e) => return tx.send(Err(unavailable(e))).await.unwrap_or(()),
-                    };
-                    for e in &events {
-                        last = e.seq;
-                        if tx.send(Ok(to_pb(e))).await.is_err() {
-                            return;
-                        }
-                    }
-                    match next {
-                        Some(n) => after = n,
-                        None => break,
-                    }
-                }
+                let Some(sent) = replay(&audit, &filter, after, &tx).await else {
+                    return;
+                };
+                seen = seen.max(sent);
             }
             loop {
                 let next = tokio::select! {
@@ -162,33 +150,19 @@ impl AuditService for AuditApi {
                     () = tx.closed() => return,
                 };
                 match next {
-                    Ok(event) => {
-                        if event.seq > last && filter.matches(&event) {
-                            last = event.seq;
-                            if tx.send(Ok(to_pb(&event))).await.is_err() {
-                                return;
-                            }
+                    Ok(event) if event.seq > seen => {
+                        seen = event.seq;
+                        if filter.matches(&event) && tx.send(Ok(to_pb(&event))).await.is_err() {
+                            return;
                         }
                     }
+                    Ok(_) => {}
                     Err(RecvError::Lagged(_)) => {
                         // Too slow for the live feed: catch up from the store, in order.
-                        let mut after = last;
-                        loop {
-                            let (events, next) = match audit.query(&filter, after, 500) {
-                                Ok(page) => page,
-                                Err(e) => return tx.send(Err(unavailable(e))).await.unwrap_or(()),
-                            };
-                            for e in &events {
-                                last = e.seq;
-                                if tx.send(Ok(to_pb(e))).await.is_err() {
-                                    return;
-                                }
-                            }
-                            match next {
-                                Some(n) => after = n,
-                                None => break,
-                            }
-                        }
+                        let Some(sent) = replay(&audit, &filter, seen, &tx).await else {
+                            return;
+                        };
+                        seen = seen.max(sent);
                     }
                     Err(RecvError::Closed) => return,
                 }
@@ -251,6 +225,36 @@ impl AuditService for AuditApi {
             }
         });
         Ok(Response::new(stream))
+    }
+}
+
+type Sender<T> = tokio::sync::mpsc::Sender<Result<T, Status>>;
+
+/// Sends the stored events after `after` that pass `filter`, in order; returns the last
+/// sequence number sent (or `after`), or `None` once the receiver is gone or the store fails.
+async fn replay(
+    audit: &Audit,
+    filter: &Filter,
+    mut after: u64,
+    tx: &Sender<pb::AuditEvent>,
+) -> Option<u64> {
+    let mut last = after;
+    loop {
+        let (events, next) = match audit.query(filter, after, 500) {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = tx.send(Err(unavailable(e))).await;
+                return None;
+            }
+        };
+        for e in &events {
+            last = e.seq;
+            tx.send(Ok(to_pb(e))).await.ok()?;
+        }
+        match next {
+            Some(n) => after = n,
+            None => return Some(last),
+        }
     }
 }
 
