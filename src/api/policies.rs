@@ -22,6 +22,21 @@ pub struct PoliciesApi {
 }
 
 impl PoliciesApi {
+    /// Audits a policy change's failure (its success is audited with its version) and shapes
+    /// the response.
+    async fn applied(
+        &self,
+        by: &crate::domain::Principal,
+        call: &Call,
+        result: Result<(PolicyVersion, Vec<DecisionChange>), crate::vault::Error>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let (v, c) = audited(self.governance.audit(), by, call, Known::default(), result).await?;
+        Ok(Response::new(pb::ApplyPolicyResponse {
+            version: Some(info(&v)),
+            changes: changes(c),
+        }))
+    }
+
     /// The service over the governance use cases.
     pub fn new(governance: Arc<Governance>) -> Self {
         Self { governance }
@@ -81,18 +96,7 @@ impl Policies for PoliciesApi {
             .governance
             .apply(&by, &call, &req.text, &req.comment, req.expected_version)
             .await;
-        let (v, c) = audited(
-            self.governance.audit(),
-            &by,
-            &call,
-            Known::default(),
-            result,
-        )
-        .await?;
-        Ok(Response::new(pb::ApplyPolicyResponse {
-            version: Some(info(&v)),
-            changes: changes(c),
-        }))
+        self.applied(&by, &call, result).await
     }
 
     async fn list_policy_versions(
@@ -146,18 +150,7 @@ impl Policies for PoliciesApi {
                 req.expected_version,
             )
             .await;
-        let (v, c) = audited(
-            self.governance.audit(),
-            &by,
-            &call,
-            Known::default(),
-            result,
-        )
-        .await?;
-        Ok(Response::new(pb::ApplyPolicyResponse {
-            version: Some(info(&v)),
-            changes: changes(c),
-        }))
+        self.applied(&by, &call, result).await
     }
 
     async fn dry_run_policy(
