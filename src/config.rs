@@ -21,6 +21,8 @@ pub struct Config {
     pub policies_dir: PathBuf,
     /// The master key file.
     pub master_key_file: PathBuf,
+    /// Read the master key from this environment variable instead of the file.
+    pub master_key_env: Option<String>,
     /// Per-request limits.
     pub limits: Limits,
     /// Largest gRPC message accepted or sent, in bytes.
@@ -41,6 +43,7 @@ pub struct ConfigFile {
     data_dir: Option<PathBuf>,
     policies_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
+    master_key_env: Option<String>,
     max_value_bytes: Option<usize>,
     max_fields: Option<usize>,
     max_message_bytes: Option<usize>,
@@ -135,6 +138,7 @@ impl Config {
             data_dir,
             policies_dir,
             master_key_file,
+            master_key_env: file.master_key_env,
             limits,
             max_message_bytes,
             max_concurrent_streams,

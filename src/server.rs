@@ -19,7 +19,7 @@ use crate::{
     },
     audit::{Audit, Event},
     config::Config,
-    crypto::{FileKekProvider, KekProvider},
+    crypto::{EnvKekProvider, FileKekProvider, KekProvider},
     domain::{Principal, Role, Schema, Subject},
     governance::Governance,
     storage::{self, Batch, Store},
@@ -135,10 +135,20 @@ pub async fn start_with_store(
             config.data_dir.display()
         ))
     })?;
-    let key_existed = config.master_key_file.exists();
-    let kek = FileKekProvider::new(&config.master_key_file)
-        .load()
-        .map_err(ServerError)?;
+    let (kek, key_source) = match &config.master_key_env {
+        Some(var) => {
+            let kek = EnvKekProvider::new(var).load().map_err(ServerError)?;
+            (kek, format!("loaded from the environment variable {var}"))
+        }
+        None => {
+            let existed = config.master_key_file.exists();
+            let kek = FileKekProvider::new(&config.master_key_file)
+                .load()
+                .map_err(ServerError)?;
+            let verb = if existed { "loaded from" } else { "created in" };
+            (kek, format!("{verb} {}", config.master_key_file.display()))
+        }
+    };
     let schema = Arc::new(
         Schema::parse(&read(&config.policies_dir, "schema.toml")?)
             .map_err(|e| ServerError(format!("{}: {}", e.field, e.problem)))?,
@@ -151,16 +161,7 @@ pub async fn start_with_store(
     let key_event = Event {
         method: "Keys/LoadMasterKey".into(),
         result: "OK".into(),
-        detail: format!(
-            "master key {} {} {}",
-            kek.id().0,
-            if key_existed {
-                "loaded from"
-            } else {
-                "created in"
-            },
-            config.master_key_file.display()
-        ),
+        detail: format!("master key {} {key_source}", kek.id().0),
         ..Event::default()
     };
     audit

@@ -1146,6 +1146,10 @@ struct ChildVault {
 
 impl ChildVault {
     fn start(data_dir: &std::path::Path) -> Self {
+        Self::start_with(data_dir, &[], &[])
+    }
+
+    fn start_with(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let first_start = !data_dir.join("db").exists();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
@@ -1153,6 +1157,8 @@ impl ChildVault {
             .arg(data_dir)
             .arg("--policies")
             .arg(policies_dir())
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1288,4 +1294,68 @@ async fn acknowledged_writes_survive_kill_9_and_no_record_is_partial() {
             acked_now.len()
         );
     }
+}
+
+#[tokio::test]
+async fn the_master_key_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("strongroom.toml");
+    std::fs::write(&config, "master_key_env = \"STRONGROOM_TEST_KEK\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let key = "7".repeat(64);
+    let mut vault = ChildVault::start_with(
+        &data,
+        &["--config", config],
+        &[("STRONGROOM_TEST_KEK", &key)],
+    );
+    let token = vault.token.clone().unwrap();
+    assert!(
+        !data.join("master.key").exists(),
+        "no key file when the key comes from the environment"
+    );
+    let mut admin = strongroom::client::connect(&vault.addr, &token)
+        .await
+        .unwrap();
+    let id = create(&mut admin, customer("env")).await;
+    vault.kill();
+
+    // The same key reads the record back; another key reads nothing.
+    let mut vault = ChildVault::start_with(
+        &data,
+        &["--config", config],
+        &[("STRONGROOM_TEST_KEK", &key)],
+    );
+    let mut admin = strongroom::client::connect(&vault.addr, &token)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&mut admin, &id, "support").await.unwrap().fields.len(),
+        8
+    );
+    vault.kill();
+    // Another key: the vault refuses to start rather than serve noise or fork the audit chain.
+    let other = format!("1:{}", "8".repeat(64));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--policies")
+        .arg(policies_dir())
+        .env("STRONGROOM_TEST_KEK", &other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not the one this vault was created with"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&other[2..]), "the key is never printed");
 }

@@ -60,6 +60,16 @@ impl State {
                 }
             }
         };
+        if let Some(head) = Checkpoint::load(store, HEAD_KEY)?
+            && !head.valid(keys)
+        {
+            return Err(AuditError(
+                "the audit log's last checkpoint does not verify under this master key: the key \
+                 is not the one this vault was created with (or the checkpoint was altered); \
+                 refusing to start"
+                    .into(),
+            ));
+        }
         if let Some(head) = Checkpoint::load_valid(store, keys, HEAD_KEY)?
             && head.seq > state.seq
         {

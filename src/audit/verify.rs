@@ -54,6 +54,11 @@ impl Checkpoint {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The checkpoint stored under `key` in `meta`, if present and well-formed.
+    pub(super) fn load(store: &dyn Store, key: &[u8]) -> Result<Option<Self>, AuditError> {
+        read_checkpoint(store, key)
+    }
+
     /// The checkpoint stored under `key` in `meta`, if present and validly signed.
     pub(super) fn load_valid(
         store: &dyn Store,
@@ -70,7 +75,7 @@ impl Checkpoint {
             .map(|()| out)
     }
 
-    fn valid(&self, keys: &Keys) -> bool {
+    pub(super) fn valid(&self, keys: &Keys) -> bool {
         let (Some(head), Ok(sig)) = (self.head_bytes(), hex::decode(&self.signature)) else {
             return false;
         };
