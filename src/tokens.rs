@@ -33,9 +33,20 @@ struct StoredToken {
     created_at_ms: i64,
 }
 
+/// An issued token, as the registry knows it (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Whom it authenticates.
+    pub principal: Principal,
+    /// When it was issued (ms since the epoch).
+    pub created_at_ms: i64,
+    /// The first 8 hex digits of its hash: enough to tell tokens apart, useless to forge one.
+    pub id: String,
+}
+
 /// The registry of issued tokens, held in memory and in the store.
 pub struct TokenRegistry {
-    by_hash: RwLock<HashMap<[u8; 32], Principal>>,
+    by_hash: RwLock<HashMap<[u8; 32], Issued>>,
 }
 
 impl std::fmt::Debug for TokenRegistry {
@@ -77,7 +88,16 @@ impl TokenRegistry {
                 .map(|r| Role::parse(r, "role"))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| Error::DataLoss)?;
-            by_hash.insert(hash, Principal::new(subject, roles));
+            let principal = Principal::new(subject, roles);
+            let id = hex::encode(&hash[..4]);
+            by_hash.insert(
+                hash,
+                Issued {
+                    principal,
+                    created_at_ms: stored.created_at_ms,
+                    id,
+                },
+            );
         }
         Ok(Self {
             by_hash: RwLock::new(by_hash),
@@ -88,9 +108,9 @@ impl TokenRegistry {
     pub fn principals(&self) -> Vec<Principal> {
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<Principal> = Vec::new();
-        for p in map.values() {
-            if !out.contains(p) {
-                out.push(p.clone());
+        for issued in map.values() {
+            if !out.contains(&issued.principal) {
+                out.push(issued.principal.clone());
             }
         }
         out
@@ -111,7 +131,7 @@ impl TokenRegistry {
         // The map is keyed by the hash; the final comparison is constant-time all the same.
         map.get_key_value(&h)
             .filter(|(k, _)| bool::from(k.ct_eq(&h)))
-            .map(|(_, p)| p.clone())
+            .map(|(_, issued)| issued.principal.clone())
     }
 
     /// Checks that `by` may issue tokens and that `subject` keeps one set of roles.
@@ -129,6 +149,7 @@ impl TokenRegistry {
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(other) = map
             .values()
+            .map(|issued| &issued.principal)
             .find(|p| p.subject == principal.subject && p.roles != principal.roles)
         {
             return Err(InvalidInput::new(
@@ -183,11 +204,90 @@ impl TokenRegistry {
             ..event
         };
         audit.commit(batch, vec![event]).await?;
+        let issued = Issued {
+            principal: principal.clone(),
+            created_at_ms: now_ms,
+            id: hex::encode(&h[..4]),
+        };
         self.by_hash
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(h, principal.clone());
+            .insert(h, issued);
         Ok(token)
+    }
+
+    fn check_admin(by: &Principal, what: &str) -> Result<(), Error> {
+        if by.roles.iter().any(|r| r.as_str() == ADMIN_ROLE) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{} may not {what}: that needs {ADMIN_ROLE}",
+                by.subject
+            )))
+        }
+    }
+
+    /// Every issued token (never the token itself), oldest first.
+    ///
+    /// # Errors
+    /// `PermissionDenied` unless `by` holds the admin role.
+    pub fn list(&self, by: &Principal) -> Result<Vec<Issued>, Error> {
+        Self::check_admin(by, "list tokens")?;
+        let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Issued> = map.values().cloned().collect();
+        out.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(out)
+    }
+
+    /// Revokes every token of `subject`, committed with its audit `event`; returns how many.
+    /// Calls with a revoked token fail UNAUTHENTICATED from then on.
+    ///
+    /// # Errors
+    /// `PermissionDenied` unless `by` holds the admin role; `InvalidArgument` if it would leave
+    /// no token with the admin role (nobody could issue tokens again); `Unavailable`.
+    pub async fn revoke_subject(
+        &self,
+        by: &Principal,
+        subject: &Subject,
+        audit: &Audit,
+        event: Event,
+    ) -> Result<usize, Error> {
+        Self::check_admin(by, "revoke tokens")?;
+        let doomed: Vec<[u8; 32]> = {
+            let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+            let doomed: Vec<[u8; 32]> = map
+                .iter()
+                .filter(|(_, i)| i.principal.subject == *subject)
+                .map(|(h, _)| *h)
+                .collect();
+            let admin_left = map.iter().any(|(h, i)| {
+                !doomed.contains(h) && i.principal.roles.iter().any(|r| r.as_str() == ADMIN_ROLE)
+            });
+            if !admin_left {
+                return Err(InvalidInput::new(
+                    "subject",
+                    format!("revoking {subject} would leave no token with {ADMIN_ROLE}"),
+                )
+                .into());
+            }
+            doomed
+        };
+        let mut batch = Batch::new();
+        for h in &doomed {
+            let mut key = PREFIX.to_vec();
+            key.extend_from_slice(h);
+            batch.delete(Keyspace::Meta, key);
+        }
+        let event = Event {
+            detail: format!("{} token(s) of {subject} revoked", doomed.len()),
+            ..event
+        };
+        audit.commit(batch, vec![event]).await?;
+        let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
+        for h in &doomed {
+            map.remove(h);
+        }
+        Ok(doomed.len())
     }
 }
 

@@ -1359,3 +1359,93 @@ async fn the_master_key_can_come_from_the_environment() {
     );
     assert!(!stderr.contains(&other[2..]), "the key is never printed");
 }
+
+#[tokio::test]
+async fn revoked_tokens_stop_working_and_the_last_admin_cannot_be_revoked() {
+    let mut vault = Vault::start().await;
+    let token = vault.token("svc:crm", &["role:writer"]).await;
+    let mut crm = vault.client(&token).await;
+    create(&mut crm, customer("rev")).await;
+    let mut admin = vault.admin().await;
+    let list = admin
+        .tokens
+        .list_tokens(pb::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let subjects: Vec<_> = list.iter().map(|t| t.subject.as_str()).collect();
+    assert_eq!(subjects, ["user:admin", "svc:crm"]);
+    assert!(
+        list.iter()
+            .all(|t| t.id.len() == 8 && !token.contains(&t.id)),
+        "ids are hash prefixes, not token parts"
+    );
+
+    let revoked = admin
+        .tokens
+        .revoke_tokens(pb::RevokeTokensRequest {
+            subject: "svc:crm".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked, 1);
+    assert_code(
+        crm.records
+            .create_record(pb::CreateRecordRequest {
+                collection: "customers".into(),
+                fields: customer("x"),
+            })
+            .await,
+        Code::Unauthenticated,
+    );
+    // Revocation is durable.
+    vault.restart().await;
+    let mut crm = vault.client(&token).await;
+    assert_code(
+        crm.records
+            .create_record(pb::CreateRecordRequest {
+                collection: "customers".into(),
+                fields: customer("y"),
+            })
+            .await,
+        Code::Unauthenticated,
+    );
+    let mut admin = vault.admin().await;
+    let last = admin
+        .tokens
+        .revoke_tokens(pb::RevokeTokensRequest {
+            subject: "user:admin".into(),
+        })
+        .await;
+    let status = assert_code(last, Code::InvalidArgument);
+    assert!(
+        status.message().contains("no token with role:admin"),
+        "{}",
+        status.message()
+    );
+    let mut writer = vault.as_role("role:writer").await;
+    assert_code(
+        writer.tokens.list_tokens(pb::ListTokensRequest {}).await,
+        Code::PermissionDenied,
+    );
+    // Both the issue and the revocation are in the audit log.
+    let events = admin
+        .audit
+        .query_events(pb::QueryEventsRequest {
+            filter: Some(pb::EventFilter {
+                method: "Tokens/RevokeTokens".into(),
+                ..Default::default()
+            }),
+            page_size: 10,
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let results: Vec<_> = events.iter().map(|e| e.result.as_str()).collect();
+    assert_eq!(results, ["OK", "INVALID_ARGUMENT"]);
+    assert!(events[0].detail.contains("1 token(s) of svc:crm revoked"));
+}

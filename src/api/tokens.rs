@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{
     auth::principal,
     pb::{self, tokens_server::Tokens},
-    status::{Known, audited},
+    status::{Known, audited, recorded},
 };
 use crate::{
     audit::{Audit, Call},
@@ -52,6 +52,50 @@ impl Tokens for TokensApi {
             token: token.to_string(),
             subject: new.subject.as_str().to_owned(),
             roles: new.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = principal(&request)?;
+        let call = Call::new("Tokens/ListTokens");
+        let result = self.tokens.list(&caller);
+        let tokens = recorded(&self.audit, &caller, &call, result)
+            .await?
+            .into_iter()
+            .map(|t| pb::TokenInfo {
+                id: t.id,
+                subject: t.principal.subject.as_str().to_owned(),
+                roles: t
+                    .principal
+                    .roles
+                    .iter()
+                    .map(|r| r.as_str().to_owned())
+                    .collect(),
+                created_at_unix_ms: t.created_at_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        request: Request<pb::RevokeTokensRequest>,
+    ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
+        let caller = principal(&request)?;
+        let call = Call::new("Tokens/RevokeTokens");
+        let result = async {
+            let subject = Subject::parse(&request.get_ref().subject, "subject")?;
+            self.tokens
+                .revoke_subject(&caller, &subject, &self.audit, call.event(&caller))
+                .await
+        }
+        .await;
+        let revoked = audited(&self.audit, &caller, &call, Known::default(), result).await?;
+        Ok(Response::new(pb::RevokeTokensResponse {
+            revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
         }))
     }
 }
