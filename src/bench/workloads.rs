@@ -1,0 +1,272 @@
+//! The workloads: clients per role, the records they use, preloading, and one request of each
+//! workload.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::Rng;
+
+use super::{WORKLOADS, load::drive, zipf::Picker};
+use crate::{
+    api::pb,
+    client::{self, Client},
+};
+
+/// The tokens' clients for each role, one per connection.
+pub(super) struct Clients {
+    pub(super) admin: Vec<Client>,
+    pub(super) support: Vec<Client>,
+    pub(super) marketing: Vec<Client>,
+}
+
+impl Clients {
+    pub(super) async fn connect(
+        addr: &str,
+        admin_token: &str,
+        connections: usize,
+    ) -> Result<Self, String> {
+        let mut admin = Vec::new();
+        for _ in 0..connections {
+            admin.push(client::connect(addr, admin_token).await?);
+        }
+        let issue = |subject: &str, role: &str| {
+            let mut c = admin[0].clone();
+            let (subject, role) = (subject.to_owned(), role.to_owned());
+            async move {
+                c.tokens
+                    .create_token(pb::CreateTokenRequest {
+                        subject,
+                        roles: vec![role],
+                    })
+                    .await
+                    .map(|r| r.into_inner().token)
+                    .map_err(|s| format!("cannot issue a bench token: {}", s.message()))
+            }
+        };
+        let support_token = issue("svc:bench-support", "role:support").await?;
+        let marketing_token = issue("svc:bench-marketing", "role:marketing").await?;
+        let (mut support, mut marketing) = (Vec::new(), Vec::new());
+        for _ in 0..connections {
+            support.push(client::connect(addr, &support_token).await?);
+            marketing.push(client::connect(addr, &marketing_token).await?);
+        }
+        Ok(Self {
+            admin,
+            support,
+            marketing,
+        })
+    }
+}
+
+fn customer(n: u64) -> Vec<pb::Field> {
+    let letters: String = n
+        .to_string()
+        .bytes()
+        .map(|b| char::from(b'a' + (b - b'0')))
+        .collect();
+    [
+        ("name", format!("Ada {letters} Lovelace")),
+        ("email", format!("ada.{n}@example.com")),
+        ("phone", format!("+4420794{:05}", n % 100_000)),
+        ("address", format!("{n} St James's Square, London")),
+        ("date_of_birth", "1815-12-10".to_owned()),
+        ("ssn", "123-45-6789".to_owned()),
+        ("card_number", "4242424242424242".to_owned()),
+        ("notes", format!("customer {n}: prefers email")),
+    ]
+    .into_iter()
+    .map(|(name, value)| pb::Field {
+        name: name.into(),
+        value,
+    })
+    .collect()
+}
+
+pub(super) fn status(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+/// Creates `count` records at full concurrency, with a progress line on stderr.
+pub(super) async fn preload(
+    clients: &Clients,
+    count: usize,
+    in_flight: usize,
+    label: &str,
+) -> Result<Vec<String>, String> {
+    let ids = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let done = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let (done, label) = (Arc::clone(&done), label.to_owned());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                eprint!(
+                    "\r{label}: {}/{count} records",
+                    done.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    let admin = clients.admin.clone();
+    let (ids2, done2) = (Arc::clone(&ids), Arc::clone(&done));
+    let stats = drive(
+        in_flight,
+        Duration::from_secs(3600),
+        Some(count as u64),
+        move |n| {
+            let mut c = admin[n as usize % admin.len()].clone();
+            let (ids, done) = (Arc::clone(&ids2), Arc::clone(&done2));
+            async move {
+                let id = c
+                    .records
+                    .create_record(pb::CreateRecordRequest {
+                        collection: "customers".into(),
+                        fields: customer(n),
+                    })
+                    .await
+                    .map_err(|s| status(&s))?
+                    .into_inner()
+                    .id;
+                ids.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        },
+    )
+    .await;
+    ticker.abort();
+    eprintln!(
+        "\r{label}: {count}/{count} records in {:.1}s",
+        stats.elapsed.as_secs_f64()
+    );
+    if let Some(e) = stats.first_error {
+        return Err(format!("preloading failed: {e}"));
+    }
+    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(ids)
+}
+
+/// One request of a workload, in flight.
+pub(super) type OpFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// The operation of one workload, given the preloaded ids and a pool to shred.
+pub(super) fn op(
+    workload: &str,
+    clients: &Clients,
+    ids: Arc<Vec<String>>,
+    picker: Arc<Picker>,
+    shred_pool: Arc<(Vec<String>, AtomicUsize)>,
+) -> Result<impl Fn(u64) -> OpFuture + Clone + Send + Sync + 'static, String> {
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Denied,
+        Full,
+        Masked,
+        Put,
+        Shred,
+        Update,
+    }
+    let wait_for_purge = workload == "shred-wait";
+    let mix = workload == "mix";
+    let fixed = match workload {
+        "put" => Kind::Put,
+        "get-full" => Kind::Full,
+        "get-masked" | "mix" => Kind::Masked,
+        "get-denied" => Kind::Denied,
+        "update" => Kind::Update,
+        "shred" | "shred-wait" => Kind::Shred,
+        other => {
+            return Err(format!(
+                "unknown workload {other:?}; known: {}",
+                WORKLOADS.join(", ")
+            ));
+        }
+    };
+    let (admin, support, marketing) = (
+        clients.admin.clone(),
+        clients.support.clone(),
+        clients.marketing.clone(),
+    );
+    Ok(move |n: u64| {
+        let kind = if mix {
+            // 60% get-masked, 20% get-full, 15% put, 4% get-denied, 1% shred.
+            match rand::thread_rng().gen_range(0..100) {
+                0..60 => Kind::Masked,
+                60..80 => Kind::Full,
+                80..95 => Kind::Put,
+                95..99 => Kind::Denied,
+                _ => Kind::Shred,
+            }
+        } else {
+            fixed
+        };
+        let conn = n as usize;
+        let id = ids[picker.pick(&mut rand::thread_rng()) % ids.len().max(1)].clone();
+        let (mut a, mut s, mut m) = (
+            admin[conn % admin.len()].clone(),
+            support[conn % support.len()].clone(),
+            marketing[conn % marketing.len()].clone(),
+        );
+        let shred_pool = Arc::clone(&shred_pool);
+        Box::pin(async move {
+            let get = |purpose: &str| pb::GetRecordRequest {
+                id: id.clone(),
+                fields: vec![],
+                purpose: purpose.into(),
+            };
+            let result = match kind {
+                Kind::Denied => m.records.get_record(get("support")).await.map(|_| ()),
+                Kind::Full => a.records.get_record(get("support")).await.map(|_| ()),
+                Kind::Masked => s.records.get_record(get("support")).await.map(|_| ()),
+                Kind::Put => a
+                    .records
+                    .create_record(pb::CreateRecordRequest {
+                        collection: "customers".into(),
+                        fields: customer(n),
+                    })
+                    .await
+                    .map(|_| ()),
+                Kind::Update => a
+                    .records
+                    .update_record(pb::UpdateRecordRequest {
+                        id: id.clone(),
+                        set: vec![
+                            pb::Field {
+                                name: "email".into(),
+                                value: format!("new.{n}@example.com"),
+                            },
+                            pb::Field {
+                                name: "phone".into(),
+                                value: format!("+1415555{:04}", n % 10_000),
+                            },
+                        ],
+                        clear: vec![],
+                        expected_version: None,
+                    })
+                    .await
+                    .map(|_| ()),
+                Kind::Shred => {
+                    let i = shred_pool.1.fetch_add(1, Ordering::Relaxed);
+                    let Some(victim) = shred_pool.0.get(i).cloned() else {
+                        return Err("the shred pool is used up: raise --records".into());
+                    };
+                    a.records
+                        .delete_record(pb::DeleteRecordRequest {
+                            id: victim,
+                            wait_for_purge,
+                        })
+                        .await
+                        .map(|_| ())
+                }
+            };
+            result.map_err(|s| status(&s))
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    })
+}
