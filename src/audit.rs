@@ -100,11 +100,7 @@ impl Call {
         Event {
             request_id: self.request_id.clone(),
             subject: principal.subject.as_str().to_owned(),
-            roles: principal
-                .roles
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
+            roles: principal.role_names(),
             method: self.method.to_owned(),
             result: "OK".into(),
             ..Event::default()
@@ -154,10 +150,7 @@ pub const READER_ROLES: [&str; 2] = ["role:auditor", "role:admin"];
 
 /// Whether `principal` may read the audit log.
 pub fn may_read(principal: &crate::domain::Principal) -> bool {
-    principal
-        .roles
-        .iter()
-        .any(|r| READER_ROLES.contains(&r.as_str()))
+    principal.has_any_role(&READER_ROLES)
 }
 
 /// Keys under which the audit log keeps its checkpoints (in `meta`).

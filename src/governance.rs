@@ -145,11 +145,7 @@ impl Governance {
     }
 
     fn check_admin(by: &Principal) -> Result<(), Error> {
-        if by
-            .roles
-            .iter()
-            .any(|r| POLICY_ADMIN_ROLES.contains(&r.as_str()))
-        {
+        if by.has_any_role(&POLICY_ADMIN_ROLES) {
             Ok(())
         } else {
             Err(Error::PermissionDenied(format!(

@@ -140,12 +140,7 @@ impl TokenRegistry {
     /// `PermissionDenied` unless `by` holds the admin role; `InvalidArgument` if the subject
     /// already holds tokens with other roles.
     pub fn check_issue(&self, by: &Principal, principal: &Principal) -> Result<(), Error> {
-        if !by.roles.iter().any(|r| r.as_str() == ADMIN_ROLE) {
-            return Err(Error::PermissionDenied(format!(
-                "{} may not issue tokens: that needs {ADMIN_ROLE}",
-                by.subject
-            )));
-        }
+        Self::check_admin(by, "issue tokens")?;
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(other) = map
             .values()
@@ -183,11 +178,7 @@ impl TokenRegistry {
         let h = hash(&token);
         let stored = StoredToken {
             subject: principal.subject.as_str().to_owned(),
-            roles: principal
-                .roles
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
+            roles: principal.role_names(),
             created_at_ms: now_ms,
         };
         let value = serde_json::to_vec(&stored).map_err(|e| Error::Internal(e.to_string()))?;
@@ -217,7 +208,7 @@ impl TokenRegistry {
     }
 
     fn check_admin(by: &Principal, what: &str) -> Result<(), Error> {
-        if by.roles.iter().any(|r| r.as_str() == ADMIN_ROLE) {
+        if by.has_any_role(&[ADMIN_ROLE]) {
             Ok(())
         } else {
             Err(Error::PermissionDenied(format!(
@@ -260,9 +251,9 @@ impl TokenRegistry {
                 .filter(|(_, i)| i.principal.subject == *subject)
                 .map(|(h, _)| *h)
                 .collect();
-            let admin_left = map.iter().any(|(h, i)| {
-                !doomed.contains(h) && i.principal.roles.iter().any(|r| r.as_str() == ADMIN_ROLE)
-            });
+            let admin_left = map
+                .iter()
+                .any(|(h, i)| !doomed.contains(h) && i.principal.has_any_role(&[ADMIN_ROLE]));
             if !admin_left {
                 return Err(InvalidInput::new(
                     "subject",

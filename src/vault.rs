@@ -221,11 +221,6 @@ impl Vault {
         &self.schema
     }
 
-    /// The request limits.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     fn check_count(&self, n: usize, input: &str) -> Result<(), Error> {
         if n > self.limits.max_fields {
             return Err(InvalidInput::new(

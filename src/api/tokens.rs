@@ -51,7 +51,7 @@ impl Tokens for TokensApi {
         Ok(Response::new(pb::CreateTokenResponse {
             token: token.to_string(),
             subject: new.subject.as_str().to_owned(),
-            roles: new.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            roles: new.role_names(),
         }))
     }
 
@@ -68,12 +68,7 @@ impl Tokens for TokensApi {
             .map(|t| pb::TokenInfo {
                 id: t.id,
                 subject: t.principal.subject.as_str().to_owned(),
-                roles: t
-                    .principal
-                    .roles
-                    .iter()
-                    .map(|r| r.as_str().to_owned())
-                    .collect(),
+                roles: t.principal.role_names(),
                 created_at_unix_ms: t.created_at_ms,
             })
             .collect();

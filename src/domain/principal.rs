@@ -115,6 +115,16 @@ impl Principal {
         Self { subject, roles }
     }
 
+    /// Whether the principal holds any of `roles`.
+    pub fn has_any_role(&self, roles: &[&str]) -> bool {
+        self.roles.iter().any(|r| roles.contains(&r.as_str()))
+    }
+
+    /// The role names, as strings.
+    pub fn role_names(&self) -> Vec<String> {
+        self.roles.iter().map(|r| r.as_str().to_owned()).collect()
+    }
+
     /// The roles joined with commas, for messages and logs.
     pub fn roles_text(&self) -> String {
         self.roles

@@ -117,11 +117,10 @@ impl Rule {
     }
 }
 
-/// A validated policy: its source text, its rules and its version.
+/// A validated policy: its rules and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyText {
     version: u64,
-    source: String,
     rules: Vec<Rule>,
 }
 
@@ -193,21 +192,12 @@ impl PolicyText {
             rules.push(rule);
         }
         check_role_graph(&rules)?;
-        Ok(Self {
-            version,
-            source: text.to_owned(),
-            rules,
-        })
+        Ok(Self { version, rules })
     }
 
     /// The version of this policy.
     pub fn version(&self) -> u64 {
         self.version
-    }
-
-    /// The text as submitted.
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// How many rules (p and g lines) the policy holds.
