@@ -28,6 +28,19 @@ use zipf::Picker;
 
 use crate::api::pb;
 
+/// The shipped `customers` collection's fields, in schema order, each with a sample value of
+/// its type: the shape every workload and ceiling uses.
+const CUSTOMER_FIELDS: [(&str, &str); 8] = [
+    ("name", "Ada Lovelace"),
+    ("email", "ada@example.com"),
+    ("phone", "+442079460958"),
+    ("address", "12 St James's Square, London"),
+    ("date_of_birth", "1815-12-10"),
+    ("ssn", "123-45-6789"),
+    ("card_number", "4242424242424242"),
+    ("notes", "prefers email"),
+];
+
 /// What to run, and how hard.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {

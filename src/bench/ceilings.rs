@@ -10,6 +10,7 @@ use std::{
 
 use tonic::{Request, Response, Status};
 
+use super::CUSTOMER_FIELDS;
 use crate::{
     api::pb::{
         self,
@@ -57,26 +58,6 @@ pub async fn serve_echo(listen: SocketAddr) -> Result<(), String> {
 pub(super) fn crypto_cost(iterations: u32) -> (f64, f64) {
     let kek = Kek::generate(KekId(1));
     let id = [7u8; 16];
-    let fields = [
-        "name",
-        "email",
-        "phone",
-        "address",
-        "date_of_birth",
-        "ssn",
-        "card_number",
-        "notes",
-    ];
-    let values = [
-        "Ada Lovelace",
-        "ada@example.com",
-        "+442079460958",
-        "12 St James's Square, London",
-        "1815-12-10",
-        "123-45-6789",
-        "4242424242424242",
-        "prefers email",
-    ];
     let dctx = DekContext {
         record_id: &id,
         collection: "customers",
@@ -90,7 +71,7 @@ pub(super) fn crypto_cost(iterations: u32) -> (f64, f64) {
         let dek = Dek::generate();
         wrapped = Some(crypto::wrap_dek(&kek, &dek, &dctx));
         sealed.clear();
-        for (f, v) in fields.iter().zip(values) {
+        for (f, v) in CUSTOMER_FIELDS {
             let ctx = FieldContext {
                 collection: "customers",
                 record_id: &id,
@@ -107,7 +88,7 @@ pub(super) fn crypto_cost(iterations: u32) -> (f64, f64) {
     let start = Instant::now();
     for _ in 0..iterations {
         if let Ok(dek) = crypto::unwrap_dek(&kek, &wrapped, &dctx) {
-            for (f, ct) in fields.iter().zip(&sealed) {
+            for ((f, _), ct) in CUSTOMER_FIELDS.iter().zip(&sealed) {
                 let ctx = FieldContext {
                     collection: "customers",
                     record_id: &id,

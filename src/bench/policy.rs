@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Instant};
 
+use super::CUSTOMER_FIELDS;
 use crate::{
     domain::{Principal, Role, Schema, Subject},
     policy::PolicyEngine,
@@ -12,16 +13,6 @@ use crate::{
 /// measuring how decisions and applies scale with the rule count.
 pub fn generated_policy(rules: usize) -> String {
     let base = include_str!("../../policies/policy.csv");
-    let fields = [
-        "name",
-        "email",
-        "phone",
-        "address",
-        "date_of_birth",
-        "ssn",
-        "card_number",
-        "notes",
-    ];
     let purposes = [
         "account_management",
         "billing",
@@ -39,7 +30,7 @@ pub fn generated_policy(rules: usize) -> String {
     let mut n = base_rules;
     let mut role = 0usize;
     'outer: loop {
-        for (f, field) in fields.iter().enumerate() {
+        for (f, (field, _)) in CUSTOMER_FIELDS.iter().enumerate() {
             for (p, purpose) in purposes.iter().enumerate() {
                 if n >= rules {
                     break 'outer;
