@@ -10,6 +10,7 @@
 //! Depends on `crypto` (the MAC) and `storage`; knows nothing of gRPC.
 
 mod appender;
+mod chain;
 mod codec;
 mod query;
 mod verify;
@@ -24,8 +25,9 @@ use crate::{
     storage::{Batch, Keyspace, Store, StoreError},
 };
 
+pub use chain::Checkpoint;
 pub use query::Filter;
-pub use verify::{Checkpoint, VerifyReport};
+pub use verify::VerifyReport;
 
 /// How one field fared in a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +165,7 @@ pub struct Audit {
     appender: Option<std::thread::JoinHandle<()>>,
     live: broadcast::Sender<Arc<Event>>,
     store: Arc<dyn Store>,
-    keys: Arc<verify::Keys>,
+    keys: Arc<chain::Keys>,
     options: AuditOptions,
 }
 
@@ -186,7 +188,7 @@ impl Audit {
         kek: &Kek,
         options: AuditOptions,
     ) -> Result<Self, AuditError> {
-        let keys = Arc::new(verify::Keys {
+        let keys = Arc::new(chain::Keys {
             chain: SubKey::derive(kek, "audit-chain"),
             checkpoint: SubKey::derive(kek, "audit-checkpoint"),
         });
@@ -321,7 +323,7 @@ impl Audit {
             return Ok(0);
         };
         let cut = now_ms - i64::from(days) * 86_400_000;
-        let Some(anchor) = verify::newest_checkpoint_before(self.store.as_ref(), &self.keys, cut)?
+        let Some(anchor) = chain::newest_checkpoint_before(self.store.as_ref(), &self.keys, cut)?
         else {
             return Ok(0);
         };
@@ -336,14 +338,14 @@ impl Audit {
                 10_000,
             )?;
             let Some((last, _)) = chunk.last() else { break };
-            from = query::next_key(last);
+            from = chain::next_key(last);
             for (key, _) in &chunk {
                 batch.delete(Keyspace::Audit, key.clone());
                 deleted += 1;
             }
         }
         for (key, _) in self.store.scan_prefix(Keyspace::Meta, CHECKPOINT_PREFIX)? {
-            if key.as_slice() < verify::checkpoint_key(anchor.seq).as_slice() {
+            if key.as_slice() < chain::checkpoint_key(anchor.seq).as_slice() {
                 batch.delete(Keyspace::Meta, key);
             }
         }

@@ -349,8 +349,9 @@ impl Governance {
 
 /// The batch storing a policy version.
 fn version_batch(record: &PolicyVersion) -> Batch {
-    // A struct of strings and numbers always serializes.
-    let value = serde_json::to_vec(record).unwrap_or_default();
+    // A struct of strings and integers: serializing it to JSON cannot fail.
+    #[allow(clippy::expect_used)]
+    let value = serde_json::to_vec(record).expect("a policy version always serializes");
     let mut batch = Batch::new();
     batch.put(Keyspace::Meta, key(record.version), value);
     batch

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use super::{
     AuditError, Event, HEAD_KEY, Job,
-    verify::{Checkpoint, Keys, checkpoint_key, decode_stored, encode_stored},
+    chain::{Checkpoint, Keys, checkpoint_key, decode_stored, encode_stored},
 };
 use crate::storage::{Batch, Keyspace, Store};
 
@@ -78,9 +78,13 @@ impl State {
                 checkpoint = head.seq,
                 "the audit log ends before its last checkpoint: its tail was truncated"
             );
+            // `load_valid` returns only validly signed checkpoints, whose head decodes.
+            let Some(head_mac) = head.head_bytes() else {
+                return Err(AuditError("the audit head checkpoint is malformed".into()));
+            };
             state = Self {
                 seq: head.seq,
-                head: head.head_bytes().unwrap_or_default(),
+                head: head_mac,
                 last_time_ms: head.time_ms.max(state.last_time_ms),
             };
         }

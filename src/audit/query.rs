@@ -1,6 +1,9 @@
 //! Queries over the log: filters and paging by sequence number.
 
-use super::{AuditError, Event, verify::decode_stored};
+use super::{
+    AuditError, Event,
+    chain::{decode_stored, next_key},
+};
 use crate::storage::{Keyspace, Store};
 
 /// What an event must match; empty fields match anything.
@@ -56,12 +59,6 @@ impl Filter {
 }
 
 /// The key just after `key`.
-pub(super) fn next_key(key: &[u8]) -> Vec<u8> {
-    let mut k = key.to_vec();
-    k.push(0);
-    k
-}
-
 /// Events scanned per page at most, so one query cannot hold the store for long.
 const MAX_SCAN: usize = 200_000;
 

@@ -1,122 +1,16 @@
-//! The chain format and its verification.
+//! Verification of the chain (format in `chain`): names the first altered, removed, inserted
+//! or reordered event, a broken checkpoint, or a truncated tail.
 //!
-//! Stored event: `event | mac[32]` under key `seq` (big-endian u64), where `event` is the
-//! binary encoding of `codec` and `mac = HMAC(chain key, previous mac | seq | event)` and the first event's previous mac is 32
-//! zero bytes (or, after pruning, the head of the anchor checkpoint). A checkpoint signs
-//! `(seq, head, time)` with a second derived key.
+//! Depends on `chain` and `storage`; `query` and the appender do not depend on it.
 
-use serde::{Deserialize, Serialize};
-
-use super::{AuditError, CHECKPOINT_PREFIX, Event, HEAD_KEY, codec};
-use crate::{
-    crypto::SubKey,
-    storage::{Keyspace, Store},
+use super::{
+    AuditError, CHECKPOINT_PREFIX, HEAD_KEY,
+    chain::{
+        Checkpoint, Keys, MAC_LEN, chain_mac, checkpoint_key, decode_stored, next_key,
+        read_checkpoint,
+    },
 };
-
-const MAC_LEN: usize = 32;
-
-/// The two keys of the log.
-pub(super) struct Keys {
-    pub(super) chain: SubKey,
-    pub(super) checkpoint: SubKey,
-}
-
-/// A signed statement: the chain had this head at this sequence number at this time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// The last event covered.
-    pub seq: u64,
-    /// The chain MAC of that event, hex.
-    pub head: String,
-    /// When (ms since the epoch).
-    pub time_ms: i64,
-    /// HMAC-SHA256 of `(seq, head, time)` under the checkpoint key, hex.
-    pub signature: String,
-}
-
-impl Checkpoint {
-    pub(super) fn sign(keys: &Keys, seq: u64, head: [u8; 32], time_ms: i64) -> Self {
-        let sig = keys.checkpoint.mac(&[
-            b"checkpoint",
-            &seq.to_be_bytes(),
-            &head,
-            &time_ms.to_be_bytes(),
-        ]);
-        Self {
-            seq,
-            head: hex::encode(head),
-            time_ms,
-            signature: hex::encode(sig),
-        }
-    }
-
-    pub(super) fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// The checkpoint stored under `key` in `meta`, if present and well-formed.
-    pub(super) fn load(store: &dyn Store, key: &[u8]) -> Result<Option<Self>, AuditError> {
-        read_checkpoint(store, key)
-    }
-
-    /// The checkpoint stored under `key` in `meta`, if present and validly signed.
-    pub(super) fn load_valid(
-        store: &dyn Store,
-        keys: &Keys,
-        key: &[u8],
-    ) -> Result<Option<Self>, AuditError> {
-        Ok(read_checkpoint(store, key)?.filter(|c| c.valid(keys)))
-    }
-
-    pub(super) fn head_bytes(&self) -> Option<[u8; 32]> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(&self.head, &mut out)
-            .ok()
-            .map(|()| out)
-    }
-
-    pub(super) fn valid(&self, keys: &Keys) -> bool {
-        let (Some(head), Ok(sig)) = (self.head_bytes(), hex::decode(&self.signature)) else {
-            return false;
-        };
-        keys.checkpoint.verify(
-            &[
-                b"checkpoint",
-                &self.seq.to_be_bytes(),
-                &head,
-                &self.time_ms.to_be_bytes(),
-            ],
-            &sig,
-        )
-    }
-}
-
-pub(super) fn checkpoint_key(seq: u64) -> Vec<u8> {
-    let mut k = CHECKPOINT_PREFIX.to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn chain_mac(keys: &Keys, prev: &[u8; 32], seq: u64, json: &[u8]) -> [u8; 32] {
-    keys.chain.mac(&[prev, &seq.to_be_bytes(), json])
-}
-
-/// The stored bytes of `event` chained after `prev`, and its MAC.
-pub(super) fn encode_stored(keys: &Keys, event: &Event, prev: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
-    let mut bytes = Vec::with_capacity(256);
-    codec::encode(event, &mut bytes);
-    let mac = chain_mac(keys, prev, event.seq, &bytes);
-    bytes.extend_from_slice(&mac);
-    (bytes, mac)
-}
-
-/// Splits stored bytes into the event and its MAC.
-pub(super) fn decode_stored(value: &[u8]) -> Option<(Event, [u8; 32])> {
-    let split = value.len().checked_sub(MAC_LEN)?;
-    let (json, mac) = value.split_at(split);
-    let event = codec::decode(json)?;
-    Some((event, mac.try_into().ok()?))
-}
+use crate::storage::{Keyspace, Store};
 
 /// The outcome of verifying a range of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,30 +32,6 @@ impl VerifyReport {
     pub fn ok(&self) -> bool {
         self.problem.is_none()
     }
-}
-
-fn read_checkpoint(store: &dyn Store, key: &[u8]) -> Result<Option<Checkpoint>, AuditError> {
-    Ok(store
-        .get(Keyspace::Meta, key)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
-}
-
-/// The newest valid durable checkpoint older than `cut_ms`.
-pub(super) fn newest_checkpoint_before(
-    store: &dyn Store,
-    keys: &Keys,
-    cut_ms: i64,
-) -> Result<Option<Checkpoint>, AuditError> {
-    let mut best = None;
-    for (_, bytes) in store.scan_prefix(Keyspace::Meta, CHECKPOINT_PREFIX)? {
-        if let Ok(c) = serde_json::from_slice::<Checkpoint>(&bytes)
-            && c.valid(keys)
-            && c.time_ms < cut_ms
-        {
-            best = Some(c);
-        }
-    }
-    Ok(best)
 }
 
 /// The durable checkpoint to start verifying `from` at: the newest one before `from`.
@@ -212,7 +82,15 @@ pub(super) fn verify(
             Some(c) => {
                 report.anchor = c.seq;
                 expected = c.seq + 1;
-                prev = c.head_bytes().unwrap_or_default();
+                // `anchor_for` returns only validly signed checkpoints, whose head decodes.
+                let Some(head) = c.head_bytes() else {
+                    return fail(
+                        report,
+                        c.seq,
+                        "the anchor checkpoint's head is malformed".into(),
+                    );
+                };
+                prev = head;
             }
             None if first_stored.is_some_and(|f| f > 1) => {
                 return fail(
@@ -242,7 +120,7 @@ pub(super) fn verify(
         let Some((last_key, _)) = chunk.last() else {
             break;
         };
-        cursor = super::query::next_key(last_key);
+        cursor = next_key(last_key);
         for (key, value) in chunk {
             let Ok(seq_bytes) = <[u8; 8]>::try_from(key.as_slice()) else {
                 return fail(

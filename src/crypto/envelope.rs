@@ -72,7 +72,9 @@ fn seal(key: &[u8; 32], version: u8, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
     out.push(version);
     out.extend_from_slice(&nonce);
-    // Encryption with a valid key and nonce only fails past 256 GiB of plaintext.
+    // XChaCha20-Poly1305 encryption fails only past 256 GiB of plaintext (its block counter);
+    // field values are bounded by `max_value_bytes` and wrapped keys are 48 bytes.
+    #[allow(clippy::expect_used)]
     let sealed = cipher
         .encrypt(
             XNonce::from_slice(&nonce),
@@ -81,7 +83,7 @@ fn seal(key: &[u8; 32], version: u8, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
                 aad,
             },
         )
-        .unwrap_or_default();
+        .expect("XChaCha20-Poly1305 encrypts any plaintext under 256 GiB");
     out.extend_from_slice(&sealed);
     out
 }

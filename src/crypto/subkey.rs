@@ -22,10 +22,9 @@ impl fmt::Debug for SubKey {
 }
 
 fn mac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // HMAC accepts keys of any length: `new_from_slice` cannot fail for it.
-    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
-        return [0u8; 32];
-    };
+    // HMAC accepts keys of any length (longer ones are hashed): `new_from_slice` cannot fail.
+    #[allow(clippy::expect_used)]
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     for part in parts {
         mac.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
         mac.update(part);
