@@ -89,8 +89,10 @@ fn to_pb(e: &Event) -> pb::AuditEvent {
     }
 }
 
+/// A failure to read the log: the detail (a storage error may name files) goes to the log under
+/// a fresh request id, through the one mapping; the client sees the id.
 fn unavailable(e: audit::AuditError) -> Status {
-    Status::unavailable(e.to_string())
+    super::status::to_status(e.into(), &Call::new("Audit").request_id)
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
@@ -268,4 +270,24 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_detail_never_reaches_the_client() {
+        let detail =
+            "storage I/O failed: IO error: /srv/strongroom-data/db/000042.sst: No space left";
+        let status = unavailable(audit::AuditError(detail.to_owned()));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(!status.message().contains(".sst"), "{}", status.message());
+        assert!(!status.message().contains("/srv"), "{}", status.message());
+        assert!(
+            status.message().contains("request id"),
+            "{}",
+            status.message()
+        );
+    }
 }
