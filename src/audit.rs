@@ -5,19 +5,22 @@
 //! Events hold ids, names and outcomes, never field values or tokens. Events and the writes
 //! they describe are committed in one synced batch by a single appender that groups concurrent
 //! requests (one fsync for many events), so a read's event is durable before its data is
-//! returned without costing a fsync per read.
+//! returned without costing a fsync per read. The queue to the appender is bounded: committers
+//! wait for room. Refused unauthenticated calls are counted, not queued, and written as one
+//! event per source, method and reason per window (`refusals`).
 //!
 //! Depends on `crypto` (the MAC) and `storage`; knows nothing of gRPC.
 
 mod appender;
 mod codec;
 mod query;
+mod refusals;
 mod verify;
 
-use std::sync::{Arc, mpsc};
+use std::{net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
     crypto::{Kek, SubKey},
@@ -25,6 +28,7 @@ use crate::{
 };
 
 pub use query::Filter;
+pub use refusals::UNKNOWN_METHOD;
 pub use verify::{Checkpoint, VerifyReport};
 
 /// How one field fared in a call.
@@ -145,6 +149,10 @@ struct Job {
     reply: Option<oneshot::Sender<Result<Vec<u64>, AuditError>>>,
 }
 
+/// Jobs waiting for the appender at most; a committer past this waits for room (backpressure),
+/// so a burst of callers costs bounded memory.
+const QUEUE_JOBS: usize = 1024;
+
 /// The roles that may read the audit log.
 pub const READER_ROLES: [&str; 2] = ["role:auditor", "role:admin"];
 
@@ -165,6 +173,7 @@ pub struct Audit {
     store: Arc<dyn Store>,
     keys: Arc<verify::Keys>,
     options: AuditOptions,
+    refusals: refusals::Refusals,
 }
 
 impl std::fmt::Debug for Audit {
@@ -191,7 +200,7 @@ impl Audit {
             checkpoint: SubKey::derive(kek, "audit-checkpoint"),
         });
         let state = appender::State::load(store.as_ref(), &keys)?;
-        let (jobs, rx) = mpsc::channel();
+        let (jobs, rx) = mpsc::channel(QUEUE_JOBS);
         let (live, _) = broadcast::channel(4096);
         let appender = appender::Appender {
             store: Arc::clone(&store),
@@ -202,7 +211,7 @@ impl Audit {
         };
         let appender = std::thread::Builder::new()
             .name("strongroom-audit".into())
-            .spawn(move || appender.run(&rx))
+            .spawn(move || appender.run(rx))
             .map_err(|e| AuditError(format!("cannot start the audit appender: {e}")))?;
         Ok(Self {
             jobs,
@@ -211,12 +220,15 @@ impl Audit {
             store,
             keys,
             options,
+            refusals: refusals::Refusals::default(),
         })
     }
 
-    fn send(&self, job: Job) -> Result<(), AuditError> {
+    /// Queues `job`, waiting for room when the appender is behind.
+    async fn send(&self, job: Job) -> Result<(), AuditError> {
         self.jobs
             .send(job)
+            .await
             .map_err(|_| AuditError("the audit appender has stopped".into()))
     }
 
@@ -232,25 +244,39 @@ impl Audit {
             events,
             checkpoint: false,
             reply: Some(tx),
-        })?;
+        })
+        .await?;
         rx.await
             .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
     }
 
-    /// Records an event without waiting for it (for calls that return no data, such as an
-    /// unauthenticated one). A failure is logged.
-    pub fn record_detached(&self, event: Event) {
-        if self
-            .send(Job {
-                batch: Batch::new(),
-                events: vec![event],
-                checkpoint: false,
-                reply: None,
-            })
-            .is_err()
-        {
-            tracing::error!("audit appender stopped; an event was not recorded");
+    /// Counts a refused unauthenticated call from `source` to `method` (`None`: a method the
+    /// vault does not serve), refused for `reason`. Never waits and never queues a job: the
+    /// count is written by `flush_refusals`, one event per source, method and reason.
+    pub fn record_refused(
+        &self,
+        source: Option<IpAddr>,
+        method: Option<&Arc<str>>,
+        reason: &'static str,
+    ) {
+        self.refusals
+            .record(source, method, reason, appender::now_ms());
+    }
+
+    /// Closes the window of refused calls: writes one event per source, method and reason with
+    /// its count (nothing when nothing was refused). Run every minute and at shutdown.
+    ///
+    /// # Errors
+    /// `AuditError` if the write fails; the counts of that window are then lost, and logged.
+    pub async fn flush_refusals(&self) -> Result<(), AuditError> {
+        let events = self.refusals.take(appender::now_ms());
+        if events.is_empty() {
+            return Ok(());
         }
+        let n = events.len();
+        self.commit(Batch::new(), events).await.map(|_| ()).inspect_err(|e| {
+            tracing::error!(error = %e, events = n, "the counts of refused calls were not recorded");
+        })
     }
 
     /// Writes a durable checkpoint of the current head now (e.g. at shutdown).
@@ -264,7 +290,8 @@ impl Audit {
             events: Vec::new(),
             checkpoint: true,
             reply: Some(tx),
-        })?;
+        })
+        .await?;
         rx.await
             .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
             .map(|_| ())
@@ -368,7 +395,21 @@ impl Drop for Audit {
     /// Stops the appender after it has committed every pending job, and waits for it, so the
     /// store is released when the last handle goes.
     fn drop(&mut self) {
-        let (closed, _) = mpsc::channel();
+        // Refusals not flushed by a graceful shutdown: queued if there is room, else logged.
+        let events = self.refusals.take(appender::now_ms());
+        if !events.is_empty() {
+            let n = events.len();
+            let job = Job {
+                batch: Batch::new(),
+                events,
+                checkpoint: false,
+                reply: None,
+            };
+            if self.jobs.try_send(job).is_err() {
+                tracing::error!(events = n, "the counts of refused calls were not recorded");
+            }
+        }
+        let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.jobs, closed));
         if let Some(appender) = self.appender.take()
             && appender.join().is_err()
