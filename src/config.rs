@@ -315,7 +315,10 @@ mod tests {
         );
         for (line, key) in [
             ("request_timeout_secs = 0", "request_timeout_secs"),
-            ("max_requests_per_connection = 0", "max_requests_per_connection"),
+            (
+                "max_requests_per_connection = 0",
+                "max_requests_per_connection",
+            ),
             ("max_header_list_bytes = 100", "max_header_list_bytes"),
             ("tcp_keepalive_secs = 100000", "tcp_keepalive_secs"),
         ] {

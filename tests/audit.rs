@@ -308,7 +308,13 @@ async fn exactly_one_event_per_decision_with_the_right_outcomes() {
         .await
         .into_iter()
         .filter(|e| e.result == "UNAUTHENTICATED")
-        .map(|e| (e.method, e.subject, e.detail.split(':').next_back().map(str::to_owned)))
+        .map(|e| {
+            (
+                e.method,
+                e.subject,
+                e.detail.split(':').next_back().map(str::to_owned),
+            )
+        })
         .collect();
     assert_eq!(
         refused,

@@ -15,9 +15,7 @@ use std::{
 };
 
 use prost::Message as _;
-use tonic::{
-    Request, Status, body::Body, server::NamedService, transport::server::TcpConnectInfo,
-};
+use tonic::{Request, Status, body::Body, server::NamedService, transport::server::TcpConnectInfo};
 use tower::Service;
 
 use crate::{api::pb, audit::Audit, domain::Principal, tokens::TokenRegistry};

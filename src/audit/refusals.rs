@@ -81,7 +81,11 @@ impl Refusals {
         };
         let mut counts: Vec<(Key, u64)> = window.counts.into_iter().collect();
         counts.sort_by(|(a, _), (b, _)| {
-            (a.method.as_deref(), a.source, a.reason).cmp(&(b.method.as_deref(), b.source, b.reason))
+            (a.method.as_deref(), a.source, a.reason).cmp(&(
+                b.method.as_deref(),
+                b.source,
+                b.reason,
+            ))
         });
         counts
             .into_iter()
@@ -109,7 +113,7 @@ mod tests {
     use super::*;
 
     /// The count an event of `take` states.
-        fn refused_count(event: &Event) -> Option<u64> {
+    fn refused_count(event: &Event) -> Option<u64> {
         if event.result != "UNAUTHENTICATED" {
             return None;
         }
@@ -149,7 +153,11 @@ mod tests {
                 ("Records/GetRecord", Some(1)),
             ]
         );
-        assert!(events[0].detail.contains("10.0.0.1"), "{}", events[0].detail);
+        assert!(
+            events[0].detail.contains("10.0.0.1"),
+            "{}",
+            events[0].detail
+        );
         assert!(events[0].detail.contains("between 5 and 60005"));
         assert!(events.iter().all(|e| e.result == "UNAUTHENTICATED"));
         // The window is closed: the next one starts empty.

@@ -70,7 +70,8 @@ async fn events_after(
 
 /// The sequence number of the last event.
 async fn last_seq(client: &mut Client) -> u64 {
-    let (events, _) = events_after(client, 0, pb::EventFilter::default(), |_| true, usize::MAX).await;
+    let (events, _) =
+        events_after(client, 0, pb::EventFilter::default(), |_| true, usize::MAX).await;
     events.last().map_or(0, |e| e.seq)
 }
 
@@ -138,7 +139,15 @@ async fn refused_calls_are_counted_per_source_method_and_reason_never_echoed() {
         ],
         "one event per source, method and reason, with the exact count"
     );
-    assert!(admin.audit.verify_log(pb::VerifyLogRequest::default()).await.unwrap().into_inner().ok);
+    assert!(
+        admin
+            .audit
+            .verify_log(pb::VerifyLogRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +321,9 @@ async fn a_token_less_flood_costs_bounded_log_and_memory_and_readers_are_served(
     let data = dir.path().join("data");
     let mut vault = ChildVault::start(&data);
     let token = vault.token.clone().expect("a first start prints the token");
-    let mut admin = strongroom::client::connect(&vault.addr, &token).await.unwrap();
+    let mut admin = strongroom::client::connect(&vault.addr, &token)
+        .await
+        .unwrap();
     let id = create(&mut admin, customer("flood")).await;
     for _ in 0..200 {
         get(&mut admin, &id, "support").await.unwrap();
@@ -332,7 +343,10 @@ async fn a_token_less_flood_costs_bounded_log_and_memory_and_readers_are_served(
         )));
     }
     let mut short = Vec::new();
-    for path in ["/strongroom.v1.Records/GetRecord", "/strongroom.v1.Records/Nope"] {
+    for path in [
+        "/strongroom.v1.Records/GetRecord",
+        "/strongroom.v1.Records/Nope",
+    ] {
         short.push(tokio::spawn(flood(
             vault.addr.clone(),
             path.to_owned(),
@@ -380,10 +394,22 @@ async fn a_token_less_flood_costs_bounded_log_and_memory_and_readers_are_served(
     drop(admin);
     vault.terminate();
     let vault = ChildVault::start(&data);
-    let mut admin = strongroom::client::connect(&vault.addr, &token).await.unwrap();
+    let mut admin = strongroom::client::connect(&vault.addr, &token)
+        .await
+        .unwrap();
     let is_read = |e: &pb::AuditEvent| e.subject == "user:admin" && e.method == "Records/GetRecord";
-    let (others, added) = events_after(&mut admin, before_seq, Default::default(), |e| !is_read(e), 1000).await;
-    let refusals: Vec<_> = others.iter().filter(|e| e.result == "UNAUTHENTICATED").collect();
+    let (others, added) = events_after(
+        &mut admin,
+        before_seq,
+        Default::default(),
+        |e| !is_read(e),
+        1000,
+    )
+    .await;
+    let refusals: Vec<_> = others
+        .iter()
+        .filter(|e| e.result == "UNAUTHENTICATED")
+        .collect();
     let counted: u64 = refusals.iter().map(|e| refused_count(e)).sum();
     eprintln!(
         "flood of {}s: 15 KiB-path calls refused by HTTP/2 {long_refused}, reaching the \
@@ -396,25 +422,47 @@ async fn a_token_less_flood_costs_bounded_log_and_memory_and_readers_are_served(
         refusals.len(),
     );
 
-    assert!(long_refused + long_reached > 0 && short_refused > 0, "the flood ran");
+    assert!(
+        long_refused + long_reached > 0 && short_refused > 0,
+        "the flood ran"
+    );
     assert!(
         others.len() <= 40,
         "{} audit events besides the reader's reads (flood: {} calls)",
         others.len(),
         long_refused + long_reached + short_refused
     );
-    assert_eq!(short_errors, 0, "short token-less calls are answered UNAUTHENTICATED");
+    assert_eq!(
+        short_errors, 0,
+        "short token-less calls are answered UNAUTHENTICATED"
+    );
     assert_eq!(
         counted,
         short_refused + long_reached,
         "every refusal the authenticator made is counted, exactly"
     );
-    let growth_kib = rss_peak.saturating_sub(rss_before).max(rss_after.saturating_sub(rss_before));
-    assert!(growth_kib < 64 * 1024, "the vault's RSS grew by {growth_kib} KiB");
-    assert_eq!(reads_failed, 0, "the authorized reader was refused during the flood");
+    let growth_kib = rss_peak
+        .saturating_sub(rss_before)
+        .max(rss_after.saturating_sub(rss_before));
+    assert!(
+        growth_kib < 64 * 1024,
+        "the vault's RSS grew by {growth_kib} KiB"
+    );
+    assert_eq!(
+        reads_failed, 0,
+        "the authorized reader was refused during the flood"
+    );
     assert!(
         reads_ok >= duration.as_secs(),
         "the authorized reader was starved: {reads_ok} reads"
     );
-    assert!(admin.audit.verify_log(pb::VerifyLogRequest::default()).await.unwrap().into_inner().ok);
+    assert!(
+        admin
+            .audit
+            .verify_log(pb::VerifyLogRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
 }
