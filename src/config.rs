@@ -175,6 +175,7 @@ impl Config {
     /// # Errors
     /// A message naming the setting that is invalid.
     pub fn resolve(file: ConfigFile, over: Overrides) -> Result<Self, String> {
+        let transport = transport(&file)?;
         let listen_text = over
             .listen
             .or(file.listen)
@@ -212,7 +213,6 @@ impl Config {
         if max_concurrent_streams == 0 {
             return Err("max_concurrent_streams: must be at least 1".into());
         }
-        let transport = transport(&file)?;
         let audit = crate::audit::AuditOptions {
             retention_days: file.audit_retention_days,
             checkpoint_every: file.audit_checkpoint_every.unwrap_or(1000),
