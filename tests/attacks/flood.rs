@@ -75,6 +75,17 @@ async fn last_seq(client: &mut Client) -> u64 {
     events.last().map_or(0, |e| e.seq)
 }
 
+/// How many events of each (method, result).
+fn by_method(events: &[pb::AuditEvent]) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for e in events {
+        *counts
+            .entry((e.method.chars().take(40).collect(), e.result.clone()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
 /// The number of refused calls an aggregated event states (`<n> call(s) refused from ...`).
 fn refused_count(event: &pb::AuditEvent) -> Option<u64> {
     let (count, rest) = event.detail.split_once(' ')?;
@@ -419,10 +430,11 @@ async fn a_token_less_flood_costs_bounded_log_and_memory_and_readers_are_served(
          authenticator {long_reached}; short token-less calls {short_refused} (other errors \
          {short_errors}); audit events added {added} ({} not reads by the reader, {} refusal \
          events counting {counted} calls); RSS {rss_before} KiB before, {rss_peak} KiB peak, \
-         {rss_after} KiB after; GetRecord {reads_ok} ok, {reads_failed} failed",
+         {rss_after} KiB after; GetRecord {reads_ok} ok, {reads_failed} failed; the others: {:?}",
         duration.as_secs(),
         others.len(),
         refusals.len(),
+        by_method(&others),
     );
 
     assert!(
