@@ -418,3 +418,131 @@ impl Drop for Audit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        crypto::KekId,
+        storage::{KeyValue, MemoryStore},
+    };
+    use std::sync::{Condvar, Mutex};
+
+    /// A store whose writes wait until the gate opens: a stalled disk.
+    struct GatedStore {
+        inner: MemoryStore,
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl GatedStore {
+        fn open_gate(&self) {
+            *self.open.lock().unwrap_or_else(|e| panic!("{e}")) = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Store for GatedStore {
+        fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(ks, key)
+        }
+        fn multi_get(
+            &self,
+            ks: Keyspace,
+            keys: &[Vec<u8>],
+        ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.inner.multi_get(ks, keys)
+        }
+        fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.scan_prefix(ks, prefix)
+        }
+        fn scan_range(
+            &self,
+            ks: Keyspace,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.scan_range(ks, from, to, limit)
+        }
+        fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.last(ks)
+        }
+        fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            let open = self.open.lock().unwrap_or_else(|e| panic!("{e}"));
+            drop(
+                self.opened
+                    .wait_while(open, |open| !*open)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+            self.inner.write(batch)
+        }
+        fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
+            self.inner.purge(prefixes)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committers_wait_for_room_while_the_disk_stalls_and_all_land_after() {
+        let store = Arc::new(GatedStore {
+            inner: MemoryStore::new(),
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+        });
+        let audit = Arc::new(
+            Audit::open(
+                Arc::clone(&store) as Arc<dyn Store>,
+                &Kek::generate(KekId(1)),
+                AuditOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let n = 3 * QUEUE_JOBS;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let audit = Arc::clone(&audit);
+                tokio::spawn(async move {
+                    let event = Event {
+                        method: "Test/Commit".into(),
+                        result: "OK".into(),
+                        detail: i.to_string(),
+                        ..Event::default()
+                    };
+                    audit.commit(Batch::new(), vec![event]).await
+                })
+            })
+            .collect();
+        // The appender is stuck in its first write; the queue fills up and stays full.
+        for _ in 0..10_000 {
+            if audit.jobs.capacity() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(audit.jobs.capacity(), 0, "the queue never filled");
+        assert_eq!(audit.jobs.max_capacity(), QUEUE_JOBS);
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()),
+            "nothing is acknowledged"
+        );
+        // Refusals meanwhile never wait for the queue.
+        audit.record_refused(None, None, "missing authorization metadata");
+
+        store.open_gate();
+        let mut seqs = Vec::new();
+        for task in tasks {
+            let landed = task.await.unwrap_or_else(|e| panic!("{e}"));
+            seqs.extend(landed.unwrap_or_else(|e| panic!("{e}")));
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+        audit
+            .flush_refusals()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            audit.last_seq().unwrap_or_else(|e| panic!("{e}")),
+            n as u64 + 1
+        );
+    }
+}
