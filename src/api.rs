@@ -6,6 +6,7 @@
 mod audit;
 pub mod auth;
 mod convert;
+pub mod health;
 mod policies;
 mod records;
 pub mod status;

@@ -5,7 +5,9 @@
 //! Events hold ids, names and outcomes, never field values or tokens. Events and the writes
 //! they describe are committed in one synced batch by a single appender that groups concurrent
 //! requests (one fsync for many events), so a read's event is durable before its data is
-//! returned without costing a fsync per read.
+//! returned without costing a fsync per read. The queue to the appender is bounded: committers
+//! wait for room. Refused unauthenticated calls are counted, not queued, and written as one
+//! event per source, method and reason per window (`refusals`).
 //!
 //! Depends on `crypto` (the MAC) and `storage`; knows nothing of gRPC.
 
@@ -13,12 +15,13 @@ mod appender;
 mod chain;
 mod codec;
 mod query;
+mod refusals;
 mod verify;
 
-use std::sync::{Arc, mpsc};
+use std::{net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
     crypto::{Kek, SubKey},
@@ -27,6 +30,7 @@ use crate::{
 
 pub use chain::Checkpoint;
 pub use query::Filter;
+pub use refusals::UNKNOWN_METHOD;
 pub use verify::VerifyReport;
 
 /// How one field fared in a call.
@@ -147,6 +151,10 @@ struct Job {
     reply: Option<oneshot::Sender<Result<Vec<u64>, AuditError>>>,
 }
 
+/// Jobs waiting for the appender at most; a committer past this waits for room (backpressure),
+/// so a burst of callers costs bounded memory.
+const QUEUE_JOBS: usize = 1024;
+
 /// The roles that may read the audit log.
 pub const READER_ROLES: [&str; 2] = ["role:auditor", "role:admin"];
 
@@ -167,6 +175,7 @@ pub struct Audit {
     store: Arc<dyn Store>,
     keys: Arc<chain::Keys>,
     options: AuditOptions,
+    refusals: refusals::Refusals,
 }
 
 impl std::fmt::Debug for Audit {
@@ -193,7 +202,7 @@ impl Audit {
             checkpoint: SubKey::derive(kek, "audit-checkpoint"),
         });
         let state = appender::State::load(store.as_ref(), &keys)?;
-        let (jobs, rx) = mpsc::channel();
+        let (jobs, rx) = mpsc::channel(QUEUE_JOBS);
         let (live, _) = broadcast::channel(4096);
         let appender = appender::Appender {
             store: Arc::clone(&store),
@@ -204,7 +213,7 @@ impl Audit {
         };
         let appender = std::thread::Builder::new()
             .name("strongroom-audit".into())
-            .spawn(move || appender.run(&rx))
+            .spawn(move || appender.run(rx))
             .map_err(|e| AuditError(format!("cannot start the audit appender: {e}")))?;
         Ok(Self {
             jobs,
@@ -213,12 +222,15 @@ impl Audit {
             store,
             keys,
             options,
+            refusals: refusals::Refusals::default(),
         })
     }
 
-    fn send(&self, job: Job) -> Result<(), AuditError> {
+    /// Queues `job`, waiting for room when the appender is behind.
+    async fn send(&self, job: Job) -> Result<(), AuditError> {
         self.jobs
             .send(job)
+            .await
             .map_err(|_| AuditError("the audit appender has stopped".into()))
     }
 
@@ -234,25 +246,39 @@ impl Audit {
             events,
             checkpoint: false,
             reply: Some(tx),
-        })?;
+        })
+        .await?;
         rx.await
             .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
     }
 
-    /// Records an event without waiting for it (for calls that return no data, such as an
-    /// unauthenticated one). A failure is logged.
-    pub fn record_detached(&self, event: Event) {
-        if self
-            .send(Job {
-                batch: Batch::new(),
-                events: vec![event],
-                checkpoint: false,
-                reply: None,
-            })
-            .is_err()
-        {
-            tracing::error!("audit appender stopped; an event was not recorded");
+    /// Counts a refused unauthenticated call from `source` to `method` (`None`: a method the
+    /// vault does not serve), refused for `reason`. Never waits and never queues a job: the
+    /// count is written by `flush_refusals`, one event per source, method and reason.
+    pub fn record_refused(
+        &self,
+        source: Option<IpAddr>,
+        method: Option<&Arc<str>>,
+        reason: &'static str,
+    ) {
+        self.refusals
+            .record(source, method, reason, appender::now_ms());
+    }
+
+    /// Closes the window of refused calls: writes one event per source, method and reason with
+    /// its count (nothing when nothing was refused). Run every minute and at shutdown.
+    ///
+    /// # Errors
+    /// `AuditError` if the write fails; the counts of that window are then lost, and logged.
+    pub async fn flush_refusals(&self) -> Result<(), AuditError> {
+        let events = self.refusals.take(appender::now_ms());
+        if events.is_empty() {
+            return Ok(());
         }
+        let n = events.len();
+        self.commit(Batch::new(), events).await.map(|_| ()).inspect_err(|e| {
+            tracing::error!(error = %e, events = n, "the counts of refused calls were not recorded");
+        })
     }
 
     /// Writes a durable checkpoint of the current head now (e.g. at shutdown).
@@ -266,7 +292,8 @@ impl Audit {
             events: Vec::new(),
             checkpoint: true,
             reply: Some(tx),
-        })?;
+        })
+        .await?;
         rx.await
             .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
             .map(|_| ())
@@ -370,12 +397,154 @@ impl Drop for Audit {
     /// Stops the appender after it has committed every pending job, and waits for it, so the
     /// store is released when the last handle goes.
     fn drop(&mut self) {
-        let (closed, _) = mpsc::channel();
+        // Refusals not flushed by a graceful shutdown: queued if there is room, else logged.
+        let events = self.refusals.take(appender::now_ms());
+        if !events.is_empty() {
+            let n = events.len();
+            let job = Job {
+                batch: Batch::new(),
+                events,
+                checkpoint: false,
+                reply: None,
+            };
+            if self.jobs.try_send(job).is_err() {
+                tracing::error!(events = n, "the counts of refused calls were not recorded");
+            }
+        }
+        let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.jobs, closed));
         if let Some(appender) = self.appender.take()
             && appender.join().is_err()
         {
             tracing::error!("the audit appender panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        crypto::KekId,
+        storage::{KeyValue, MemoryStore},
+    };
+    use std::sync::{Condvar, Mutex};
+
+    /// A store whose writes wait until the gate opens: a stalled disk.
+    struct GatedStore {
+        inner: MemoryStore,
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl GatedStore {
+        fn open_gate(&self) {
+            *self.open.lock().unwrap_or_else(|e| panic!("{e}")) = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Store for GatedStore {
+        fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(ks, key)
+        }
+        fn multi_get(
+            &self,
+            ks: Keyspace,
+            keys: &[Vec<u8>],
+        ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.inner.multi_get(ks, keys)
+        }
+        fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.scan_prefix(ks, prefix)
+        }
+        fn scan_range(
+            &self,
+            ks: Keyspace,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.scan_range(ks, from, to, limit)
+        }
+        fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.last(ks)
+        }
+        fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            let open = self.open.lock().unwrap_or_else(|e| panic!("{e}"));
+            drop(
+                self.opened
+                    .wait_while(open, |open| !*open)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+            self.inner.write(batch)
+        }
+        fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
+            self.inner.purge(prefixes)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committers_wait_for_room_while_the_disk_stalls_and_all_land_after() {
+        let store = Arc::new(GatedStore {
+            inner: MemoryStore::new(),
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+        });
+        let audit = Arc::new(
+            Audit::open(
+                Arc::clone(&store) as Arc<dyn Store>,
+                &Kek::generate(KekId(1)),
+                AuditOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let n = 3 * QUEUE_JOBS;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let audit = Arc::clone(&audit);
+                tokio::spawn(async move {
+                    let event = Event {
+                        method: "Test/Commit".into(),
+                        result: "OK".into(),
+                        detail: i.to_string(),
+                        ..Event::default()
+                    };
+                    audit.commit(Batch::new(), vec![event]).await
+                })
+            })
+            .collect();
+        // The appender is stuck in its first write; the queue fills up and stays full.
+        for _ in 0..10_000 {
+            if audit.jobs.capacity() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(audit.jobs.capacity(), 0, "the queue never filled");
+        assert_eq!(audit.jobs.max_capacity(), QUEUE_JOBS);
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()),
+            "nothing is acknowledged"
+        );
+        // Refusals meanwhile never wait for the queue.
+        audit.record_refused(None, None, "missing authorization metadata");
+
+        store.open_gate();
+        let mut seqs = Vec::new();
+        for task in tasks {
+            let landed = task.await.unwrap_or_else(|e| panic!("{e}"));
+            seqs.extend(landed.unwrap_or_else(|e| panic!("{e}")));
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+        audit
+            .flush_refusals()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            audit.last_seq().unwrap_or_else(|e| panic!("{e}")),
+            n as u64 + 1
+        );
     }
 }

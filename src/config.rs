@@ -4,6 +4,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -29,10 +30,44 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Most concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// Limits on connections and request time.
+    pub transport: Transport,
     /// Audit log settings (retention, checkpoint interval).
     pub audit: crate::audit::AuditOptions,
     /// Do not audit reads. Only for measuring what auditing costs; never in production.
     pub danger_disable_read_audit: bool,
+}
+
+/// Limits on what one connection and one request may hold, so that a caller (authenticated or
+/// not) cannot pin the server's memory, tasks or sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    /// Requests of one connection handled at once; more wait their turn.
+    pub max_requests_per_connection: usize,
+    /// How long a request may take until its response starts (streams then run on).
+    pub request_timeout: Duration,
+    /// Idle connections are pinged this often...
+    pub http2_keepalive_interval: Duration,
+    /// ...and closed when a ping is not answered within this.
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keepalive on accepted sockets, so dead peers are found.
+    pub tcp_keepalive: Duration,
+    /// Largest header list (path and metadata, HPACK-decoded) a request may carry; a larger one
+    /// is refused by HTTP/2 before any service sees it.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self {
+            max_requests_per_connection: 64,
+            request_timeout: Duration::from_secs(60),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+            max_header_list_bytes: 8192,
+        }
+    }
 }
 
 /// The TOML file, as written.
@@ -48,6 +83,12 @@ pub struct ConfigFile {
     max_fields: Option<usize>,
     max_message_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
+    max_requests_per_connection: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    http2_keepalive_interval_secs: Option<u64>,
+    http2_keepalive_timeout_secs: Option<u64>,
+    tcp_keepalive_secs: Option<u64>,
+    max_header_list_bytes: Option<u32>,
     audit_retention_days: Option<u32>,
     audit_checkpoint_every: Option<u64>,
     danger_disable_read_audit: Option<bool>,
@@ -79,12 +120,62 @@ impl ConfigFile {
     }
 }
 
+/// The transport limits of `file`, defaults filled in, each checked against its range.
+fn transport(file: &ConfigFile) -> Result<Transport, String> {
+    let defaults = Transport::default();
+    let secs = |value: Option<u64>, default: Duration, name: &str| {
+        let secs = value.unwrap_or(default.as_secs());
+        if (1..=86_400).contains(&secs) {
+            Ok(Duration::from_secs(secs))
+        } else {
+            Err(format!("{name}: must be between 1 and 86400 seconds"))
+        }
+    };
+    let max_requests_per_connection = file
+        .max_requests_per_connection
+        .unwrap_or(defaults.max_requests_per_connection);
+    if !(1..=100_000).contains(&max_requests_per_connection) {
+        return Err("max_requests_per_connection: must be between 1 and 100000".into());
+    }
+    let max_header_list_bytes = file
+        .max_header_list_bytes
+        .unwrap_or(defaults.max_header_list_bytes);
+    if !(1024..=1 << 20).contains(&max_header_list_bytes) {
+        return Err("max_header_list_bytes: must be between 1024 and 1048576".into());
+    }
+    Ok(Transport {
+        max_requests_per_connection,
+        request_timeout: secs(
+            file.request_timeout_secs,
+            defaults.request_timeout,
+            "request_timeout_secs",
+        )?,
+        http2_keepalive_interval: secs(
+            file.http2_keepalive_interval_secs,
+            defaults.http2_keepalive_interval,
+            "http2_keepalive_interval_secs",
+        )?,
+        http2_keepalive_timeout: secs(
+            file.http2_keepalive_timeout_secs,
+            defaults.http2_keepalive_timeout,
+            "http2_keepalive_timeout_secs",
+        )?,
+        tcp_keepalive: secs(
+            file.tcp_keepalive_secs,
+            defaults.tcp_keepalive,
+            "tcp_keepalive_secs",
+        )?,
+        max_header_list_bytes,
+    })
+}
+
 impl Config {
     /// Merges the file and the overrides, applies defaults, and validates.
     ///
     /// # Errors
     /// A message naming the setting that is invalid.
     pub fn resolve(file: ConfigFile, over: Overrides) -> Result<Self, String> {
+        let transport = transport(&file)?;
         let listen_text = over
             .listen
             .or(file.listen)
@@ -142,6 +233,7 @@ impl Config {
             limits,
             max_message_bytes,
             max_concurrent_streams,
+            transport,
         })
     }
 
@@ -196,5 +288,45 @@ mod tests {
         assert_eq!(config.limits.max_fields, 10);
         let bad: ConfigFile = toml::from_str("max_value_bytes = 0\n").unwrap_or_default();
         assert!(Config::resolve(bad, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn transport_limits_have_defaults_and_are_checked() {
+        let config = Config::resolve(ConfigFile::default(), Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.transport, Transport::default());
+        let file: ConfigFile = toml::from_str(
+            "request_timeout_secs = 5\nmax_requests_per_connection = 8\n\
+             http2_keepalive_interval_secs = 7\nhttp2_keepalive_timeout_secs = 3\n\
+             tcp_keepalive_secs = 9\nmax_header_list_bytes = 4096\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::resolve(file, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.transport,
+            Transport {
+                max_requests_per_connection: 8,
+                request_timeout: Duration::from_secs(5),
+                http2_keepalive_interval: Duration::from_secs(7),
+                http2_keepalive_timeout: Duration::from_secs(3),
+                tcp_keepalive: Duration::from_secs(9),
+                max_header_list_bytes: 4096,
+            }
+        );
+        for (line, key) in [
+            ("request_timeout_secs = 0", "request_timeout_secs"),
+            (
+                "max_requests_per_connection = 0",
+                "max_requests_per_connection",
+            ),
+            ("max_header_list_bytes = 100", "max_header_list_bytes"),
+            ("tcp_keepalive_secs = 100000", "tcp_keepalive_secs"),
+        ] {
+            let file: ConfigFile = toml::from_str(line).unwrap_or_else(|e| panic!("{e}"));
+            let err = Config::resolve(file, Overrides::default())
+                .err()
+                .unwrap_or_default();
+            assert!(err.starts_with(key), "{line}: {err}");
+        }
     }
 }

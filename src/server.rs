@@ -12,6 +12,7 @@ use crate::{
     api::{
         AuditApi, PoliciesApi, RecordsApi, TokensApi,
         auth::Authenticator,
+        health::CheckOnly,
         pb::{
             self, audit_server::AuditServer, policies_server::PoliciesServer,
             records_server::RecordsServer, tokens_server::TokensServer,
@@ -26,6 +27,9 @@ use crate::{
     tokens::{ADMIN_ROLE, TokenRegistry},
     vault::{Vault, now_ms},
 };
+
+/// How long refused unauthenticated calls are counted before their events are written.
+const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why the server could not start or stopped with an error. Messages are for operators.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +262,28 @@ pub async fn start_with_store(
         .await;
     health_reporter.set_serving::<AuditServer<AuditApi>>().await;
 
+    // Refused unauthenticated calls are counted; each minute closes a window and writes one
+    // event per source, method and reason, and shutdown writes the last one. A flush is never
+    // cancelled halfway: the stop signal is only looked at between flushes.
+    let (stop_refusals, mut refusals_stopped) = oneshot::channel::<()>();
+    let refusals = {
+        let audit = Arc::clone(&audit);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(REFUSAL_WINDOW);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = &mut refusals_stopped => break,
+                }
+                // A failure is logged by the audit log; the next window is counted afresh.
+                let _ = audit.flush_refusals().await;
+            }
+            let _ = audit.flush_refusals().await;
+        })
+    };
+
     // Retention of the audit log itself: prune at start and every hour.
     let pruner = {
         let audit = Arc::clone(&audit);
@@ -275,12 +301,19 @@ pub async fn start_with_store(
     };
 
     let (tx, rx) = oneshot::channel::<()>();
+    let limits = config.transport;
+    // Every service, health included, is under the same connection, stream and time limits.
     let router = Server::builder()
         .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .concurrency_limit_per_connection(limits.max_requests_per_connection)
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         .layer(tower::util::MapResponseLayer::new(
             client_errors_as_client_codes,
         ))
-        .add_service(health)
+        .add_service(CheckOnly::new(health))
         .add_service(auth.guard(reflection))
         .add_service(auth.guard(records))
         .add_service(auth.guard(policies))
@@ -289,7 +322,10 @@ pub async fn start_with_store(
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                // The builder's TCP settings do not apply to an incoming stream: set them here.
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(limits.tcp_keepalive)),
                 async {
                     let _ = rx.await;
                     // End live streams first: graceful shutdown waits for every open call.
@@ -300,6 +336,9 @@ pub async fn start_with_store(
             .map_err(|e| ServerError(format!("server failed: {e}")));
         pruner.abort();
         let _ = pruner.await;
+        // The last window of refused calls, before the final checkpoint.
+        let _ = stop_refusals.send(());
+        let _ = refusals.await;
         // A durable checkpoint of the final head, so a truncated tail is seen after a restart.
         if let Err(e) = audit.checkpoint().await {
             tracing::error!(error = %e, "the shutdown checkpoint of the audit log failed");

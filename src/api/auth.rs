@@ -1,23 +1,91 @@
 //! Authentication: a tower layer in front of every service but health that turns
 //! `authorization: Bearer <token>` into a `Principal` before any handler runs. A call without a
-//! valid token is answered UNAUTHENTICATED right here, and audited with the method it tried.
+//! valid token is answered UNAUTHENTICATED right here, and counted in the audit log under the
+//! method it tried when that is one we serve (from the generated descriptors), else as
+//! `(unknown)`: the caller's text is never written. Refusals are counted, not written one by
+//! one, so a flood costs bounded memory and log space and never waits for the disk.
 
 use std::{
     convert::Infallible,
     future::Future,
+    net::IpAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 
-use tonic::{Request, Status, body::Body, server::NamedService};
+use prost::Message as _;
+use tonic::{Request, Status, body::Body, server::NamedService, transport::server::TcpConnectInfo};
 use tower::Service;
 
-use crate::{
-    audit::{Audit, Event},
-    domain::Principal,
-    tokens::TokenRegistry,
-};
+use crate::{api::pb, audit::Audit, domain::Principal, tokens::TokenRegistry};
+
+/// Why a call was refused: a short reason for the audit log, and the status for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Malformed,
+    Missing,
+    UnknownToken,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed authorization metadata",
+            Self::Missing => "missing authorization metadata",
+            Self::UnknownToken => "unknown or revoked token",
+        }
+    }
+
+    fn status(self) -> Status {
+        Status::unauthenticated(match self {
+            Self::Malformed => "authorization metadata must be `Bearer <token>`",
+            Self::Missing => "missing authorization metadata: send `authorization: Bearer <token>`",
+            Self::UnknownToken => "unknown or revoked token",
+        })
+    }
+}
+
+/// The methods of one service: `(method name, the name the audit log gives it)`.
+type Methods = Arc<[(Box<str>, Arc<str>)]>;
+
+/// The methods of `service` (a full name such as `strongroom.v1.Records`), read from the
+/// descriptor sets of the services we serve behind the authenticator. The audit log names ours
+/// without the package (`Records/GetRecord`), others in full.
+fn methods_of(service: &str) -> Methods {
+    let sets = [
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ];
+    let short = service.strip_prefix("strongroom.v1.").unwrap_or(service);
+    let mut methods = Vec::new();
+    for bytes in sets {
+        let set = match prost_types::FileDescriptorSet::decode(bytes) {
+            Ok(set) => set,
+            Err(e) => {
+                // Compiled in: a failure is a build defect. Unknown methods are then only
+                // recorded as `(unknown)`, which loses no refusal.
+                tracing::error!(error = %e, "a compiled-in descriptor set does not decode");
+                continue;
+            }
+        };
+        for file in &set.file {
+            for svc in &file.service {
+                let full = match file.package() {
+                    "" => svc.name().to_owned(),
+                    package => format!("{package}.{}", svc.name()),
+                };
+                if full == service {
+                    methods.extend(svc.method.iter().map(|m| {
+                        let name = m.name();
+                        (Box::from(name), Arc::from(format!("{short}/{name}")))
+                    }));
+                }
+            }
+        }
+    }
+    methods.into()
+}
 
 /// What authenticates calls: the token registry, and the audit log for refusals.
 #[derive(Clone)]
@@ -39,29 +107,24 @@ impl Authenticator {
     }
 
     /// Wraps a service so that only authenticated calls reach it.
-    pub fn guard<S>(&self, inner: S) -> Authenticated<S> {
+    pub fn guard<S: NamedService>(&self, inner: S) -> Authenticated<S> {
         Authenticated {
             inner,
             auth: self.clone(),
+            methods: methods_of(S::NAME),
         }
     }
 
-    fn check(&self, headers: &http::HeaderMap) -> Result<Principal, Status> {
-        let header = headers.get("authorization").ok_or_else(|| {
-            Status::unauthenticated(
-                "missing authorization metadata: send `authorization: Bearer <token>`",
-            )
-        })?;
+    fn check(&self, headers: &http::HeaderMap) -> Result<Principal, Refusal> {
+        let header = headers.get("authorization").ok_or(Refusal::Missing)?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization metadata must be `Bearer <token>`")
-            })?;
+            .ok_or(Refusal::Malformed)?;
         self.tokens
             .authenticate(token.trim())
-            .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))
+            .ok_or(Refusal::UnknownToken)
     }
 }
 
@@ -70,6 +133,19 @@ impl Authenticator {
 pub struct Authenticated<S> {
     inner: S,
     auth: Authenticator,
+    methods: Methods,
+}
+
+/// The audit name of the method `path` calls, if it is one of `methods` of `service`.
+fn known_method<'m>(methods: &'m Methods, service: &str, path: &str) -> Option<&'m Arc<str>> {
+    let method = path
+        .strip_prefix('/')?
+        .strip_prefix(service)?
+        .strip_prefix('/')?;
+    methods
+        .iter()
+        .find(|(name, _)| **name == *method)
+        .map(|(_, audit_name)| audit_name)
 }
 
 impl<S: NamedService> NamedService for Authenticated<S> {
@@ -78,7 +154,8 @@ impl<S: NamedService> NamedService for Authenticated<S> {
 
 impl<S> Service<http::Request<Body>> for Authenticated<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+    S: NamedService
+        + Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -101,15 +178,17 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 Box::pin(inner.call(request))
             }
-            Err(status) => {
-                let method = request.uri().path().trim_start_matches('/');
-                let method = method.strip_prefix("strongroom.v1.").unwrap_or(method);
-                self.auth.audit.record_detached(Event {
-                    method: method.to_owned(),
-                    result: "UNAUTHENTICATED".into(),
-                    detail: status.message().to_owned(),
-                    ..Event::default()
-                });
+            Err(refusal) => {
+                let source: Option<IpAddr> = request
+                    .extensions()
+                    .get::<TcpConnectInfo>()
+                    .and_then(TcpConnectInfo::remote_addr)
+                    .map(|addr| addr.ip().to_canonical());
+                let method = known_method(&self.methods, S::NAME, request.uri().path());
+                self.auth
+                    .audit
+                    .record_refused(source, method, refusal.reason());
+                let status = refusal.status();
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
@@ -127,4 +206,58 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_we_serve_is_known_by_its_audit_name() {
+        let records = methods_of("strongroom.v1.Records");
+        let names: Vec<&str> = records.iter().map(|(_, n)| &**n).collect();
+        assert_eq!(
+            names,
+            [
+                "Records/CreateRecord",
+                "Records/GetRecord",
+                "Records/UpdateRecord",
+                "Records/DeleteRecord",
+            ]
+        );
+        for service in [
+            "strongroom.v1.Tokens",
+            "strongroom.v1.Policies",
+            "strongroom.v1.Audit",
+            "grpc.reflection.v1.ServerReflection",
+        ] {
+            assert!(!methods_of(service).is_empty(), "{service}");
+        }
+        assert!(methods_of("strongroom.v1.Nope").is_empty());
+    }
+
+    #[test]
+    fn only_a_served_method_is_named_never_the_callers_text() {
+        let service = "strongroom.v1.Records";
+        let methods = methods_of(service);
+        let known = |path: &str| known_method(&methods, service, path).map(|m| m.to_string());
+        assert_eq!(
+            known("/strongroom.v1.Records/GetRecord").as_deref(),
+            Some("Records/GetRecord")
+        );
+        let long = format!("/strongroom.v1.Records/{}", "A".repeat(15 * 1024));
+        for path in [
+            long.as_str(),
+            "/strongroom.v1.Records/GetRecordX",
+            "/strongroom.v1.Records/GetRecord/",
+            "/strongroom.v1.Records/",
+            "/strongroom.v1.RecordsGetRecord",
+            "/strongroom.v1.Tokens/CreateToken",
+            "strongroom.v1.Records/GetRecord",
+            "/123-45-6789",
+            "",
+        ] {
+            assert_eq!(known(path), None, "{path:.60}");
+        }
+    }
 }

@@ -3,11 +3,11 @@
 //! concurrent requests share one fsync; the chain order is the commit order.
 
 use std::{
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{
     AuditError, Event, HEAD_KEY, Job,
@@ -100,16 +100,16 @@ pub(super) struct Appender {
     pub(super) checkpoint_every: u64,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Appender {
-    /// Runs until every sender is gone.
-    pub(super) fn run(mut self, jobs: &mpsc::Receiver<Job>) {
-        let drain = |taken: &mut Vec<Job>| {
+    /// Runs until every sender is gone (on its own thread: it blocks on the queue).
+    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let drain = |jobs: &mut mpsc::Receiver<Job>, taken: &mut Vec<Job>| {
             while taken.len() < MAX_JOBS_PER_BATCH {
                 match jobs.try_recv() {
                     Ok(job) => taken.push(job),
@@ -117,16 +117,16 @@ impl Appender {
                 }
             }
         };
-        while let Ok(first) = jobs.recv() {
+        while let Some(first) = jobs.blocking_recv() {
             let mut taken = vec![first];
-            drain(&mut taken);
+            drain(&mut jobs, &mut taken);
             // Under concurrent load, wait a moment for more: on this VM an fsync costs far more
             // CPU than an event (interrupts and context switches; see BENCHMARKS.md), and a
             // lone caller never waits.
             let mut waited = 0;
             while taken.len() > 1 && taken.len() < ENOUGH && waited < LINGER_STEPS {
                 std::thread::sleep(LINGER_STEP);
-                drain(&mut taken);
+                drain(&mut jobs, &mut taken);
                 waited += 1;
             }
             self.commit(taken);
