@@ -16,7 +16,7 @@ use tower::Service;
 use crate::{
     audit::{Audit, Event},
     domain::Principal,
-    tokens::TokenRegistry,
+    tokens::{Credential, TokenRegistry},
 };
 
 /// What authenticates calls: the token registry, and the audit log for refusals.
@@ -46,7 +46,7 @@ impl Authenticator {
         }
     }
 
-    fn check(&self, headers: &http::HeaderMap) -> Result<Principal, Status> {
+    fn check(&self, headers: &http::HeaderMap) -> Result<(Principal, Credential), Status> {
         let header = headers.get("authorization").ok_or_else(|| {
             Status::unauthenticated(
                 "missing authorization metadata: send `authorization: Bearer <token>`",
@@ -94,8 +94,9 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         match self.auth.check(request.headers()) {
-            Ok(principal) => {
+            Ok((principal, credential)) => {
                 request.extensions_mut().insert(principal);
+                request.extensions_mut().insert(credential);
                 // The ready service handles this call; a fresh clone waits for the next one.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -125,6 +126,19 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
     request
         .extensions()
         .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// The token the caller of a request that passed the authenticator presented, to notice its
+/// revocation during a long-lived call.
+///
+/// # Errors
+/// `UNAUTHENTICATED` if the request carries none (fail closed, as `principal`).
+pub fn credential<T>(request: &Request<T>) -> Result<Credential, Status> {
+    request
+        .extensions()
+        .get::<Credential>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
 }
