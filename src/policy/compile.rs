@@ -350,16 +350,15 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                 names.push(p.subject.as_str().to_owned());
                 row_roles.push(Some(p.roles.clone()));
             }
-            Some(row) => match &row_roles[row] {
-                None if !conflicting.contains(&p.subject.as_str()) => {
+            Some(row) => {
+                let subject = p.subject.as_str();
+                if row_roles[row].as_ref().is_some_and(|r| *r != p.roles) {
+                    conflicting.push(subject);
+                    row_roles[row] = None;
+                } else if !conflicting.contains(&subject) {
                     row_roles[row] = Some(p.roles.clone());
                 }
-                Some(roles) if *roles != p.roles => {
-                    conflicting.push(p.subject.as_str());
-                    row_roles[row] = None;
-                }
-                Some(_) | None => {}
-            },
+            }
         }
     }
     let rows: HashMap<String, usize> = names
