@@ -440,7 +440,12 @@ mod tests {
         let admin = principal("svc:x", &["role:admin"]);
         for p in schema.purposes() {
             let permit = table.decide_read(&admin, coll, &fields, p);
-            assert!(permit.decisions().iter().all(|(_, d)| *d == Decision::Plain));
+            assert!(
+                permit
+                    .decisions()
+                    .iter()
+                    .all(|(_, d)| *d == Decision::Plain)
+            );
         }
         assert!(table.check_delete(&admin, coll).is_ok());
         assert!(table.check_write(&admin, coll, &fields).is_ok());
@@ -453,7 +458,10 @@ mod tests {
             for p in schema.purposes() {
                 let permit = table.decide_read(&stale, coll, &fields, p);
                 assert!(
-                    permit.decisions().iter().all(|(_, d)| *d == Decision::Denied),
+                    permit
+                        .decisions()
+                        .iter()
+                        .all(|(_, d)| *d == Decision::Denied),
                     "{stale:?} for {p:?}"
                 );
             }

@@ -522,14 +522,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let p = principal("svc:crm", "role:writer");
         let token = registry
-            .issue(
-                &admin,
-                &p,
-                0,
-                &log,
-                &engine(vec![]).await,
-                Event::default(),
-            )
+            .issue(&admin, &p, 0, &log, &engine(vec![]).await, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let who = |r: &Arc<TokenRegistry>, t: &str| r.authenticate(t).map(|(p, _)| p);
@@ -566,7 +559,7 @@ mod tests {
         );
         assert_eq!(
             registry.principals(),
-            [admin.clone()],
+            std::slice::from_ref(&admin),
             "a refused issue leaves no token"
         );
         registry
