@@ -106,7 +106,8 @@ pub struct PolicyEngine {
     schema: Arc<Schema>,
     model: String,
     current: RwLock<Arc<Current>>,
-    /// Serializes changes (policy replacements and new principals); reads never take it.
+    /// The principals the current table is compiled for. Its lock serializes changes (policy
+    /// replacements and principal sets); reads never take it.
     principals: tokio::sync::Mutex<Vec<Principal>>,
 }
 
@@ -210,31 +211,36 @@ impl PolicyEngine {
         Ok(out)
     }
 
-    /// Adds a principal (e.g. for a newly issued token) and recompiles the table for it.
+    /// Replaces the set of principals the table is compiled for (the live token holders,
+    /// from the token registry: the whole set, not an addition). Compiles the table aside,
+    /// calls `commit`, and only if that succeeds swaps the new table in, so a failed change
+    /// leaves the running table and principals as they were. Changes are serialized with
+    /// policy replacements; reads are never blocked.
     ///
     /// # Errors
-    /// `PolicyError` if compiling fails; the running table stays.
-    pub async fn add_principal(&self, principal: Principal) -> Result<(), PolicyError> {
-        let mut principals = self.principals.lock().await;
-        if principals.contains(&principal) {
-            return Ok(());
-        }
-        principals.push(principal);
+    /// `ReplaceError::Policy` if compiling fails, `ReplaceError::Persist` if `commit` fails; in
+    /// both cases nothing changes here.
+    pub async fn replace_principals<T, E, F>(
+        &self,
+        principals: Vec<Principal>,
+        commit: impl FnOnce() -> F,
+    ) -> Result<T, ReplaceError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let mut compiled_for = self.principals.lock().await;
         let text = self.text();
-        match compile::compile(&self.model, &text, &self.schema, &principals).await {
-            Ok(table) => {
-                let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-                *current = Arc::new(Current {
-                    text,
-                    table: Arc::new(table),
-                });
-                Ok(())
-            }
-            Err(e) => {
-                principals.pop();
-                Err(e)
-            }
-        }
+        let table = compile::compile(&self.model, &text, &self.schema, &principals)
+            .await
+            .map_err(ReplaceError::Policy)?;
+        let out = commit().await.map_err(ReplaceError::Persist)?;
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(Current {
+            text,
+            table: Arc::new(table),
+        });
+        *compiled_for = principals;
+        Ok(out)
     }
 
     /// Explains the decision for `name` (a subject or a role) doing `action` on `object`
@@ -385,6 +391,135 @@ impl DecisionTable {
                 object: format!("{}.*", collection.name()),
                 action: Action::Delete,
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Role, Subject};
+
+    fn principal(subject: &str, roles: &[&str]) -> Principal {
+        Principal::new(
+            Subject::parse(subject, "s").unwrap_or_else(|e| panic!("{e}")),
+            roles
+                .iter()
+                .map(|r| Role::parse(r, "r").unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
+        )
+    }
+
+    async fn engine(principals: Vec<Principal>) -> (Arc<Schema>, PolicyEngine) {
+        let schema = Arc::new(
+            Schema::parse(include_str!("../policies/schema.toml"))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let engine = PolicyEngine::new(
+            Arc::clone(&schema),
+            include_str!("../policies/model.conf").into(),
+            include_str!("../policies/policy.csv"),
+            1,
+            principals,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        (schema, engine)
+    }
+
+    /// A table compiled for a subject's old roles grants a principal with other roles nothing,
+    /// even where the other roles would grant something.
+    #[tokio::test]
+    async fn a_row_answers_only_the_roles_it_was_compiled_for() {
+        let (schema, engine) = engine(vec![principal("svc:x", &["role:admin"])]).await;
+        let coll = schema
+            .collection("customers", "c")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fields: Vec<usize> = (0..coll.fields().len()).collect();
+        let table = engine.table();
+        let admin = principal("svc:x", &["role:admin"]);
+        for p in schema.purposes() {
+            let permit = table.decide_read(&admin, coll, &fields, p);
+            assert!(
+                permit
+                    .decisions()
+                    .iter()
+                    .all(|(_, d)| *d == Decision::Plain)
+            );
+        }
+        assert!(table.check_delete(&admin, coll).is_ok());
+        assert!(table.check_write(&admin, coll, &fields).is_ok());
+
+        for stale in [
+            principal("svc:x", &["role:marketing"]),
+            principal("svc:x", &["role:admin", "role:marketing"]),
+            principal("svc:y", &["role:admin"]),
+        ] {
+            for p in schema.purposes() {
+                let permit = table.decide_read(&stale, coll, &fields, p);
+                assert!(
+                    permit
+                        .decisions()
+                        .iter()
+                        .all(|(_, d)| *d == Decision::Denied),
+                    "{stale:?} for {p:?}"
+                );
+            }
+            assert!(table.check_delete(&stale, coll).is_err());
+            assert!(table.check_write(&stale, coll, &fields).is_err());
+        }
+
+        // Replacing the set (not adding to it) drops the old roles: the same subject with
+        // fewer roles gets exactly those.
+        let marketing = principal("svc:x", &["role:marketing"]);
+        engine
+            .replace_principals(vec![marketing.clone()], || async { Ok::<(), ()>(()) })
+            .await
+            .unwrap_or_else(|_| panic!("recompile"));
+        let table = engine.table();
+        let (_, purpose) = schema
+            .purpose("marketing", "p")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ssn = coll.field_index("ssn").unwrap_or_else(|| panic!("ssn"));
+        let email = coll.field_index("email").unwrap_or_else(|| panic!("email"));
+        let permit = table.decide_read(&marketing, coll, &[email, ssn], &purpose);
+        assert_eq!(
+            permit.decisions(),
+            [(email, Decision::Plain), (ssn, Decision::Denied)]
+        );
+        assert!(table.check_delete(&marketing, coll).is_err());
+        assert!(table.check_delete(&admin, coll).is_err());
+        assert!(!table.delete_by_name("svc:x", coll));
+
+        // A failed commit leaves the running table.
+        let failed = engine
+            .replace_principals(vec![admin.clone()], || async { Err::<(), ()>(()) })
+            .await;
+        assert!(matches!(failed, Err(ReplaceError::Persist(()))));
+        assert!(engine.table().check_delete(&admin, coll).is_err());
+    }
+
+    /// A subject given with two role sets (two tokens racing in, or a store written by an
+    /// older version) matches no principal: never the union of both.
+    #[tokio::test]
+    async fn a_subject_with_two_role_sets_is_denied() {
+        let (schema, engine) = engine(vec![
+            principal("svc:x", &["role:marketing"]),
+            principal("svc:x", &["role:admin"]),
+        ])
+        .await;
+        let coll = schema
+            .collection("customers", "c")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let table = engine.table();
+        for roles in [&["role:marketing"][..], &["role:admin"]] {
+            let p = principal("svc:x", roles);
+            assert!(table.check_delete(&p, coll).is_err());
+            let (_, purpose) = schema
+                .purpose("marketing", "p")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let permit = table.decide_read(&p, coll, &[0], &purpose);
+            assert_eq!(permit.decisions(), [(0, Decision::Denied)]);
         }
     }
 }

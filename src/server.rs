@@ -187,7 +187,7 @@ pub async fn start_with_store(
         };
         first_admin_token = Some(
             tokens
-                .issue(&admin, now_ms(), &audit, event)
+                .bootstrap(&admin, now_ms(), &audit, event)
                 .await
                 .map_err(|e| fail(&e))?,
         );

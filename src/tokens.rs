@@ -2,9 +2,15 @@
 //! constant time, each mapped to a subject and its roles.
 //!
 //! Tokens are 256 random bits, so a fast hash is enough: there is nothing to brute-force.
+//!
+//! The registry is the one source of the live principals: every issue and revocation is one
+//! change (check, store commit, registry update, policy recompile for the registry's live
+//! principals) under one lock, so concurrent changes cannot merge rights or revoke the last
+//! admin, and a failed issue leaves nothing behind.
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
     sync::{Arc, PoisonError, RwLock},
 };
 
@@ -12,11 +18,13 @@ use rand::{RngCore, rngs::OsRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::{Mutex, watch};
 use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, Event},
     domain::{InvalidInput, Principal, Role, Subject},
+    policy::{PolicyEngine, ReplaceError},
     storage::{Batch, Keyspace, Store},
     vault::Error,
 };
@@ -47,6 +55,10 @@ pub struct Issued {
 /// The registry of issued tokens, held in memory and in the store.
 pub struct TokenRegistry {
     by_hash: RwLock<HashMap<[u8; 32], Issued>>,
+    /// Serializes issues and revocations, from the checks to the policy recompile.
+    changes: Mutex<()>,
+    /// Bumped after every revocation, so long-lived calls notice theirs at once.
+    revocations: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for TokenRegistry {
@@ -62,8 +74,62 @@ impl std::fmt::Debug for TokenRegistry {
     }
 }
 
+/// The token a call was authenticated with, as a handle (its hash, never the token): a
+/// long-lived call holds it to notice the token's revocation.
+#[derive(Clone)]
+pub struct Credential {
+    registry: Arc<TokenRegistry>,
+    hash: [u8; 32],
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("id", &hex::encode(&self.hash[..4]))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// Whether the token is still valid (issued and not revoked).
+    pub fn is_valid(&self) -> bool {
+        self.registry
+            .by_hash
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&self.hash)
+    }
+
+    /// Resolves once the token is no longer valid (at once if it already is not).
+    pub async fn revoked(&self) {
+        // Subscribe before checking: a revocation between the check and the wait is seen.
+        let mut revocations = self.registry.revocations.subscribe();
+        while self.is_valid() {
+            if revocations.changed().await.is_err() {
+                // The registry is gone: nothing vouches for the token any more.
+                return;
+            }
+        }
+    }
+}
+
 fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+fn token_key(hash: &[u8; 32]) -> Vec<u8> {
+    let mut key = PREFIX.to_vec();
+    key.extend_from_slice(hash);
+    key
+}
+
+/// A new token, made but not yet committed.
+struct Minted {
+    token: Zeroizing<String>,
+    hash: [u8; 32],
+    batch: Batch,
+    event: Event,
+    issued: Issued,
 }
 
 impl TokenRegistry {
@@ -101,10 +167,12 @@ impl TokenRegistry {
         }
         Ok(Self {
             by_hash: RwLock::new(by_hash),
+            changes: Mutex::new(()),
+            revocations: watch::Sender::new(0),
         })
     }
 
-    /// Every distinct principal that holds a token.
+    /// Every distinct principal that holds a valid token: the set the policy is compiled for.
     pub fn principals(&self) -> Vec<Principal> {
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<Principal> = Vec::new();
@@ -124,14 +192,21 @@ impl TokenRegistry {
             .is_empty()
     }
 
-    /// The principal a presented token stands for, if it is one we issued.
-    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+    /// The principal a presented token stands for, if it is one we issued, with a handle on
+    /// the token that tells when it is revoked.
+    pub fn authenticate(self: &Arc<Self>, presented: &str) -> Option<(Principal, Credential)> {
         let h = hash(presented);
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         // The map is keyed by the hash; the final comparison is constant-time all the same.
         map.get_key_value(&h)
             .filter(|(k, _)| bool::from(k.ct_eq(&h)))
-            .map(|(_, issued)| issued.principal.clone())
+            .map(|(_, issued)| {
+                let credential = Credential {
+                    registry: Arc::clone(self),
+                    hash: h,
+                };
+                (issued.principal.clone(), credential)
+            })
     }
 
     /// Checks that `by` may issue tokens and that `subject` keeps one set of roles.
@@ -160,18 +235,96 @@ impl TokenRegistry {
         Ok(())
     }
 
-    /// Issues a token for `principal` (already checked with `check_issue`), committing it with
-    /// its audit `event`. The token is returned once; only its hash is stored.
+    /// Issues a token for `principal` on behalf of `by`, as one change: the checks of
+    /// `check_issue`, the policy compiled aside for the live principals plus this one, the token
+    /// committed with its audit `event`, then the new table swapped in. The token is returned
+    /// once; only its hash is stored.
     ///
     /// # Errors
-    /// `Unavailable` if the store or the audit log fails; then no token exists.
+    /// As `check_issue`; `PermissionDenied` if `by` no longer holds a valid token; `Internal` if
+    /// the policy cannot be compiled for the new principal;
+    /// `Unavailable` if the store or the audit log fails. On any error no token exists and the
+    /// policy is unchanged.
     pub async fn issue(
         &self,
+        by: &Principal,
         principal: &Principal,
+        now_ms: i64,
+        audit: &Audit,
+        policy: &PolicyEngine,
+        event: Event,
+    ) -> Result<Zeroizing<String>, Error> {
+        let _change = self.changes.lock().await;
+        self.check_issue(by, principal)?;
+        self.check_live(by)?;
+        let mut live = self.principals();
+        if !live.contains(principal) {
+            live.push(principal.clone());
+        }
+        let minted = Self::mint(principal, now_ms, event)?;
+        let Minted {
+            token,
+            hash,
+            batch,
+            event,
+            issued,
+        } = minted;
+        let commit = || async {
+            audit.commit(batch, vec![event]).await?;
+            self.by_hash
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(hash, issued);
+            Ok::<(), Error>(())
+        };
+        policy
+            .replace_principals(live, commit)
+            .await
+            .map_err(|e| match e {
+                ReplaceError::Persist(e) => e,
+                ReplaceError::Policy(e) => Error::Internal(format!(
+                    "cannot compile the policy for {}: {e}",
+                    principal.subject
+                )),
+            })?;
+        Ok(token)
+    }
+
+    /// Issues the first admin token of an empty registry, before any policy is compiled (the
+    /// policy is then compiled from `principals`).
+    ///
+    /// # Errors
+    /// `Internal` if the registry already holds tokens; `Unavailable` if the store or the
+    /// audit log fails.
+    pub async fn bootstrap(
+        &self,
+        admin: &Principal,
         now_ms: i64,
         audit: &Audit,
         event: Event,
     ) -> Result<Zeroizing<String>, Error> {
+        let _change = self.changes.lock().await;
+        if !self.is_empty() {
+            return Err(Error::Internal(
+                "only an empty registry gets a first admin token".into(),
+            ));
+        }
+        let Minted {
+            token,
+            hash,
+            batch,
+            event,
+            issued,
+        } = Self::mint(admin, now_ms, event)?;
+        audit.commit(batch, vec![event]).await?;
+        self.by_hash
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(hash, issued);
+        Ok(token)
+    }
+
+    fn mint(principal: &Principal, now_ms: i64, event: Event) -> Result<Minted, Error> {
         let mut secret = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(secret.as_mut());
         let token = Zeroizing::new(format!("{TOKEN_PREFIX}{}", hex::encode(secret.as_ref())));
@@ -182,10 +335,8 @@ impl TokenRegistry {
             created_at_ms: now_ms,
         };
         let value = serde_json::to_vec(&stored).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut key = PREFIX.to_vec();
-        key.extend_from_slice(&h);
         let mut batch = Batch::new();
-        batch.put(Keyspace::Meta, key, value);
+        batch.put(Keyspace::Meta, token_key(&h), value);
         let event = Event {
             detail: format!(
                 "token issued to {} with roles {}",
@@ -194,17 +345,18 @@ impl TokenRegistry {
             ),
             ..event
         };
-        audit.commit(batch, vec![event]).await?;
         let issued = Issued {
             principal: principal.clone(),
             created_at_ms: now_ms,
             id: hex::encode(&h[..4]),
         };
-        self.by_hash
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(h, issued);
-        Ok(token)
+        Ok(Minted {
+            token,
+            hash: h,
+            batch,
+            event,
+            issued,
+        })
     }
 
     fn check_admin(by: &Principal, what: &str) -> Result<(), Error> {
@@ -213,6 +365,20 @@ impl TokenRegistry {
         } else {
             Err(Error::PermissionDenied(format!(
                 "{} may not {what}: that needs {ADMIN_ROLE}",
+                by.subject
+            )))
+        }
+    }
+
+    /// Checks that `by` still holds a valid token, so that a call authenticated just before
+    /// its caller's revocation changes nothing (run under the change lock).
+    fn check_live(&self, by: &Principal) -> Result<(), Error> {
+        let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+        if map.values().any(|issued| issued.principal == *by) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{} no longer holds a valid token",
                 by.subject
             )))
         }
@@ -230,20 +396,25 @@ impl TokenRegistry {
         Ok(out)
     }
 
-    /// Revokes every token of `subject`, committed with its audit `event`; returns how many.
-    /// Calls with a revoked token fail UNAUTHENTICATED from then on.
+    /// Revokes every token of `subject`, committed with its audit `event`, then recompiles
+    /// `policy` for the live principals; returns how many. Calls with a revoked token fail
+    /// UNAUTHENTICATED from then on, and long-lived calls holding its `Credential` are told.
     ///
     /// # Errors
-    /// `PermissionDenied` unless `by` holds the admin role; `InvalidArgument` if it would leave
-    /// no token with the admin role (nobody could issue tokens again); `Unavailable`.
+    /// `PermissionDenied` unless `by` holds the admin role and still a valid token;
+    /// `InvalidArgument` if it would leave no token with the admin role (nobody could issue
+    /// tokens again); `Unavailable`.
     pub async fn revoke_subject(
         &self,
         by: &Principal,
         subject: &Subject,
         audit: &Audit,
+        policy: &PolicyEngine,
         event: Event,
     ) -> Result<usize, Error> {
+        let _change = self.changes.lock().await;
         Self::check_admin(by, "revoke tokens")?;
+        self.check_live(by)?;
         let doomed: Vec<[u8; 32]> = {
             let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
             let doomed: Vec<[u8; 32]> = map
@@ -265,18 +436,34 @@ impl TokenRegistry {
         };
         let mut batch = Batch::new();
         for h in &doomed {
-            let mut key = PREFIX.to_vec();
-            key.extend_from_slice(h);
-            batch.delete(Keyspace::Meta, key);
+            batch.delete(Keyspace::Meta, token_key(h));
         }
         let event = Event {
             detail: format!("{} token(s) of {subject} revoked", doomed.len()),
             ..event
         };
         audit.commit(batch, vec![event]).await?;
-        let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
-        for h in &doomed {
-            map.remove(h);
+        {
+            let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
+            for h in &doomed {
+                map.remove(h);
+            }
+        }
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+        if !doomed.is_empty() {
+            // The revocation stands even if this fails: the old table keeps a row compiled for
+            // the revoked roles, which no live token presents, and the next issue for this
+            // subject recompiles before its token exists.
+            let recompiled = policy
+                .replace_principals(self.principals(), || async { Ok::<(), Infallible>(()) })
+                .await;
+            if let Err(e) = recompiled {
+                let problem = match e {
+                    ReplaceError::Policy(e) => e.to_string(),
+                    ReplaceError::Persist(never) => match never {},
+                };
+                tracing::error!(%subject, %problem, "recompiling the policy after a revocation failed");
+            }
         }
         Ok(doomed.len())
     }
@@ -288,6 +475,7 @@ mod tests {
     use crate::{
         audit::AuditOptions,
         crypto::{Kek, KekId},
+        domain::Schema,
         storage::MemoryStore,
     };
 
@@ -297,6 +485,20 @@ mod tests {
             &Kek::generate(KekId(1)),
             AuditOptions::default(),
         )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn engine(principals: Vec<Principal>) -> PolicyEngine {
+        let schema = Schema::parse(include_str!("../policies/schema.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        PolicyEngine::new(
+            Arc::new(schema),
+            include_str!("../policies/model.conf").into(),
+            include_str!("../policies/policy.csv"),
+            1,
+            principals,
+        )
+        .await
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -310,33 +512,58 @@ mod tests {
     #[tokio::test]
     async fn issues_authenticates_and_reloads_storing_only_hashes() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
-        let p = principal("svc:crm", "role:writer");
-        let token = registry
-            .issue(&p, 0, &audit(&store), Event::default())
+        let registry =
+            Arc::new(TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}")));
+        let log = audit(&store);
+        let admin = principal("user:root", ADMIN_ROLE);
+        registry
+            .bootstrap(&admin, 0, &log, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(registry.authenticate(&token), Some(p.clone()));
-        assert_eq!(registry.authenticate("sr_wrong"), None);
+        let p = principal("svc:crm", "role:writer");
+        let token = registry
+            .issue(&admin, &p, 0, &log, &engine(vec![]).await, Event::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let who = |r: &Arc<TokenRegistry>, t: &str| r.authenticate(t).map(|(p, _)| p);
+        assert_eq!(who(&registry, &token), Some(p.clone()));
+        assert_eq!(who(&registry, "sr_wrong"), None);
         for (key, value) in store.scan_prefix(Keyspace::Meta, b"").unwrap_or_default() {
             let raw = token.as_bytes();
             assert!(!key.windows(raw.len()).any(|w| w == raw));
             assert!(!value.windows(raw.len()).any(|w| w == raw));
         }
-        let reloaded = TokenRegistry::load(store).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(reloaded.authenticate(&token), Some(p));
+        let reloaded = Arc::new(TokenRegistry::load(store).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(who(&reloaded, &token), Some(p));
     }
 
     #[tokio::test]
     async fn only_admins_issue_and_subjects_keep_their_roles() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
+        let log = audit(&store);
         let writer = principal("svc:crm", "role:writer");
         let admin = principal("user:root", ADMIN_ROLE);
         assert!(registry.check_issue(&writer, &writer).is_err());
         assert!(registry.check_issue(&admin, &writer).is_ok());
+        let policy = engine(vec![]).await;
         registry
-            .issue(&writer, 0, &audit(&store), Event::default())
+            .bootstrap(&admin, 0, &log, Event::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            registry
+                .issue(&writer, &writer, 0, &log, &policy, Event::default())
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            registry.principals(),
+            std::slice::from_ref(&admin),
+            "a refused issue leaves no token"
+        );
+        registry
+            .issue(&admin, &writer, 0, &log, &policy, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -345,5 +572,55 @@ mod tests {
                 .is_err()
         );
         assert!(registry.check_issue(&admin, &writer).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_policy_follows_issues_and_revocations() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
+        let log = audit(&store);
+        let root = principal("user:root", ADMIN_ROLE);
+        registry
+            .bootstrap(&root, 0, &log, Event::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let policy = engine(registry.principals()).await;
+        let schema = Schema::parse(include_str!("../policies/schema.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let coll = schema
+            .collection("customers", "c")
+            .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .issue(
+                &root,
+                &principal("svc:x", ADMIN_ROLE),
+                0,
+                &log,
+                &policy,
+                Event::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let x_admin = principal("svc:x", ADMIN_ROLE);
+        assert!(policy.table().check_delete(&x_admin, coll).is_ok());
+        let x = Subject::parse("svc:x", "s").unwrap_or_else(|e| panic!("{e}"));
+        let revoked = registry
+            .revoke_subject(&root, &x, &log, &policy, Event::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(revoked, 1);
+        assert!(policy.table().check_delete(&x_admin, coll).is_err());
+        let x_marketing = principal("svc:x", "role:marketing");
+        registry
+            .issue(&root, &x_marketing, 0, &log, &policy, Event::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let table = policy.table();
+        assert!(table.check_delete(&x_marketing, coll).is_err());
+        assert!(table.check_delete(&x_admin, coll).is_err());
+        assert!(!table.delete_by_name("svc:x", coll));
+        let mut live = registry.principals();
+        live.sort_by(|a, b| a.subject.cmp(&b.subject));
+        assert_eq!(live, [x_marketing, root]);
     }
 }

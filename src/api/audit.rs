@@ -8,13 +8,14 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    auth::principal,
+    auth::{credential, principal},
     pb::{self, audit_server::Audit as AuditService},
     status::recorded,
 };
 use crate::{
     audit::{self, Audit, Call, Event, Filter, READER_ROLES},
     domain::Principal,
+    tokens::Credential,
     vault::Error,
 };
 
@@ -129,6 +130,7 @@ impl AuditService for AuditApi {
         request: Request<pb::FollowEventsRequest>,
     ) -> Result<Response<Self::FollowEventsStream>, Status> {
         let by = principal(&request)?;
+        let token = credential(&request)?;
         // Subscribe before recording the call: the stream starts with this call's own event.
         let mut live = self.audit.subscribe();
         self.admit(&by, &Call::new("Audit/FollowEvents")).await?;
@@ -138,7 +140,7 @@ impl AuditService for AuditApi {
         let mut stopping = self.stopping.clone();
         // Events up to here come from the store, later ones from the live feed.
         let mut seen = self.audit.last_seq().map_err(unavailable)?;
-        let stream = async_stream(move |tx| async move {
+        let stream = async_stream(token, move |tx| async move {
             if let Some(after) = req.after_seq {
                 let Some(sent) = replay(&audit, &filter, after, &tx).await else {
                     return;
@@ -202,10 +204,11 @@ impl AuditService for AuditApi {
         request: Request<pb::ExportEventsRequest>,
     ) -> Result<Response<Self::ExportEventsStream>, Status> {
         let by = principal(&request)?;
+        let token = credential(&request)?;
         self.admit(&by, &Call::new("Audit/ExportEvents")).await?;
         let filter = filter(request.into_inner().filter);
         let audit = Arc::clone(&self.audit);
-        let stream = async_stream(move |tx| async move {
+        let stream = async_stream(token, move |tx| async move {
             let mut after = 0u64;
             loop {
                 let (events, next) = match audit.query(&filter, after, 500) {
@@ -260,15 +263,28 @@ async fn replay(
     }
 }
 
-/// A stream fed by a task: the task gets the sending half of a small channel.
-fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+/// A stream fed by a task: the task gets the sending half of a small channel. The stream ends
+/// as soon as the caller's token is revoked: with UNAUTHENTICATED, or (if the client has let
+/// the channel fill) right after the events already queued.
+fn async_stream<T, F, Fut>(
+    token: Credential,
+    f: F,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
 where
     T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    F: FnOnce(Sender<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
+    let feed = f(tx.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = feed => {}
+            () = token.revoked() => {
+                let _ = tx.try_send(Err(Status::unauthenticated("the caller's token was revoked")));
+            }
+        }
+    });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 

@@ -18,7 +18,12 @@ use prost::Message as _;
 use tonic::{Request, Status, body::Body, server::NamedService, transport::server::TcpConnectInfo};
 use tower::Service;
 
-use crate::{api::pb, audit::Audit, domain::Principal, tokens::TokenRegistry};
+use crate::{
+    api::pb,
+    audit::Audit,
+    domain::Principal,
+    tokens::{Credential, TokenRegistry},
+};
 
 /// Why a call was refused: a short reason for the audit log, and the status for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +120,7 @@ impl Authenticator {
         }
     }
 
-    fn check(&self, headers: &http::HeaderMap) -> Result<Principal, Refusal> {
+    fn check(&self, headers: &http::HeaderMap) -> Result<(Principal, Credential), Refusal> {
         let header = headers.get("authorization").ok_or(Refusal::Missing)?;
         let token = header
             .to_str()
@@ -171,8 +176,9 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         match self.auth.check(request.headers()) {
-            Ok(principal) => {
+            Ok((principal, credential)) => {
                 request.extensions_mut().insert(principal);
+                request.extensions_mut().insert(credential);
                 // The ready service handles this call; a fresh clone waits for the next one.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -204,6 +210,19 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
     request
         .extensions()
         .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// The token the caller of a request that passed the authenticator presented, to notice its
+/// revocation during a long-lived call.
+///
+/// # Errors
+/// `UNAUTHENTICATED` if the request carries none (fail closed, as `principal`).
+pub fn credential<T>(request: &Request<T>) -> Result<Credential, Status> {
+    request
+        .extensions()
+        .get::<Credential>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
 }

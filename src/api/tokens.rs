@@ -26,7 +26,8 @@ pub struct TokensApi {
 }
 
 impl TokensApi {
-    /// The service over the token registry; new principals are compiled into the policy.
+    /// The service over the token registry; each change recompiles the policy for the
+    /// registry's live principals.
     pub fn new(tokens: Arc<TokenRegistry>, policy: Arc<PolicyEngine>, audit: Arc<Audit>) -> Self {
         Self {
             tokens,
@@ -84,7 +85,13 @@ impl Tokens for TokensApi {
         let result = async {
             let subject = Subject::parse(&request.get_ref().subject, "subject")?;
             self.tokens
-                .revoke_subject(&caller, &subject, &self.audit, call.event(&caller))
+                .revoke_subject(
+                    &caller,
+                    &subject,
+                    &self.audit,
+                    &self.policy,
+                    call.event(&caller),
+                )
                 .await
         }
         .await;
@@ -113,13 +120,16 @@ impl TokensApi {
             .map(|(i, r)| Role::parse(r, &format!("roles[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let new = Principal::new(subject, roles);
-        self.tokens.check_issue(caller, &new)?;
-        self.policy.add_principal(new.clone()).await.map_err(|e| {
-            Error::Internal(format!("cannot compile the policy for a new subject: {e}"))
-        })?;
         let token = self
             .tokens
-            .issue(&new, now_ms(), &self.audit, call.event(caller))
+            .issue(
+                caller,
+                &new,
+                now_ms(),
+                &self.audit,
+                &self.policy,
+                call.event(caller),
+            )
             .await?;
         Ok((token, new))
     }

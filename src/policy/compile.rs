@@ -14,7 +14,7 @@ use super::{
     Action, Decision, PolicyError, PolicyText,
     rules::{Rule, grant_graph},
 };
-use crate::domain::{Collection, Principal, Purpose, Schema};
+use crate::domain::{Collection, Principal, Purpose, Role, Schema};
 
 /// The model the compiler implements. `policies/model.conf` must say the same (comments and
 /// spacing aside): a different matcher or effect would make the table lie.
@@ -67,11 +67,19 @@ pub(super) fn check_model(model: &str) -> Result<(), PolicyError> {
 
 /// Every decision of one policy version, for every role and subject it names and every subject
 /// holding a token.
+///
+/// A row answers a presented principal only if it was compiled for exactly that principal's
+/// roles: a table compiled before a subject's roles changed denies the subject everything
+/// rather than grant the old roles' rights (fail closed).
 #[derive(Debug)]
 pub struct DecisionTable {
     version: u64,
     names: Vec<String>,
     rows: HashMap<String, usize>,
+    /// Per row: the token roles it was compiled for. `None` for a role, for a subject the policy
+    /// names but no principal holds, and for a subject given with two different role sets: no
+    /// presented principal matches such a row.
+    row_roles: Vec<Option<Vec<Role>>>,
     /// collection name -> (collection index, offset of its first field in `objects`).
     collections: HashMap<String, (usize, usize)>,
     collection_names: Vec<String>,
@@ -123,9 +131,43 @@ impl DecisionTable {
         self.rows.get(name).copied()
     }
 
+    /// The row of `principal`'s subject, if it was compiled for exactly `principal`'s roles.
+    fn principal_row(&self, principal: &Principal) -> Option<usize> {
+        let row = self.row(principal.subject.as_str())?;
+        let compiled_for = self.row_roles.get(row)?.as_deref()?;
+        (compiled_for == principal.roles.as_slice()).then_some(row)
+    }
+
     fn field_slot(&self, row: usize, collection: &Collection, field: usize) -> Option<usize> {
         let (_, base) = self.collections.get(collection.name().as_str())?;
         (field < collection.fields().len()).then(|| row * self.objects.len() + base + field)
+    }
+
+    fn read_row(
+        &self,
+        row: Option<usize>,
+        collection: &Collection,
+        field: usize,
+        purpose: &str,
+    ) -> Decision {
+        let n_purposes = self.purposes.len();
+        row.and_then(|row| self.field_slot(row, collection, field))
+            .zip(self.purpose_index.get(purpose))
+            .and_then(|(slot, &p)| self.reads.get(slot * n_purposes + p).copied())
+            .unwrap_or(Decision::Denied)
+    }
+
+    fn write_row(&self, row: Option<usize>, collection: &Collection, field: usize) -> bool {
+        row.and_then(|row| self.field_slot(row, collection, field))
+            .and_then(|slot| self.writes.get(slot).copied())
+            .unwrap_or(false)
+    }
+
+    fn delete_row(&self, row: Option<usize>, collection: &Collection) -> bool {
+        let n = self.collection_names.len();
+        row.zip(self.collections.get(collection.name().as_str()))
+            .and_then(|(row, &(c, _))| self.deletes.get(row * n + c).copied())
+            .unwrap_or(false)
     }
 
     /// The read decision for a subject or role name; unknown names, fields and purposes deny.
@@ -136,31 +178,21 @@ impl DecisionTable {
         field: usize,
         purpose: &str,
     ) -> Decision {
-        let n_purposes = self.purposes.len();
-        self.row(name)
-            .and_then(|row| self.field_slot(row, collection, field))
-            .zip(self.purpose_index.get(purpose))
-            .and_then(|(slot, &p)| self.reads.get(slot * n_purposes + p).copied())
-            .unwrap_or(Decision::Denied)
+        self.read_row(self.row(name), collection, field, purpose)
     }
 
     /// Whether a subject or role may write a field; unknown names deny.
     pub fn write_by_name(&self, name: &str, collection: &Collection, field: usize) -> bool {
-        self.row(name)
-            .and_then(|row| self.field_slot(row, collection, field))
-            .and_then(|slot| self.writes.get(slot).copied())
-            .unwrap_or(false)
+        self.write_row(self.row(name), collection, field)
     }
 
     /// Whether a subject or role may delete records of a collection; unknown names deny.
     pub fn delete_by_name(&self, name: &str, collection: &Collection) -> bool {
-        let n = self.collection_names.len();
-        self.row(name)
-            .zip(self.collections.get(collection.name().as_str()))
-            .and_then(|(row, &(c, _))| self.deletes.get(row * n + c).copied())
-            .unwrap_or(false)
+        self.delete_row(self.row(name), collection)
     }
 
+    /// The read decision for a presented principal: denied unless its subject's row was
+    /// compiled for exactly its roles.
     pub(super) fn read(
         &self,
         principal: &Principal,
@@ -168,8 +200,8 @@ impl DecisionTable {
         field: usize,
         purpose: &Purpose,
     ) -> Decision {
-        self.read_by_name(
-            principal.subject.as_str(),
+        self.read_row(
+            self.principal_row(principal),
             collection,
             field,
             purpose.as_str(),
@@ -182,11 +214,11 @@ impl DecisionTable {
         collection: &Collection,
         field: usize,
     ) -> bool {
-        self.write_by_name(principal.subject.as_str(), collection, field)
+        self.write_row(self.principal_row(principal), collection, field)
     }
 
     pub(super) fn may_delete(&self, principal: &Principal, collection: &Collection) -> bool {
-        self.delete_by_name(principal.subject.as_str(), collection)
+        self.delete_row(self.principal_row(principal), collection)
     }
 
     /// The decisions of one row by cell, for comparisons: reads, then writes, then deletes.
@@ -292,7 +324,8 @@ pub(super) fn object_matches(pattern: &str, object: &str) -> bool {
 }
 
 /// Builds the decision table for `text`, with a row for every role the policy names and every
-/// principal (whose token roles are added as grants), and checks it against casbin.
+/// principal (whose token roles are added as grants), and checks it against casbin. `principals`
+/// is the whole set the table is for (the live token holders), not an addition.
 pub(super) async fn compile(
     model: &str,
     text: &PolicyText,
@@ -307,9 +340,25 @@ pub(super) async fn compile(
 
 fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> DecisionTable {
     let mut names: Vec<String> = text.names().into_iter().map(str::to_owned).collect();
+    let mut row_roles: Vec<Option<Vec<Role>>> = vec![None; names.len()];
+    // A subject given twice with different roles matches no principal: its rights would be
+    // the union of two role sets, which no single token holds.
+    let mut conflicting: Vec<&str> = Vec::new();
     for p in principals {
-        if !names.iter().any(|n| n == p.subject.as_str()) {
-            names.push(p.subject.as_str().to_owned());
+        match names.iter().position(|n| n == p.subject.as_str()) {
+            None => {
+                names.push(p.subject.as_str().to_owned());
+                row_roles.push(Some(p.roles.clone()));
+            }
+            Some(row) => {
+                let subject = p.subject.as_str();
+                if row_roles[row].as_ref().is_some_and(|r| *r != p.roles) {
+                    conflicting.push(subject);
+                    row_roles[row] = None;
+                } else if !conflicting.contains(&subject) {
+                    row_roles[row] = Some(p.roles.clone());
+                }
+            }
         }
     }
     let rows: HashMap<String, usize> = names
@@ -439,6 +488,7 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
         version: text.version(),
         names,
         rows,
+        row_roles,
         collections,
         collection_names,
         objects,
