@@ -155,14 +155,6 @@ struct Job {
 /// so a burst of callers costs bounded memory.
 const QUEUE_JOBS: usize = 1024;
 
-/// The roles that may read the audit log.
-pub const READER_ROLES: [&str; 2] = ["role:auditor", "role:admin"];
-
-/// Whether `principal` may read the audit log.
-pub fn may_read(principal: &crate::domain::Principal) -> bool {
-    principal.has_any_role(&READER_ROLES)
-}
-
 /// Keys under which the audit log keeps its checkpoints (in `meta`).
 pub(crate) const HEAD_KEY: &[u8] = b"audit/head";
 pub(crate) const CHECKPOINT_PREFIX: &[u8] = b"audit/checkpoint/";

@@ -5,10 +5,11 @@
 //! - `cli` parses the command line and runs `server` or `client`;
 //! - `server` is the composition root: store, keys, schema, policy, tokens, gRPC services;
 //! - `api` is the gRPC boundary (tonic/prost live only here, in `server` and in `client`);
-//! - `vault` holds the record use cases: create, read, update, crypto-shred; `governance`
-//!   the policy administration ones (versions, apply, rollback, diff, dry-run, explain);
+//! - `vault` is the one home of the use cases: records (create, read, update, crypto-shred),
+//!   `vault::tokens` (issue, list, revoke bearer tokens), `vault::governance` (policy versions,
+//!   apply, rollback, diff, dry-run, explain), and the role checks of all of them;
 //! - `policy` (casbin, compiled into a decision table), `crypto` (envelope encryption),
-//!   `tokens` (bearer tokens), `storage` (RocksDB behind a trait);
+//!   `audit` (the chained log), `storage` (RocksDB behind a trait);
 //! - `domain` holds the types that cannot hold invalid values; no I/O.
 
 pub mod api;
@@ -19,9 +20,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod domain;
-pub mod governance;
 pub mod policy;
 pub mod server;
 pub mod storage;
-pub mod tokens;
 pub mod vault;

@@ -22,10 +22,8 @@ use crate::{
     config::Config,
     crypto::{EnvKekProvider, FileKekProvider, KekProvider},
     domain::{Principal, Role, Schema, Subject},
-    governance::Governance,
     storage::{self, Batch, Store},
-    tokens::{ADMIN_ROLE, TokenRegistry},
-    vault::{Vault, now_ms},
+    vault::{ADMIN_ROLE, Vault, governance::Governance, now_ms, tokens::TokenRegistry},
 };
 
 /// How long refused unauthenticated calls are counted before their events are written.

@@ -1,13 +1,18 @@
-//! The record use cases: create, read, update and crypto-shred. Each checks the policy, does its
+//! The use cases, in one home: the record ones here (create, read, update, crypto-shred), token
+//! administration in `tokens`, policy administration in `governance`, and the role checks of
+//! the privileges outside the record policy in `access`. Each checks the policy, does its
 //! crypto, and commits its writes and its audit event in one synced batch. Reads decrypt only
 //! what the `ReadPermit` allows, and return nothing unless their audit event is durable.
 //!
 //! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
+mod access;
+pub mod governance;
 mod header;
 mod locks;
 mod purger;
 mod sealed;
+pub mod tokens;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,6 +29,7 @@ use crate::{
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
+pub use access::{ADMIN_ROLE, Privilege, require};
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;

@@ -13,10 +13,9 @@ use super::{
     status::recorded,
 };
 use crate::{
-    audit::{self, Audit, Call, Event, Filter, READER_ROLES},
+    audit::{self, Audit, Call, Event, Filter},
     domain::Principal,
-    tokens::Credential,
-    vault::Error,
+    vault::{Privilege, require, tokens::Credential},
 };
 
 /// The `Audit` gRPC service.
@@ -35,15 +34,7 @@ impl AuditApi {
 
     /// Checks the caller's roles and records the call.
     async fn admit(&self, principal: &Principal, call: &Call) -> Result<(), Status> {
-        let allowed = if audit::may_read(principal) {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied(format!(
-                "{} may not read the audit log: that needs {}",
-                principal.subject,
-                READER_ROLES.join(" or ")
-            )))
-        };
+        let allowed = require(principal, Privilege::ReadAudit);
         recorded(&self.audit, principal, call, allowed).await
     }
 }

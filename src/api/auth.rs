@@ -22,7 +22,7 @@ use crate::{
     api::pb,
     audit::Audit,
     domain::Principal,
-    tokens::{Credential, TokenRegistry},
+    vault::tokens::{Credential, TokenRegistry},
 };
 
 /// Why a call was refused: a short reason for the audit log, and the status for the caller.

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::{
     audit::Call,
-    governance::{Governance, PolicyVersion},
     policy::DecisionChange,
+    vault::governance::{Governance, PolicyVersion},
 };
 
 /// The `Policies` gRPC service.

@@ -13,7 +13,7 @@ use crate::{
     audit::{Audit, Call},
     domain::{InvalidInput, Principal, Role, Subject},
     policy::PolicyEngine,
-    tokens::TokenRegistry,
+    vault::tokens::TokenRegistry,
     vault::{Error, now_ms},
 };
 

@@ -26,13 +26,14 @@ use crate::{
     domain::{InvalidInput, Principal, Role, Subject},
     policy::{PolicyEngine, ReplaceError},
     storage::{Batch, Keyspace, Store},
-    vault::Error,
+    vault::{
+        Error,
+        access::{ADMIN_ROLE, Privilege, require},
+    },
 };
 
 const PREFIX: &[u8] = b"token/";
 const TOKEN_PREFIX: &str = "sr_";
-/// The role that may issue tokens.
-pub const ADMIN_ROLE: &str = "role:admin";
 
 #[derive(Serialize, Deserialize)]
 struct StoredToken {
@@ -215,7 +216,7 @@ impl TokenRegistry {
     /// `PermissionDenied` unless `by` holds the admin role; `InvalidArgument` if the subject
     /// already holds tokens with other roles.
     pub fn check_issue(&self, by: &Principal, principal: &Principal) -> Result<(), Error> {
-        Self::check_admin(by, "issue tokens")?;
+        require(by, Privilege::ManageTokens)?;
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(other) = map
             .values()
@@ -359,17 +360,6 @@ impl TokenRegistry {
         })
     }
 
-    fn check_admin(by: &Principal, what: &str) -> Result<(), Error> {
-        if by.has_any_role(&[ADMIN_ROLE]) {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied(format!(
-                "{} may not {what}: that needs {ADMIN_ROLE}",
-                by.subject
-            )))
-        }
-    }
-
     /// Checks that `by` still holds a valid token, so that a call authenticated just before
     /// its caller's revocation changes nothing (run under the change lock).
     fn check_live(&self, by: &Principal) -> Result<(), Error> {
@@ -389,7 +379,7 @@ impl TokenRegistry {
     /// # Errors
     /// `PermissionDenied` unless `by` holds the admin role.
     pub fn list(&self, by: &Principal) -> Result<Vec<Issued>, Error> {
-        Self::check_admin(by, "list tokens")?;
+        require(by, Privilege::ManageTokens)?;
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<Issued> = map.values().cloned().collect();
         out.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -413,7 +403,7 @@ impl TokenRegistry {
         event: Event,
     ) -> Result<usize, Error> {
         let _change = self.changes.lock().await;
-        Self::check_admin(by, "revoke tokens")?;
+        require(by, Privilege::ManageTokens)?;
         self.check_live(by)?;
         let doomed: Vec<[u8; 32]> = {
             let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
@@ -489,12 +479,12 @@ mod tests {
     }
 
     async fn engine(principals: Vec<Principal>) -> PolicyEngine {
-        let schema = Schema::parse(include_str!("../policies/schema.toml"))
+        let schema = Schema::parse(include_str!("../../policies/schema.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         PolicyEngine::new(
             Arc::new(schema),
-            include_str!("../policies/model.conf").into(),
-            include_str!("../policies/policy.csv"),
+            include_str!("../../policies/model.conf").into(),
+            include_str!("../../policies/policy.csv"),
             1,
             principals,
         )
@@ -585,7 +575,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let policy = engine(registry.principals()).await;
-        let schema = Schema::parse(include_str!("../policies/schema.toml"))
+        let schema = Schema::parse(include_str!("../../policies/schema.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         let coll = schema
             .collection("customers", "c")

@@ -14,12 +14,14 @@ use crate::{
     domain::{InvalidInput, Principal, Schema},
     policy::{Action, DecisionChange, Explanation, PolicyEngine, PolicyError, ReplaceError},
     storage::{Batch, Keyspace, Store},
-    vault::{Error, now_ms},
+    vault::{
+        Error,
+        access::{Privilege, require},
+        now_ms,
+    },
 };
 
 const PREFIX: &[u8] = b"policy/";
-/// The roles that may administer policies.
-pub const POLICY_ADMIN_ROLES: [&str; 2] = ["role:admin", "role:security_admin"];
 
 /// One stored policy version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,24 +146,12 @@ impl Governance {
         Arc::clone(&self.engine)
     }
 
-    fn check_admin(by: &Principal) -> Result<(), Error> {
-        if by.has_any_role(&POLICY_ADMIN_ROLES) {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied(format!(
-                "{} may not administer policies: that needs {}",
-                by.subject,
-                POLICY_ADMIN_ROLES.join(" or ")
-            )))
-        }
-    }
-
     /// A stored version, or the current one.
     ///
     /// # Errors
     /// `PermissionDenied`, `NoSuchVersion`, `Unavailable`.
     pub fn show(&self, by: &Principal, version: Option<u64>) -> Result<PolicyVersion, Error> {
-        Self::check_admin(by)?;
+        require(by, Privilege::AdministerPolicies)?;
         let v = version.unwrap_or_else(|| self.engine.text().version());
         self.version(v)
     }
@@ -179,7 +169,7 @@ impl Governance {
     /// # Errors
     /// `PermissionDenied`, `Unavailable`.
     pub fn history(&self, by: &Principal) -> Result<Vec<PolicyVersion>, Error> {
-        Self::check_admin(by)?;
+        require(by, Privilege::AdministerPolicies)?;
         load_versions(self.store.as_ref())
     }
 
@@ -192,7 +182,7 @@ impl Governance {
         by: &Principal,
         text: &str,
     ) -> Result<(u64, Vec<DecisionChange>), Error> {
-        Self::check_admin(by)?;
+        require(by, Privilege::AdministerPolicies)?;
         let current = self.engine.table();
         let (_, candidate) = self
             .engine
@@ -215,7 +205,7 @@ impl Governance {
         comment: &str,
         expected_version: Option<u64>,
     ) -> Result<(PolicyVersion, Vec<DecisionChange>), Error> {
-        Self::check_admin(by)?;
+        require(by, Privilege::AdministerPolicies)?;
         let _guard = self.changes.lock().await;
         let current = self.engine.text().version();
         if let Some(expected) = expected_version
@@ -279,7 +269,7 @@ impl Governance {
         comment: &str,
         expected_version: Option<u64>,
     ) -> Result<(PolicyVersion, Vec<DecisionChange>), Error> {
-        Self::check_admin(by)?;
+        require(by, Privilege::AdministerPolicies)?;
         let earlier = self.version(to)?;
         let comment = if comment.is_empty() {
             format!("rollback to version {to}")
@@ -302,7 +292,7 @@ impl Governance {
         from: u64,
         to: u64,
     ) -> Result<(Vec<String>, Vec<String>, Vec<DecisionChange>), Error> {
-        Self::check_admin(by)?;
+        require(by, Privilege::AdministerPolicies)?;
         let (a, b) = (self.version(from)?, self.version(to)?);
         let (ta, table_a) = self
             .engine
@@ -332,7 +322,7 @@ impl Governance {
         object: &str,
         purpose: &str,
     ) -> Result<Explanation, Error> {
-        Self::check_admin(by)?;
+        require(by, Privilege::AdministerPolicies)?;
         let action = Action::parse(action)
             .ok_or_else(|| InvalidInput::new("action", "use read, read_masked, write or delete"))?;
         self.engine
