@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod files;
 pub mod governance;
 pub mod policy;
 pub mod server;
