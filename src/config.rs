@@ -148,9 +148,7 @@ impl Config {
                 data_dir.display()
             ));
         }
-        if file.master_key_env.is_none()
-            && crate::files::is_within(&master_key_file, &data_dir)?
-        {
+        if file.master_key_env.is_none() && crate::files::is_within(&master_key_file, &data_dir)? {
             return Err(format!(
                 "master_key_file: {} is inside the data dir {}: keep the master key apart from \
                  the data (by default it is {} in the keys dir)",

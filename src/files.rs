@@ -63,12 +63,13 @@ pub fn private_dir(dir: &Path, what: &str) -> Result<(), String> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         // DirBuilder's mode is filtered by the umask, so even a directory just made may need it.
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("{what} {shown} has mode {mode:04o} and cannot be made 0700: {e}"))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!("{what} {shown} has mode {mode:04o} and cannot be made 0700: {e}")
+        })?;
         if !created {
             tracing::warn!(
                 dir = %shown,
-                old_mode = format!("{mode:04o}"),
+                old_mode = %format_args!("{mode:04o}"),
                 "{what} was open to group or others; tightened to 0700"
             );
         }
@@ -104,8 +105,8 @@ pub fn sync_dir(dir: &Path) -> Result<(), String> {
 /// # Errors
 /// A message if the current directory cannot be read.
 pub fn lexical_absolute(path: &Path) -> Result<PathBuf, String> {
-    let absolute = std::path::absolute(path)
-        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let absolute =
+        std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
     let mut out = PathBuf::new();
     for c in absolute.components() {
         match c {
@@ -153,7 +154,11 @@ mod tests {
         assert_eq!(mode, 0o700);
         let file = tmp.path().join("f");
         fs::write(&file, "x").unwrap();
-        assert!(private_dir(&file, "test dir").unwrap_err().contains("not a directory"));
+        assert!(
+            private_dir(&file, "test dir")
+                .unwrap_err()
+                .contains("not a directory")
+        );
     }
 
     #[test]

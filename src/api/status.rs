@@ -223,7 +223,10 @@ mod tests {
                 "object \"customers.email\" and \"role:support\" and \"customers.*\"".into(),
                 "object \"customers.email\" and \"role:support\" and \"customers.*\"",
             ),
-            ("unterminated \"123-45-6789".into(), "unterminated <value not shown>"),
+            (
+                "unterminated \"123-45-6789".into(),
+                "unterminated <value not shown>",
+            ),
             ("no quotes at all".into(), "no quotes at all"),
         ] {
             assert_eq!(redact_quoted(&message), want);

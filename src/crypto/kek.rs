@@ -95,7 +95,7 @@ impl KekProvider for FileKekProvider {
             Err(e) => return Err(format!("cannot read master key file {shown}: {e}")),
         }
         // Checks are made on the opened file, so the file cannot be swapped after them.
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(no_follow())
             .open(path)

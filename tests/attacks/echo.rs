@@ -40,7 +40,12 @@ fn canaries() -> Canaries {
     let big: String = format!("{marker}|").repeat(1_040_000 / (marker.len() + 1));
     let identifier = format!("zqcanary{n}");
     Canaries {
-        needles: vec![ssn.clone(), "CANARY".into(), identifier.clone(), "521447863".into()],
+        needles: vec![
+            ssn.clone(),
+            "CANARY".into(),
+            identifier.clone(),
+            "521447863".into(),
+        ],
         values: vec![ssn, marker, big],
         identifier,
     }
@@ -274,8 +279,18 @@ async fn send(admin: &mut Client, id: &str, c: &str, identifier: bool, seen: &mu
         (c, "read", "customers.email", "support"),
         ("role:support", c, "customers.email", "support"),
         ("role:support", "read", c, "support"),
-        ("role:support", "read", &format!("customers.{c}") as &str, "support"),
-        ("role:support", "read", &format!("{c}.email") as &str, "support"),
+        (
+            "role:support",
+            "read",
+            &format!("customers.{c}") as &str,
+            "support",
+        ),
+        (
+            "role:support",
+            "read",
+            &format!("{c}.email") as &str,
+            "support",
+        ),
         ("role:support", "read", "customers.email", c),
     ] {
         seen.note(
@@ -411,7 +426,7 @@ async fn caller_values_never_reach_errors_the_audit_log_or_the_server_log() {
     let (events, strings) = audit_strings(&mut admin).await;
     let audit_hits = hits(&canaries.needles, &strings);
     drop(admin);
-    let log = vault.stop();
+    let log = vault.stop().await;
     let log_hits = hits(&canaries.needles, &[log.clone()]);
     eprintln!(
         "echo: {} calls with canaries, {} status strings, {events} audit events ({} strings), \
@@ -425,7 +440,10 @@ async fn caller_values_never_reach_errors_the_audit_log_or_the_server_log() {
         log_hits.len()
     );
     assert!(seen.calls > 100 && events > 100, "the canaries were sent");
-    assert!(status_hits.is_empty(), "in status messages: {status_hits:#?}");
+    assert!(
+        status_hits.is_empty(),
+        "in status messages: {status_hits:#?}"
+    );
     assert!(audit_hits.is_empty(), "in the audit log: {audit_hits:#?}");
     assert!(log_hits.is_empty(), "in the server log: {log_hits:#?}");
 }
@@ -465,12 +483,17 @@ async fn event_details_are_bounded_and_errors_name_the_field() {
         Code::InvalidArgument,
     );
     assert!(
-        status.message().starts_with("purpose: unknown purpose; declared: "),
+        status
+            .message()
+            .starts_with("purpose: unknown purpose; declared: "),
         "{}",
         status.message()
     );
     // A policy line far longer than any detail: the failed call's event stays short.
-    let text = format!("p, role:support, customers.email, read, support, {}\n", "x".repeat(100_000));
+    let text = format!(
+        "p, role:support, customers.email, read, support, {}\n",
+        "x".repeat(100_000)
+    );
     assert_code(
         admin
             .policies

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -75,8 +75,16 @@ impl Serve {
         }
     }
 
-    /// Stops it with SIGTERM (a clean shutdown) and returns its log.
-    pub(crate) fn stop(mut self) -> String {
+    /// Stops it with SIGTERM (a clean shutdown) and returns its log. Waits off the runtime:
+    /// the graceful shutdown waits for this process's client connections to close, which
+    /// needs the runtime free to run them.
+    pub(crate) async fn stop(self) -> String {
+        tokio::task::spawn_blocking(move || self.stop_blocking())
+            .await
+            .unwrap()
+    }
+
+    fn stop_blocking(mut self) -> String {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let _ = self.child.wait();
@@ -119,7 +127,11 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 }
 
 fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// Every directory under `dir`, `dir` included.
@@ -172,7 +184,7 @@ async fn every_dir_and_file_the_vault_creates_is_private_and_the_key_is_not_in_t
     let id = support::create(&mut admin, customer("modes")).await;
     support::get(&mut admin, &id, "support").await.unwrap();
     drop(admin);
-    vault.stop();
+    vault.stop().await;
 
     let keys = tmp.path().join("strongroom-keys");
     let key_file = keys.join("master.key");
@@ -184,7 +196,12 @@ async fn every_dir_and_file_the_vault_creates_is_private_and_the_key_is_not_in_t
             dirs += 1;
         }
         for file in files_under(root) {
-            assert_eq!(mode(&file) & 0o077, 0, "{} is open to others", file.display());
+            assert_eq!(
+                mode(&file) & 0o077,
+                0,
+                "{} is open to others",
+                file.display()
+            );
             files += 1;
         }
     }
@@ -193,7 +210,11 @@ async fn every_dir_and_file_the_vault_creates_is_private_and_the_key_is_not_in_t
     let hex = key_hex(&key_file);
     let raw = hex::decode(&hex).unwrap();
     let in_data = files_under(&data);
-    assert!(in_data.iter().all(|f| f.file_name().unwrap() != "master.key"));
+    assert!(
+        in_data
+            .iter()
+            .all(|f| f.file_name().unwrap() != "master.key")
+    );
     let hits = support::files_containing(&data, hex.as_bytes()).len()
         + support::files_containing(&data, &raw).len();
     assert_eq!(hits, 0);
@@ -226,19 +247,30 @@ async fn a_symlinked_key_file_is_refused() {
     let data = tmp.path().join("data");
     // A well-formed key planted elsewhere and linked in as the vault's key file.
     let planted = tmp.path().join("planted.key");
-    std::fs::write(&planted, format!("strongroom-kek-v1 1 {}\n", "ab".repeat(32))).unwrap();
+    std::fs::write(
+        &planted,
+        format!("strongroom-kek-v1 1 {}\n", "ab".repeat(32)),
+    )
+    .unwrap();
     std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o600)).unwrap();
     let keys = tmp.path().join("keys");
     std::fs::create_dir(&keys).unwrap();
     std::os::unix::fs::symlink(&planted, keys.join("master.key")).unwrap();
     let err = start_in_process(&data, "").await.err().unwrap_or_default();
     assert!(err.contains("symbolic link"), "{err}");
-    assert!(err.contains("master.key"), "the message names the file: {err}");
+    assert!(
+        err.contains("master.key"),
+        "the message names the file: {err}"
+    );
 }
 
 #[tokio::test]
 async fn a_key_file_owned_by_another_user_is_refused() {
-    assert_eq!(strongroom::files::effective_uid(), 0, "the test chowns: run as root");
+    assert_eq!(
+        strongroom::files::effective_uid(),
+        0,
+        "the test chowns: run as root"
+    );
     let mut vault = Vault::start().await;
     let id = support::create(&mut vault.admin().await, customer("owner")).await;
     vault.stop().await;
@@ -266,14 +298,20 @@ async fn the_keys_dir_is_never_inside_the_data_dir() {
         format!("master_key_file = {:?}\n", data.join("master.key")),
     ];
     for toml in &inside {
-        let err = start_in_process(&data, toml).await.err().unwrap_or_default();
+        let err = start_in_process(&data, toml)
+            .await
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("inside the data dir"), "{toml}: {err}");
     }
     // Through a symbolic link too.
     std::fs::create_dir(&data).unwrap();
     std::os::unix::fs::symlink(&data, tmp.path().join("link")).unwrap();
     let toml = format!("keys_dir = {:?}\n", tmp.path().join("link").join("keys"));
-    let err = start_in_process(&data, &toml).await.err().unwrap_or_default();
+    let err = start_in_process(&data, &toml)
+        .await
+        .err()
+        .unwrap_or_default();
     assert!(err.contains("inside the data dir"), "{err}");
     // And on the command line.
     let data_arg = data.to_str().unwrap();
@@ -321,17 +359,23 @@ async fn a_key_left_in_the_data_dir_is_not_replaced_by_a_new_one() {
 #[tokio::test]
 async fn logs_to_a_pipe_carry_no_colour_and_json_is_one_object_per_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = Serve::start(&tmp.path().join("a"), &[], &[]).stop();
+    let text = Serve::start(&tmp.path().join("a"), &[], &[]).stop().await;
     assert!(text.contains("strongroom serving"), "{text}");
-    assert!(!text.contains('\u{1b}'), "colour codes in a log file: {text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
 
-    let json = Serve::start(&tmp.path().join("b"), &["--log-format", "json"], &[]).stop();
+    let json = Serve::start(&tmp.path().join("b"), &["--log-format", "json"], &[]).stop().await;
     let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     for line in &lines {
         let value: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
-        assert!(value.get("level").is_some() && value.get("fields").is_some(), "{line}");
+        assert!(
+            value.get("level").is_some() && value.get("fields").is_some(),
+            "{line}"
+        );
     }
     assert!(json.contains("strongroom serving"));
     assert!(!json.contains('\u{1b}'));
@@ -382,11 +426,14 @@ async fn policy_rollback_shows_the_changes_and_asks_like_apply() {
             args.push("--yes");
         }
         let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             run(&args, &env)
         })
     };
@@ -402,6 +449,9 @@ async fn policy_rollback_shows_the_changes_and_asks_like_apply() {
     // With --yes: the same preview, then the rollback.
     let (ok, stdout, stderr) = rollback(true).await.unwrap();
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("customers.ssn") && stdout.contains("rolled back"), "{stdout}");
+    assert!(
+        stdout.contains("customers.ssn") && stdout.contains("rolled back"),
+        "{stdout}"
+    );
     assert_eq!(version(admin.clone()).await, 3);
 }
