@@ -366,7 +366,9 @@ async fn logs_to_a_pipe_carry_no_colour_and_json_is_one_object_per_line() {
         "colour codes in a log file: {text:?}"
     );
 
-    let json = Serve::start(&tmp.path().join("b"), &["--log-format", "json"], &[]).stop().await;
+    let json = Serve::start(&tmp.path().join("b"), &["--log-format", "json"], &[])
+        .stop()
+        .await;
     let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     for line in &lines {
