@@ -10,8 +10,9 @@ deps:
 build: deps
 	$(CARGO) build --release --locked
 
-## Build and start the vault on the embedded defaults: ./strongroom-data, a generated master key
-## (0600), the policies in ./policies, and an admin token printed on the first start.
+## Build and start the vault on the embedded defaults: data in ./strongroom-data (0700), a
+## generated master key in ./strongroom-keys/master.key (0600, apart from the data: back it up
+## separately), the policies in ./policies, and an admin token printed on the first start.
 run: build
 	$(CARGO) run --release --locked --bin strongroom -- serve
 

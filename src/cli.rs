@@ -26,11 +26,46 @@ use token::{TokenCommand, token};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json` (one object per
+    /// line, for log shippers). The level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How the log is written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines; ANSI colours only when stderr is a terminal and NO_COLOR is unset.
+    Text,
+}
+
+impl Cli {
+    /// Installs the process's log subscriber: to stderr, in the chosen format, filtered by
+    /// RUST_LOG (default `info`). Colour codes only reach a terminal, never a file or a pipe.
+    pub fn init_logging(&self) {
+        use std::io::IsTerminal;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Json => builder.json().with_ansi(false).init(),
+            LogFormat::Text => {
+                let colour = std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+                builder.with_ansi(colour).init();
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start the vault (creates the data dir, master key and first admin token if missing).
+    /// Start the vault (creates the data dir, the keys dir with the master key, and the first
+    /// admin token if missing).
     Serve(ServeArgs),
     /// Issue bearer tokens (needs an admin token).
     Token {
@@ -71,6 +106,10 @@ struct ServeArgs {
     /// Data directory [default: ./strongroom-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Keys directory, for the master key; never inside the data dir [default: next to the
+    /// data dir, ./strongroom-keys for ./strongroom-data].
+    #[arg(long)]
+    keys_dir: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7700].
     #[arg(long)]
     listen: Option<String>,
@@ -192,15 +231,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Overrides {
             listen: args.listen,
             data_dir: args.data_dir,
+            keys_dir: args.keys_dir,
             policies_dir: args.policies,
         },
     )?;
-    let data_dir = config.data_dir.clone();
+    // Every file the vault creates (RocksDB's, the key file) is private to this user.
+    crate::files::restrict_umask();
+    let (data_dir, keys_dir) = (config.data_dir.clone(), config.keys_dir.clone());
     let mut running = server::start(config).await.map_err(|e| e.to_string())?;
     println!(
-        "strongroom listening on {} (data dir {})",
+        "strongroom listening on {} (data dir {}, keys dir {})",
         running.addr,
-        data_dir.display()
+        data_dir.display(),
+        keys_dir.display()
     );
     if let Some(token) = running.first_admin_token.take() {
         println!(

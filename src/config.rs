@@ -16,11 +16,14 @@ use crate::vault::Limits;
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Data directory (RocksDB and, by default, the master key file).
+    /// Data directory (RocksDB: records, wrapped data keys, index, audit, policies, tokens).
     pub data_dir: PathBuf,
+    /// Keys directory (the master key file), never inside the data dir: a copy of the data
+    /// dir must not carry the key that decrypts it.
+    pub keys_dir: PathBuf,
     /// Directory holding `model.conf`, `policy.csv` and `schema.toml`.
     pub policies_dir: PathBuf,
-    /// The master key file.
+    /// The master key file (by default `master.key` in the keys dir; never in the data dir).
     pub master_key_file: PathBuf,
     /// Read the master key from this environment variable instead of the file.
     pub master_key_env: Option<String>,
@@ -76,6 +79,7 @@ impl Default for Transport {
 pub struct ConfigFile {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    keys_dir: Option<PathBuf>,
     policies_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     master_key_env: Option<String>,
@@ -101,8 +105,37 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// `--keys-dir`.
+    pub keys_dir: Option<PathBuf>,
     /// `--policies`.
     pub policies_dir: Option<PathBuf>,
+}
+
+/// The keys dir next to a data dir: `strongroom-data` -> `strongroom-keys`, `data` -> `keys`,
+/// anything else `<name>-keys`.
+///
+/// # Errors
+/// A message if the data dir has no name to derive one from (e.g. `/`): set `keys_dir`.
+pub fn default_keys_dir(data_dir: &Path) -> Result<PathBuf, String> {
+    let absolute = crate::files::lexical_absolute(data_dir)?;
+    let name = absolute
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            format!(
+                "keys_dir: cannot derive a keys dir from the data dir {}; set keys_dir",
+                data_dir.display()
+            )
+        })?;
+    let keys = match name.strip_suffix("data") {
+        Some(stem) => format!("{stem}keys"),
+        None => format!("{name}-keys"),
+    };
+    // Next to the data dir as it was given (relative stays relative, for messages).
+    Ok(match data_dir.parent() {
+        Some(parent) if data_dir.file_name().is_some() => parent.join(keys),
+        Some(_) | None => absolute.with_file_name(keys),
+    })
 }
 
 /// The default listen address.
@@ -191,9 +224,30 @@ impl Config {
             .policies_dir
             .or(file.policies_dir)
             .unwrap_or_else(|| PathBuf::from("policies"));
+        let keys_dir = match over.keys_dir.or(file.keys_dir) {
+            Some(dir) => dir,
+            None => default_keys_dir(&data_dir)?,
+        };
         let master_key_file = file
             .master_key_file
-            .unwrap_or_else(|| crate::crypto::default_key_path(&data_dir));
+            .unwrap_or_else(|| crate::crypto::default_key_path(&keys_dir));
+        if crate::files::is_within(&keys_dir, &data_dir)? {
+            return Err(format!(
+                "keys_dir: {} is inside the data dir {}: a copy of the data dir would carry \
+                 the key that decrypts it; choose a directory outside it",
+                keys_dir.display(),
+                data_dir.display()
+            ));
+        }
+        if file.master_key_env.is_none() && crate::files::is_within(&master_key_file, &data_dir)? {
+            return Err(format!(
+                "master_key_file: {} is inside the data dir {}: keep the master key apart from \
+                 the data (by default it is {} in the keys dir)",
+                master_key_file.display(),
+                data_dir.display(),
+                crate::crypto::KEY_FILE_NAME
+            ));
+        }
         let defaults = Limits::default();
         let limits = Limits {
             max_value_bytes: file.max_value_bytes.unwrap_or(defaults.max_value_bytes),
@@ -227,6 +281,7 @@ impl Config {
             audit,
             danger_disable_read_audit: file.danger_disable_read_audit.unwrap_or(false),
             data_dir,
+            keys_dir,
             policies_dir,
             master_key_file,
             master_key_env: file.master_key_env,
@@ -256,6 +311,7 @@ impl Config {
             Overrides {
                 listen: Some(listen.to_owned()),
                 data_dir: Some(data_dir.to_owned()),
+                keys_dir: None,
                 policies_dir: Some(policies_dir.to_owned()),
             },
         )
@@ -327,6 +383,38 @@ mod tests {
                 .err()
                 .unwrap_or_default();
             assert!(err.starts_with(key), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_key_lives_next_to_the_data_never_inside() {
+        let config = Config::resolve(ConfigFile::default(), Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.data_dir, PathBuf::from("strongroom-data"));
+        assert_eq!(config.keys_dir, PathBuf::from("strongroom-keys"));
+        assert_eq!(
+            config.master_key_file,
+            PathBuf::from("strongroom-keys/master.key")
+        );
+        let with = |data: &str| {
+            Config::with(Path::new(data), "127.0.0.1:1", Path::new("policies"))
+                .map(|c| c.keys_dir)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(with("/srv/data"), PathBuf::from("/srv/keys"));
+        assert_eq!(with("/srv/vault"), PathBuf::from("/srv/vault-keys"));
+        for inside in [
+            "keys_dir = \"/srv/data/keys\"\n",
+            "keys_dir = \"/srv/data\"\n",
+            "keys_dir = \"/srv/other/../data/k\"\n",
+            "master_key_file = \"/srv/data/master.key\"\n",
+        ] {
+            let over = Overrides {
+                data_dir: Some("/srv/data".into()),
+                ..Overrides::default()
+            };
+            let err = Config::from_toml(inside, over).err().unwrap_or_default();
+            assert!(err.contains("inside the data dir"), "{inside}: {err}");
         }
     }
 }

@@ -9,7 +9,7 @@ mod keys;
 mod subkey;
 
 pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek, wrap_dek};
-pub use kek::{EnvKekProvider, FileKekProvider, KekProvider, default_key_path};
+pub use kek::{EnvKekProvider, FileKekProvider, KEY_FILE_NAME, KekProvider, default_key_path};
 pub use keys::{Dek, DekId, Kek, KekId, WrappedDek};
 pub use subkey::SubKey;
 

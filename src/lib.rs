@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod files;
 pub mod policy;
 pub mod server;
 pub mod storage;

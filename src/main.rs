@@ -11,12 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    strongroom::cli::run(strongroom::cli::Cli::parse()).await
+    let cli = strongroom::cli::Cli::parse();
+    cli.init_logging();
+    strongroom::cli::run(cli).await
 }

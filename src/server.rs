@@ -20,8 +20,9 @@ use crate::{
     },
     audit::{Audit, Event},
     config::Config,
-    crypto::{EnvKekProvider, FileKekProvider, KekProvider},
+    crypto::{EnvKekProvider, FileKekProvider, KEY_FILE_NAME, KekProvider},
     domain::{Principal, Role, Schema, Subject},
+    files,
     storage::{self, Batch, Store},
     vault::{ADMIN_ROLE, Vault, governance::Governance, now_ms, tokens::TokenRegistry},
 };
@@ -104,18 +105,45 @@ fn client_errors_as_client_codes(
     response
 }
 
+/// Refuses a master key file inside the data dir (symbolic links resolved), and a key left in
+/// the data dir by an older version while the configured key file is missing: starting would
+/// make a new key that cannot read the data.
+fn check_key_placement(config: &Config) -> Result<(), ServerError> {
+    let inside = |p: &std::path::Path| files::is_within(p, &config.data_dir).map_err(ServerError);
+    let old = config.data_dir.join(KEY_FILE_NAME);
+    if !config.master_key_file.exists() && old.exists() {
+        return Err(ServerError(format!(
+            "the master key is at {} inside the data dir (where older versions kept it), and \
+             {} is missing: move it out, e.g. `mkdir -m 700 -p {} && mv {} {}`, and start again",
+            old.display(),
+            config.master_key_file.display(),
+            config.keys_dir.display(),
+            old.display(),
+            config.master_key_file.display()
+        )));
+    }
+    // Made first, so that a symbolic link on its way into the data dir is resolved.
+    if let Some(dir) = files::parent_of(&config.master_key_file) {
+        files::private_dir(&dir, "keys dir").map_err(ServerError)?;
+    }
+    if inside(&config.keys_dir)? || inside(&config.master_key_file)? {
+        return Err(ServerError(format!(
+            "the master key file {} is inside the data dir {} (through a symbolic link): a \
+             copy of the data dir would carry its key; choose a keys dir outside it",
+            config.master_key_file.display(),
+            config.data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Opens everything and starts serving on `config.listen`.
 ///
 /// # Errors
 /// `ServerError` with an operator-facing message: unreadable policies, a bad master key file,
 /// a store that cannot open, an address that cannot be bound.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        ServerError(format!(
-            "cannot create data dir {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
     let store: Arc<dyn Store> = Arc::new(
         storage::open_rocks(&config.data_dir.join("db")).map_err(|e| ServerError(e.to_string()))?,
     );
@@ -131,18 +159,14 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<Running, ServerError> {
     let fail = |e: &dyn std::fmt::Display| ServerError(e.to_string());
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        ServerError(format!(
-            "cannot create data dir {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
     let (kek, key_source) = match &config.master_key_env {
         Some(var) => {
             let kek = EnvKekProvider::new(var).load().map_err(ServerError)?;
             (kek, format!("loaded from the environment variable {var}"))
         }
         None => {
+            check_key_placement(&config)?;
             let existed = config.master_key_file.exists();
             let kek = FileKekProvider::new(&config.master_key_file)
                 .load()
@@ -344,7 +368,7 @@ pub async fn start_with_store(
         drop(health_reporter);
         result
     });
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "strongroom serving");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), keys_dir = %config.keys_dir.display(), "strongroom serving");
     Ok(Running {
         addr,
         first_admin_token,

@@ -103,11 +103,14 @@ fn refused(principal: &Principal, r: Refusal) -> Error {
     ))
 }
 
-/// A field value to write: `(input name for errors, field name, raw value)`.
+/// A field value to write: where it came from (for errors), its field name and raw value.
 #[derive(Debug)]
 pub struct FieldInput<'a> {
-    /// Where the value came from in the request, e.g. `fields[2]`.
-    pub input: String,
+    /// The request's list that carried it, e.g. `fields` or `set`.
+    pub input: &'static str,
+    /// Its position in that list: errors name `fields[2] (email)`. Kept as a number so that
+    /// nothing is formatted per field unless the field is wrong.
+    pub index: usize,
     /// The field name.
     pub name: &'a str,
     /// The raw value. Not printed by `Debug` of the API types that carry it.
@@ -227,6 +230,11 @@ impl Vault {
         &self.schema
     }
 
+    /// What one request may carry; the API checks counts against it before parsing fields.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     fn check_count(&self, n: usize, input: &str) -> Result<(), Error> {
         if n > self.limits.max_fields {
             return Err(InvalidInput::new(
@@ -311,9 +319,10 @@ impl Vault {
             for (n, name) in fields.iter().enumerate() {
                 let (i, _) = collection.field(name, &format!("fields[{n}]"))?;
                 if out.contains(&i) {
+                    // The name is the declared one (ours), not the caller's text.
                     return Err(InvalidInput::new(
-                        format!("fields[{n}]"),
-                        format!("field {name:?} requested more than once"),
+                        format!("fields[{n}] ({})", collection.fields()[i].0),
+                        "requested more than once",
                     )
                     .into());
                 }
@@ -434,8 +443,8 @@ impl Vault {
             let (i, _) = collection.field(name, &format!("clear[{n}]"))?;
             if cleared.contains(&i) || values.iter().any(|(v, _)| *v == i) {
                 return Err(InvalidInput::new(
-                    format!("clear[{n}]"),
-                    format!("field {name:?} is named more than once"),
+                    format!("clear[{n}] ({})", collection.fields()[i].0),
+                    "named more than once (in set or clear)",
                 )
                 .into());
             }

@@ -475,7 +475,7 @@ async fn tampering_with_stored_events_is_detected_naming_the_first_bad_one() {
     // Tamper with the files of a stopped vault, as someone with disk access would, and verify
     // with the vault's own key (verification appends nothing).
     vault.stop().await;
-    let kek = FileKekProvider::new(vault.data_dir().join("master.key"))
+    let kek = FileKekProvider::new(vault.keys_dir().join("master.key"))
         .load()
         .unwrap();
     let store = Arc::new(RocksStore::open(&vault.data_dir().join("db")).unwrap());

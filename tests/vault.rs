@@ -802,55 +802,55 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_changes_nothing() {
             "customers",
             vec![field("email", "not-an-email")],
             Code::InvalidArgument,
-            "fields[0].value: not a valid email",
+            "fields[0] (email): not a valid email",
         ),
         (
             "customers",
             vec![field("name", "Ada"), field("ssn", "000-12-3456")],
             Code::InvalidArgument,
-            "fields[1].value: not a valid SSN",
+            "fields[1] (ssn): not a valid SSN",
         ),
         (
             "customers",
             vec![field("card_number", "4242 4242 4242 4241")],
             Code::InvalidArgument,
-            "fields[0].value: not a valid card number",
+            "fields[0] (card_number): not a valid card number",
         ),
         (
             "customers",
             vec![field("date_of_birth", "1999-02-30")],
             Code::InvalidArgument,
-            "fields[0].value: not a valid date",
+            "fields[0] (date_of_birth): not a valid date",
         ),
         (
             "customers",
             vec![field("phone", "12")],
             Code::InvalidArgument,
-            "fields[0].value: not a valid phone",
+            "fields[0] (phone): not a valid phone",
         ),
         (
             "customers",
             vec![field("name", "   ")],
             Code::InvalidArgument,
-            "fields[0].value: value must not be empty",
+            "fields[0] (name): value must not be empty",
         ),
         (
             "customers",
             vec![field("notes", &"x".repeat(5000))],
             Code::InvalidArgument,
-            "fields[0].value: value is 5000 bytes",
+            "fields[0] (notes): value is 5000 bytes",
         ),
         (
             "customers",
             vec![field("notes", "a\u{7}b")],
             Code::InvalidArgument,
-            "fields[0].value: value must not contain control",
+            "fields[0] (notes): value must not contain control",
         ),
         (
             "customers",
             vec![field("name", "Ada"), field("name", "Bob")],
             Code::InvalidArgument,
-            "fields[1].name: field \"name\" given more than once",
+            "fields[1] (name): given more than once",
         ),
         (
             "customers",
@@ -906,7 +906,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_changes_nothing() {
         ),
         (
             get_err(&id, vec!["email".into(), "email".into()], "support"),
-            "fields[1]: field \"email\" requested more than once",
+            "fields[1] (email): requested more than once",
         ),
         (
             get_err(
@@ -939,11 +939,11 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_changes_nothing() {
         (update(vec![], vec![]), "set: nothing to update"),
         (
             update(vec![field("email", "nope")], vec![]),
-            "set[0].value: not a valid email",
+            "set[0] (email): not a valid email",
         ),
         (
             update(vec![field("email", "a@example.com")], vec!["email"]),
-            "clear[0]: field \"email\" is named more than once",
+            "clear[0] (email): named more than once",
         ),
         (update(vec![], vec!["shoe_size"]), "clear[0]: unknown field"),
         (

@@ -5,6 +5,7 @@ use std::fmt;
 
 use super::pb;
 use crate::{
+    domain::InvalidInput,
     policy::Decision,
     vault::{FieldInput, FieldView, ShredReceipt},
 };
@@ -38,13 +39,33 @@ impl fmt::Debug for pb::CreateTokenResponse {
     }
 }
 
+/// Refuses a list of more than `max` entries, before anything is done or allocated per entry
+/// (a 1 MiB message holds 500,000 empty fields).
+///
+/// # Errors
+/// `InvalidInput` naming `input` and the limit.
+pub(super) fn check_count(n: usize, max: usize, input: &str) -> Result<(), InvalidInput> {
+    if n > max {
+        return Err(InvalidInput::new(
+            input,
+            format!("{n} fields, more than the limit of {max}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The fields of a write, borrowed from the request, with their position for error messages.
-pub(super) fn field_inputs<'a>(fields: &'a [pb::Field], input: &str) -> Vec<FieldInput<'a>> {
+/// Call `check_count` first: this allocates per field.
+pub(super) fn field_inputs<'a>(
+    fields: &'a [pb::Field],
+    input: &'static str,
+) -> Vec<FieldInput<'a>> {
     fields
         .iter()
         .enumerate()
-        .map(|(i, f)| FieldInput {
-            input: format!("{input}[{i}]"),
+        .map(|(index, f)| FieldInput {
+            input,
+            index,
             name: &f.name,
             value: &f.value,
         })

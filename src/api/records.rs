@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::principal,
-    convert::{field_inputs, field_result},
+    convert::{check_count, field_inputs, field_result},
     pb::{self, records_server::Records},
     status::{Known, audited},
 };
@@ -44,11 +44,16 @@ impl Records for RecordsApi {
         {
             known.collection.clone_from(&req.collection);
         }
-        let fields = field_inputs(&req.fields, "fields");
-        let result = self
-            .vault
-            .create(&principal, &call, &req.collection, &fields)
-            .await;
+        let max = self.vault.limits().max_fields;
+        let result = match check_count(req.fields.len(), max, "fields") {
+            Ok(()) => {
+                let fields = field_inputs(&req.fields, "fields");
+                self.vault
+                    .create(&principal, &call, &req.collection, &fields)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
         let (id, version) = audited(self.vault.audit(), &principal, &call, known, result).await?;
         Ok(Response::new(pb::CreateRecordResponse {
             id: id.to_string(),
@@ -65,6 +70,7 @@ impl Records for RecordsApi {
         let req = request.into_inner();
         let mut known = Known::default();
         let result = async {
+            check_count(req.fields.len(), self.vault.limits().max_fields, "fields")?;
             let id = RecordId::parse(&req.id, "id")?;
             known.record_id = id.to_string();
             let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
@@ -101,8 +107,12 @@ impl Records for RecordsApi {
         let call = Call::new("Records/UpdateRecord");
         let req = request.into_inner();
         let mut known = Known::default();
-        let set = field_inputs(&req.set, "set");
         let result = async {
+            let max = self.vault.limits().max_fields;
+            check_count(req.set.len(), max, "set")?;
+            check_count(req.clear.len(), max, "clear")?;
+            check_count(req.set.len() + req.clear.len(), max, "set and clear")?;
+            let set = field_inputs(&req.set, "set");
             let id = RecordId::parse(&req.id, "id")?;
             known.record_id = id.to_string();
             let version = self

@@ -40,8 +40,84 @@ pub fn to_status(e: Error, request_id: &str) -> Status {
 
 impl From<InvalidInput> for Status {
     fn from(e: InvalidInput) -> Self {
-        Status::invalid_argument(format!("{}: {}", e.field, e.problem))
+        Status::invalid_argument(bounded(
+            &redact_quoted(&format!("{}: {}", e.field, e.problem)),
+            MAX_MESSAGE_BYTES,
+        ))
     }
+}
+
+/// The longest status message sent for invalid input.
+const MAX_MESSAGE_BYTES: usize = 1024;
+/// The longest `detail` of a failed call's audit event.
+pub(super) const MAX_DETAIL_BYTES: usize = 256;
+
+/// Whether a quoted name may be repeated back: a lowercase identifier, optionally namespaced or
+/// dotted (`customers.email`, `role:support`, `customers.*`), at most 64 bytes. Such a name
+/// cannot hold an SSN, a phone number, an email address or a long text.
+fn is_echoable(s: &str) -> bool {
+    s.len() <= 64
+        && s.split([':', '.']).all(|part| {
+            part == "*"
+                || (part.starts_with(|c: char| c.is_ascii_lowercase())
+                    && part
+                        .bytes()
+                        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_')))
+        })
+}
+
+/// Replaces every `"quoted"` part of a message (the `{:?}` form of something the caller sent,
+/// as the policy parser quotes the token it rejects) with `<value not shown>` unless it is a
+/// bounded identifier: messages name the input and the rule broken, never the caller's value.
+/// This is the last guard at the edge; the messages themselves are written not to quote values.
+pub(super) fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_BYTES));
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..start]);
+        let quoted = &rest[start + 1..];
+        // The closing quote is the first one not escaped by a backslash.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else {
+            // An unterminated quote: everything after it is dropped.
+            out.push_str("<value not shown>");
+            return out;
+        };
+        let inner = &quoted[..end];
+        if is_echoable(inner) {
+            out.push('"');
+            out.push_str(inner);
+            out.push('"');
+        } else {
+            out.push_str("<value not shown>");
+        }
+        rest = &quoted[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+pub(super) fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// The canonical name of a status code, as the audit log records it.
@@ -94,7 +170,9 @@ pub(super) async fn audited<T>(
         record_id: known.record_id,
         purpose: known.purpose,
         result: code_name(status.code()).to_owned(),
-        detail: status.message().to_owned(),
+        // Our own text only: the message names inputs and rules, quoted values are redacted,
+        // and its length is bounded whatever the caller sent.
+        detail: bounded(&redact_quoted(status.message()), MAX_DETAIL_BYTES),
         ..call.event(principal)
     };
     if let Err(e) = audit.commit(Batch::new(), vec![event]).await {
@@ -120,4 +198,47 @@ pub(super) async fn recorded<T>(
         return Err(to_status(Error::from(e), &call.request_id));
     }
     audited(audit, principal, call, Known::default(), result).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_redacted_unless_bounded_identifiers() {
+        let ssn = format!("{:?}", "123-45-6789");
+        let tricky = format!("{:?}", "a\"b, \"123-45-6789");
+        let long = format!("{:?}", "a".repeat(65));
+        for (message, want) in [
+            (
+                format!("line 2: unknown action {ssn}: use read"),
+                "line 2: unknown action <value not shown>: use read",
+            ),
+            (
+                format!("object {tricky} must be x"),
+                "object <value not shown> must be x",
+            ),
+            (format!("role {long}!"), "role <value not shown>!"),
+            (
+                "object \"customers.email\" and \"role:support\" and \"customers.*\"".into(),
+                "object \"customers.email\" and \"role:support\" and \"customers.*\"",
+            ),
+            (
+                "unterminated \"123-45-6789".into(),
+                "unterminated <value not shown>",
+            ),
+            ("no quotes at all".into(), "no quotes at all"),
+        ] {
+            assert_eq!(redact_quoted(&message), want);
+        }
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_char_boundary() {
+        assert_eq!(bounded("short", 10), "short");
+        let cut = bounded(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with("..."), "{cut}");
+        let status = Status::from(InvalidInput::new("purpose", "x".repeat(1 << 20)));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+    }
 }

@@ -6,7 +6,7 @@ use clap::{ArgGroup, Subcommand};
 use serde_json::json;
 
 use super::{Remote, connect, status_text, when};
-use crate::api::pb;
+use crate::{api::pb, client::Client};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PolicyCommand {
@@ -76,7 +76,7 @@ pub(super) enum PolicyCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Re-apply an earlier version as a new version.
+    /// Re-apply an earlier version as a new version (prints the dry-run and asks first).
     Rollback {
         /// The version to go back to.
         version: u64,
@@ -86,6 +86,9 @@ pub(super) enum PolicyCommand {
         /// Roll back only if the current version is this one.
         #[arg(long)]
         expected_version: Option<u64>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -152,7 +155,9 @@ fn print_info(v: &pb::PolicyVersionInfo) {
 fn confirm(question: &str) -> Result<bool, String> {
     if !std::io::stdin().is_terminal() {
         return Err(
-            "refusing to apply without confirmation: stdin is not a terminal; pass --yes".into(),
+            "refusing to change the policy without confirmation: stdin is not a terminal; \
+             pass --yes"
+                .into(),
         );
     }
     eprint!("{question} [y/N] ");
@@ -161,6 +166,33 @@ fn confirm(question: &str) -> Result<bool, String> {
         .read_line(&mut answer)
         .map_err(|e| format!("cannot read the answer: {e}"))?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The one path of every change to the live policy (`apply` and `rollback`): shows every
+/// decision that `text` would change against the current version, then asks on a terminal
+/// (`--yes` is required off one). Returns the version the dry-run was made against, so the
+/// change can be made only if nothing was applied in between.
+async fn preview_and_confirm(
+    c: &mut Client,
+    text: String,
+    json: bool,
+    yes: bool,
+    question: &str,
+) -> Result<u64, String> {
+    let dry = c
+        .policies
+        .dry_run_policy(pb::DryRunPolicyRequest { text })
+        .await
+        .map_err(|s| status_text(&s))?
+        .into_inner();
+    if !json {
+        println!("against version {}:", dry.against_version);
+        print_changes(&dry.changes);
+    }
+    if !yes && !confirm(question)? {
+        return Err("not applied: the policy is unchanged".into());
+    }
+    Ok(dry.against_version)
 }
 
 pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
@@ -191,26 +223,16 @@ pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
         } => {
             let text = read_file(&file)?;
             let mut c = connect(&remote).await?;
-            let dry = c
-                .policies
-                .dry_run_policy(pb::DryRunPolicyRequest { text: text.clone() })
-                .await
-                .map_err(|s| status_text(&s))?
-                .into_inner();
-            if !remote.json {
-                println!("against version {}:", dry.against_version);
-                print_changes(&dry.changes);
-            }
-            if !yes && !confirm("apply this policy?")? {
-                return Err("not applied".into());
-            }
+            let against =
+                preview_and_confirm(&mut c, text.clone(), remote.json, yes, "apply this policy?")
+                    .await?;
             let applied = c
                 .policies
                 .apply_policy(pb::ApplyPolicyRequest {
                     text,
                     comment,
                     // Guard against a change applied between the dry-run and now.
-                    expected_version: expected_version.or(Some(dry.against_version)),
+                    expected_version: expected_version.or(Some(against)),
                 })
                 .await
                 .map_err(|s| status_text(&s))?
@@ -362,15 +384,28 @@ pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
             version,
             comment,
             expected_version,
+            yes,
             remote,
         } => {
             let mut c = connect(&remote).await?;
+            let target = c
+                .policies
+                .get_policy(pb::GetPolicyRequest {
+                    version: Some(version),
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner()
+                .text;
+            let question = format!("roll back to the text of version {version}?");
+            let against = preview_and_confirm(&mut c, target, remote.json, yes, &question).await?;
             let applied = c
                 .policies
                 .rollback_policy(pb::RollbackPolicyRequest {
                     to_version: version,
                     comment,
-                    expected_version,
+                    // Guard against a change applied between the dry-run and now.
+                    expected_version: expected_version.or(Some(against)),
                 })
                 .await
                 .map_err(|s| status_text(&s))?
@@ -384,7 +419,6 @@ pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
             } else {
                 print!("rolled back: ");
                 print_info(&info);
-                print_changes(&applied.changes);
             }
         }
     }

@@ -17,11 +17,21 @@ impl FieldName {
     /// # Errors
     /// `InvalidInput` unless `s` is a lowercase identifier of at most 64 characters.
     pub fn parse(s: &str, field: &str) -> Result<Self, InvalidInput> {
+        Self::check(s, field)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Checks the syntax of a field name without keeping it (nothing is allocated for a
+    /// valid name).
+    ///
+    /// # Errors
+    /// As `parse`.
+    pub fn check(s: &str, field: &str) -> Result<(), InvalidInput> {
         if s.is_empty() {
             return Err(InvalidInput::new(field, "field name is required"));
         }
         if is_identifier(s) {
-            Ok(Self(s.to_owned()))
+            Ok(())
         } else {
             Err(InvalidInput::new(
                 field,

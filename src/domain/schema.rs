@@ -84,13 +84,19 @@ impl Collection {
     /// # Errors
     /// `InvalidInput` if the name is malformed or not declared.
     pub fn field(&self, name: &str, input: &str) -> Result<(usize, FieldType), InvalidInput> {
-        FieldName::parse(name, input)?;
+        FieldName::check(name, input)?;
         self.field_index(name)
             .map(|i| (i, self.fields[i].1))
             .ok_or_else(|| {
+                // The caller's text is not repeated: only the declared names, which are ours.
+                let declared: Vec<&str> = self.fields.iter().map(|(f, _)| f.as_str()).collect();
                 InvalidInput::new(
                     input,
-                    format!("unknown field {name:?} in collection {}", self.name),
+                    format!(
+                        "unknown field in collection {}; its fields: {}",
+                        self.name,
+                        declared.join(", ")
+                    ),
                 )
             })
     }
@@ -205,9 +211,13 @@ impl Schema {
         if name.is_empty() {
             return Err(InvalidInput::new(input, "collection is required"));
         }
-        self.collections
-            .get(name)
-            .ok_or_else(|| InvalidInput::new(input, format!("unknown collection {name:?}")))
+        self.collections.get(name).ok_or_else(|| {
+            let declared: Vec<&str> = self.collections.keys().map(String::as_str).collect();
+            InvalidInput::new(
+                input,
+                format!("unknown collection; declared: {}", declared.join(", ")),
+            )
+        })
     }
 
     /// Every declared collection.
@@ -239,7 +249,7 @@ impl Schema {
                 let known: Vec<&str> = self.purposes.iter().map(Purpose::as_str).collect();
                 InvalidInput::new(
                     input,
-                    format!("unknown purpose {name:?}; declared: {}", known.join(", ")),
+                    format!("unknown purpose; declared: {}", known.join(", ")),
                 )
             })
     }

@@ -232,8 +232,10 @@ impl Governance {
                 };
                 let event = Event {
                     policy_version: next,
+                    // Our own text only: the applier's comment is kept with the version
+                    // (ListPolicyVersions), not copied into the log.
                     detail: format!(
-                        "policy version {current} -> {next}, {} decisions changed: {comment}",
+                        "policy version {current} -> {next}, {} decisions changed",
                         changes.len()
                     ),
                     ..call.event(by)

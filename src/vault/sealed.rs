@@ -33,20 +33,19 @@ impl Vault {
     ) -> Result<Vec<(usize, FieldValue)>, Error> {
         let mut out: Vec<(usize, FieldValue)> = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let (idx, ty) = collection.field(input.name, &format!("{}.name", input.input))?;
+            // Errors name the input by position and, once it is known to be declared, by its
+            // declared name (`fields[2] (email)`); the caller's text is never repeated. Labels
+            // are only formatted for a field that is wrong.
+            let at = || format!("{}[{}]", input.input, input.index);
+            let (idx, ty) = collection
+                .field(input.name, "")
+                .map_err(|e| InvalidInput::new(format!("{}.name", at()), e.problem))?;
+            let named = || format!("{} ({})", at(), collection.fields()[idx].0);
             if out.iter().any(|(i, _)| *i == idx) {
-                return Err(InvalidInput::new(
-                    format!("{}.name", input.input),
-                    format!("field {:?} given more than once", input.name),
-                )
-                .into());
+                return Err(InvalidInput::new(named(), "given more than once").into());
             }
-            let value = FieldValue::parse(
-                input.value,
-                ty,
-                self.limits.max_value_bytes,
-                &format!("{}.value", input.input),
-            )?;
+            let value = FieldValue::parse(input.value, ty, self.limits.max_value_bytes, "")
+                .map_err(|e| InvalidInput::new(named(), e.problem))?;
             out.push((idx, value));
         }
         Ok(out)

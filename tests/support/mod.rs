@@ -80,6 +80,7 @@ impl Vault {
         let over = Overrides {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(data),
+            keys_dir: None,
             policies_dir: Some(policies_dir()),
         };
         let config = Config::from_toml(config, over).unwrap();
@@ -95,6 +96,11 @@ impl Vault {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The keys dir next to the data dir (the default for a data dir named `data`).
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
     }
 
     pub fn addr(&self) -> String {

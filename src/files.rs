@@ -1,0 +1,176 @@
+//! Private places on disk: the data dir and the keys dir are directories only their owner can
+//! enter (0700), owned by the user the vault runs as; files that hold secrets are regular files
+//! (never symbolic links) owned by that user; a directory entry that must survive a crash is
+//! made durable by syncing its parent.
+//!
+//! Depends on nothing else in the crate.
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    path::{Component, Path, PathBuf},
+};
+
+/// The user id this process acts as (its effective uid).
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Makes files and directories this process creates private to its user (umask 077), so that
+/// RocksDB's files, the audit log and token hashes are not readable by others. Process-wide:
+/// called by `strongroom serve`, not by the library.
+pub fn restrict_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or checks an existing one: it must be a
+/// directory owned by this user; if group or others may enter it, it is tightened to 0700 and a
+/// warning names the old mode. `what` names it in messages (`data dir`, `keys dir`).
+///
+/// Tightening rather than refusing: the directory is ours (owner checked) and was most likely
+/// made by an earlier version with the umask's mode; refusing would only stop the vault. A key
+/// *file* others could read is refused instead (see `crypto::FileKekProvider`): the key may
+/// have leaked, and a chmod would hide that.
+///
+/// # Errors
+/// A message for the operator naming `dir` and the problem.
+pub fn private_dir(dir: &Path, what: &str) -> Result<(), String> {
+    let shown = dir.display();
+    let created = match fs::metadata(dir) {
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create {what} {shown}: {e}"))?;
+            true
+        }
+        Err(e) => return Err(format!("cannot read {what} {shown}: {e}")),
+    };
+    let meta = fs::metadata(dir).map_err(|e| format!("cannot read {what} {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("{what} {shown} is not a directory"));
+    }
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(format!(
+            "{what} {shown} is owned by uid {}, not by uid {me} that strongroom runs as: \
+             run strongroom as its owner, or `chown` it",
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        // DirBuilder's mode is filtered by the umask, so even a directory just made may need it.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!("{what} {shown} has mode {mode:04o} and cannot be made 0700: {e}")
+        })?;
+        if !created {
+            tracing::warn!(
+                dir = %shown,
+                old_mode = %format_args!("{mode:04o}"),
+                "{what} was open to group or others; tightened to 0700"
+            );
+        }
+    }
+    if created && let Some(parent) = parent_of(dir) {
+        sync_dir(&parent)?;
+    }
+    Ok(())
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_of(path: &Path) -> Option<PathBuf> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Some(PathBuf::from(".")),
+        Some(p) => Some(p.to_owned()),
+        None => None,
+    }
+}
+
+/// Makes the entries of `dir` durable (fsync of the directory itself).
+///
+/// # Errors
+/// A message naming `dir`.
+pub fn sync_dir(dir: &Path) -> Result<(), String> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync directory {}: {e}", dir.display()))
+}
+
+/// `path` made absolute against the current directory, with `.` and `..` resolved lexically
+/// (nothing is read from disk, so it works for paths that do not exist yet).
+///
+/// # Errors
+/// A message if the current directory cannot be read.
+pub fn lexical_absolute(path: &Path) -> Result<PathBuf, String> {
+    let absolute =
+        std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let mut out = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            Component::Prefix(_) | Component::RootDir | Component::Normal(_) => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `inner` is `outer` or below it, comparing the real paths (symbolic links resolved)
+/// where both exist, and the lexical absolute paths otherwise.
+///
+/// # Errors
+/// A message if a path cannot be resolved.
+pub fn is_within(inner: &Path, outer: &Path) -> Result<bool, String> {
+    let lexical = lexical_absolute(inner)?.starts_with(lexical_absolute(outer)?);
+    let real = match (fs::canonicalize(inner), fs::canonicalize(outer)) {
+        (Ok(i), Ok(o)) => i.starts_with(o),
+        (Err(_), _) | (_, Err(_)) => false,
+    };
+    Ok(lexical || real)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_0700_and_tightens_an_open_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a").join("b");
+        private_dir(&dir, "test dir").unwrap();
+        for d in [&tmp.path().join("a"), &dir] {
+            let mode = fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir, "test dir").unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let file = tmp.path().join("f");
+        fs::write(&file, "x").unwrap();
+        assert!(
+            private_dir(&file, "test dir")
+                .unwrap_err()
+                .contains("not a directory")
+        );
+    }
+
+    #[test]
+    fn within_is_lexical_and_real() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        assert!(is_within(&data.join("keys"), &data).unwrap());
+        assert!(is_within(&data, &data).unwrap());
+        assert!(is_within(&data.join("x/../../data/k"), &data).unwrap());
+        assert!(!is_within(&tmp.path().join("keys"), &data).unwrap());
+        fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&data, tmp.path().join("link")).unwrap();
+        assert!(is_within(&tmp.path().join("link"), &data).unwrap());
+    }
+}
