@@ -115,10 +115,12 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         ));
     }
     if opts.addr.is_some() && opts.workloads.iter().any(|w| w == "audit-cost") {
-        return Err("the audit-cost workload compares reads against a second vault with read \
+        return Err(
+            "the audit-cost workload compares reads against a second vault with read \
                     auditing off that the bench starts itself, so it cannot run with --addr; \
                     leave it out of --workload"
-            .into());
+                .into(),
+        );
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();

@@ -191,9 +191,11 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("danger_disable_read_audit"), "{err}");
-        assert!(!Config::with(Path::new("d"), "127.0.0.1:1", Path::new("p"))
-            .map(|c| c.danger_disable_read_audit)
-            .unwrap_or(true));
+        assert!(
+            !Config::with(Path::new("d"), "127.0.0.1:1", Path::new("p"))
+                .map(|c| c.danger_disable_read_audit)
+                .unwrap_or(true)
+        );
     }
 
     #[test]

@@ -89,12 +89,7 @@ impl Batch {
     }
 
     /// Adds the removal of every key `from <= key < to`.
-    pub fn delete_range(
-        &mut self,
-        ks: Keyspace,
-        from: impl Into<Vec<u8>>,
-        to: impl Into<Vec<u8>>,
-    ) {
+    pub fn delete_range(&mut self, ks: Keyspace, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
         self.ops.push(Op::DeleteRange(ks, from.into(), to.into()));
     }
 
@@ -323,7 +318,10 @@ mod conformance {
         batch.put(Keyspace::Records, b"s1c".to_vec(), b"new-c".to_vec());
         store.write(batch).unwrap_or_else(|e| panic!("{e}"));
         let old = |ks, k: &[u8]| snap.get(ks, k).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(old(Keyspace::Deks, b"s1").as_deref(), Some(&b"header-1"[..]));
+        assert_eq!(
+            old(Keyspace::Deks, b"s1").as_deref(),
+            Some(&b"header-1"[..])
+        );
         assert_eq!(old(Keyspace::Records, b"s1c"), None);
         let many = snap
             .multi_get(
@@ -331,7 +329,10 @@ mod conformance {
                 &[b"s1a".to_vec(), b"s1b".to_vec(), b"s1c".to_vec()],
             )
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(many, [Some(b"old-a".to_vec()), Some(b"old-b".to_vec()), None]);
+        assert_eq!(
+            many,
+            [Some(b"old-a".to_vec()), Some(b"old-b".to_vec()), None]
+        );
         let scan = snap
             .scan_prefix(Keyspace::Records, b"s1")
             .unwrap_or_else(|e| panic!("{e}"));

@@ -122,8 +122,8 @@ mod tests {
         let mut batch = Batch::new();
         batch.put(Keyspace::Audit, 1u64.to_be_bytes().to_vec(), b"x".to_vec());
         store.write(batch).unwrap_or_else(|e| panic!("{e}"));
-        let (events, next) = query(&store, &Filter::default(), u64::MAX, 10)
-            .unwrap_or_else(|e| panic!("{}", e.0));
+        let (events, next) =
+            query(&store, &Filter::default(), u64::MAX, 10).unwrap_or_else(|e| panic!("{}", e.0));
         assert!(events.is_empty());
         assert_eq!(next, None);
     }

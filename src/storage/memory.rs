@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, Weak},
 };
 
 use super::{Batch, KeyValue, Keyspace, Op, Snapshot, Store, StoreError};
@@ -13,6 +13,9 @@ use super::{Batch, KeyValue, Keyspace, Op, Snapshot, Store, StoreError};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     data: Mutex<Arc<Entries>>,
+    /// Maps replaced by a write while a snapshot shared them: they may hold deleted values
+    /// for as long as the snapshot lives.
+    retired: Mutex<Vec<Weak<Entries>>>,
 }
 
 type Entries = BTreeMap<(Keyspace, Vec<u8>), Vec<u8>>;
@@ -114,6 +117,12 @@ impl Store for MemoryStore {
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::strong_count(&guard) > 1 {
+            self.retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::downgrade(&guard));
+        }
         // Copies the map only if a snapshot shares it.
         let data = Arc::make_mut(&mut guard);
         for op in batch.ops() {
@@ -142,12 +151,14 @@ impl Store for MemoryStore {
     fn purge(&self, _prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
         // Deleted entries leave memory as soon as the batch is applied, unless a snapshot
         // still shares the map that holds them.
-        let guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::strong_count(&guard) > 1 {
-            return Err(StoreError::Io(
-                "a read snapshot still holds the deleted values".into(),
-            ));
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|map| map.strong_count() > 0);
+        if retired.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Io(
+                "a read snapshot older than the purge still holds the deleted values".into(),
+            ))
         }
-        Ok(())
     }
 }

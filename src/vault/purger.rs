@@ -37,7 +37,11 @@ fn pending_key(id: &RecordId) -> Vec<u8> {
 
 /// Adds to a shred's batch the durable note that the record's purge is owed.
 pub(super) fn owe(batch: &mut Batch, id: &RecordId, collection: &str) {
-    batch.put(Keyspace::Meta, pending_key(id), collection.as_bytes().to_vec());
+    batch.put(
+        Keyspace::Meta,
+        pending_key(id),
+        collection.as_bytes().to_vec(),
+    );
 }
 
 type Reply = oneshot::Sender<Result<i64, String>>;

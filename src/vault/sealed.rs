@@ -54,18 +54,11 @@ impl Vault {
 
     /// Loads a record's header (with its wrapped DEK) from `snapshot`; read its ciphertexts
     /// from the same snapshot, so that a concurrent update or shred is seen whole or not at all.
-    pub(super) fn load(
-        &self,
-        snapshot: &dyn Snapshot,
-        id: &RecordId,
-    ) -> Result<Loaded<'_>, Error> {
+    pub(super) fn load(&self, snapshot: &dyn Snapshot, id: &RecordId) -> Result<Loaded<'_>, Error> {
         let Some(bytes) = snapshot.get(Keyspace::Deks, id.as_bytes())? else {
             return Err(Error::NotFound);
         };
-        if snapshot
-            .get(Keyspace::Tombstones, id.as_bytes())?
-            .is_some()
-        {
+        if snapshot.get(Keyspace::Tombstones, id.as_bytes())?.is_some() {
             // A shredded record brought back (e.g. from a backup) stays shredded.
             return Err(Error::NotFound);
         }
