@@ -346,28 +346,29 @@ impl Audit {
         else {
             return Ok(0);
         };
+        // Two range deletions, however many events they cover: the batch stays small, and
+        // the log is cut at the anchor in one step (never half pruned).
+        let first = self
+            .store
+            .scan_range(Keyspace::Audit, &[], None, 1)?
+            .first()
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        let deleted = match first {
+            Some(first) if first <= anchor.seq => anchor.seq - first + 1,
+            Some(_) | None => 0,
+        };
         let mut batch = Batch::new();
-        let mut deleted = 0u64;
-        let mut from = 1u64.to_be_bytes().to_vec();
-        loop {
-            let chunk = self.store.scan_range(
-                Keyspace::Audit,
-                &from,
-                Some(&(anchor.seq + 1).to_be_bytes()),
-                10_000,
-            )?;
-            let Some((last, _)) = chunk.last() else { break };
-            from = chain::next_key(last);
-            for (key, _) in &chunk {
-                batch.delete(Keyspace::Audit, key.clone());
-                deleted += 1;
-            }
-        }
-        for (key, _) in self.store.scan_prefix(Keyspace::Meta, CHECKPOINT_PREFIX)? {
-            if key.as_slice() < chain::checkpoint_key(anchor.seq).as_slice() {
-                batch.delete(Keyspace::Meta, key);
-            }
-        }
+        batch.delete_range(
+            Keyspace::Audit,
+            first.unwrap_or(0).to_be_bytes().to_vec(),
+            anchor.seq.saturating_add(1).to_be_bytes().to_vec(),
+        );
+        batch.delete_range(
+            Keyspace::Meta,
+            CHECKPOINT_PREFIX.to_vec(),
+            chain::checkpoint_key(anchor.seq),
+        );
         if deleted == 0 {
             return Ok(0);
         }
@@ -437,6 +438,9 @@ mod tests {
     }
 
     impl Store for GatedStore {
+        fn snapshot(&self) -> Box<dyn crate::storage::Snapshot + '_> {
+            self.inner.snapshot()
+        }
         fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get(ks, key)
         }

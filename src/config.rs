@@ -37,7 +37,9 @@ pub struct Config {
     pub transport: Transport,
     /// Audit log settings (retention, checkpoint interval).
     pub audit: crate::audit::AuditOptions,
-    /// Do not audit reads. Only for measuring what auditing costs; never in production.
+    /// Do not audit reads. Not a config file key: only `strongroom bench` sets it (through a
+    /// hidden flag of `serve`) on the throwaway vault it starts to measure what auditing costs.
+    /// A start with it set is recorded in the audit log, warned about, and shown by health.
     pub danger_disable_read_audit: bool,
 }
 
@@ -95,7 +97,6 @@ pub struct ConfigFile {
     max_header_list_bytes: Option<u32>,
     audit_retention_days: Option<u32>,
     audit_checkpoint_every: Option<u64>,
-    danger_disable_read_audit: Option<bool>,
 }
 
 /// Values from the command line, which win over the file.
@@ -279,7 +280,7 @@ impl Config {
         Ok(Self {
             listen,
             audit,
-            danger_disable_read_audit: file.danger_disable_read_audit.unwrap_or(false),
+            danger_disable_read_audit: false,
             data_dir,
             keys_dir,
             policies_dir,
@@ -329,6 +330,20 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn turning_read_auditing_off_is_not_a_config_key() {
+        let err = toml::from_str::<ConfigFile>("danger_disable_read_audit = true\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("danger_disable_read_audit"), "{err}");
+        assert!(
+            !Config::with(Path::new("d"), "127.0.0.1:1", Path::new("p"))
+                .map(|c| c.danger_disable_read_audit)
+                .unwrap_or(true)
+        );
     }
 
     #[test]

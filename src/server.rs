@@ -30,6 +30,10 @@ use crate::{
 /// How long refused unauthenticated calls are counted before their events are written.
 const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The health service name that says whether reads are audited: `SERVING` when they are,
+/// `NOT_SERVING` on a vault started with read auditing off (a bench-only switch).
+pub const READ_AUDIT_HEALTH: &str = "strongroom.v1.ReadAudit";
+
 /// Why the server could not start or stopped with an error. Messages are for operators.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -236,7 +240,23 @@ pub async fn start_with_store(
         config.limits,
     );
     if config.danger_disable_read_audit {
-        tracing::warn!("danger_disable_read_audit is set: reads are not audited");
+        let warning = "DANGER: read auditing is OFF (--danger-disable-read-audit): reads are \
+                       not recorded in the audit log; this vault is for benchmarks only and \
+                       breaks its own promises";
+        tracing::warn!("{warning}");
+        eprintln!("{warning}");
+        let event = Event {
+            method: "Server/DangerDisableReadAudit".into(),
+            result: "OK".into(),
+            detail: "started with read auditing off: reads are not audited until a restart \
+                     without --danger-disable-read-audit"
+                .into(),
+            ..Event::default()
+        };
+        audit
+            .commit(Batch::new(), vec![event])
+            .await
+            .map_err(|e| fail(&e))?;
         vault = vault.danger_without_read_audit();
     }
     let vault = Arc::new(vault);
@@ -283,6 +303,17 @@ pub async fn start_with_store(
         .set_serving::<PoliciesServer<PoliciesApi>>()
         .await;
     health_reporter.set_serving::<AuditServer<AuditApi>>().await;
+    // Whether reads are audited, for probes and dashboards: NOT_SERVING when auditing is off.
+    health_reporter
+        .set_service_status(
+            READ_AUDIT_HEALTH,
+            if config.danger_disable_read_audit {
+                tonic_health::ServingStatus::NotServing
+            } else {
+                tonic_health::ServingStatus::Serving
+            },
+        )
+        .await;
 
     // Refused unauthenticated calls are counted; each minute closes a window and writes one
     // event per source, method and reason, and shutdown writes the last one. A flush is never

@@ -310,7 +310,10 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<RecordView, Error> {
         self.check_count(fields.len(), "fields")?;
-        let loaded = self.load(id)?;
+        // Header, wrapped DEK and ciphertexts all come from one snapshot: a concurrent update
+        // or shred is seen whole or not at all.
+        let snapshot = self.store.snapshot();
+        let loaded = self.load(snapshot.as_ref(), id)?;
         let collection = loaded.collection;
         let requested: Vec<usize> = if fields.is_empty() {
             (0..collection.fields().len()).collect()
@@ -344,6 +347,7 @@ impl Vault {
             (
                 Some(self.unwrap(id, &loaded)?),
                 self.ciphertexts(
+                    snapshot.as_ref(),
                     id,
                     &loaded,
                     permit
@@ -356,6 +360,7 @@ impl Vault {
         } else {
             (None, HashMap::new())
         };
+        drop(snapshot);
         for &(field, decision) in permit.decisions() {
             let (name, ty) = &collection.fields()[field];
             let envelope = match decision {
@@ -434,8 +439,10 @@ impl Vault {
             );
         }
         self.check_count(set.len() + clear.len(), "set")?;
+        self.may_update_some_record(principal, set, clear)?;
         let _guard = self.locks.lock(id).await;
-        let loaded = self.load(id)?;
+        let snapshot = self.store.snapshot();
+        let loaded = self.load(snapshot.as_ref(), id)?;
         let collection = loaded.collection;
         let values = self.parse_values(collection, set)?;
         let mut cleared = Vec::with_capacity(clear.len());
@@ -470,7 +477,10 @@ impl Vault {
         }
         let dek = self.unwrap(id, &loaded)?;
         let mut current = BTreeMap::new();
-        for (field, envelope) in self.ciphertexts(id, &loaded, 0..collection.fields().len())? {
+        let envelopes =
+            self.ciphertexts(snapshot.as_ref(), id, &loaded, 0..collection.fields().len())?;
+        drop(snapshot);
+        for (field, envelope) in envelopes {
             current.insert(field, self.open(id, &loaded, &dek, field, &envelope)?);
         }
         let version = loaded.header.version + 1;
@@ -517,19 +527,21 @@ impl Vault {
         id: &RecordId,
         wait_for_purge: bool,
     ) -> Result<ShredReceipt, Error> {
+        self.may_delete_some_record(principal)?;
         let _guard = self.locks.lock(id).await;
-        let loaded = self.load(id)?;
+        let snapshot = self.store.snapshot();
+        let loaded = self.load(snapshot.as_ref(), id)?;
         let permit = self
             .policy
             .table()
             .check_delete(principal, loaded.collection)
             .map_err(|r| refused(principal, r))?;
-        let keys: Vec<Vec<u8>> = self
-            .store
+        let keys: Vec<Vec<u8>> = snapshot
             .scan_prefix(Keyspace::Records, id.as_bytes())?
             .into_iter()
             .map(|(k, _)| k)
             .collect();
+        drop(snapshot);
         let fields_destroyed = u32::try_from(keys.len()).unwrap_or(u32::MAX);
         let shredded_at_ms = now_ms();
         let mut batch = Batch::new();
@@ -542,6 +554,8 @@ impl Vault {
             id.as_bytes().to_vec(),
             shredded_at_ms.to_be_bytes().to_vec(),
         );
+        // The purge is owed from this batch on, across crashes and restarts.
+        purger::owe(&mut batch, id, &loaded.header.collection);
         let destroyed = (0..loaded.collection.fields().len())
             .filter(|i| loaded.header.manifest & (1 << i) != 0)
             .map(|i| (i, "destroyed"));
@@ -555,11 +569,19 @@ impl Vault {
             ..call.event(principal)
         };
         self.audit.commit(batch, vec![event]).await?;
-        let purged_at_ms = self
+        // The shred is durable; a purge that fails now is retried, and the receipt says it is
+        // still pending.
+        let purged_at_ms = match self
             .purger
             .purge(*id, loaded.header.collection.clone(), wait_for_purge)
             .await
-            .map_err(Error::Internal)?;
+        {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!(record = %id, error = %e, "purge after shred not done yet; it will be retried");
+                None
+            }
+        };
         Ok(ShredReceipt {
             id: *id,
             collection: loaded.header.collection,
@@ -567,6 +589,73 @@ impl Vault {
             fields_destroyed,
             purged_at_ms,
         })
+    }
+}
+
+impl Vault {
+    /// Refuses an update before its record is looked up when no collection would let
+    /// `principal` write the named fields, so that the answer is the same for existing and
+    /// missing ids: a caller without rights learns nothing of which ids exist.
+    fn may_update_some_record(
+        &self,
+        principal: &Principal,
+        set: &[FieldInput<'_>],
+        clear: &[String],
+    ) -> Result<(), Error> {
+        let table = self.policy.table();
+        let names: Vec<&str> = set
+            .iter()
+            .map(|f| f.name)
+            .chain(clear.iter().map(String::as_str))
+            .collect();
+        let mut refusal = None;
+        let mut writes_any = false;
+        for collection in self.schema.collections() {
+            writes_any |= (0..collection.fields().len())
+                .any(|f| table.check_write(principal, collection, &[f]).is_ok());
+            let Some(touched) = names
+                .iter()
+                .map(|n| collection.field_index(n))
+                .collect::<Option<Vec<usize>>>()
+            else {
+                continue;
+            };
+            match table.check_write(principal, collection, &touched) {
+                Ok(_) => return Ok(()),
+                Err(r) => {
+                    refusal.get_or_insert(r);
+                }
+            }
+        }
+        match refusal {
+            Some(r) => Err(refused(principal, r)),
+            None if !writes_any => Err(Error::PermissionDenied(format!(
+                "{} (roles {}) may not write any record",
+                principal.subject,
+                principal.roles_text()
+            ))),
+            // No collection declares every named field: the record's own check names it.
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a shred before its record is looked up when `principal` may delete records of
+    /// no collection (same answer for existing and missing ids).
+    fn may_delete_some_record(&self, principal: &Principal) -> Result<(), Error> {
+        let table = self.policy.table();
+        if self
+            .schema
+            .collections()
+            .any(|c| table.check_delete(principal, c).is_ok())
+        {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{} (roles {}) may not delete records of any collection",
+                principal.subject,
+                principal.roles_text()
+            )))
+        }
     }
 }
 

@@ -593,6 +593,9 @@ struct FailingStore {
 }
 
 impl Store for FailingStore {
+    fn snapshot(&self) -> Box<dyn strongroom::storage::Snapshot + '_> {
+        self.inner.snapshot()
+    }
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(ks, key)
     }

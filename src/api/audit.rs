@@ -106,10 +106,7 @@ impl AuditService for AuditApi {
             0 => 100,
             n => n.min(1000) as usize,
         };
-        let (events, next) = self
-            .audit
-            .query(&filter(req.filter), req.after_seq, limit)
-            .map_err(unavailable)?;
+        let (events, next) = query(&self.audit, filter(req.filter), req.after_seq, limit).await?;
         Ok(Response::new(pb::QueryEventsResponse {
             events: events.iter().map(to_pb).collect(),
             next_after_seq: next.unwrap_or(0),
@@ -202,9 +199,9 @@ impl AuditService for AuditApi {
         let stream = async_stream(token, move |tx| async move {
             let mut after = 0u64;
             loop {
-                let (events, next) = match audit.query(&filter, after, 500) {
+                let (events, next) = match query(&audit, filter.clone(), after, 500).await {
                     Ok(page) => page,
-                    Err(e) => return tx.send(Err(unavailable(e))).await.unwrap_or(()),
+                    Err(status) => return tx.send(Err(status)).await.unwrap_or(()),
                 };
                 let mut jsonl = String::new();
                 for e in &events {
@@ -229,17 +226,17 @@ type Sender<T> = tokio::sync::mpsc::Sender<Result<T, Status>>;
 /// Sends the stored events after `after` that pass `filter`, in order; returns the last
 /// sequence number sent (or `after`), or `None` once the receiver is gone or the store fails.
 async fn replay(
-    audit: &Audit,
+    audit: &Arc<Audit>,
     filter: &Filter,
     mut after: u64,
     tx: &Sender<pb::AuditEvent>,
 ) -> Option<u64> {
     let mut last = after;
     loop {
-        let (events, next) = match audit.query(filter, after, 500) {
+        let (events, next) = match query(audit, filter.clone(), after, 500).await {
             Ok(page) => page,
-            Err(e) => {
-                let _ = tx.send(Err(unavailable(e))).await;
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
                 return None;
             }
         };
@@ -252,6 +249,24 @@ async fn replay(
             None => return Some(last),
         }
     }
+}
+
+/// One page of a query, scanned on a blocking thread: a scan may read many events from disk,
+/// and must not hold up the async workers that serve every other call.
+async fn query(
+    audit: &Arc<Audit>,
+    filter: Filter,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<Event>, Option<u64>), Status> {
+    let audit = Arc::clone(audit);
+    tokio::task::spawn_blocking(move || audit.query(&filter, after, limit))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "an audit query task failed");
+            Status::internal("the audit query failed")
+        })?
+        .map_err(unavailable)
 }
 
 /// A stream fed by a task: the task gets the sending half of a small channel. The stream ends

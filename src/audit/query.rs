@@ -69,7 +69,11 @@ pub(super) fn query(
     limit: usize,
 ) -> Result<(Vec<Event>, Option<u64>), AuditError> {
     let mut out = Vec::new();
-    let mut cursor = (after_seq + 1).to_be_bytes().to_vec();
+    // Nothing comes after the largest sequence number (and `after_seq + 1` would overflow).
+    let Some(first) = after_seq.checked_add(1) else {
+        return Ok((out, None));
+    };
+    let mut cursor = first.to_be_bytes().to_vec();
     let mut scanned = 0usize;
     loop {
         let chunk = store.scan_range(Keyspace::Audit, &cursor, None, 1024)?;
@@ -101,5 +105,23 @@ pub(super) fn query(
                 return Ok((out, Some(seq)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Batch, MemoryStore};
+
+    #[test]
+    fn a_query_after_the_last_possible_sequence_number_is_empty() {
+        let store = MemoryStore::new();
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Audit, 1u64.to_be_bytes().to_vec(), b"x".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let (events, next) =
+            query(&store, &Filter::default(), u64::MAX, 10).unwrap_or_else(|e| panic!("{}", e.0));
+        assert!(events.is_empty());
+        assert_eq!(next, None);
     }
 }

@@ -91,17 +91,19 @@ impl Child {
         Ok((Self { proc, addr }, lines))
     }
 
-    /// Starts a vault on a fresh data dir; returns it and its first admin token.
+    /// Starts a vault on a fresh data dir; returns it and its first admin token. With
+    /// `audit_reads` false, the vault does not audit reads (only to measure what auditing
+    /// costs; the vault records that it was started so, and its health says so).
     pub(super) fn vault(
         data_dir: &Path,
         policies: &Path,
         pin: bool,
-        config: &str,
+        audit_reads: bool,
     ) -> Result<(Self, String), String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let config_path = data_dir.join("bench.toml");
-        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-        let args = [
+        std::fs::write(&config_path, "").map_err(|e| e.to_string())?;
+        let mut args = vec![
             "serve".to_owned(),
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
@@ -112,6 +114,9 @@ impl Child {
             "--config".to_owned(),
             config_path.display().to_string(),
         ];
+        if !audit_reads {
+            args.push("--danger-disable-read-audit".to_owned());
+        }
         let (child, lines) = Self::spawn(&args, pin, "strongroom listening on ")?;
         let token = lines
             .iter()

@@ -30,6 +30,7 @@ impl Clients {
         admin_token: &str,
         connections: usize,
     ) -> Result<Self, String> {
+        let connections = connections.max(1);
         let mut admin = Vec::new();
         for _ in 0..connections {
             admin.push(client::connect(addr, admin_token).await?);
@@ -188,6 +189,7 @@ pub(super) fn op(
             ));
         }
     };
+    let workload = workload.to_owned();
     let (admin, support, marketing) = (
         clients.admin.clone(),
         clients.support.clone(),
@@ -207,14 +209,23 @@ pub(super) fn op(
             fixed
         };
         let conn = n as usize;
-        let id = ids[picker.pick(&mut rand::thread_rng()) % ids.len().max(1)].clone();
+        // No records are preloaded for a workload that only creates (`put`).
+        let id = ids
+            .get(picker.pick(&mut rand::thread_rng()) % ids.len().max(1))
+            .cloned();
         let (mut a, mut s, mut m) = (
             admin[conn % admin.len()].clone(),
             support[conn % support.len()].clone(),
             marketing[conn % marketing.len()].clone(),
         );
         let shred_pool = Arc::clone(&shred_pool);
+        let workload = workload.clone();
         Box::pin(async move {
+            let id = match (kind, id) {
+                (Kind::Put | Kind::Shred, _) => String::new(),
+                (_, Some(id)) => id,
+                (_, None) => return Err(format!("{workload:?} needs preloaded records")),
+            };
             let get = |purpose: &str| pb::GetRecordRequest {
                 id: id.clone(),
                 fields: vec![],

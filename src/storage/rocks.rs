@@ -3,12 +3,18 @@
 
 use std::path::Path;
 
+use std::time::{Duration, Instant};
+
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
-    DB, DBCompressionType, FlushOptions, Options, WriteBatch, WriteOptions,
+    DB, DBCompressionType, FlushOptions, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch,
+    WriteOptions,
 };
 
-use super::{Batch, KeyValue, Keyspace, Op, Store, StoreError, prefix_end};
+use super::{Batch, KeyValue, Keyspace, Op, Snapshot, Store, StoreError, prefix_end};
+
+/// How long a purge waits for reads that took their snapshot before it to finish.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 /// RocksDB behind the `Store` trait.
 pub struct RocksStore {
@@ -72,13 +78,102 @@ impl RocksStore {
     }
 
     fn cf(&self, ks: Keyspace) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        cf(&self.db, ks)
+    }
+
+    /// Waits until no snapshot older than sequence number `seq` is alive: a compaction must
+    /// keep every value an open snapshot can see, deleted or not.
+    fn wait_for_snapshots_before(&self, seq: u64) -> Result<(), StoreError> {
+        let start = Instant::now();
+        loop {
+            let live = self
+                .db
+                .property_int_value("rocksdb.num-snapshots")
+                .map_err(io)?
+                .unwrap_or(0);
+            let oldest = self
+                .db
+                .property_int_value("rocksdb.oldest-snapshot-sequence")
+                .map_err(io)?
+                .unwrap_or(0);
+            if live == 0 || oldest >= seq {
+                return Ok(());
+            }
+            if start.elapsed() > SNAPSHOT_WAIT {
+                return Err(StoreError::Io(format!(
+                    "a read snapshot older than the purge is still open after {SNAPSHOT_WAIT:?}; \
+                     compacting now would keep the deleted values"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn cf(db: &DB, ks: Keyspace) -> Result<&rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(ks.name())
+        .ok_or_else(|| StoreError::Io(format!("column family {} is missing", ks.name())))
+}
+
+/// A RocksDB snapshot: every read goes through read options pinned to it.
+struct RocksSnapshot<'a> {
+    db: &'a DB,
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl RocksSnapshot<'_> {
+    fn options(&self) -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&self.snapshot);
+        opts
+    }
+}
+
+impl Snapshot for RocksSnapshot<'_> {
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.db
-            .cf_handle(ks.name())
-            .ok_or_else(|| StoreError::Io(format!("column family {} is missing", ks.name())))
+            .get_cf_opt(cf(self.db, ks)?, key, &self.options())
+            .map_err(io)
+    }
+
+    fn multi_get(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.db
+            .batched_multi_get_cf_opt(cf(self.db, ks)?, keys, false, &self.options())
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|p| p.to_vec())).map_err(io))
+            .collect()
+    }
+
+    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut opts = self.options();
+        if let Some(end) = prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(cf(self.db, ks)?, opts, mode) {
+            let (key, value) = item.map_err(io)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
     }
 }
 
 impl Store for RocksStore {
+    fn snapshot(&self) -> Box<dyn Snapshot + '_> {
+        Box::new(RocksSnapshot {
+            db: &self.db,
+            snapshot: self.db.snapshot(),
+        })
+    }
+
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.db.get_cf(self.cf(ks)?, key).map_err(io)
     }
@@ -149,6 +244,7 @@ impl Store for RocksStore {
         for op in batch.ops() {
             match op {
                 Op::Delete(ks, key) => wb.delete_cf(self.cf(*ks)?, key),
+                Op::DeleteRange(ks, from, to) => wb.delete_range_cf(self.cf(*ks)?, from, to),
                 Op::Put(ks, key, value) => wb.put_cf(self.cf(*ks)?, key, value),
             }
         }
@@ -158,6 +254,10 @@ impl Store for RocksStore {
     }
 
     fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
+        // Every deletion to purge was written before this point; a snapshot older than it can
+        // still see the deleted values, and a compaction keeps what a snapshot can see.
+        let deleted_by = self.db.latest_sequence_number();
+        self.wait_for_snapshots_before(deleted_by)?;
         let mut flush = FlushOptions::default();
         flush.set_wait(true);
         let cfs = Keyspace::ALL
@@ -170,9 +270,12 @@ impl Store for RocksStore {
         compact.set_exclusive_manual_compaction(false);
         for (ks, prefix) in prefixes {
             let end = prefix_end(prefix);
+            // RocksDB's C API drops the status of a manual compaction: nothing to check here.
             self.db
                 .compact_range_cf_opt(self.cf(*ks)?, Some(*prefix), end.as_deref(), &compact);
         }
+        // A snapshot opened since the check above is newer than every deletion purged: it
+        // cannot hold the deleted values back.
         Ok(())
     }
 }

@@ -1,10 +1,16 @@
 //! The purge after a shred: make the deleted wrapped DEK and ciphertexts leave every live file
 //! (flush, then forced bottommost compaction of their key ranges). A purge costs a flush of
 //! every keyspace, so it runs off the request path, and all shreds queued while one purge runs
-//! share the next, at most one every `MIN_INTERVAL`. Each purged record gets a `Records/Purge`
-//! audit event saying when.
+//! share the next, at most one every `MIN_INTERVAL`.
+//!
+//! A purge owed is durable: the shred's own batch writes a pending-purge key (`owe`), and the
+//! batch that records the purge's `Records/Purge` audit event removes it, so a purge queued
+//! when the vault crashes or stops is found again at the next start. A purge that fails is
+//! logged, recorded as a failed `Records/Purge` event, and retried with a growing delay; the
+//! `OK` event (and a receipt's `purged_at_ms`) is written only once the store reported the
+//! purge done and the record's keys read back absent.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,12 +21,35 @@ use crate::{
 };
 
 /// The least time between the starts of two purges.
-const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+const MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// The first delay before retrying a failed purge; it doubles per failure up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest delay between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Where pending purges are kept (in `meta`), followed by the record id.
+const PENDING_PREFIX: &[u8] = b"purge/pending/";
+
+fn pending_key(id: &RecordId) -> Vec<u8> {
+    let mut key = PENDING_PREFIX.to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Adds to a shred's batch the durable note that the record's purge is owed.
+pub(super) fn owe(batch: &mut Batch, id: &RecordId, collection: &str) {
+    batch.put(
+        Keyspace::Meta,
+        pending_key(id),
+        collection.as_bytes().to_vec(),
+    );
+}
+
+type Reply = oneshot::Sender<Result<i64, String>>;
 
 struct Job {
     id: RecordId,
     collection: String,
-    done: Option<oneshot::Sender<Result<i64, String>>>,
+    done: Option<Reply>,
 }
 
 /// The handle shreds queue their purges on.
@@ -37,68 +66,65 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// The purges owed, by record id (a job queued twice is one purge).
+type Owed = BTreeMap<[u8; 16], (String, Vec<Reply>)>;
+
+fn add(owed: &mut Owed, job: Job) {
+    let entry = owed
+        .entry(*job.id.as_bytes())
+        .or_insert_with(|| (job.collection, Vec::new()));
+    entry.1.extend(job.done);
+}
+
+/// The purges left pending by an earlier run (a crash, or a stop before they ran).
+fn pending(store: &dyn Store) -> Result<Owed, String> {
+    let mut owed = Owed::new();
+    for (key, value) in store
+        .scan_prefix(Keyspace::Meta, PENDING_PREFIX)
+        .map_err(|e| e.to_string())?
+    {
+        let Ok(id) = <[u8; 16]>::try_from(&key[PENDING_PREFIX.len()..]) else {
+            tracing::error!("a malformed pending-purge key is ignored");
+            continue;
+        };
+        let collection = String::from_utf8_lossy(&value).into_owned();
+        owed.insert(id, (collection, Vec::new()));
+    }
+    Ok(owed)
+}
+
+/// Purges `ids` and checks that none of their keys reads back.
+fn purge_now(store: &dyn Store, ids: &[[u8; 16]]) -> Result<(), String> {
+    let prefixes: Vec<(Keyspace, &[u8])> = ids
+        .iter()
+        .flat_map(|id| [(Keyspace::Deks, &id[..]), (Keyspace::Records, &id[..])])
+        .collect();
+    store.purge(&prefixes).map_err(|e| e.to_string())?;
+    for id in ids {
+        let header = store.get(Keyspace::Deks, id).map_err(|e| e.to_string())?;
+        let fields = store
+            .scan_prefix(Keyspace::Records, id)
+            .map_err(|e| e.to_string())?;
+        if header.is_some() || !fields.is_empty() {
+            return Err("a shredded record's keys are still readable after the purge".into());
+        }
+    }
+    Ok(())
+}
+
 impl Purger {
-    /// Starts the purge task.
+    /// Starts the purge task; it first takes up the purges an earlier run left pending.
     pub(super) fn start(store: Arc<dyn Store>, audit: Arc<Audit>) -> Self {
-        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
-        tokio::spawn(async move {
-            let mut last_start: Option<tokio::time::Instant> = None;
-            while let Some(first) = rx.recv().await {
-                // A purge flushes every keyspace: under a stream of shreds, run at most one per
-                // interval and let it cover everything queued meanwhile.
-                if let Some(at) = last_start {
-                    tokio::time::sleep_until(at + MIN_INTERVAL).await;
-                }
-                last_start = Some(tokio::time::Instant::now());
-                let mut batch = vec![first];
-                while let Ok(job) = rx.try_recv() {
-                    batch.push(job);
-                }
-                let ids: Vec<[u8; 16]> = batch.iter().map(|j| *j.id.as_bytes()).collect();
-                let store = Arc::clone(&store);
-                let result = tokio::task::spawn_blocking(move || {
-                    let prefixes: Vec<(Keyspace, &[u8])> = ids
-                        .iter()
-                        .flat_map(|id| [(Keyspace::Deks, &id[..]), (Keyspace::Records, &id[..])])
-                        .collect();
-                    store.purge(&prefixes)
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map(|()| crate::vault::now_ms());
-                if result.is_ok() {
-                    let events = batch
-                        .iter()
-                        .map(|j| Event {
-                            method: "Records/Purge".into(),
-                                                        record_id: j.id.to_string(),
-                            collection: j.collection.clone(),
-                            result: "OK".into(),
-                                                        detail: format!(
-                                "wrapped key and ciphertexts purged from live files ({} records in this purge)",
-                                batch.len()
-                            ),
-                            ..Event::default()
-                        })
-                        .collect();
-                    if let Err(e) = audit.commit(Batch::new(), events).await {
-                        tracing::error!(error = %e, "the purge events were not recorded");
-                    }
-                } else if let Err(e) = &result {
-                    tracing::error!(error = %e, "purge after shred failed; it will be retried by the next one");
-                }
-                for job in batch {
-                    if let Some(done) = job.done {
-                        let _ = done.send(result.clone());
-                    }
-                }
-            }
-        });
+        let (jobs, rx) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(run(store, audit, rx));
         Self { jobs }
     }
 
     /// Queues the purge of a shredded record; with `wait`, returns when it completed.
+    ///
+    /// # Errors
+    /// A message if the purge task stopped, or (with `wait`) if this attempt failed: the purge
+    /// stays owed and is retried.
     pub(super) async fn purge(
         &self,
         id: RecordId,
@@ -120,5 +146,153 @@ impl Purger {
         rx.await
             .map_err(|_| "the purge task stopped before the purge".to_owned())?
             .map(Some)
+    }
+}
+
+async fn run(store: Arc<dyn Store>, audit: Arc<Audit>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut owed = {
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || pending(store.as_ref())).await {
+            Ok(Ok(owed)) => owed,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the pending purges; they wait for the next start");
+                Owed::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the pending purges failed");
+                Owed::new()
+            }
+        }
+    };
+    if !owed.is_empty() {
+        tracing::info!(
+            records = owed.len(),
+            "purges left pending by the last run are taken up"
+        );
+    }
+    let mut last_start: Option<tokio::time::Instant> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut failures = 0u32;
+    loop {
+        if owed.is_empty() {
+            match rx.recv().await {
+                Some(job) => add(&mut owed, job),
+                None => return,
+            }
+        }
+        // A purge flushes every keyspace: under a stream of shreds, run at most one per
+        // interval (or per backoff delay after a failure) and let it cover everything queued
+        // meanwhile.
+        let next = match (last_start, retry_at) {
+            (_, Some(at)) => Some(at),
+            (Some(at), None) => Some(at + MIN_INTERVAL),
+            (None, None) => None,
+        };
+        if let Some(at) = next {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => break,
+                    job = rx.recv() => match job {
+                        Some(job) => add(&mut owed, job),
+                        // The vault stopped: what is owed stays in the store for the next start.
+                        None => return,
+                    },
+                }
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            add(&mut owed, job);
+        }
+        last_start = Some(tokio::time::Instant::now());
+        let ids: Vec<[u8; 16]> = owed.keys().copied().collect();
+        let result = {
+            let (store, ids) = (Arc::clone(&store), ids.clone());
+            tokio::task::spawn_blocking(move || purge_now(store.as_ref(), &ids))
+                .await
+                .map_err(|e| format!("the purge task failed: {e}"))
+                .and_then(|r| r)
+        };
+        let result = match result {
+            Ok(()) => record_success(&audit, &owed).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(at) => {
+                failures = 0;
+                retry_at = None;
+                for (_, (_, replies)) in std::mem::take(&mut owed) {
+                    for reply in replies {
+                        let _ = reply.send(Ok(at));
+                    }
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = FIRST_BACKOFF
+                    .saturating_mul(1 << (failures - 1).min(6))
+                    .min(MAX_BACKOFF);
+                retry_at = Some(tokio::time::Instant::now() + delay);
+                tracing::error!(
+                    error = %e,
+                    records = owed.len(),
+                    attempt = failures,
+                    retry_in_s = delay.as_secs(),
+                    "purge after shred failed; it stays owed and will be retried"
+                );
+                record_failure(&audit, &owed, failures, delay).await;
+                // A caller waiting for this purge gets its answer now (the purge pending);
+                // later attempts need no one to wait.
+                for (_, replies) in owed.values_mut() {
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records the `OK` event of each purged record and drops their pending keys, in one batch.
+async fn record_success(audit: &Audit, owed: &Owed) -> Result<i64, String> {
+    let at = crate::vault::now_ms();
+    let mut batch = Batch::new();
+    let mut events = Vec::with_capacity(owed.len());
+    for (id, (collection, _)) in owed {
+        let id = RecordId::from_bytes(*id);
+        batch.delete(Keyspace::Meta, pending_key(&id));
+        events.push(Event {
+            method: "Records/Purge".into(),
+            record_id: id.to_string(),
+            collection: collection.clone(),
+            result: "OK".into(),
+            detail: format!(
+                "wrapped key and ciphertexts purged from live files ({} records in this purge)",
+                owed.len()
+            ),
+            ..Event::default()
+        });
+    }
+    audit
+        .commit(batch, events)
+        .await
+        .map_err(|e| format!("the purge events were not recorded: {e}"))?;
+    Ok(at)
+}
+
+/// Records that a purge attempt failed: one event per attempt, however many records it
+/// covered (the delay between attempts bounds how many).
+async fn record_failure(audit: &Audit, owed: &Owed, attempt: u32, delay: Duration) {
+    let event = Event {
+        method: "Records/Purge".into(),
+        result: "UNAVAILABLE".into(),
+        detail: format!(
+            "purge attempt {attempt} of {} shredded records failed; retrying in {} s",
+            owed.len(),
+            delay.as_secs()
+        ),
+        ..Event::default()
+    };
+    if let Err(e) = audit.commit(Batch::new(), vec![event]).await {
+        tracing::error!(error = %e, "the failed purge could not be recorded in the audit log");
     }
 }

@@ -7,7 +7,7 @@ use super::{Error, FieldInput, Vault, header::Header};
 use crate::{
     crypto::{self, Dek, DekContext, FieldContext},
     domain::{Collection, FieldValue, InvalidInput, RecordId},
-    storage::{Batch, Keyspace},
+    storage::{Batch, Keyspace, Snapshot},
 };
 
 /// A record's header, parsed, with its collection resolved.
@@ -51,15 +51,13 @@ impl Vault {
         Ok(out)
     }
 
-    pub(super) fn load(&self, id: &RecordId) -> Result<Loaded<'_>, Error> {
-        let Some(bytes) = self.store.get(Keyspace::Deks, id.as_bytes())? else {
+    /// Loads a record's header (with its wrapped DEK) from `snapshot`; read its ciphertexts
+    /// from the same snapshot, so that a concurrent update or shred is seen whole or not at all.
+    pub(super) fn load(&self, snapshot: &dyn Snapshot, id: &RecordId) -> Result<Loaded<'_>, Error> {
+        let Some(bytes) = snapshot.get(Keyspace::Deks, id.as_bytes())? else {
             return Err(Error::NotFound);
         };
-        if self
-            .store
-            .get(Keyspace::Tombstones, id.as_bytes())?
-            .is_some()
-        {
+        if snapshot.get(Keyspace::Tombstones, id.as_bytes())?.is_some() {
             // A shredded record brought back (e.g. from a backup) stays shredded.
             return Err(Error::NotFound);
         }
@@ -95,10 +93,12 @@ impl Vault {
     }
 
     /// Reads the ciphertexts of `fields` (indices into the collection) that the header's
-    /// manifest says the record holds, with point reads (bloom-filtered, no iterator). A field
-    /// in the manifest without its ciphertext is an integrity failure.
+    /// manifest says the record holds, with point reads (bloom-filtered, no iterator), from the
+    /// snapshot the header came from. A field in the manifest without its ciphertext is an
+    /// integrity failure.
     pub(super) fn ciphertexts(
         &self,
+        snapshot: &dyn Snapshot,
         id: &RecordId,
         loaded: &Loaded<'_>,
         fields: impl Iterator<Item = usize>,
@@ -110,7 +110,7 @@ impl Vault {
             .iter()
             .map(|&i| field_key(id, loaded.collection.fields()[i].0.as_str()))
             .collect();
-        let values = self.store.multi_get(Keyspace::Records, &keys)?;
+        let values = snapshot.multi_get(Keyspace::Records, &keys)?;
         let mut out = HashMap::with_capacity(present.len());
         for (i, value) in present.into_iter().zip(values) {
             let Some(value) = value else {
