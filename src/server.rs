@@ -260,6 +260,7 @@ pub async fn start_with_store(
         vault = vault.danger_without_read_audit();
     }
     let vault = Arc::new(vault);
+    let background = Arc::clone(&vault);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -389,6 +390,7 @@ pub async fn start_with_store(
             .map_err(|e| ServerError(format!("server failed: {e}")));
         pruner.abort();
         let _ = pruner.await;
+        background.stop().await;
         // The last window of refused calls, before the final checkpoint.
         let _ = stop_refusals.send(());
         let _ = refusals.await;

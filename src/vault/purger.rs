@@ -10,9 +10,16 @@
 //! `OK` event (and a receipt's `purged_at_ms`) is written only once the store reported the
 //! purge done and the record's keys read back absent.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
 
 use crate::{
     audit::{Audit, Event},
@@ -53,9 +60,11 @@ struct Job {
 }
 
 /// The handle shreds queue their purges on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Purger {
     jobs: mpsc::UnboundedSender<Job>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -116,8 +125,30 @@ impl Purger {
     /// Starts the purge task; it first takes up the purges an earlier run left pending.
     pub(super) fn start(store: Arc<dyn Store>, audit: Arc<Audit>) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel::<Job>();
-        tokio::spawn(run(store, audit, rx));
-        Self { jobs }
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(store, audit, rx, stopped));
+        Self {
+            jobs,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Stops the purge task and waits for it (and a purge it is running) to end, so that the
+    /// store is released when the vault is. What is still owed stays in the store for the next
+    /// start.
+    pub(super) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the purge task failed");
+        }
     }
 
     /// Queues the purge of a shredded record; with `wait`, returns when it completed.
@@ -149,7 +180,12 @@ impl Purger {
     }
 }
 
-async fn run(store: Arc<dyn Store>, audit: Arc<Audit>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(
+    store: Arc<dyn Store>,
+    audit: Arc<Audit>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut owed = {
         let store = Arc::clone(&store);
         match tokio::task::spawn_blocking(move || pending(store.as_ref())).await {
@@ -175,9 +211,12 @@ async fn run(store: Arc<dyn Store>, audit: Arc<Audit>, mut rx: mpsc::UnboundedRe
     let mut failures = 0u32;
     loop {
         if owed.is_empty() {
-            match rx.recv().await {
-                Some(job) => add(&mut owed, job),
-                None => return,
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => add(&mut owed, job),
+                    None => return,
+                },
+                _ = stopped.wait_for(|s| *s) => return,
             }
         }
         // A purge flushes every keyspace: under a stream of shreds, run at most one per
@@ -197,6 +236,7 @@ async fn run(store: Arc<dyn Store>, audit: Arc<Audit>, mut rx: mpsc::UnboundedRe
                         // The vault stopped: what is owed stays in the store for the next start.
                         None => return,
                     },
+                    _ = stopped.wait_for(|s| *s) => return,
                 }
             }
         }

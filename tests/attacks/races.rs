@@ -1004,3 +1004,35 @@ async fn a_vault_started_without_read_auditing_records_it_and_health_says_so() {
     .unwrap_err();
     assert!(err.contains("danger_disable_read_audit"), "{err}");
 }
+
+/// A vault stopped while a purge runs releases its store when `shutdown` returns: an operator's
+/// restart (or backup tool) may open the data dir at once. The purge still owed runs at the
+/// next start.
+#[tokio::test]
+async fn a_stopped_vault_releases_its_store_even_mid_purge() {
+    let mut vault = Vault::start().await;
+    for round in 0..5 {
+        let mut admin = vault.admin().await;
+        for _ in 0..4 {
+            let id = create(&mut admin, customer("stop")).await;
+            admin
+                .records
+                .delete_record(pb::DeleteRecordRequest {
+                    id,
+                    wait_for_purge: false,
+                })
+                .await
+                .unwrap();
+        }
+        drop(admin);
+        vault.stop().await;
+        let db = vault.data_dir().join("db");
+        let opened = RocksStore::open(&db);
+        assert!(
+            opened.is_ok(),
+            "round {round}: the store is still held after shutdown"
+        );
+        drop(opened);
+        vault.restart().await;
+    }
+}
