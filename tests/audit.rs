@@ -6,16 +6,13 @@
 
 mod support;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use strongroom::{
     api::pb::{self, Disclosure},
     audit::{Audit, AuditOptions, Event, FieldOutcome},
     crypto::{FileKekProvider, Kek, KekId, KekProvider, SubKey},
-    storage::{Batch, KeyValue, Keyspace, MemoryStore, RocksStore, Store, StoreError},
+    storage::{Batch, KeyValue, Keyspace, MemoryStore, RocksStore, Store},
 };
 use support::*;
 use tonic::Code;
@@ -586,59 +583,10 @@ async fn a_tail_truncated_while_down_is_seen_after_restart() {
     assert_eq!(r.problem_seq, last - 1, "{r:?}");
 }
 
-/// A store whose writes fail on demand: an audit write failure, injected.
-struct FailingStore {
-    inner: RocksStore,
-    fail: AtomicBool,
-}
-
-impl Store for FailingStore {
-    fn snapshot(&self) -> Box<dyn strongroom::storage::Snapshot + '_> {
-        self.inner.snapshot()
-    }
-    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(ks, key)
-    }
-    fn multi_get(
-        &self,
-        ks: Keyspace,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.multi_get(ks, keys)
-    }
-    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_prefix(ks, prefix)
-    }
-    fn scan_range(
-        &self,
-        ks: Keyspace,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_range(ks, from, to, limit)
-    }
-    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.last(ks)
-    }
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Io("injected write failure".into()));
-        }
-        self.inner.write(batch)
-    }
-    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
-        self.inner.purge(prefixes)
-    }
-}
-
 #[tokio::test]
 async fn an_audit_write_failure_returns_no_data_and_applies_no_write() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailingStore {
-        inner: RocksStore::open(dir.path()).unwrap(),
-        fail: AtomicBool::new(false),
-    });
+    let store = Arc::new(Faulty::new(RocksStore::open(dir.path()).unwrap()));
     let (_dir, running, token) = Vault::start_over(store.clone(), "").await;
     let addr = format!("http://{}", running.addr);
     let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
@@ -648,7 +596,7 @@ async fn an_audit_write_failure_returns_no_data_and_applies_no_write() {
         store.inner.scan_prefix(Keyspace::Audit, b"").unwrap().len(),
     );
 
-    store.fail.store(true, Ordering::SeqCst);
+    store.fail_writes.store(true, Ordering::SeqCst);
     let status = assert_code(get(&mut admin, &id, "support").await, Code::Unavailable);
     assert!(!status.message().contains("Lovelace"));
     assert_code(
@@ -679,7 +627,7 @@ async fn an_audit_write_failure_returns_no_data_and_applies_no_write() {
     );
     assert_eq!(before, after, "nothing was written");
 
-    store.fail.store(false, Ordering::SeqCst);
+    store.fail_writes.store(false, Ordering::SeqCst);
     let resp = get(&mut admin, &id, "support").await.unwrap();
     assert_eq!(resp.version, 1, "the failed update applied nothing");
     assert_eq!(value_of(&resp, "email").unwrap().1, Disclosure::Plain);

@@ -7,7 +7,7 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -16,12 +16,13 @@ use strongroom::{
     api::pb,
     audit::{Audit, AuditOptions, Event},
     crypto::{Kek, KekId},
-    storage::{Batch, KeyValue, Keyspace, MemoryStore, RocksStore, Snapshot, Store, StoreError},
+    storage::{Batch, MemoryStore, RocksStore, Store},
 };
 use tonic::Code;
 
 use crate::support::{
-    Vault, assert_code, create, customer, field, files_containing, get, policies_dir, stored,
+    Faulty, Vault, assert_code, create, customer, field, files_containing, get, policies_dir,
+    stored,
 };
 
 /// How long a test waits for something that must happen before calling it hung.
@@ -378,54 +379,6 @@ fn rand_tag() -> u32 {
     (h.finish() % 1_000_000) as u32
 }
 
-/// A RocksDB store whose purges fail while `fail` is set (an I/O error during the flush).
-struct FlakyPurge {
-    inner: RocksStore,
-    fail: AtomicBool,
-    attempts: AtomicUsize,
-}
-
-impl Store for FlakyPurge {
-    fn snapshot(&self) -> Box<dyn Snapshot + '_> {
-        self.inner.snapshot()
-    }
-    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(ks, key)
-    }
-    fn multi_get(
-        &self,
-        ks: Keyspace,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.multi_get(ks, keys)
-    }
-    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_prefix(ks, prefix)
-    }
-    fn scan_range(
-        &self,
-        ks: Keyspace,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_range(ks, from, to, limit)
-    }
-    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.last(ks)
-    }
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        self.inner.write(batch)
-    }
-    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
-        self.attempts.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Io("injected flush failure".into()));
-        }
-        self.inner.purge(prefixes)
-    }
-}
-
 async fn purge_events(
     admin: &mut strongroom::client::Client,
     id: &str,
@@ -452,11 +405,8 @@ async fn purge_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_purge_is_retried_reported_and_never_claimed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FlakyPurge {
-        inner: RocksStore::open(dir.path()).unwrap(),
-        fail: AtomicBool::new(true),
-        attempts: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Faulty::new(RocksStore::open(dir.path()).unwrap()));
+    store.fail_purges.store(true, Ordering::SeqCst);
     let (_dir, running, token) = Vault::start_over(store.clone(), "").await;
     let addr = format!("http://{}", running.addr);
     let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
@@ -503,10 +453,10 @@ async fn a_failed_purge_is_retried_reported_and_never_claimed() {
         "the failure is reported in the audit log"
     );
     // The store recovers: the purge owed is retried (with backoff) and then recorded.
-    store.fail.store(false, Ordering::SeqCst);
+    store.fail_purges.store(false, Ordering::SeqCst);
     let purged = wait_for_purge_events(&mut admin.audit, std::slice::from_ref(&id)).await;
     assert_eq!(purged, 1, "the failed purge was never retried");
-    let attempts = store.attempts.load(Ordering::SeqCst);
+    let attempts = store.purges.load(Ordering::SeqCst);
     eprintln!(
         "failed purge: {attempts} attempts, {} failure events, then 1 purged event",
         failures.len()
@@ -619,95 +569,21 @@ async fn an_audit_query_after_the_largest_sequence_number_is_empty_not_a_crash()
     assert_eq!(resp.events.len(), 1);
 }
 
-/// A store whose scans of the audit keyspace block while `closed` is set, to show whether a
-/// scan holds an async worker.
-struct GatedScans {
-    inner: MemoryStore,
-    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
-    entered: Arc<AtomicUsize>,
-}
-
-impl GatedScans {
-    fn wait_open(&self) {
-        self.entered.fetch_add(1, Ordering::SeqCst);
-        let (lock, cv) = &*self.gate;
-        let mut closed = lock.lock().unwrap();
-        while *closed {
-            closed = cv.wait(closed).unwrap();
-        }
-    }
-}
-
-fn open_gate(gate: &(Mutex<bool>, std::sync::Condvar)) {
-    *gate.0.lock().unwrap() = false;
-    gate.1.notify_all();
-}
-
-impl Store for GatedScans {
-    fn snapshot(&self) -> Box<dyn Snapshot + '_> {
-        self.inner.snapshot()
-    }
-    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(ks, key)
-    }
-    fn multi_get(
-        &self,
-        ks: Keyspace,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.multi_get(ks, keys)
-    }
-    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_prefix(ks, prefix)
-    }
-    fn scan_range(
-        &self,
-        ks: Keyspace,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        if ks == Keyspace::Audit && limit > 1 {
-            self.wait_open();
-        }
-        self.inner.scan_range(ks, from, to, limit)
-    }
-    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.last(ks)
-    }
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        self.inner.write(batch)
-    }
-    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
-        self.inner.purge(prefixes)
-    }
-}
-
 /// Runs `call` against a vault on a one-worker runtime while its audit scans are blocked, and
 /// checks that a record read is served meanwhile: a scan that held the only worker would
 /// stall every other call.
 async fn scan_does_not_block_other_calls(call: &'static str) {
-    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let entered = Arc::new(AtomicUsize::new(0));
-    let store = Arc::new(GatedScans {
-        inner: MemoryStore::new(),
-        gate: Arc::clone(&gate),
-        entered: Arc::clone(&entered),
-    });
+    let store = Arc::new(Faulty::new(MemoryStore::new()));
+    let gate = Arc::clone(&store.audit_scans);
     let (_dir, running, token) = Vault::start_over(store, "").await;
     let addr = format!("http://{}", running.addr);
     let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
     let id = create(&mut admin, customer("gate")).await;
-    *gate.0.lock().unwrap() = true;
+    gate.close();
     // The clients run on their own thread and runtime; this (only) worker serves the vault.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let client_thread = {
-        let (addr, token, id, entered) = (
-            addr.clone(),
-            token.clone(),
-            id.clone(),
-            Arc::clone(&entered),
-        );
+        let (addr, token, id, gate) = (addr.clone(), token.clone(), id.clone(), Arc::clone(&gate));
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async move {
@@ -740,7 +616,7 @@ async fn scan_does_not_block_other_calls(call: &'static str) {
                         },
                     }
                 });
-                while entered.load(Ordering::SeqCst) == 0 {
+                while gate.entered.load(Ordering::SeqCst) == 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 let read = get(&mut c, &id, "support").await;
@@ -755,7 +631,7 @@ async fn scan_does_not_block_other_calls(call: &'static str) {
         let gate = Arc::clone(&gate);
         tokio::task::spawn_blocking(move || {
             let answer = rx.recv_timeout(HANG_GUARD);
-            open_gate(&gate);
+            gate.open();
             answer
         })
         .await
@@ -787,54 +663,9 @@ async fn an_audit_export_scan_does_not_hold_an_async_worker() {
 // Defect 7c: pruning writes bounded batches.
 // ---------------------------------------------------------------------------------------------
 
-/// A memory store that remembers the size of the largest batch written.
-#[derive(Default)]
-struct CountingStore {
-    inner: MemoryStore,
-    largest: AtomicUsize,
-}
-
-impl Store for CountingStore {
-    fn snapshot(&self) -> Box<dyn Snapshot + '_> {
-        self.inner.snapshot()
-    }
-    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(ks, key)
-    }
-    fn multi_get(
-        &self,
-        ks: Keyspace,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.multi_get(ks, keys)
-    }
-    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_prefix(ks, prefix)
-    }
-    fn scan_range(
-        &self,
-        ks: Keyspace,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_range(ks, from, to, limit)
-    }
-    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.last(ks)
-    }
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        self.largest.fetch_max(batch.ops().len(), Ordering::SeqCst);
-        self.inner.write(batch)
-    }
-    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
-        self.inner.purge(prefixes)
-    }
-}
-
 #[tokio::test]
 async fn pruning_a_large_log_writes_bounded_batches() {
-    let store = Arc::new(CountingStore::default());
+    let store = Arc::new(Faulty::new(MemoryStore::new()));
     let dyn_store: Arc<dyn Store> = store.clone();
     let audit = Audit::open(
         dyn_store,
@@ -858,10 +689,10 @@ async fn pruning_a_large_log_writes_bounded_batches() {
         audit.commit(Batch::new(), batch).await.unwrap();
     }
     // The writes above were batches of 1,000 events; count only the prune's own.
-    store.largest.store(0, Ordering::SeqCst);
+    store.largest_batch.store(0, Ordering::SeqCst);
     let later = strongroom::vault::now_ms() + 2 * 86_400_000;
     let pruned = audit.prune(later).await.unwrap();
-    let largest = store.largest.load(Ordering::SeqCst);
+    let largest = store.largest_batch.load(Ordering::SeqCst);
     eprintln!("prune: {pruned} events pruned; largest batch written: {largest} operations");
     assert_eq!(pruned, events, "everything up to the last checkpoint");
     assert!(largest <= 16, "a prune batch of {largest} operations");

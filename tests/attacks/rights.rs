@@ -4,21 +4,18 @@
 //! revoked caller's live audit stream ends.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use strongroom::{
     api::pb::{self, Disclosure},
     client::Client,
-    storage::{Batch, KeyValue, Keyspace, RocksStore, Store, StoreError},
+    storage::{Keyspace, RocksStore, Store},
 };
 use tonic::Code;
 
-use crate::support::{Vault, assert_code, create, customer, get, value_of};
+use crate::support::{Faulty, Vault, assert_code, create, customer, get, value_of};
 
 const SSN: &str = "123-45-6789";
 
@@ -131,71 +128,22 @@ async fn revoke_and_reissue_with_fewer_roles_leaves_only_the_new_roles() {
     assert_eq!(value_of(&resp, "ssn").unwrap(), (SSN, Disclosure::Plain));
 }
 
-/// A store whose writes fail on demand.
-struct FailingStore {
-    inner: RocksStore,
-    fail: AtomicBool,
-}
-
-impl Store for FailingStore {
-    fn snapshot(&self) -> Box<dyn strongroom::storage::Snapshot + '_> {
-        self.inner.snapshot()
-    }
-    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(ks, key)
-    }
-    fn multi_get(
-        &self,
-        ks: Keyspace,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.multi_get(ks, keys)
-    }
-    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_prefix(ks, prefix)
-    }
-    fn scan_range(
-        &self,
-        ks: Keyspace,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan_range(ks, from, to, limit)
-    }
-    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.last(ks)
-    }
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Io("injected write failure".into()));
-        }
-        self.inner.write(batch)
-    }
-    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
-        self.inner.purge(prefixes)
-    }
-}
-
 #[tokio::test]
 async fn a_failed_issue_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailingStore {
-        inner: RocksStore::open(dir.path()).unwrap(),
-        fail: AtomicBool::new(false),
-    });
+    let store = Arc::new(Faulty::new(RocksStore::open(dir.path()).unwrap()));
     let (_dir, running, token) = Vault::start_over(store.clone(), "").await;
     let addr = format!("http://{}", running.addr);
     let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
     let id = create(&mut admin, customer("failed")).await;
     let tokens_before = store.inner.scan_prefix(Keyspace::Meta, b"token/").unwrap();
 
-    store.fail.store(true, Ordering::SeqCst);
+    store.fail_writes.store(true, Ordering::SeqCst);
     assert_code(
         issue(&mut admin, "svc:x", &["role:admin"]).await,
         Code::Unavailable,
     );
-    store.fail.store(false, Ordering::SeqCst);
+    store.fail_writes.store(false, Ordering::SeqCst);
 
     let tokens_after = store.inner.scan_prefix(Keyspace::Meta, b"token/").unwrap();
     assert_eq!(tokens_before, tokens_after, "no token was stored");

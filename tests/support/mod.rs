@@ -5,7 +5,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use strongroom::{
@@ -13,7 +16,7 @@ use strongroom::{
     client::{self, Client},
     config::{Config, Overrides},
     server::{self, Running},
-    storage::{KeyValue, Keyspace, RocksStore, Store},
+    storage::{Batch, KeyValue, Keyspace, RocksStore, Snapshot, Store, StoreError},
 };
 use tonic::{Code, transport::Channel};
 
@@ -169,6 +172,112 @@ impl Vault {
         };
         self.restart().await;
         out
+    }
+}
+
+/// A store over a real one that fails, stalls or counts on demand, as a failing disk would;
+/// every other call passes through. The one fault-injecting store of the tests.
+pub struct Faulty<S> {
+    pub inner: S,
+    /// Writes fail while set.
+    pub fail_writes: AtomicBool,
+    /// Purges fail while set.
+    pub fail_purges: AtomicBool,
+    /// Purges attempted.
+    pub purges: AtomicUsize,
+    /// The most operations one written batch held.
+    pub largest_batch: AtomicUsize,
+    /// Scans of more than one audit event pass here (and wait while it is closed).
+    pub audit_scans: Arc<Gate>,
+}
+
+impl<S> Faulty<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            fail_writes: AtomicBool::new(false),
+            fail_purges: AtomicBool::new(false),
+            purges: AtomicUsize::new(0),
+            largest_batch: AtomicUsize::new(0),
+            audit_scans: Arc::new(Gate::default()),
+        }
+    }
+}
+
+/// Where threads wait while it is closed; it counts every pass.
+#[derive(Default)]
+pub struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+    /// How many passed (or are waiting).
+    pub entered: AtomicUsize,
+}
+
+impl Gate {
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    pub fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+    }
+}
+
+impl<S: Store> Store for Faulty<S> {
+    fn snapshot(&self) -> Box<dyn Snapshot + '_> {
+        self.inner.snapshot()
+    }
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(ks, key)
+    }
+    fn multi_get(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.inner.multi_get(ks, keys)
+    }
+    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.scan_prefix(ks, prefix)
+    }
+    fn scan_range(
+        &self,
+        ks: Keyspace,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        if ks == Keyspace::Audit && limit > 1 {
+            self.audit_scans.pass();
+        }
+        self.inner.scan_range(ks, from, to, limit)
+    }
+    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.last(ks)
+    }
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        self.largest_batch
+            .fetch_max(batch.ops().len(), Ordering::SeqCst);
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("injected write failure".into()));
+        }
+        self.inner.write(batch)
+    }
+    fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
+        self.purges.fetch_add(1, Ordering::SeqCst);
+        if self.fail_purges.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("injected flush failure".into()));
+        }
+        self.inner.purge(prefixes)
     }
 }
 
