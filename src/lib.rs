@@ -25,3 +25,6 @@ pub mod server;
 pub mod storage;
 pub mod tokens;
 pub mod vault;
+
+#[cfg(test)]
+mod testing;
