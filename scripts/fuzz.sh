@@ -46,6 +46,11 @@ binary() { # the test executable of a cargo target
 }
 lib_bin="$(binary --lib)" && attacks_bin="$(binary --test attacks)" || exit 1
 [ -x "$lib_bin" ] && [ -x "$attacks_bin" ] || { echo "fuzz.sh: the build failed" >&2; exit 1; }
+# Run copies, so that a rebuild during a long run does not change what it runs.
+copy="$(mktemp -d)"
+trap 'rm -rf "$copy"' EXIT
+cp "$lib_bin" "$copy/lib" && cp "$attacks_bin" "$copy/attacks"
+lib_bin="$copy/lib" attacks_bin="$copy/attacks"
 
 wanted() {
   [ $# -le 1 ] && return 0

@@ -9,9 +9,18 @@
 #   scripts/soak.sh 50         # 50 cycles
 #   STRONGROOM_SOAK_SEED=42 scripts/soak.sh 10   # replay a run (the seed is printed first)
 #
-# It is the test `fuzz::crash_soak` of the `attacks` test binary with STRONGROOM_SOAK_CYCLES set;
-# each cycle prints one `soak:` line with the running counts.
+# It is the test `fuzz::crash_soak` of the `attacks` test binary with STRONGROOM_SOAK_CYCLES set,
+# run from a copy of the binaries (a rebuild during the soak does not change what it runs). Each
+# cycle prints one `soak:` line with the running counts; the last line has the totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STRONGROOM_SOAK_CYCLES="${1:-1000}"
-exec cargo test --test attacks fuzz::crash_soak -- --exact --nocapture
+target="${CARGO_TARGET_DIR:-target}"
+attacks="$(cargo test --test attacks --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)"
+cargo build --bin strongroom 2>/dev/null
+copy="$(mktemp -d)"
+trap 'rm -rf "$copy"' EXIT
+cp "$attacks" "$copy/attacks"
+cp "$target/debug/strongroom" "$copy/strongroom"
+STRONGROOM_BIN="$copy/strongroom" "$copy/attacks" fuzz::crash_soak --exact --nocapture

@@ -311,7 +311,7 @@ mod tests {
     }
 
     /// Field envelopes of random values under one DEK, and the context they were sealed in.
-    fn sealed_fields(dek: &std::sync::Arc<Dek>) -> impl Strategy<Value = Vec<u8>> + Clone {
+    fn sealed_fields(dek: &std::sync::Arc<Dek>) -> impl Strategy<Value = Vec<u8>> + Clone + use<> {
         let dek = std::sync::Arc::clone(dek);
         "\\PC{0,64}".prop_map(move |v| seal_field(&dek, &ctx(&[3; 16], "notes", 9), &v))
     }

@@ -468,9 +468,19 @@ fn every_request_gets_a_status_and_the_server_keeps_serving() {
         Ok(())
     });
     eprintln!("fuzz: server: inputs per method: {:?}", counts.lock().unwrap());
-    // The server still serves: a normal create and read back.
+    // The server still serves: with the starting policy back (the harness may have applied one
+    // that takes the admin's record rights away), a normal create and read back.
     rt.block_on(async {
         let mut admin = vault.admin().await;
+        admin
+            .policies
+            .apply_policy(pb::ApplyPolicyRequest {
+                text: policy.clone(),
+                comment: "after fuzzing".into(),
+                expected_version: None,
+            })
+            .await
+            .unwrap();
         let id = create(&mut admin, customer("after")).await;
         let back = get(&mut admin, &id, "support").await.unwrap();
         assert_eq!(
