@@ -11,7 +11,7 @@
 # Each harness prints `fuzz: <decoder>: <n> inputs, 0 panics, 0 hangs`; a panic fails the harness
 # with the shrunk input; an input running longer than STRONGROOM_FUZZ_HANG_SECS (60) aborts it as
 # a hang. The summary at the end counts inputs, failures and hangs per decoder; the full output
-# is in target/fuzz.log. Exit status: 0 only if every harness passed.
+# is in target/fuzz.log (FUZZ_LOG). Exit status: 0 only if every harness passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +21,7 @@ profile=(--release)
 # 4 GiB of address space: far above what the harnesses use, far below 2^32 + what they hold.
 mem_kib="${FUZZ_MEM_KIB:-4194304}"
 server_mem_kib="${FUZZ_SERVER_MEM_KIB:-16777216}"
-log="${CARGO_TARGET_DIR:-target}/fuzz.log"
+log="${FUZZ_LOG:-${CARGO_TARGET_DIR:-target}/fuzz.log}"
 mkdir -p "$(dirname "$log")"
 : >"$log"
 
@@ -79,6 +79,6 @@ done
 wanted "$server_harness" "$@" && run "$attacks_bin" "$server_mem_kib" "$server_harness"
 
 echo "--- per decoder ---"
-grep -E '^fuzz: ' "$log"
-echo "--- $(grep -cE '^fuzz: .* inputs, 0 panics, 0 hangs' "$log") harnesses passed; failures: $failed"
+grep -oE 'fuzz: .*' "$log"
+echo "--- $(grep -cE 'fuzz: .* inputs, 0 panics, 0 hangs' "$log") harnesses passed; failures: $failed"
 exit "$failed"

@@ -9,7 +9,7 @@
 #   scripts/soak.sh 50         # 50 cycles
 #   STRONGROOM_SOAK_SEED=42 scripts/soak.sh 10   # replay a run (the seed is printed first)
 #
-# It is the test `fuzz::crash_soak` of the `attacks` test binary with STRONGROOM_SOAK_CYCLES set,
+# It is the test `fuzz::soak::crash_soak` of the `attacks` test binary with STRONGROOM_SOAK_CYCLES set,
 # run from a copy of the binaries (a rebuild during the soak does not change what it runs). Each
 # cycle prints one `soak:` line with the running counts; the last line has the totals.
 set -euo pipefail
@@ -23,4 +23,4 @@ copy="$(mktemp -d)"
 trap 'rm -rf "$copy"' EXIT
 cp "$attacks" "$copy/attacks"
 cp "$target/debug/strongroom" "$copy/strongroom"
-STRONGROOM_BIN="$copy/strongroom" "$copy/attacks" fuzz::crash_soak --exact --nocapture
+STRONGROOM_BIN="$copy/strongroom" "$copy/attacks" fuzz::soak::crash_soak --exact --nocapture

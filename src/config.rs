@@ -211,30 +211,60 @@ mod tests {
             any::<u64>(),
             any::<bool>(),
         )
-            .prop_map(|(port, value, fields, message, streams, days, every, danger)| {
-                format!(
-                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"/var/lib/sr\"\n\
+            .prop_map(
+                |(port, value, fields, message, streams, days, every, danger)| {
+                    format!(
+                        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"/var/lib/sr\"\n\
                      policies_dir = \"policies\"\nmaster_key_file = \"/etc/sr/key\"\n\
                      master_key_env = \"SR_KEY\"\nmax_value_bytes = {value}\n\
                      max_fields = {fields}\nmax_message_bytes = {message}\n\
                      max_concurrent_streams = {streams}\naudit_retention_days = {days}\n\
                      audit_checkpoint_every = {every}\ndanger_disable_read_audit = {danger}\n"
-                )
-                .into_bytes()
-            });
+                    )
+                    .into_bytes()
+                },
+            );
         let dict = &[
-            "=", "\"", "'", "'''", "\"\"\"", "[", "]", "[[", "{", "}", ",", "\n", "#", "\\u",
-            "-", "+", "inf", "nan", "1e999", "99999999999999999999", "0x", "true", "1979-05-27",
-            "[::1]:0", "listen", ".",
+            "=",
+            "\"",
+            "'",
+            "'''",
+            "\"\"\"",
+            "[",
+            "]",
+            "[[",
+            "{",
+            "}",
+            ",",
+            "\n",
+            "#",
+            "\\u",
+            "-",
+            "+",
+            "inf",
+            "nan",
+            "1e999",
+            "99999999999999999999",
+            "0x",
+            "true",
+            "1979-05-27",
+            "[::1]:0",
+            "listen",
+            ".",
         ];
-        crate::testing::fuzz("config TOML", 256, crate::testing::inputs(valid, dict), |input| {
-            if let Ok(config) = Config::from_toml(&input.text(), Overrides::default()) {
-                // Whatever is accepted is within the documented limits.
-                prop_assert!((1..=1 << 20).contains(&config.limits.max_value_bytes));
-                prop_assert!((1..=10_000).contains(&config.limits.max_fields));
-                prop_assert!(config.max_concurrent_streams >= 1);
-            }
-            Ok(())
-        });
+        crate::testing::fuzz(
+            "config TOML",
+            256,
+            crate::testing::inputs(valid, dict),
+            |input| {
+                if let Ok(config) = Config::from_toml(&input.text(), Overrides::default()) {
+                    // Whatever is accepted is within the documented limits.
+                    prop_assert!((1..=1 << 20).contains(&config.limits.max_value_bytes));
+                    prop_assert!((1..=10_000).contains(&config.limits.max_fields));
+                    prop_assert!(config.max_concurrent_streams >= 1);
+                }
+                Ok(())
+            },
+        );
     }
 }

@@ -354,14 +354,20 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
         let token = registry
-            .issue(&principal("svc:crm", "role:writer"), 0, &audit(&store), Event::default())
+            .issue(
+                &principal("svc:crm", "role:writer"),
+                0,
+                &audit(&store),
+                Event::default(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let issued = token.as_bytes().to_vec();
         // The issued token, and others of the same format that were never issued.
         let valid = prop_oneof![
             Just(issued),
-            any::<[u8; 32]>().prop_map(|b| format!("{TOKEN_PREFIX}{}", hex::encode(b)).into_bytes()),
+            any::<[u8; 32]>()
+                .prop_map(|b| format!("{TOKEN_PREFIX}{}", hex::encode(b)).into_bytes()),
         ];
         let dict = &["sr_", "Bearer ", " ", "\0", "0", "f"];
         fuzz("presented token", 256, inputs(valid, dict), |input| {
@@ -389,7 +395,9 @@ mod tests {
                 })
                 .unwrap_or_default()
             });
-        let dict = &["{", "}", "\"", ":", ",", "[", "]", "null", "1e999", "\\u0000", " "];
+        let dict = &[
+            "{", "}", "\"", ":", ",", "[", "]", "null", "1e999", "\\u0000", " ",
+        ];
         let suffix = prop_oneof![
             3 => any::<[u8; 32]>().prop_map(|h| h.to_vec()),
             1 => proptest::collection::vec(any::<u8>(), 0..40),
@@ -401,7 +409,11 @@ mod tests {
             |(input, suffix)| {
                 let store = MemoryStore::new();
                 let mut batch = Batch::new();
-                batch.put(Keyspace::Meta, [PREFIX, suffix.as_slice()].concat(), input.bytes);
+                batch.put(
+                    Keyspace::Meta,
+                    [PREFIX, suffix.as_slice()].concat(),
+                    input.bytes,
+                );
                 store.write(batch).unwrap_or_else(|e| panic!("{e}"));
                 match TokenRegistry::load(Arc::new(store)) {
                     Ok(registry) => prop_assert!(registry.principals().len() <= 1),

@@ -197,7 +197,11 @@ pub(super) mod tests {
         // role count (the last 8 bytes are the two counts).
         let first_len = 1 + 8 + 8 + 8;
         let roles_count = bytes.len() - 8;
-        for (at, value) in [(first_len, u32::MAX), (first_len, 1 << 31), (roles_count, u32::MAX)] {
+        for (at, value) in [
+            (first_len, u32::MAX),
+            (first_len, 1 << 31),
+            (roles_count, u32::MAX),
+        ] {
             let mut huge = bytes.clone();
             huge[at..at + 4].copy_from_slice(&value.to_be_bytes());
             assert_eq!(decode(&huge), None, "{at} {value}");

@@ -345,16 +345,34 @@ mod tests {
     }
 
     const JSON: &[&str] = &[
-        "{", "}", "\"", ":", ",", "[", "]", "null", "true", "-", "1e400", "18446744073709551616",
-        "\\u0000", "\"seq\":", "\"head\":", "\"time_ms\":", "\"signature\":", " ",
+        "{",
+        "}",
+        "\"",
+        ":",
+        ",",
+        "[",
+        "]",
+        "null",
+        "true",
+        "-",
+        "1e400",
+        "18446744073709551616",
+        "\\u0000",
+        "\"seq\":",
+        "\"head\":",
+        "\"time_ms\":",
+        "\"signature\":",
+        " ",
     ];
 
     #[test]
     fn fuzz_checkpoints() {
         let keys = std::sync::Arc::new(keys());
         let signing = std::sync::Arc::clone(&keys);
-        let valid = (any::<u64>(), any::<[u8; 32]>(), any::<i64>())
-            .prop_map(move |(seq, head, time)| Checkpoint::sign(&signing, seq, head, time).encode());
+        let valid =
+            (any::<u64>(), any::<[u8; 32]>(), any::<i64>()).prop_map(move |(seq, head, time)| {
+                Checkpoint::sign(&signing, seq, head, time).encode()
+            });
         fuzz("audit checkpoint", 256, inputs(valid, JSON), |input| {
             let Ok(c) = serde_json::from_slice::<Checkpoint>(&input.bytes) else {
                 return Ok(());
@@ -366,7 +384,9 @@ mod tests {
                     .into_iter()
                     .flatten()
                     .filter_map(|v| serde_json::from_slice::<Checkpoint>(v).ok())
-                    .any(|g| (g.seq, g.head_bytes(), g.time_ms) == (c.seq, c.head_bytes(), c.time_ms));
+                    .any(|g| {
+                        (g.seq, g.head_bytes(), g.time_ms) == (c.seq, c.head_bytes(), c.time_ms)
+                    });
                 prop_assert!(genuine, "a forged checkpoint verified: {c:?}");
             }
             Ok(())
@@ -388,7 +408,12 @@ mod tests {
                 again.extend_from_slice(&mac);
                 prop_assert_eq!(&again, &input.bytes);
                 // Only an unaltered event carries a MAC that chains.
-                let chains = chain_mac(&keys, &[7; 32], event.seq, &input.bytes[..again.len() - MAC_LEN]) == mac;
+                let chains = chain_mac(
+                    &keys,
+                    &[7; 32],
+                    event.seq,
+                    &input.bytes[..again.len() - MAC_LEN],
+                ) == mac;
                 prop_assert_eq!(chains, input.unaltered());
             }
             Ok(())

@@ -254,7 +254,14 @@ mod tests {
         use proptest::prelude::*;
         let shipped = include_str!("../../policies/schema.toml");
         let types = [
-            "string", "name", "email", "phone", "ssn", "card_number", "date", "address",
+            "string",
+            "name",
+            "email",
+            "phone",
+            "ssn",
+            "card_number",
+            "date",
+            "address",
         ];
         let generated = (
             proptest::collection::vec("[a-z_]{1,10}", 0..4),
@@ -269,7 +276,10 @@ mod tests {
                 for (name, fields) in collections {
                     text.push_str(&format!("[collections.{name}]\nfields = [\n"));
                     for (field, ty) in fields {
-                        text.push_str(&format!("  {{ name = {field:?}, type = {:?} }},\n", types[ty]));
+                        text.push_str(&format!(
+                            "  {{ name = {field:?}, type = {:?} }},\n",
+                            types[ty]
+                        ));
                     }
                     text.push_str("]\n");
                 }
@@ -277,20 +287,45 @@ mod tests {
             });
         let valid = prop_oneof![Just(shipped.as_bytes().to_vec()), generated];
         let dict = &[
-            "=", "\"", "'", "'''", "[", "]", "[[", "{", "}", ",", "\n", "#", "\\u", "type",
-            "name", "fields", "purposes", "[collections.", "collections", "string", "email", ".",
+            "=",
+            "\"",
+            "'",
+            "'''",
+            "[",
+            "]",
+            "[[",
+            "{",
+            "}",
+            ",",
+            "\n",
+            "#",
+            "\\u",
+            "type",
+            "name",
+            "fields",
+            "purposes",
+            "[collections.",
+            "collections",
+            "string",
+            "email",
+            ".",
         ];
-        crate::testing::fuzz("schema TOML", 256, crate::testing::inputs(valid, dict), |input| {
-            if let Ok(schema) = Schema::parse(&input.text()) {
-                // What is accepted holds what the vault relies on.
-                prop_assert!(!schema.purposes().is_empty());
-                prop_assert!(schema.collections().count() > 0);
-                for c in schema.collections() {
-                    prop_assert!(!c.fields().is_empty());
-                    prop_assert!(c.fields().len() <= MAX_FIELDS_PER_COLLECTION);
+        crate::testing::fuzz(
+            "schema TOML",
+            256,
+            crate::testing::inputs(valid, dict),
+            |input| {
+                if let Ok(schema) = Schema::parse(&input.text()) {
+                    // What is accepted holds what the vault relies on.
+                    prop_assert!(!schema.purposes().is_empty());
+                    prop_assert!(schema.collections().count() > 0);
+                    for c in schema.collections() {
+                        prop_assert!(!c.fields().is_empty());
+                        prop_assert!(c.fields().len() <= MAX_FIELDS_PER_COLLECTION);
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+        );
     }
 }

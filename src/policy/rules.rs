@@ -472,21 +472,48 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
         let schema = Schema::parse(include_str!("../../policies/schema.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         let dict = &[
-            ",", "\n", "\r", "#", " ", "p", "g", "p, ", "g, ", "role:", "user:", "svc:", "*",
-            ".", "customers.", "allow", "deny", "read", "read_masked", "write", "delete",
-            "support", "role:admin", "\u{feff}", "\u{2028}",
+            ",",
+            "\n",
+            "\r",
+            "#",
+            " ",
+            "p",
+            "g",
+            "p, ",
+            "g, ",
+            "role:",
+            "user:",
+            "svc:",
+            "*",
+            ".",
+            "customers.",
+            "allow",
+            "deny",
+            "read",
+            "read_masked",
+            "write",
+            "delete",
+            "support",
+            "role:admin",
+            "\u{feff}",
+            "\u{2028}",
         ];
-        crate::testing::fuzz("policy CSV", 256, crate::testing::inputs(policies(), dict), |input| {
-            if let Ok(policy) = PolicyText::parse(&input.text(), &schema, 2) {
-                // What parses prints back to a text that parses to the same rules.
-                let canonical = policy.canonical_lines().join("\n");
-                let again = PolicyText::parse(&canonical, &schema, 2);
-                prop_assert_eq!(
-                    again.ok().map(|p| p.canonical_lines()),
-                    Some(policy.canonical_lines())
-                );
-            }
-            Ok(())
-        });
+        crate::testing::fuzz(
+            "policy CSV",
+            256,
+            crate::testing::inputs(policies(), dict),
+            |input| {
+                if let Ok(policy) = PolicyText::parse(&input.text(), &schema, 2) {
+                    // What parses prints back to a text that parses to the same rules.
+                    let canonical = policy.canonical_lines().join("\n");
+                    let again = PolicyText::parse(&canonical, &schema, 2);
+                    prop_assert_eq!(
+                        again.ok().map(|p| p.canonical_lines()),
+                        Some(policy.canonical_lines())
+                    );
+                }
+                Ok(())
+            },
+        );
     }
 }

@@ -325,8 +325,10 @@ impl ChildVault {
         let first_start = !data_dir.join("db").exists();
         // STRONGROOM_BIN runs another build (scripts/soak.sh runs a copy, so rebuilding the
         // tree during a long soak does not swap the binary under it).
-        let bin = std::env::var_os("STRONGROOM_BIN")
-            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strongroom")), PathBuf::from);
+        let bin = std::env::var_os("STRONGROOM_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_strongroom")),
+            PathBuf::from,
+        );
         let mut child = std::process::Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
