@@ -25,7 +25,7 @@ use tonic::{
     Code, Status,
     client::Grpc,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::MetadataValue,
+    metadata::{Ascii, MetadataValue},
     transport::Channel,
 };
 
@@ -91,10 +91,11 @@ impl Codec for RawCodec {
 enum Kind {
     Unary,
     Stream,
+    Bidi,
 }
 
-/// Every RPC of the vault: (path, kind).
-const METHODS: [(&str, Kind); 18] = [
+/// Every RPC of the vault, health and reflection included: (path, kind).
+const METHODS: [(&str, Kind); 21] = [
     ("/strongroom.v1.Records/CreateRecord", Kind::Unary),
     ("/strongroom.v1.Records/GetRecord", Kind::Unary),
     ("/strongroom.v1.Records/UpdateRecord", Kind::Unary),
@@ -113,6 +114,12 @@ const METHODS: [(&str, Kind); 18] = [
     ("/strongroom.v1.Audit/FollowEvents", Kind::Stream),
     ("/strongroom.v1.Audit/VerifyLog", Kind::Unary),
     ("/strongroom.v1.Audit/ExportEvents", Kind::Stream),
+    ("/grpc.health.v1.Health/Check", Kind::Unary),
+    ("/grpc.health.v1.Health/Watch", Kind::Stream),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Kind::Bidi,
+    ),
 ];
 
 /// Strings a request field may hold: arbitrary text, and values that mean something to the
@@ -320,8 +327,30 @@ fn message(m: usize, t: &BoxedStrategy<String>, policy: &str) -> BoxedStrategy<V
         )
             .prop_map(move |(from_seq, to_seq)| enc(&pb::VerifyLogRequest { from_seq, to_seq }))
             .boxed(),
-        _ => filter(t)
+        17 => filter(t)
             .prop_map(move |filter| enc(&pb::ExportEventsRequest { filter }))
+            .boxed(),
+        18 | 19 => t
+            .clone()
+            .prop_map(|service| enc(&tonic_health::pb::HealthCheckRequest { service }))
+            .boxed(),
+        _ => (t.clone(), 0..5u8, t.clone())
+            .prop_map(|(host, which, name)| {
+                use tonic_reflection::pb::v1::{
+                    ServerReflectionRequest, server_reflection_request::MessageRequest,
+                };
+                let message_request = match which {
+                    0 => MessageRequest::FileByFilename(name),
+                    1 => MessageRequest::FileContainingSymbol(name),
+                    2 => MessageRequest::AllExtensionNumbersOfType(name),
+                    3 => MessageRequest::ListServices(name),
+                    _ => MessageRequest::FileContainingExtension(Default::default()),
+                };
+                enc(&ServerReflectionRequest {
+                    host,
+                    message_request: Some(message_request),
+                })
+            })
             .boxed(),
     }
 }
@@ -384,36 +413,54 @@ const CLIENT_CODES: [Code; 10] = [
     Code::Unimplemented,
 ];
 
+fn with_auth<T>(body: T, bearer: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    if let Some(value) = bearer {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
+}
+
 async fn send(channel: &Channel, admin: &str, call: &Call) -> Result<(), Status> {
     let (path, kind) = METHODS[call.method];
     let mut grpc = Grpc::new(channel.clone());
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
-    let mut request = tonic::Request::new(call.body.clone());
-    let bearer = format!("Bearer {}", call.token.as_deref().unwrap_or(admin));
-    if let Ok(value) = bearer.parse::<MetadataValue<tonic::metadata::Ascii>>() {
-        request.metadata_mut().insert("authorization", value);
-    }
+    let bearer = format!("Bearer {}", call.token.as_deref().unwrap_or(admin))
+        .parse::<MetadataValue<Ascii>>()
+        .ok();
+    let (body, bearer) = (call.body.clone(), bearer.as_ref());
     let path = http::uri::PathAndQuery::from_static(path);
-    match kind {
-        Kind::Unary => grpc.unary(request, path, RawCodec).await.map(|_| ()),
+    let mut stream = match kind {
+        Kind::Unary => {
+            return grpc
+                .unary(with_auth(body, bearer), path, RawCodec)
+                .await
+                .map(|_| ());
+        }
         Kind::Stream => {
-            let mut stream = grpc
-                .server_streaming(request, path, RawCodec)
+            grpc.server_streaming(with_auth(body, bearer), path, RawCodec)
                 .await?
-                .into_inner();
-            // An export ends by itself; a follow streams forever: read a little and hang up.
-            for _ in 0..64 {
-                match tokio::time::timeout(Duration::from_millis(20), stream.message()).await {
-                    Ok(Ok(Some(_))) => {}
-                    Ok(Ok(None)) | Err(_) => break,
-                    Ok(Err(status)) => return Err(status),
-                }
-            }
-            Ok(())
+        }
+        Kind::Bidi => {
+            let once = tokio_stream::once(body);
+            grpc.streaming(with_auth(once, bearer), path, RawCodec)
+                .await?
         }
     }
+    .into_inner();
+    // An export ends by itself; a follow or watch streams forever: read a little and hang up.
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::from_millis(20), stream.message()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(status)) => return Err(status),
+        }
+    }
+    Ok(())
 }
 
 #[test]
