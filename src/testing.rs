@@ -253,9 +253,14 @@ pub(crate) fn fuzz<S: Strategy>(
         })
     };
     let mut runner = TestRunner::new(config);
+    let tenth = u64::from(cases / 10).max(1);
     let result = runner.run(&strategy, |value| {
         let out = check(value);
-        ran.fetch_add(1, Ordering::Relaxed);
+        let n = ran.fetch_add(1, Ordering::Relaxed) + 1;
+        if cases >= 10_000 && n % tenth == 0 {
+            // Progress for long runs, so a run stopped early still says how far it got.
+            eprintln!("fuzz: {name}: {n} of {cases} inputs so far");
+        }
         out
     });
     done.store(true, Ordering::Relaxed);
