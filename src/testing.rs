@@ -257,7 +257,7 @@ pub(crate) fn fuzz<S: Strategy>(
     let result = runner.run(&strategy, |value| {
         let out = check(value);
         let n = ran.fetch_add(1, Ordering::Relaxed) + 1;
-        if cases >= 10_000 && n % tenth == 0 {
+        if cases >= 10_000 && n.is_multiple_of(tenth) {
             // Progress for long runs, so a run stopped early still says how far it got.
             eprintln!("fuzz: {name}: {n} of {cases} inputs so far");
         }
