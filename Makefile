@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: deps build run test lint fmt clean
+.PHONY: deps build run test fuzz soak lint fmt clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -20,6 +20,16 @@ run: build
 test: deps
 	$(CARGO) test --locked
 	$(CARGO) bench --locked --bench guard
+
+## The long fuzz run: every decoder harness with 1,000,000 inputs, in release mode
+## (`make test` runs the same harnesses with proptest's default case counts).
+fuzz: deps
+	./scripts/fuzz.sh
+
+## The long crash soak: 1,000 kill -9 cycles of the real binary under writers, updates, shreds and
+## policy changes (`make test` runs 3).
+soak: deps
+	./scripts/soak.sh
 
 lint: deps
 	$(CARGO) fmt --all -- --check

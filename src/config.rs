@@ -432,4 +432,75 @@ mod tests {
             assert!(err.contains("inside the data dir"), "{inside}: {err}");
         }
     }
+
+    #[test]
+    fn fuzz_config_toml() {
+        use proptest::prelude::*;
+        let valid = (
+            any::<u16>(),
+            0usize..2_000_000,
+            0usize..20_000,
+            0usize..100_000_000,
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            0u64..100_000,
+        )
+            .prop_map(
+                |(port, value, fields, message, streams, days, every, timeout)| {
+                    format!(
+                        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"/var/lib/sr\"\n\
+                     policies_dir = \"policies\"\nmaster_key_file = \"/etc/sr/key\"\n\
+                     master_key_env = \"SR_KEY\"\nmax_value_bytes = {value}\n\
+                     max_fields = {fields}\nmax_message_bytes = {message}\n\
+                     max_concurrent_streams = {streams}\naudit_retention_days = {days}\n\
+                     audit_checkpoint_every = {every}\nkeys_dir = \"/etc/sr\"\n\
+                     request_timeout_secs = {timeout}\n"
+                    )
+                    .into_bytes()
+                },
+            );
+        let dict = &[
+            "=",
+            "\"",
+            "'",
+            "'''",
+            "\"\"\"",
+            "[",
+            "]",
+            "[[",
+            "{",
+            "}",
+            ",",
+            "\n",
+            "#",
+            "\\u",
+            "-",
+            "+",
+            "inf",
+            "nan",
+            "1e999",
+            "99999999999999999999",
+            "0x",
+            "true",
+            "1979-05-27",
+            "[::1]:0",
+            "listen",
+            ".",
+        ];
+        crate::testing::fuzz(
+            "config TOML",
+            256,
+            crate::testing::inputs(valid, dict),
+            |input| {
+                if let Ok(config) = Config::from_toml(&input.text(), Overrides::default()) {
+                    // Whatever is accepted is within the documented limits.
+                    prop_assert!((1..=1 << 20).contains(&config.limits.max_value_bytes));
+                    prop_assert!((1..=10_000).contains(&config.limits.max_fields));
+                    prop_assert!(config.max_concurrent_streams >= 1);
+                }
+                Ok(())
+            },
+        );
+    }
 }

@@ -25,3 +25,6 @@ pub mod policy;
 pub mod server;
 pub mod storage;
 pub mod vault;
+
+#[cfg(test)]
+mod testing;

@@ -138,9 +138,81 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Encoded events with random contents.
+    pub(in crate::audit) fn events() -> impl Strategy<Value = Vec<u8>> + Clone {
+        (
+            any::<(u64, i64, u64)>(),
+            proptest::collection::vec("\\PC{0,12}", 8),
+            proptest::collection::vec("[a-z:]{0,12}", 0..4),
+            proptest::collection::vec(("[a-z_]{1,12}", "[a-z]{1,9}"), 0..9),
+        )
+            .prop_map(|((seq, time_ms, policy_version), s, roles, fields)| {
+                let e = Event {
+                    seq,
+                    time_ms,
+                    policy_version,
+                    request_id: s[0].clone(),
+                    subject: s[1].clone(),
+                    method: s[2].clone(),
+                    collection: s[3].clone(),
+                    record_id: s[4].clone(),
+                    purpose: s[5].clone(),
+                    result: s[6].clone(),
+                    detail: s[7].clone(),
+                    roles,
+                    fields: fields
+                        .into_iter()
+                        .map(|(field, outcome)| FieldOutcome { field, outcome })
+                        .collect(),
+                };
+                let mut bytes = Vec::new();
+                encode(&e, &mut bytes);
+                bytes
+            })
+    }
+
+    #[test]
+    fn fuzz_audit_codec() {
+        let strategy = crate::testing::inputs(events(), &[]);
+        crate::testing::fuzz("audit event codec", 256, strategy, |input| {
+            // Whatever decodes encodes back to the same bytes: one reading per stored event.
+            if let Some(e) = decode(&input.bytes) {
+                let mut again = Vec::new();
+                encode(&e, &mut again);
+                prop_assert_eq!(again, input.bytes);
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn huge_lengths_and_counts_are_refused_before_allocating() {
+        let mut bytes = Vec::new();
+        encode(&Event::default(), &mut bytes);
+        // The first string's length (after version, seq, time and policy version), then the
+        // role count (the last 8 bytes are the two counts).
+        let first_len = 1 + 8 + 8 + 8;
+        let roles_count = bytes.len() - 8;
+        for (at, value) in [
+            (first_len, u32::MAX),
+            (first_len, 1 << 31),
+            (roles_count, u32::MAX),
+        ] {
+            let mut huge = bytes.clone();
+            huge[at..at + 4].copy_from_slice(&value.to_be_bytes());
+            assert_eq!(decode(&huge), None, "{at} {value}");
+        }
+        // A count that fits the bytes left but whose elements do not: refused element by element.
+        let mut many = bytes.clone();
+        many.truncate(roles_count);
+        many.extend_from_slice(&1000u32.to_be_bytes());
+        many.extend_from_slice(&[0u8; 4000]);
+        assert_eq!(decode(&many), None);
+    }
 
     proptest! {
         #[test]

@@ -254,3 +254,88 @@ impl Schema {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuzz_schema_toml() {
+        use proptest::prelude::*;
+        let shipped = include_str!("../../policies/schema.toml");
+        let types = [
+            "string",
+            "name",
+            "email",
+            "phone",
+            "ssn",
+            "card_number",
+            "date",
+            "address",
+        ];
+        let generated = (
+            proptest::collection::vec("[a-z_]{1,10}", 0..4),
+            proptest::collection::btree_map(
+                "[a-z_]{1,10}",
+                proptest::collection::vec(("[a-z_]{1,10}", 0..types.len()), 0..5),
+                0..3,
+            ),
+        )
+            .prop_map(move |(purposes, collections)| {
+                let mut text = format!("purposes = {purposes:?}\n");
+                for (name, fields) in collections {
+                    text.push_str(&format!("[collections.{name}]\nfields = [\n"));
+                    for (field, ty) in fields {
+                        text.push_str(&format!(
+                            "  {{ name = {field:?}, type = {:?} }},\n",
+                            types[ty]
+                        ));
+                    }
+                    text.push_str("]\n");
+                }
+                text.into_bytes()
+            });
+        let valid = prop_oneof![Just(shipped.as_bytes().to_vec()), generated];
+        let dict = &[
+            "=",
+            "\"",
+            "'",
+            "'''",
+            "[",
+            "]",
+            "[[",
+            "{",
+            "}",
+            ",",
+            "\n",
+            "#",
+            "\\u",
+            "type",
+            "name",
+            "fields",
+            "purposes",
+            "[collections.",
+            "collections",
+            "string",
+            "email",
+            ".",
+        ];
+        crate::testing::fuzz(
+            "schema TOML",
+            256,
+            crate::testing::inputs(valid, dict),
+            |input| {
+                if let Ok(schema) = Schema::parse(&input.text()) {
+                    // What is accepted holds what the vault relies on.
+                    prop_assert!(!schema.purposes().is_empty());
+                    prop_assert!(schema.collections().count() > 0);
+                    for c in schema.collections() {
+                        prop_assert!(!c.fields().is_empty());
+                        prop_assert!(c.fields().len() <= MAX_FIELDS_PER_COLLECTION);
+                    }
+                }
+                Ok(())
+            },
+        );
+    }
+}

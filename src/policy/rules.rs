@@ -450,4 +450,70 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
             "p, role:a, customers.*, read, *, allow"
         );
     }
+
+    /// The repository's starting policy, or a subset of its lines, as valid inputs.
+    fn policies() -> impl proptest::strategy::Strategy<Value = Vec<u8>> + Clone {
+        use proptest::prelude::*;
+        let lines: Vec<&'static str> = include_str!("../../policies/policy.csv").lines().collect();
+        proptest::collection::vec(any::<bool>(), lines.len()).prop_map(move |keep| {
+            lines
+                .iter()
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|(l, _)| format!("{l}\n"))
+                .collect::<String>()
+                .into_bytes()
+        })
+    }
+
+    #[test]
+    fn fuzz_policy_csv() {
+        use proptest::prelude::*;
+        let schema = Schema::parse(include_str!("../../policies/schema.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dict = &[
+            ",",
+            "\n",
+            "\r",
+            "#",
+            " ",
+            "p",
+            "g",
+            "p, ",
+            "g, ",
+            "role:",
+            "user:",
+            "svc:",
+            "*",
+            ".",
+            "customers.",
+            "allow",
+            "deny",
+            "read",
+            "read_masked",
+            "write",
+            "delete",
+            "support",
+            "role:admin",
+            "\u{feff}",
+            "\u{2028}",
+        ];
+        crate::testing::fuzz(
+            "policy CSV",
+            256,
+            crate::testing::inputs(policies(), dict),
+            |input| {
+                if let Ok(policy) = PolicyText::parse(&input.text(), &schema, 2) {
+                    // What parses prints back to a text that parses to the same rules.
+                    let canonical = policy.canonical_lines().join("\n");
+                    let again = PolicyText::parse(&canonical, &schema, 2);
+                    prop_assert_eq!(
+                        again.ok().map(|p| p.canonical_lines()),
+                        Some(policy.canonical_lines())
+                    );
+                }
+                Ok(())
+            },
+        );
+    }
 }

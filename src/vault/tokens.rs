@@ -613,4 +613,82 @@ mod tests {
         live.sort_by(|a, b| a.subject.cmp(&b.subject));
         assert_eq!(live, [x_marketing, root]);
     }
+
+    #[tokio::test]
+    async fn fuzz_presented_tokens() {
+        use crate::testing::{fuzz, inputs};
+        use proptest::prelude::*;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let registry =
+            Arc::new(TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}")));
+        let token = registry
+            .bootstrap(
+                &principal("user:root", ADMIN_ROLE),
+                0,
+                &audit(&store),
+                Event::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let issued = token.as_bytes().to_vec();
+        // The issued token, and others of the same format that were never issued.
+        let valid = prop_oneof![
+            Just(issued),
+            any::<[u8; 32]>()
+                .prop_map(|b| format!("{TOKEN_PREFIX}{}", hex::encode(b)).into_bytes()),
+        ];
+        let dict = &["sr_", "Bearer ", " ", "\0", "0", "f"];
+        fuzz("presented token", 256, inputs(valid, dict), |input| {
+            let presented = input.text();
+            let known = registry.authenticate(&presented).is_some();
+            prop_assert_eq!(known, presented == *token);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn fuzz_stored_tokens() {
+        use crate::testing::{fuzz, inputs};
+        use proptest::prelude::*;
+        let valid = (
+            "(svc|user):[a-z]{1,12}",
+            proptest::collection::vec("role:[a-z_]{1,12}", 0..3),
+            any::<i64>(),
+        )
+            .prop_map(|(subject, roles, created_at_ms)| {
+                serde_json::to_vec(&StoredToken {
+                    subject,
+                    roles,
+                    created_at_ms,
+                })
+                .unwrap_or_else(|e| panic!("{e}"))
+            });
+        let dict = &[
+            "{", "}", "\"", ":", ",", "[", "]", "null", "1e999", "\\u0000", " ",
+        ];
+        let suffix = prop_oneof![
+            3 => any::<[u8; 32]>().prop_map(|h| h.to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..40),
+        ];
+        fuzz(
+            "stored token",
+            256,
+            (inputs(valid, dict), suffix),
+            |(input, suffix)| {
+                let store = MemoryStore::new();
+                let mut batch = Batch::new();
+                batch.put(
+                    Keyspace::Meta,
+                    [PREFIX, suffix.as_slice()].concat(),
+                    input.bytes,
+                );
+                store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+                match TokenRegistry::load(Arc::new(store)) {
+                    Ok(registry) => prop_assert!(registry.principals().len() <= 1),
+                    Err(e) => prop_assert!(matches!(e, Error::DataLoss), "{e}"),
+                }
+                Ok(())
+            },
+        );
+    }
 }

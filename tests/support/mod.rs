@@ -422,3 +422,74 @@ pub fn stored(store: &RocksStore, id: &str) -> (Vec<u8>, Vec<KeyValue>) {
     let fields = store.scan_prefix(Keyspace::Records, &key).unwrap();
     (header, fields)
 }
+
+/// The vault as a child process, killed with SIGKILL when dropped.
+pub struct ChildVault {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl ChildVault {
+    pub fn start(data_dir: &std::path::Path) -> Self {
+        Self::start_with(data_dir, &[], &[])
+    }
+
+    pub fn start_with(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let first_start = !data_dir.join("db").exists();
+        // STRONGROOM_BIN runs another build (scripts/soak.sh runs a copy, so rebuilding the
+        // tree during a long soak does not swap the binary under it).
+        let bin = std::env::var_os("STRONGROOM_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_strongroom")),
+            PathBuf::from,
+        );
+        let mut child = std::process::Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--policies")
+            .arg(policies_dir())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first
+            .strip_prefix("strongroom listening on ")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut token = None;
+        if first_start {
+            // A first start prints the admin token on the next lines.
+            for line in lines.by_ref().take(2) {
+                let line = line.unwrap();
+                if let Some(t) = line.split("STRONGROOM_TOKEN=").nth(1) {
+                    token = Some(t.to_owned());
+                }
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            addr: format!("http://{addr}"),
+            token,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildVault {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
