@@ -2,7 +2,6 @@
 //! method the vault does not serve, and leave authorized callers served.
 
 use std::{
-    io::BufRead,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,7 +13,7 @@ use http::uri::PathAndQuery;
 use strongroom::{api::pb, client::Client};
 use tonic::{Code, Status, client::Grpc, transport::Channel};
 
-use crate::support::{self, Vault, assert_code, create, customer, get};
+use crate::support::{ChildVault, Vault, assert_code, create, customer, get};
 
 /// A token-less unary call to `path` with an empty message.
 async fn call_raw(channel: Channel, path: &str) -> Result<(), Status> {
@@ -208,80 +207,6 @@ async fn health_check_is_served_and_watch_cannot_hold_a_stream() {
         .await
         .expect("Watch answers at once");
     assert_code(watch.map(|_| ()), Code::Unimplemented);
-}
-
-/// The vault as a child process (the real binary), killed with SIGKILL when dropped.
-struct ChildVault {
-    child: std::process::Child,
-    addr: String,
-    token: Option<String>,
-}
-
-impl ChildVault {
-    fn start(data_dir: &std::path::Path) -> Self {
-        let first_start = !data_dir.join("db").exists();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--policies")
-            .arg(support::policies_dir())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first
-            .strip_prefix("strongroom listening on ")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned();
-        let mut token = None;
-        if first_start {
-            for line in lines.by_ref().take(2) {
-                if let Some(t) = line.unwrap().split("STRONGROOM_TOKEN=").nth(1) {
-                    token = Some(t.to_owned());
-                }
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            addr: format!("http://{addr}"),
-            token,
-        }
-    }
-
-    /// Resident memory in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
-    }
-
-    /// SIGTERM, and wait for a clean exit (which writes the last window of refusals).
-    fn terminate(&mut self) {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the vault exited with {status}");
-    }
-}
-
-impl Drop for ChildVault {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// How long the flood runs: `STRONGROOM_FLOOD_SECS`, 30 s by default.

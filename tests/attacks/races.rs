@@ -4,7 +4,6 @@
 //! the bench against a running vault, and the bench-only switch that turns read auditing off.
 
 use std::{
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -21,8 +20,8 @@ use strongroom::{
 use tonic::Code;
 
 use crate::support::{
-    Faulty, Vault, assert_code, create, customer, field, files_containing, get, policies_dir,
-    stored,
+    ChildVault, Faulty, Vault, assert_code, create, customer, field, files_containing, get,
+    policies_dir, stored,
 };
 
 /// How long a test waits for something that must happen before calling it hung.
@@ -174,74 +173,6 @@ async fn reads_racing_updates_and_shreds_never_report_data_loss() {
 // Defect 4: a purge owed survives kill -9; a failed purge is retried and never claimed.
 // ---------------------------------------------------------------------------------------------
 
-/// The vault as a child process (the real binary), killed with SIGKILL when dropped.
-struct ChildVault {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl ChildVault {
-    /// Starts the vault on `data_dir`; returns it and, on a first start, the admin token.
-    fn start(data_dir: &Path) -> (Self, Option<String>) {
-        use std::io::BufRead;
-        let first_start = !data_dir.join("db").exists();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--policies")
-            .arg(policies_dir())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first
-            .strip_prefix("strongroom listening on ")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned();
-        let mut token = None;
-        if first_start {
-            for line in lines.by_ref().take(2) {
-                if let Some(t) = line.unwrap().split("STRONGROOM_TOKEN=").nth(1) {
-                    token = Some(t.to_owned());
-                }
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        (
-            Self {
-                child,
-                addr: format!("http://{addr}"),
-            },
-            token,
-        )
-    }
-
-    /// kill -9.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// A clean stop (SIGTERM), waited for.
-    fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildVault {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Polls the audit log until every id in `ids` has an `OK` `Records/Purge` event; returns
 /// how many have one when it gives up (after `HANG_GUARD`).
 async fn wait_for_purge_events(
@@ -280,7 +211,8 @@ async fn wait_for_purge_events(
 async fn a_purge_queued_when_the_vault_is_killed_runs_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (vault, token) = ChildVault::start(&data);
+    let mut vault = ChildVault::start(&data);
+    let token = vault.token.clone();
     let token = token.expect("the first start prints the admin token");
     let mut admin = strongroom::client::connect(&vault.addr, &token)
         .await
@@ -299,7 +231,7 @@ async fn a_purge_queued_when_the_vault_is_killed_runs_after_the_restart() {
         canaries.push(canary);
     }
     // The bytes to look for afterwards: each record's header (its wrapped DEK) and ciphertexts.
-    vault.stop();
+    vault.terminate();
     let secrets: Vec<Vec<u8>> = {
         let store = RocksStore::open(&data.join("db")).unwrap();
         ids.iter()
@@ -309,7 +241,7 @@ async fn a_purge_queued_when_the_vault_is_killed_runs_after_the_restart() {
             })
             .collect()
     };
-    let (mut vault, _) = ChildVault::start(&data);
+    let mut vault = ChildVault::start(&data);
     let mut admin = strongroom::client::connect(&vault.addr, &token)
         .await
         .unwrap();
@@ -335,7 +267,7 @@ async fn a_purge_queued_when_the_vault_is_killed_runs_after_the_restart() {
         at
     };
     assert!(killed_at.elapsed() < Duration::from_secs(5));
-    let (vault, _) = ChildVault::start(&data);
+    let mut vault = ChildVault::start(&data);
     let mut admin = strongroom::client::connect(&vault.addr, &token)
         .await
         .unwrap();
@@ -348,7 +280,7 @@ async fn a_purge_queued_when_the_vault_is_killed_runs_after_the_restart() {
     for id in &ids {
         assert_code(get(&mut admin, id, "support").await, Code::NotFound);
     }
-    vault.stop();
+    vault.terminate();
     let mut hits = 0;
     for needle in secrets
         .iter()
