@@ -228,7 +228,8 @@ mod tests {
         let keys = std::sync::Arc::new(keys());
         let chaining = std::sync::Arc::clone(&keys);
         let valid = super::super::codec::tests::events().prop_map(move |bytes| {
-            let event = codec::decode(&bytes).unwrap_or_default();
+            let event =
+                codec::decode(&bytes).unwrap_or_else(|| panic!("a generated event decodes"));
             encode_stored(&chaining, &event, &[7; 32]).0
         });
         fuzz("audit stored event", 256, inputs(valid, &[]), |input| {
