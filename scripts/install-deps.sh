@@ -5,22 +5,7 @@
 set -euo pipefail
 
 missing=()
-# bindgen (through clang-sys) loads `libclang.so`, `libclang-N.so` or `libclang.so.N`, from
-# LIBCLANG_PATH or the usual library dirs. LLVM's C++ library `libclang-cpp.so.N` is a different
-# library that bindgen cannot use, and a machine can have it without libclang: match only the
-# names clang-sys accepts.
-libclang_name='libclang(-[0-9][0-9.]*)?\.so(\.[0-9.]+)?$'
-have_libclang() {
-  local dirs=(/usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/lib)
-  [ -n "${LIBCLANG_PATH:-}" ] && dirs=("$LIBCLANG_PATH" "${dirs[@]}")
-  ldconfig -p 2>/dev/null | awk '{print $1}' | grep -qE "^${libclang_name}" && return 0
-  local d
-  for d in "${dirs[@]}"; do
-    [ -d "$d" ] || continue
-    ls "$d" 2>/dev/null | grep -qE "^${libclang_name}" && return 0
-  done
-  return 1
-}
+have_libclang() { "$(dirname "$0")/find-libclang.sh" >/dev/null; }
 have_libclang || missing+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
