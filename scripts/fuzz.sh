@@ -35,10 +35,10 @@ main() {
     crypto::envelope::tests::fuzz_wrapped_dek
     vault::header::tests::fuzz_record_header
     audit::codec::tests::fuzz_audit_codec
-    audit::verify::tests::fuzz_checkpoints
-    audit::verify::tests::fuzz_stored_events
-    tokens::tests::fuzz_presented_tokens
-    tokens::tests::fuzz_stored_tokens
+    audit::chain::tests::fuzz_checkpoints
+    audit::chain::tests::fuzz_stored_events
+    vault::tokens::tests::fuzz_presented_tokens
+    vault::tokens::tests::fuzz_stored_tokens
     policy::rules::tests::fuzz_policy_csv
     domain::schema::tests::fuzz_schema_toml
     config::tests::fuzz_config_toml
