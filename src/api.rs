@@ -17,6 +17,22 @@ pub use policies::PoliciesApi;
 pub use records::RecordsApi;
 pub use tokens::TokensApi;
 
+/// Runs a use case that changes shared state (tokens, the policy) in a task of its own, so that
+/// a caller who cancels (a dropped connection, a deadline) cannot cut it between its durable
+/// commit and the in-memory change that follows: what the log says was done is what runs.
+///
+/// # Errors
+/// The use case's error; `Internal` if its task panicked.
+async fn to_completion<T, F>(change: F) -> Result<T, crate::vault::Error>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, crate::vault::Error>> + Send + 'static,
+{
+    tokio::spawn(change)
+        .await
+        .map_err(|e| crate::vault::Error::Internal(format!("a change task failed: {e}")))?
+}
+
 /// The generated protobuf and gRPC code for `strongroom.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod pb {

@@ -201,12 +201,17 @@ where
     }
 }
 
-/// The caller of a request that passed the authenticator.
+/// The caller of a request that passed the authenticator, checked again now: the token was
+/// checked when the request's headers arrived, and a handler runs only after its body has, which
+/// a caller can hold back past a revocation.
 ///
 /// # Errors
 /// `UNAUTHENTICATED` if the request carries no principal (fail closed: a service wired without
-/// the authenticator serves nothing).
+/// the authenticator serves nothing) or its token has been revoked since.
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    if !credential(request)?.is_valid() {
+        return Err(Refusal::UnknownToken.status());
+    }
     request
         .extensions()
         .get::<Principal>()

@@ -92,10 +92,19 @@ impl Policies for PoliciesApi {
         let by = principal(&request)?;
         let req = request.into_inner();
         let call = Call::new("Policies/ApplyPolicy");
-        let result = self
-            .governance
-            .apply(&by, &call, &req.text, &req.comment, req.expected_version)
-            .await;
+        let (governance, caller, change) = (Arc::clone(&self.governance), by.clone(), call.clone());
+        let result = super::to_completion(async move {
+            governance
+                .apply(
+                    &caller,
+                    &change,
+                    &req.text,
+                    &req.comment,
+                    req.expected_version,
+                )
+                .await
+        })
+        .await;
         self.applied(&by, &call, result).await
     }
 
@@ -140,16 +149,19 @@ impl Policies for PoliciesApi {
         let by = principal(&request)?;
         let req = request.into_inner();
         let call = Call::new("Policies/RollbackPolicy");
-        let result = self
-            .governance
-            .rollback(
-                &by,
-                &call,
-                req.to_version,
-                &req.comment,
-                req.expected_version,
-            )
-            .await;
+        let (governance, caller, change) = (Arc::clone(&self.governance), by.clone(), call.clone());
+        let result = super::to_completion(async move {
+            governance
+                .rollback(
+                    &caller,
+                    &change,
+                    req.to_version,
+                    &req.comment,
+                    req.expected_version,
+                )
+                .await
+        })
+        .await;
         self.applied(&by, &call, result).await
     }
 

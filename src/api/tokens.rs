@@ -46,7 +46,9 @@ impl Tokens for TokensApi {
         let caller = principal(&request)?;
         let call = Call::new("Tokens/CreateToken");
         let req = request.into_inner();
-        let result = self.issue(&caller, &call, &req).await;
+        let (this, by, change) = (self.clone(), caller.clone(), call.clone());
+        let result =
+            super::to_completion(async move { this.issue(&by, &change, &req).await }).await;
         let (token, new) = audited(&self.audit, &caller, &call, Known::default(), result).await?;
         tracing::info!(by = %caller.subject, subject = %new.subject, roles = %new.roles_text(), "token issued");
         Ok(Response::new(pb::CreateTokenResponse {
@@ -82,18 +84,14 @@ impl Tokens for TokensApi {
     ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
         let caller = principal(&request)?;
         let call = Call::new("Tokens/RevokeTokens");
-        let result = async {
-            let subject = Subject::parse(&request.get_ref().subject, "subject")?;
-            self.tokens
-                .revoke_subject(
-                    &caller,
-                    &subject,
-                    &self.audit,
-                    &self.policy,
-                    call.event(&caller),
-                )
+        let subject = request.into_inner().subject;
+        let (this, by, event) = (self.clone(), caller.clone(), call.event(&caller));
+        let result = super::to_completion(async move {
+            let subject = Subject::parse(&subject, "subject")?;
+            this.tokens
+                .revoke_subject(&by, &subject, &this.audit, &this.policy, event)
                 .await
-        }
+        })
         .await;
         let revoked = audited(&self.audit, &caller, &call, Known::default(), result).await?;
         Ok(Response::new(pb::RevokeTokensResponse {

@@ -365,3 +365,101 @@ async fn a_revoked_auditors_live_stream_ends() {
         Code::Unauthenticated,
     );
 }
+
+/// A call whose headers (and token) arrive before a revocation and whose body arrives after it
+/// does nothing: the handler checks the token again once the body is in. A caller could
+/// otherwise open calls ahead, hold their bodies back, and use them after losing its token.
+#[tokio::test]
+async fn a_call_opened_before_a_revocation_and_finished_after_it_is_refused() {
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{client::Grpc, codegen::http::uri::PathAndQuery, transport::Channel};
+
+    let vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let id = create(&mut admin, customer("held")).await;
+    let token = issue(&mut admin, "svc:x", &["role:admin"]).await.unwrap();
+
+    let channel = Channel::from_shared(vault.addr())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let (body, held) = tokio::sync::mpsc::channel::<pb::GetRecordRequest>(1);
+    let mut request = tonic::Request::new(ReceiverStream::new(held));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let call = tokio::spawn(async move {
+        grpc.client_streaming(
+            request,
+            PathAndQuery::from_static("/strongroom.v1.Records/GetRecord"),
+            tonic_prost::ProstCodec::<pb::GetRecordRequest, pb::GetRecordResponse>::default(),
+        )
+        .await
+    });
+    // The headers are in (the call is open) before the revocation.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(revoke(&mut admin, "svc:x").await.unwrap(), 1);
+    body.send(pb::GetRecordRequest {
+        id: id.clone(),
+        purpose: "support".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(body);
+    let answer = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the held call was answered")
+        .unwrap();
+    assert_code(answer, Code::Unauthenticated);
+}
+
+/// A revocation whose caller gives up (a deadline, a dropped connection) while the disk is slow
+/// still takes effect in full once its commit lands: the tokens deleted on disk stop working in
+/// memory too. Cut between the two, they kept authenticating until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_cancelled_by_its_caller_mid_commit_still_takes_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Faulty::new(RocksStore::open(dir.path()).unwrap()));
+    let (_dir, running, token) = Vault::start_over(store.clone(), "").await;
+    let addr = format!("http://{}", running.addr);
+    let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
+    let id = create(&mut admin, customer("cancel")).await;
+    let x_token = issue(&mut admin, "svc:x", &["role:admin"]).await.unwrap();
+    let mut x = strongroom::client::connect(&addr, &x_token).await.unwrap();
+    get(&mut x, &id, "support").await.unwrap();
+
+    store.writes.close();
+    let mut request = tonic::Request::new(pb::RevokeTokensRequest {
+        subject: "svc:x".into(),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    assert_code(admin.tokens.revoke_tokens(request).await, Code::Cancelled);
+    store.writes.open();
+    // The revocation's commit lands once the disk answers.
+    let start = Instant::now();
+    while store
+        .inner
+        .scan_prefix(Keyspace::Meta, b"token/")
+        .unwrap()
+        .len()
+        > 1
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the revocation never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_code(get(&mut x, &id, "support").await, Code::Unauthenticated);
+    let subjects: Vec<String> = live_tokens(&mut admin)
+        .await
+        .into_iter()
+        .map(|t| t.subject)
+        .collect();
+    assert!(!subjects.contains(&"svc:x".to_owned()), "{subjects:?}");
+}

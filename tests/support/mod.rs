@@ -189,6 +189,8 @@ pub struct Faulty<S> {
     pub largest_batch: AtomicUsize,
     /// Scans of more than one audit event pass here (and wait while it is closed).
     pub audit_scans: Arc<Gate>,
+    /// Writes pass here (and wait while it is closed: a stalled disk).
+    pub writes: Arc<Gate>,
 }
 
 impl<S> Faulty<S> {
@@ -200,6 +202,7 @@ impl<S> Faulty<S> {
             purges: AtomicUsize::new(0),
             largest_batch: AtomicUsize::new(0),
             audit_scans: Arc::new(Gate::default()),
+            writes: Arc::new(Gate::default()),
         }
     }
 }
@@ -265,6 +268,7 @@ impl<S: Store> Store for Faulty<S> {
         self.inner.last(ks)
     }
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        self.writes.pass();
         self.largest_batch
             .fetch_max(batch.ops().len(), Ordering::SeqCst);
         if self.fail_writes.load(Ordering::SeqCst) {
