@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
-    DB, DBCompressionType, FlushOptions, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch,
-    WriteOptions,
+    DB, DBCompressionType, FlushOptions, LiveFile, Options, ReadOptions, SnapshotWithThreadMode,
+    WriteBatch, WriteOptions,
 };
 
 use super::{Batch, KeyValue, Keyspace, Op, Snapshot, Store, StoreError, prefix_end};
@@ -108,6 +108,30 @@ impl RocksStore {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The number of an SST file (`/000123.sst` -> 123).
+fn file_number(name: &str) -> Option<u64> {
+    name.rsplit('/').next()?.strip_suffix(".sst")?.parse().ok()
+}
+
+/// A live file of column family `cf` that overlaps the keys starting with `prefix` and was
+/// written no later than file number `flushed` (so no compaction since rewrote it), if any. A
+/// file whose name or key range cannot be read counts as such a file: fail closed.
+fn unpurged<'a>(live: &'a [LiveFile], cf: &str, prefix: &[u8], flushed: u64) -> Option<&'a str> {
+    let end = prefix_end(prefix);
+    live.iter()
+        .filter(|f| f.column_family_name == cf)
+        .find(|f| {
+            let overlaps = match (&f.start_key, &f.end_key) {
+                (Some(start), Some(last)) => {
+                    last.as_slice() >= prefix && end.as_deref().is_none_or(|e| start.as_slice() < e)
+                }
+                _ => true,
+            };
+            overlaps && file_number(&f.name).is_none_or(|n| n <= flushed)
+        })
+        .map(|f| f.name.as_str())
 }
 
 fn cf(db: &DB, ks: Keyspace) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -265,17 +289,77 @@ impl Store for RocksStore {
             .map(|ks| self.cf(*ks))
             .collect::<Result<Vec<_>, _>>()?;
         self.db.flush_cfs_opt(&cfs, &flush).map_err(io)?;
+        // Every file that may hold a purged value now exists; the compactions below must
+        // rewrite each one that overlaps a purged range.
+        let flushed = self
+            .db
+            .live_files()
+            .map_err(io)?
+            .iter()
+            .filter_map(|f| file_number(&f.name))
+            .max()
+            .unwrap_or(0);
         let mut compact = CompactOptions::default();
         compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(false);
         for (ks, prefix) in prefixes {
             let end = prefix_end(prefix);
-            // RocksDB's C API drops the status of a manual compaction: nothing to check here.
             self.db
                 .compact_range_cf_opt(self.cf(*ks)?, Some(*prefix), end.as_deref(), &compact);
+        }
+        // RocksDB's C API drops the status of a manual compaction: check its effect instead.
+        let live = self.db.live_files().map_err(io)?;
+        for (ks, prefix) in prefixes {
+            if let Some(file) = unpurged(&live, ks.name(), prefix, flushed) {
+                return Err(StoreError::Io(format!(
+                    "the purge compaction left {file} (written before it) over a purged range of {}",
+                    ks.name()
+                )));
+            }
         }
         // A snapshot opened since the check above is newer than every deletion purged: it
         // cannot hold the deleted values back.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(cf: &str, name: &str, keys: Option<(&[u8], &[u8])>) -> LiveFile {
+        LiveFile {
+            column_family_name: cf.into(),
+            name: name.into(),
+            size: 1,
+            level: 6,
+            start_key: keys.map(|(s, _)| s.to_vec()),
+            end_key: keys.map(|(_, e)| e.to_vec()),
+            num_entries: 1,
+            num_deletions: 0,
+        }
+    }
+
+    #[test]
+    fn a_purge_is_proven_only_when_every_old_file_over_its_range_was_rewritten() {
+        let range: Option<(&[u8], &[u8])> = Some((b"a", b"z"));
+        // Rewritten by the compaction (newer than the flush), or elsewhere: purged.
+        let clean = [
+            file("deks", "/000012.sst", range),
+            file("records", "/000003.sst", range),
+            file("deks", "/000002.sst", Some((b"q", b"z"))),
+        ];
+        assert_eq!(unpurged(&clean, "deks", b"k", 10), None);
+        // Written before the compaction, over the range: not purged, named.
+        let stale = [file("deks", "/000007.sst", range)];
+        assert_eq!(unpurged(&stale, "deks", b"k", 10), Some("/000007.sst"));
+        // A file whose range or name cannot be read fails closed.
+        let unknown = [file("deks", "/000007.sst", None), file("deks", "x", range)];
+        assert_eq!(
+            unpurged(&unknown[..1], "deks", b"k", 10),
+            Some("/000007.sst")
+        );
+        assert_eq!(unpurged(&unknown[1..], "deks", b"k", 10), Some("x"));
+        assert_eq!(file_number("/000123.sst"), Some(123));
     }
 }
