@@ -5,6 +5,7 @@
 
 mod audit;
 pub mod auth;
+pub mod connections;
 mod convert;
 pub mod health;
 mod policies;

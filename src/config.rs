@@ -47,6 +47,9 @@ pub struct Config {
 /// not) cannot pin the server's memory, tasks or sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
+    /// Connections served at once; a new one waits (in the kernel's accept backlog) until
+    /// another closes, so a connection flood costs bounded file descriptors and memory.
+    pub max_connections: usize,
     /// Requests of one connection handled at once; more wait their turn.
     pub max_requests_per_connection: usize,
     /// How long a request may take until its response starts (streams then run on).
@@ -65,6 +68,7 @@ pub struct Transport {
 impl Default for Transport {
     fn default() -> Self {
         Self {
+            max_connections: 1024,
             max_requests_per_connection: 64,
             request_timeout: Duration::from_secs(60),
             http2_keepalive_interval: Duration::from_secs(30),
@@ -90,6 +94,7 @@ pub struct ConfigFile {
     max_message_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
     max_requests_per_connection: Option<usize>,
+    max_connections: Option<usize>,
     request_timeout_secs: Option<u64>,
     http2_keepalive_interval_secs: Option<u64>,
     http2_keepalive_timeout_secs: Option<u64>,
@@ -171,6 +176,10 @@ fn transport(file: &ConfigFile) -> Result<Transport, String> {
     if !(1..=100_000).contains(&max_requests_per_connection) {
         return Err("max_requests_per_connection: must be between 1 and 100000".into());
     }
+    let max_connections = file.max_connections.unwrap_or(defaults.max_connections);
+    if !(1..=100_000).contains(&max_connections) {
+        return Err("max_connections: must be between 1 and 100000".into());
+    }
     let max_header_list_bytes = file
         .max_header_list_bytes
         .unwrap_or(defaults.max_header_list_bytes);
@@ -178,6 +187,7 @@ fn transport(file: &ConfigFile) -> Result<Transport, String> {
         return Err("max_header_list_bytes: must be between 1024 and 1048576".into());
     }
     Ok(Transport {
+        max_connections,
         max_requests_per_connection,
         request_timeout: secs(
             file.request_timeout_secs,
@@ -367,7 +377,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.transport, Transport::default());
         let file: ConfigFile = toml::from_str(
-            "request_timeout_secs = 5\nmax_requests_per_connection = 8\n\
+            "request_timeout_secs = 5\nmax_requests_per_connection = 8\nmax_connections = 16\n\
              http2_keepalive_interval_secs = 7\nhttp2_keepalive_timeout_secs = 3\n\
              tcp_keepalive_secs = 9\nmax_header_list_bytes = 4096\n",
         )
@@ -376,6 +386,7 @@ mod tests {
         assert_eq!(
             config.transport,
             Transport {
+                max_connections: 16,
                 max_requests_per_connection: 8,
                 request_timeout: Duration::from_secs(5),
                 http2_keepalive_interval: Duration::from_secs(7),
@@ -391,6 +402,7 @@ mod tests {
                 "max_requests_per_connection",
             ),
             ("max_header_list_bytes = 100", "max_header_list_bytes"),
+            ("max_connections = 0", "max_connections"),
             ("tcp_keepalive_secs = 100000", "tcp_keepalive_secs"),
         ] {
             let file: ConfigFile = toml::from_str(line).unwrap_or_else(|e| panic!("{e}"));

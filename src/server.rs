@@ -12,6 +12,7 @@ use crate::{
     api::{
         AuditApi, PoliciesApi, RecordsApi, TokensApi,
         auth::Authenticator,
+        connections,
         health::CheckOnly,
         pb::{
             self, audit_server::AuditServer, policies_server::PoliciesServer,
@@ -377,9 +378,12 @@ pub async fn start_with_store(
         let result = router
             .serve_with_incoming_shutdown(
                 // The builder's TCP settings do not apply to an incoming stream: set them here.
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(limits.tcp_keepalive)),
+                connections::limit(
+                    TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(limits.tcp_keepalive)),
+                    limits.max_connections,
+                ),
                 async {
                     let _ = rx.await;
                     // End live streams first: graceful shutdown waits for every open call.

@@ -406,3 +406,49 @@ async fn a_token_less_flood_costs_bounded_log_and_memory_and_readers_are_served(
             .ok
     );
 }
+
+/// At `max_connections`, a new connection is served only once another closes: a flood of
+/// connections costs bounded file descriptors and memory, and the vault keeps serving those it
+/// holds.
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let store = Arc::new(strongroom::storage::MemoryStore::new());
+    let (_dir, running, _token) = Vault::start_over(store, "max_connections = 4\n").await;
+    let addr = format!("http://{}", running.addr);
+    let check = |channel: Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ())
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let channel = connection(&addr).await;
+        check(channel.clone()).await.unwrap();
+        held.push(channel);
+    }
+    // The fifth connects (the kernel accepts it) but is not served while the four stay open.
+    let fifth = tokio::spawn({
+        let addr = addr.clone();
+        async move { check(connection(&addr).await).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !fifth.is_finished(),
+        "a fifth connection was served past the limit of 4"
+    );
+    // The four held ones are still served.
+    for channel in &held {
+        check(channel.clone()).await.unwrap();
+    }
+    held.pop();
+    tokio::time::timeout(Duration::from_secs(30), fifth)
+        .await
+        .expect("the fifth connection is served once one closes")
+        .unwrap()
+        .unwrap();
+}
