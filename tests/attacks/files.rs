@@ -30,6 +30,7 @@ impl Serve {
     /// print its address.
     pub(crate) fn start(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = data.with_extension("log");
+        let first_start = !data.join("db").exists();
         let mut child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
@@ -45,31 +46,17 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let Some(Ok(first)) = lines.next() else {
+        let Some((addr, token)) = support::read_banner(&mut lines, first_start) else {
             let _ = child.wait();
             panic!(
                 "strongroom serve did not start: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
-        let addr = first
-            .strip_prefix("strongroom listening on ")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned();
-        let mut token = None;
-        if let Some(Ok(line)) = lines.next()
-            && line.starts_with("First start")
-            && let Some(Ok(line)) = lines.next()
-        {
-            token = line.split("STRONGROOM_TOKEN=").nth(1).map(str::to_owned);
-        }
         std::thread::spawn(move || for _ in lines {});
         Self {
             child,
-            addr: format!("http://{addr}"),
+            addr,
             token,
             log,
         }

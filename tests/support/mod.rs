@@ -427,6 +427,30 @@ pub fn stored(store: &RocksStore, id: &str) -> (Vec<u8>, Vec<KeyValue>) {
     (header, fields)
 }
 
+/// Reads what `strongroom serve` prints on stdout when it starts: the address it listens on (as
+/// an `http://` URL) and, on a first start, the admin token. `None` if it printed no address.
+pub fn read_banner(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    first_start: bool,
+) -> Option<(String, Option<String>)> {
+    let first = lines.next()?.ok()?;
+    let addr = first
+        .strip_prefix("strongroom listening on ")?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let mut token = None;
+    if first_start {
+        // A first start prints the admin token on the next two lines.
+        for line in lines.by_ref().take(2) {
+            if let Some(t) = line.ok()?.split("STRONGROOM_TOKEN=").nth(1) {
+                token = Some(t.to_owned());
+            }
+        }
+    }
+    Some((format!("http://{addr}"), token))
+}
+
 /// The vault as a child process, killed with SIGKILL when dropped.
 pub struct ChildVault {
     pub child: std::process::Child,
@@ -460,30 +484,10 @@ impl ChildVault {
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first
-            .strip_prefix("strongroom listening on ")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned();
-        let mut token = None;
-        if first_start {
-            // A first start prints the admin token on the next lines.
-            for line in lines.by_ref().take(2) {
-                let line = line.unwrap();
-                if let Some(t) = line.split("STRONGROOM_TOKEN=").nth(1) {
-                    token = Some(t.to_owned());
-                }
-            }
-        }
+        let (addr, token) =
+            read_banner(&mut lines, first_start).expect("strongroom serve printed its address");
         std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            addr: format!("http://{addr}"),
-            token,
-        }
+        Self { child, addr, token }
     }
 
     pub fn kill(&mut self) {
