@@ -381,7 +381,9 @@ async fn no_value_and_no_token_ever_reaches_an_event() {
     );
     canaries.extend([
         "219-09-9999".to_owned(),
-        "9999".to_owned(),
+        // The masked form (`***-**-9999`); a bare "9999" also turns up by
+        // chance in hashes and timestamps.
+        "-9999".to_owned(),
         bad.to_owned(),
         "a***@".to_owned(),
     ]);
