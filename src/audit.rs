@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    crypto::{Kek, SubKey},
+    crypto::KeyProvider,
     storage::{Batch, Keyspace, Store, StoreError},
 };
 
@@ -186,13 +186,10 @@ impl Audit {
     /// `AuditError` if the store fails or the last event is unreadable.
     pub fn open(
         store: Arc<dyn Store>,
-        kek: &Kek,
+        keys: Arc<dyn KeyProvider>,
         options: AuditOptions,
     ) -> Result<Self, AuditError> {
-        let keys = Arc::new(chain::Keys {
-            chain: SubKey::derive(kek, "audit-chain"),
-            checkpoint: SubKey::derive(kek, "audit-checkpoint"),
-        });
+        let keys = Arc::new(chain::Keys::new(keys));
         let state = appender::State::load(store.as_ref(), &keys)?;
         let (jobs, rx) = mpsc::channel(QUEUE_JOBS);
         let (live, _) = broadcast::channel(4096);
@@ -418,7 +415,6 @@ impl Drop for Audit {
 mod tests {
     use super::*;
     use crate::{
-        crypto::KekId,
         storage::{KeyValue, MemoryStore},
     };
     use std::sync::{Condvar, Mutex};
@@ -490,7 +486,7 @@ mod tests {
         let audit = Arc::new(
             Audit::open(
                 Arc::clone(&store) as Arc<dyn Store>,
-                &Kek::generate(KekId(1)),
+                Arc::new(crate::crypto::throwaway_keyring()),
                 AuditOptions::default(),
             )
             .unwrap_or_else(|e| panic!("{e}")),

@@ -18,15 +18,18 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Data directory (RocksDB: records, wrapped data keys, index, audit, policies, tokens).
     pub data_dir: PathBuf,
-    /// Keys directory (the master key file), never inside the data dir: a copy of the data
-    /// dir must not carry the key that decrypts it.
+    /// Keys directory (the keyring and the key store of wrapped data keys), never inside the
+    /// data dir: a copy of the data dir must not carry the keys that decrypt it.
     pub keys_dir: PathBuf,
     /// Directory holding `model.conf`, `policy.csv` and `schema.toml`.
     pub policies_dir: PathBuf,
-    /// The master key file (by default `master.key` in the keys dir; never in the data dir).
-    pub master_key_file: PathBuf,
-    /// Read the master key from this environment variable instead of the file.
+    /// The keyring file (by default `keyring` in the keys dir; never in the data dir).
+    pub keyring_file: PathBuf,
+    /// Seal the keyring file under the 64 hex digits in this environment variable (the `env`
+    /// provider, for containers).
     pub master_key_env: Option<String>,
+    /// Key rotation: the shred horizon and the rewrap rate.
+    pub rotation: crate::vault::rotation::RotationOptions,
     /// Per-request limits.
     pub limits: Limits,
     /// Largest gRPC message accepted or sent, in bytes.
@@ -87,8 +90,10 @@ pub struct ConfigFile {
     data_dir: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
     policies_dir: Option<PathBuf>,
-    master_key_file: Option<PathBuf>,
+    keyring_file: Option<PathBuf>,
     master_key_env: Option<String>,
+    shred_horizon_hours: Option<u64>,
+    rewrap_per_second: Option<u32>,
     max_value_bytes: Option<usize>,
     max_fields: Option<usize>,
     max_message_bytes: Option<usize>,
@@ -239,9 +244,9 @@ impl Config {
             Some(dir) => dir,
             None => default_keys_dir(&data_dir)?,
         };
-        let master_key_file = file
-            .master_key_file
-            .unwrap_or_else(|| crate::crypto::default_key_path(&keys_dir));
+        let keyring_file = file
+            .keyring_file
+            .unwrap_or_else(|| crate::crypto::default_keyring_path(&keys_dir));
         if crate::files::is_within(&keys_dir, &data_dir)? {
             return Err(format!(
                 "keys_dir: {} is inside the data dir {}: a copy of the data dir would carry \
@@ -250,15 +255,27 @@ impl Config {
                 data_dir.display()
             ));
         }
-        if file.master_key_env.is_none() && crate::files::is_within(&master_key_file, &data_dir)? {
+        if crate::files::is_within(&keyring_file, &data_dir)? {
             return Err(format!(
-                "master_key_file: {} is inside the data dir {}: keep the master key apart from \
-                 the data (by default it is {} in the keys dir)",
-                master_key_file.display(),
+                "keyring_file: {} is inside the data dir {}: keep the keys apart from the data \
+                 (by default it is {} in the keys dir)",
+                keyring_file.display(),
                 data_dir.display(),
-                crate::crypto::KEY_FILE_NAME
+                crate::crypto::KEYRING_FILE_NAME
             ));
         }
+        let horizon_hours = file.shred_horizon_hours.unwrap_or(24);
+        if !(1..=24 * 366).contains(&horizon_hours) {
+            return Err("shred_horizon_hours: must be between 1 and 8784 (a year)".into());
+        }
+        let rewrap_per_second = file.rewrap_per_second.unwrap_or(20_000);
+        if rewrap_per_second == 0 {
+            return Err("rewrap_per_second: must be at least 1".into());
+        }
+        let rotation = crate::vault::rotation::RotationOptions {
+            shred_horizon: Duration::from_secs(horizon_hours * 3600),
+            rewrap_per_second,
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_value_bytes: file.max_value_bytes.unwrap_or(defaults.max_value_bytes),
@@ -294,8 +311,9 @@ impl Config {
             data_dir,
             keys_dir,
             policies_dir,
-            master_key_file,
+            keyring_file,
             master_key_env: file.master_key_env,
+            rotation,
             limits,
             max_message_bytes,
             max_concurrent_streams,
@@ -420,8 +438,8 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("strongroom-data"));
         assert_eq!(config.keys_dir, PathBuf::from("strongroom-keys"));
         assert_eq!(
-            config.master_key_file,
-            PathBuf::from("strongroom-keys/master.key")
+            config.keyring_file,
+            PathBuf::from("strongroom-keys/keyring")
         );
         let with = |data: &str| {
             Config::with(Path::new(data), "127.0.0.1:1", Path::new("policies"))
@@ -434,7 +452,7 @@ mod tests {
             "keys_dir = \"/srv/data/keys\"\n",
             "keys_dir = \"/srv/data\"\n",
             "keys_dir = \"/srv/other/../data/k\"\n",
-            "master_key_file = \"/srv/data/master.key\"\n",
+            "keyring_file = \"/srv/data/keyring\"\n",
         ] {
             let over = Overrides {
                 data_dir: Some("/srv/data".into()),
@@ -462,7 +480,7 @@ mod tests {
                 |(port, value, fields, message, streams, days, every, timeout)| {
                     format!(
                         "listen = \"127.0.0.1:{port}\"\ndata_dir = \"/var/lib/sr\"\n\
-                     policies_dir = \"policies\"\nmaster_key_file = \"/etc/sr/key\"\n\
+                     policies_dir = \"policies\"\nkeyring_file = \"/etc/sr/key\"\n\
                      master_key_env = \"SR_KEY\"\nmax_value_bytes = {value}\n\
                      max_fields = {fields}\nmax_message_bytes = {message}\n\
                      max_concurrent_streams = {streams}\naudit_retention_days = {days}\n\

@@ -21,7 +21,7 @@ use crate::{
     },
     audit::{Audit, Event},
     config::Config,
-    crypto::{EnvKekProvider, FileKekProvider, KEY_FILE_NAME, KekProvider},
+    crypto::{KeyProvider, Keyring},
     domain::{Principal, Role, Schema, Subject},
     files,
     storage::{self, Batch, Store},
@@ -110,36 +110,62 @@ fn client_errors_as_client_codes(
     response
 }
 
-/// Refuses a master key file inside the data dir (symbolic links resolved), and a key left in
-/// the data dir by an older version while the configured key file is missing: starting would
-/// make a new key that cannot read the data.
+/// The key file of strongroom versions before key epochs.
+const LEGACY_KEY_FILE: &str = "master.key";
+
+/// Refuses keys inside the data dir (symbolic links resolved), and a keys dir (or data dir)
+/// holding a master key of a version before key epochs, whose data this version cannot read.
 fn check_key_placement(config: &Config) -> Result<(), ServerError> {
     let inside = |p: &std::path::Path| files::is_within(p, &config.data_dir).map_err(ServerError);
-    let old = config.data_dir.join(KEY_FILE_NAME);
-    if !config.master_key_file.exists() && old.exists() {
-        return Err(ServerError(format!(
-            "the master key is at {} inside the data dir (where older versions kept it), and \
-             {} is missing: move it out, e.g. `mkdir -m 700 -p {} && mv {} {}`, and start again",
-            old.display(),
-            config.master_key_file.display(),
-            config.keys_dir.display(),
-            old.display(),
-            config.master_key_file.display()
-        )));
+    for old in [
+        config.data_dir.join(LEGACY_KEY_FILE),
+        config.keys_dir.join(LEGACY_KEY_FILE),
+    ] {
+        if old.exists() && !config.keyring_file.exists() {
+            return Err(ServerError(format!(
+                "{} is a master key of a strongroom version before key epochs: this version \
+                 keeps a keyring ({}) and a key store apart from the data, and cannot read data \
+                 written under that master key. Start it on a new data dir and keys dir",
+                old.display(),
+                config.keyring_file.display()
+            )));
+        }
     }
     // Made first, so that a symbolic link on its way into the data dir is resolved.
-    if let Some(dir) = files::parent_of(&config.master_key_file) {
+    if let Some(dir) = files::parent_of(&config.keyring_file) {
         files::private_dir(&dir, "keys dir").map_err(ServerError)?;
     }
-    if inside(&config.keys_dir)? || inside(&config.master_key_file)? {
+    files::private_dir(&config.keys_dir, "keys dir").map_err(ServerError)?;
+    if inside(&config.keys_dir)? || inside(&config.keyring_file)? {
         return Err(ServerError(format!(
-            "the master key file {} is inside the data dir {} (through a symbolic link): a \
-             copy of the data dir would carry its key; choose a keys dir outside it",
-            config.master_key_file.display(),
+            "the keys dir {} or keyring {} is inside the data dir {} (through a symbolic link): \
+             a copy of the data dir would carry its keys; choose a keys dir outside it",
+            config.keys_dir.display(),
+            config.keyring_file.display(),
             config.data_dir.display()
         )));
     }
     Ok(())
+}
+
+/// The key provider the config names, and how it was found (for the audit log).
+fn open_provider(config: &Config) -> Result<(Arc<dyn KeyProvider>, String), ServerError> {
+    let existed = config.keyring_file.exists();
+    let verb = if existed { "loaded from" } else { "created in" };
+    let shown = config.keyring_file.display();
+    match &config.master_key_env {
+        Some(var) => {
+            let ring = Keyring::open_env(&config.keyring_file, var).map_err(ServerError)?;
+            Ok((
+                Arc::new(ring),
+                format!("env keyring {verb} {shown}, sealed under the key in {var}"),
+            ))
+        }
+        None => {
+            let ring = Keyring::open_file(&config.keyring_file).map_err(ServerError)?;
+            Ok((Arc::new(ring), format!("file keyring {verb} {shown}")))
+        }
+    }
 }
 
 /// Opens everything and starts serving on `config.listen`.
@@ -165,21 +191,12 @@ pub async fn start_with_store(
 ) -> Result<Running, ServerError> {
     let fail = |e: &dyn std::fmt::Display| ServerError(e.to_string());
     files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
-    let (kek, key_source) = match &config.master_key_env {
-        Some(var) => {
-            let kek = EnvKekProvider::new(var).load().map_err(ServerError)?;
-            (kek, format!("loaded from the environment variable {var}"))
-        }
-        None => {
-            check_key_placement(&config)?;
-            let existed = config.master_key_file.exists();
-            let kek = FileKekProvider::new(&config.master_key_file)
-                .load()
-                .map_err(ServerError)?;
-            let verb = if existed { "loaded from" } else { "created in" };
-            (kek, format!("{verb} {}", config.master_key_file.display()))
-        }
-    };
+    check_key_placement(&config)?;
+    let (provider, key_source) = open_provider(&config)?;
+    let key_store: Arc<dyn Store> = Arc::new(
+        storage::open_rocks(&config.keys_dir.join("keystore"))
+            .map_err(|e| ServerError(format!("key store: {e}")))?,
+    );
     let schema = Arc::new(
         Schema::parse(&read(&config.policies_dir, "schema.toml")?)
             .map_err(|e| ServerError(format!("{}: {}", e.field, e.problem)))?,
@@ -187,12 +204,15 @@ pub async fn start_with_store(
     let model = read(&config.policies_dir, "model.conf")?;
     let policy_text = read(&config.policies_dir, "policy.csv")?;
 
-    let audit =
-        Arc::new(Audit::open(Arc::clone(&store), &kek, config.audit).map_err(|e| fail(&e))?);
+    let audit = Arc::new(
+        Audit::open(Arc::clone(&store), Arc::clone(&provider), config.audit)
+            .map_err(|e| fail(&e))?,
+    );
+    let epochs: Vec<String> = provider.epochs().iter().map(ToString::to_string).collect();
     let key_event = Event {
-        method: "Keys/LoadMasterKey".into(),
+        method: "Keys/Load".into(),
         result: "OK".into(),
-        detail: format!("master key {} {key_source}", kek.id().0),
+        detail: format!("{key_source}; live epochs {}", epochs.join(", ")),
         ..Event::default()
     };
     audit
@@ -234,12 +254,15 @@ pub async fn start_with_store(
     let policy = governance.engine();
     let mut vault = Vault::new(
         Arc::clone(&store),
+        key_store,
+        provider,
         Arc::clone(&audit),
-        kek,
         schema,
         Arc::clone(&policy),
         config.limits,
+        config.rotation,
     );
+    vault.reconcile().await.map_err(|e| fail(&e))?;
     if config.danger_disable_read_audit {
         let warning = "DANGER: read auditing is OFF (--danger-disable-read-audit): reads are \
                        not recorded in the audit log; this vault is for benchmarks only and \

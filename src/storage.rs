@@ -16,8 +16,11 @@ pub use rocks::RocksStore;
 pub enum Keyspace {
     /// Hash-chained audit events.
     Audit,
-    /// Record headers: collection, version, wrapped DEK. Deleting one shreds the record.
+    /// Wrapped data keys, keyed `record id | version`: only in the key store (in the keys dir),
+    /// never in the data store, so that a copy of the data dir holds no key.
     Deks,
+    /// Record headers: collection, version, field manifest.
+    Headers,
     /// Blind-index entries for lookups.
     Index,
     /// Tokens, policy versions, KEK registry.
@@ -30,9 +33,10 @@ pub enum Keyspace {
 
 impl Keyspace {
     /// Every keyspace.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Audit,
         Self::Deks,
+        Self::Headers,
         Self::Index,
         Self::Meta,
         Self::Records,
@@ -44,6 +48,7 @@ impl Keyspace {
         match self {
             Self::Audit => "audit",
             Self::Deks => "deks",
+            Self::Headers => "headers",
             Self::Index => "index",
             Self::Meta => "meta",
             Self::Records => "records",

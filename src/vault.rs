@@ -9,8 +9,11 @@
 mod access;
 pub mod governance;
 mod header;
+mod keystore;
 mod locks;
 mod purger;
+mod reconcile;
+pub mod rotation;
 mod sealed;
 pub mod tokens;
 
@@ -24,12 +27,13 @@ use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, AuditError, Call, Event, FieldOutcome},
-    crypto::{Dek, Kek},
+    crypto::{Dek, KeyProvider},
     domain::{FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
 pub use access::{ADMIN_ROLE, Privilege, require};
+use keystore::KeyStore;
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;
@@ -157,6 +161,10 @@ pub struct ShredReceipt {
     /// When the purge from live files completed (ms since the epoch); `None` if the caller did
     /// not wait for it (a `Records/Purge` audit event records when it completes).
     pub purged_at_ms: Option<i64>,
+    /// When no backup of the key store can yield the record's data key any more: the end of
+    /// the current key epoch, destroyed by the rotation the shred horizon starts (a
+    /// `Keys/DestroyEpoch` audit event records when it happens).
+    pub unrecoverable_after_ms: Option<i64>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -166,44 +174,52 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The vault: the use cases over a store, a master key, a schema and a policy.
+/// The vault: the use cases over a data store, a key store and its key provider, a schema and
+/// a policy.
 pub struct Vault {
     store: Arc<dyn Store>,
     audit: Arc<Audit>,
     audit_reads: bool,
-    kek: Kek,
+    keys: Arc<KeyStore>,
     schema: Arc<Schema>,
     policy: Arc<PolicyEngine>,
     limits: Limits,
     locks: RecordLocks,
     purger: Purger,
+    rotator: Arc<rotation::Rotator>,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")
-            .field("kek", &self.kek)
+            .field("keys", &self.keys)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl Vault {
-    /// A vault over its parts.
+    /// A vault over its parts: the data store, the key store (a store of its own, apart from
+    /// the data) and the key provider that wraps its keys.
     pub fn new(
         store: Arc<dyn Store>,
+        key_store: Arc<dyn Store>,
+        provider: Arc<dyn KeyProvider>,
         audit: Arc<Audit>,
-        kek: Kek,
         schema: Arc<Schema>,
         policy: Arc<PolicyEngine>,
         limits: Limits,
+        rotation: rotation::RotationOptions,
     ) -> Self {
-        let purger = Purger::start(Arc::clone(&store), Arc::clone(&audit));
+        let purger = Purger::start(Arc::clone(&store), Arc::clone(&key_store), Arc::clone(&audit));
+        let keys = Arc::new(KeyStore::new(key_store, provider));
+        let rotator = rotation::Rotator::start(Arc::clone(&keys), Arc::clone(&audit), rotation);
         Self {
             store,
             audit,
             audit_reads: true,
-            kek,
+            keys,
+            rotator,
             schema,
             policy,
             limits,
@@ -223,7 +239,18 @@ impl Vault {
     /// Stops the vault's background work (the purge task) and waits for it to end, so that the
     /// store is released with the vault. Purges still owed run at the next start.
     pub async fn stop(&self) {
+        self.rotator.stop().await;
         self.purger.stop().await;
+    }
+
+    /// Key rotation and status.
+    pub fn rotation(&self) -> &rotation::Rotator {
+        &self.rotator
+    }
+
+    /// The key provider (for the public key).
+    pub fn key_provider(&self) -> &Arc<dyn KeyProvider> {
+        self.keys.provider()
     }
 
     /// The audit log.
@@ -296,8 +323,12 @@ impl Vault {
             &dek,
             1,
             &values.into_iter().collect(),
-        );
-        self.audit.commit(batch, vec![event]).await?;
+        )
+        .await?;
+        if let Err(e) = self.audit.commit(batch, vec![event]).await {
+            self.forget_key(&id, 1, Some(2)).await;
+            return Err(e.into());
+        }
         Ok((id, 1))
     }
 
@@ -316,57 +347,46 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<RecordView, Error> {
         self.check_count(fields.len(), "fields")?;
-        // Header, wrapped DEK and ciphertexts all come from one snapshot: a concurrent update
-        // or shred is seen whole or not at all.
-        let snapshot = self.store.snapshot();
-        let loaded = self.load(snapshot.as_ref(), id)?;
-        let collection = loaded.collection;
-        let requested: Vec<usize> = if fields.is_empty() {
-            (0..collection.fields().len()).collect()
-        } else {
-            let mut out = Vec::with_capacity(fields.len());
-            for (n, name) in fields.iter().enumerate() {
-                let (i, _) = collection.field(name, &format!("fields[{n}]"))?;
-                if out.contains(&i) {
-                    // The name is the declared one (ours), not the caller's text.
-                    return Err(InvalidInput::new(
-                        format!("fields[{n}] ({})", collection.fields()[i].0),
-                        "requested more than once",
-                    )
-                    .into());
-                }
-                out.push(i);
+        let mut attempts = 0;
+        let (loaded, permit, dek, mut ciphertexts) = loop {
+            // Header and ciphertexts come from one snapshot: a concurrent update or shred is
+            // seen whole or not at all.
+            let snapshot = self.store.snapshot();
+            let loaded = self.load(snapshot.as_ref(), id)?;
+            let requested = requested_fields(loaded.collection, fields)?;
+            let permit =
+                self.policy
+                    .table()
+                    .decide_read(principal, loaded.collection, &requested, purpose);
+            let shown: Vec<usize> = permit
+                .decisions()
+                .iter()
+                .filter(|(_, d)| *d != Decision::Denied)
+                .map(|(f, _)| *f)
+                .collect();
+            if shown.is_empty() {
+                break (loaded, permit, None, HashMap::new());
             }
-            out
+            let ciphertexts =
+                self.ciphertexts(snapshot.as_ref(), id, &loaded, shown.into_iter())?;
+            drop(snapshot);
+            if let Some(dek) = self.data_key(id, &loaded)? {
+                break (loaded, permit, Some(dek), ciphertexts);
+            }
+            // No key for this version: the record was updated since its header was read (read
+            // again), or it is shredded (a restored copy of the data dir may still hold it).
+            attempts += 1;
+            let now = self
+                .store
+                .get(Keyspace::Headers, id.as_bytes())?
+                .and_then(|b| header::Header::decode(&b));
+            if attempts >= 3 || now.is_none_or(|h| h.version == loaded.header.version) {
+                return Err(Error::NotFound);
+            }
         };
-        let permit = self
-            .policy
-            .table()
-            .decide_read(principal, collection, &requested, purpose);
+        let collection = loaded.collection;
         let mut shown = Vec::new();
         let mut withheld = Vec::new();
-        let needs_key = permit
-            .decisions()
-            .iter()
-            .any(|(_, d)| *d != Decision::Denied);
-        let (dek, mut ciphertexts) = if needs_key {
-            (
-                Some(self.unwrap(id, &loaded)?),
-                self.ciphertexts(
-                    snapshot.as_ref(),
-                    id,
-                    &loaded,
-                    permit
-                        .decisions()
-                        .iter()
-                        .filter(|(_, d)| *d != Decision::Denied)
-                        .map(|(f, _)| *f),
-                )?,
-            )
-        } else {
-            (None, HashMap::new())
-        };
-        drop(snapshot);
         for &(field, decision) in permit.decisions() {
             let (name, ty) = &collection.fields()[field];
             let envelope = match decision {
@@ -481,7 +501,10 @@ impl Vault {
                 loaded.header.version
             )));
         }
-        let dek = self.unwrap(id, &loaded)?;
+        let Some(dek) = self.data_key(id, &loaded)? else {
+            // Under the record lock the header cannot move: no key means shredded.
+            return Err(Error::NotFound);
+        };
         let mut current = BTreeMap::new();
         let envelopes =
             self.ciphertexts(snapshot.as_ref(), id, &loaded, 0..collection.fields().len())?;
@@ -507,17 +530,31 @@ impl Vault {
             )
             .into());
         }
-        self.seal_record(&mut batch, id, collection, &dek, version, &current);
+        // A new data key for the new version; the old one is destroyed once the new version is
+        // durable, so replaced and cleared values are shredded too.
+        drop(dek);
+        let dek = Dek::generate();
+        self.seal_record(&mut batch, id, collection, &dek, version, &current)
+            .await?;
         let changed = values_idx(&touched, &cleared);
         let event = Event {
             collection: collection.name().as_str().to_owned(),
             record_id: id.to_string(),
             fields: outcomes(collection, changed),
             policy_version: permit.policy_version(),
-            detail: format!("version {} -> {version}", loaded.header.version),
+            detail: format!(
+                "version {} -> {version}; the old version's data key destroyed",
+                loaded.header.version
+            ),
             ..call.event(principal)
         };
-        self.audit.commit(batch, vec![event]).await?;
+        if let Err(e) = self.audit.commit(batch, vec![event]).await {
+            self.forget_key(id, version, Some(version + 1)).await;
+            return Err(e.into());
+        }
+        // Left behind on a crash before this point, the old key is removed at the next start.
+        self.forget_key(id, 0, Some(version)).await;
+        self.purger.rekeyed(*id);
         Ok(version)
     }
 
@@ -548,13 +585,16 @@ impl Vault {
             .map(|(k, _)| k)
             .collect();
         drop(snapshot);
+        // The data key goes first: from here on the record is unreadable, whatever happens to
+        // the batch below (a crash before it is finished at the next start).
+        self.keys.delete(id, 0, None).await?;
         let fields_destroyed = u32::try_from(keys.len()).unwrap_or(u32::MAX);
         let shredded_at_ms = now_ms();
         let mut batch = Batch::new();
         for key in keys {
             batch.delete(Keyspace::Records, key);
         }
-        batch.delete(Keyspace::Deks, id.as_bytes().to_vec());
+        batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
         batch.put(
             Keyspace::Tombstones,
             id.as_bytes().to_vec(),
@@ -594,11 +634,20 @@ impl Vault {
             shredded_at_ms,
             fields_destroyed,
             purged_at_ms,
+            unrecoverable_after_ms: self.rotator.unrecoverable_after_ms(),
         })
     }
 }
 
 impl Vault {
+    /// Deletes `id`'s keys of versions `from..to`, logging a failure: used where the operation
+    /// already failed or succeeded and a leftover key is removed at the next start anyway.
+    async fn forget_key(&self, id: &RecordId, from: u64, to: Option<u64>) {
+        if let Err(e) = self.keys.delete(id, from, to).await {
+            tracing::warn!(record = %id, error = %e, "an unused data key stays until the next start");
+        }
+    }
+
     /// Refuses an update before its record is looked up when no collection would let
     /// `principal` write the named fields, so that the answer is the same for existing and
     /// missing ids: a caller without rights learns nothing of which ids exist.
@@ -663,6 +712,30 @@ impl Vault {
             )))
         }
     }
+}
+
+/// The fields a read asks for, as indices (every declared field if `fields` is empty).
+fn requested_fields(
+    collection: &crate::domain::Collection,
+    fields: &[String],
+) -> Result<Vec<usize>, Error> {
+    if fields.is_empty() {
+        return Ok((0..collection.fields().len()).collect());
+    }
+    let mut out = Vec::with_capacity(fields.len());
+    for (n, name) in fields.iter().enumerate() {
+        let (i, _) = collection.field(name, &format!("fields[{n}]"))?;
+        if out.contains(&i) {
+            // The name is the declared one (ours), not the caller's text.
+            return Err(InvalidInput::new(
+                format!("fields[{n}] ({})", collection.fields()[i].0),
+                "requested more than once",
+            )
+            .into());
+        }
+        out.push(i);
+    }
+    Ok(out)
 }
 
 /// `(field index, outcome)` pairs as named field outcomes.

@@ -61,7 +61,7 @@ impl State {
             }
         };
         if let Some(head) = Checkpoint::load(store, HEAD_KEY)?
-            && !head.valid(keys)
+            && !head.valid(&keys.public)
         {
             return Err(AuditError(
                 "the audit log's last checkpoint does not verify under this master key: the key \
@@ -148,7 +148,7 @@ impl Appender {
                 next.seq += 1;
                 event.seq = next.seq;
                 event.time_ms = time;
-                let (value, mac) = encode_stored(&self.keys, &event, &next.head);
+                let (value, mac) = encode_stored(&event, &next.head);
                 batch.put(Keyspace::Audit, next.seq.to_be_bytes().to_vec(), value);
                 next.head = mac;
                 job_seqs.push(next.seq);
@@ -160,7 +160,18 @@ impl Appender {
         }
         next.last_time_ms = time;
         if next.seq != self.state.seq || force_checkpoint {
-            let checkpoint = Checkpoint::sign(&self.keys, next.seq, next.head, time);
+            let checkpoint = match Checkpoint::sign(&self.keys, next.seq, next.head, time) {
+                Ok(checkpoint) => checkpoint,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit batch failed; its requests fail closed");
+                    for job in jobs {
+                        if let Some(reply) = job.reply {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                    return;
+                }
+            };
             let bytes = checkpoint.encode();
             // The head checkpoint moves with every batch: a truncated tail is seen against it.
             batch.put(Keyspace::Meta, HEAD_KEY.to_vec(), bytes.clone());

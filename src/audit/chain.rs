@@ -1,26 +1,41 @@
 //! The chain format: how an event is stored and chained, and the signed checkpoints.
 //!
-//! Stored event: `event | mac[32]` under key `seq` (big-endian u64), where `event` is the
-//! binary encoding of `codec` and `mac = HMAC(chain key, previous mac | seq | event)`; the first
-//! event's previous mac is 32 zero bytes (or, after pruning, the head of the anchor checkpoint).
-//! A checkpoint signs `(seq, head, time)` with a second derived key.
+//! Stored event: `event | hash[32]` under key `seq` (big-endian u64), where `event` is the
+//! binary encoding of `codec` and `hash = SHA-256(domain | previous hash | seq | event)`; the
+//! first event's previous hash is 32 zero bytes (or, after pruning, the head of the anchor
+//! checkpoint). A checkpoint signs `(seq, head, time)` with the vault's Ed25519 key (from the
+//! key provider), and the head checkpoint moves with every appended batch, so every durable
+//! event is covered by a signature. The hashes are public: anyone with an export and the public
+//! key can check the chain, and nobody without the signing key can extend or alter it.
 //!
 //! Depends on `codec`, `crypto` and `storage`; the appender, `query` and `verify` build on it.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{AuditError, CHECKPOINT_PREFIX, Event, codec};
 use crate::{
-    crypto::SubKey,
+    crypto::{KeyProvider, PublicKey, Signature, verify_signature},
     storage::{Keyspace, Store},
 };
 
 pub(super) const MAC_LEN: usize = 32;
+const CHAIN_DOMAIN: &[u8] = b"strongroom/audit-chain/v2";
+const CHECKPOINT_DOMAIN: &[u8] = b"strongroom/audit-checkpoint/v2";
 
-/// The two keys of the log.
+/// What the log signs with, and the public key its signatures are checked against.
 pub(super) struct Keys {
-    pub(super) chain: SubKey,
-    pub(super) checkpoint: SubKey,
+    pub(super) signer: Arc<dyn KeyProvider>,
+    pub(super) public: PublicKey,
+}
+
+impl Keys {
+    pub(super) fn new(signer: Arc<dyn KeyProvider>) -> Self {
+        let public = signer.public_key();
+        Self { signer, public }
+    }
 }
 
 /// A signed statement: the chain had this head at this sequence number at this time.
@@ -32,24 +47,36 @@ pub struct Checkpoint {
     pub head: String,
     /// When (ms since the epoch).
     pub time_ms: i64,
-    /// HMAC-SHA256 of `(seq, head, time)` under the checkpoint key, hex.
+    /// Ed25519 signature of `(seq, head, time)` by the vault's signing key, hex.
     pub signature: String,
 }
 
+fn signed_bytes(seq: u64, head: &[u8; 32], time_ms: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 48);
+    out.extend_from_slice(CHECKPOINT_DOMAIN);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    out
+}
+
 impl Checkpoint {
-    pub(super) fn sign(keys: &Keys, seq: u64, head: [u8; 32], time_ms: i64) -> Self {
-        let sig = keys.checkpoint.mac(&[
-            b"checkpoint",
-            &seq.to_be_bytes(),
-            &head,
-            &time_ms.to_be_bytes(),
-        ]);
-        Self {
+    pub(super) fn sign(
+        keys: &Keys,
+        seq: u64,
+        head: [u8; 32],
+        time_ms: i64,
+    ) -> Result<Self, AuditError> {
+        let sig = keys
+            .signer
+            .sign(&signed_bytes(seq, &head, time_ms))
+            .map_err(|e| AuditError(format!("cannot sign the audit head: {e}")))?;
+        Ok(Self {
             seq,
             head: hex::encode(head),
             time_ms,
-            signature: hex::encode(sig),
-        }
+            signature: hex::encode(sig.0),
+        })
     }
 
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -69,7 +96,7 @@ impl Checkpoint {
         keys: &Keys,
         key: &[u8],
     ) -> Result<Option<Self>, AuditError> {
-        Ok(read_checkpoint(store, key)?.filter(|c| c.valid(keys)))
+        Ok(read_checkpoint(store, key)?.filter(|c| c.valid(&keys.public)))
     }
 
     pub(super) fn head_bytes(&self) -> Option<[u8; 32]> {
@@ -79,18 +106,20 @@ impl Checkpoint {
             .map(|()| out)
     }
 
-    pub(super) fn valid(&self, keys: &Keys) -> bool {
-        let (Some(head), Ok(sig)) = (self.head_bytes(), hex::decode(&self.signature)) else {
+    /// Whether the signature is the vault's over this checkpoint: all an auditor needs is
+    /// the public key.
+    pub fn valid(&self, public: &PublicKey) -> bool {
+        let Some(head) = self.head_bytes() else {
             return false;
         };
-        keys.checkpoint.verify(
-            &[
-                b"checkpoint",
-                &self.seq.to_be_bytes(),
-                &head,
-                &self.time_ms.to_be_bytes(),
-            ],
-            &sig,
+        let mut sig = [0u8; 64];
+        if hex::decode_to_slice(&self.signature, &mut sig).is_err() {
+            return false;
+        }
+        verify_signature(
+            public,
+            &signed_bytes(self.seq, &head, self.time_ms),
+            &Signature(sig),
         )
     }
 }
@@ -101,15 +130,21 @@ pub(super) fn checkpoint_key(seq: u64) -> Vec<u8> {
     k
 }
 
-pub(super) fn chain_mac(keys: &Keys, prev: &[u8; 32], seq: u64, json: &[u8]) -> [u8; 32] {
-    keys.chain.mac(&[prev, &seq.to_be_bytes(), json])
+/// The chain hash of the event encoded as `event` at `seq`, after `prev`.
+pub(super) fn chain_mac(prev: &[u8; 32], seq: u64, event: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(CHAIN_DOMAIN);
+    hash.update(prev);
+    hash.update(seq.to_be_bytes());
+    hash.update(event);
+    hash.finalize().into()
 }
 
-/// The stored bytes of `event` chained after `prev`, and its MAC.
-pub(super) fn encode_stored(keys: &Keys, event: &Event, prev: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
+/// The stored bytes of `event` chained after `prev`, and its hash.
+pub(super) fn encode_stored(event: &Event, prev: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
     let mut bytes = Vec::with_capacity(256);
     codec::encode(event, &mut bytes);
-    let mac = chain_mac(keys, prev, event.seq, &bytes);
+    let mac = chain_mac(prev, event.seq, &bytes);
     bytes.extend_from_slice(&mac);
     (bytes, mac)
 }
@@ -147,7 +182,7 @@ pub(super) fn newest_checkpoint_before(
     let mut best = None;
     for (_, bytes) in store.scan_prefix(Keyspace::Meta, CHECKPOINT_PREFIX)? {
         if let Ok(c) = serde_json::from_slice::<Checkpoint>(&bytes)
-            && c.valid(keys)
+            && c.valid(&keys.public)
             && c.time_ms < cut_ms
         {
             best = Some(c);
@@ -162,16 +197,14 @@ mod tests {
 
     use super::*;
     use crate::{
-        crypto::{Kek, KekId},
+        crypto::Keyring,
         testing::{fuzz, inputs},
     };
 
-    fn keys() -> Keys {
-        let kek = Kek::generate(KekId(1));
-        Keys {
-            chain: SubKey::derive(&kek, "audit-chain"),
-            checkpoint: SubKey::derive(&kek, "audit-checkpoint"),
-        }
+    fn keys() -> (tempfile::TempDir, Keys) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ring = Keyring::open_file(dir.path().join("keyring")).unwrap_or_else(|e| panic!("{e}"));
+        (dir, Keys::new(Arc::new(ring)))
     }
 
     const JSON: &[&str] = &[
@@ -197,11 +230,14 @@ mod tests {
 
     #[test]
     fn fuzz_checkpoints() {
-        let keys = std::sync::Arc::new(keys());
-        let signing = std::sync::Arc::clone(&keys);
+        let (_dir, keys) = keys();
+        let keys = Arc::new(keys);
+        let signing = Arc::clone(&keys);
         let valid =
             (any::<u64>(), any::<[u8; 32]>(), any::<i64>()).prop_map(move |(seq, head, time)| {
-                Checkpoint::sign(&signing, seq, head, time).encode()
+                Checkpoint::sign(&signing, seq, head, time)
+                    .map(|c| c.encode())
+                    .unwrap_or_default()
             });
         fuzz("audit checkpoint", 256, inputs(valid, JSON), |input| {
             let Ok(c) = serde_json::from_slice::<Checkpoint>(&input.bytes) else {
@@ -209,7 +245,7 @@ mod tests {
             };
             let _ = c.head_bytes();
             // A checkpoint that verifies says what a genuine one said: no forged statement.
-            if c.valid(&keys) {
+            if c.valid(&keys.public) {
                 let genuine = [&input.valid, &input.donor]
                     .into_iter()
                     .flatten()
@@ -225,12 +261,10 @@ mod tests {
 
     #[test]
     fn fuzz_stored_events() {
-        let keys = std::sync::Arc::new(keys());
-        let chaining = std::sync::Arc::clone(&keys);
         let valid = super::super::codec::tests::events().prop_map(move |bytes| {
             let event =
                 codec::decode(&bytes).unwrap_or_else(|| panic!("a generated event decodes"));
-            encode_stored(&chaining, &event, &[7; 32]).0
+            encode_stored(&event, &[7; 32]).0
         });
         fuzz("audit stored event", 256, inputs(valid, &[]), |input| {
             if let Some((event, mac)) = decode_stored(&input.bytes) {
@@ -240,7 +274,6 @@ mod tests {
                 prop_assert_eq!(&again, &input.bytes);
                 // Only an unaltered event carries a MAC that chains.
                 let chains = chain_mac(
-                    &keys,
                     &[7; 32],
                     event.seq,
                     &input.bytes[..again.len() - MAC_LEN],

@@ -44,7 +44,7 @@ fn anchor_for(store: &dyn Store, keys: &Keys, from: u64) -> Result<Option<Checkp
         usize::MAX,
     )? {
         if let Ok(c) = serde_json::from_slice::<Checkpoint>(&bytes)
-            && c.valid(keys)
+            && c.valid(&keys.public)
             && c.seq < from
         {
             best = Some(c);
@@ -105,7 +105,7 @@ pub(super) fn verify(
     }
     let head = read_checkpoint(store, HEAD_KEY)?;
     if let Some(h) = &head
-        && !h.valid(keys)
+        && !h.valid(&keys.public)
     {
         return fail(
             report,
@@ -153,7 +153,7 @@ pub(super) fn verify(
                 );
             }
             let json = &value[..value.len() - MAC_LEN];
-            if chain_mac(keys, &prev, seq, json) != mac {
+            if chain_mac(&prev, seq, json) != mac {
                 return fail(
                     report,
                     seq,
@@ -169,7 +169,7 @@ pub(super) fn verify(
             prev = mac;
             expected += 1;
             if let Some(c) = read_checkpoint(store, &checkpoint_key(seq))?
-                && (!c.valid(keys) || c.head_bytes() != Some(mac))
+                && (!c.valid(&keys.public) || c.head_bytes() != Some(mac))
             {
                 return fail(
                     report,

@@ -4,8 +4,9 @@
 //! for: collection, record id, field name, DEK id, and the record version (so an older
 //! ciphertext replayed into a newer record fails).
 //!
-//! Wrapped DEK: `0x01 | nonce[24] | XChaCha20-Poly1305(dek id | dek key)`, AAD = record id,
-//! KEK id, collection and record version.
+//! Wrapped DEK: what the key provider seals (`dek id | dek key`) under a key epoch, with the
+//! AAD binding record id, epoch, collection, record version and field manifest. The epoch
+//! itself is stored beside the wrapped key (see `vault::keystore`).
 //!
 //! An unknown version byte is an error, never a fallback.
 
@@ -16,14 +17,16 @@ use chacha20poly1305::{
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::{DecryptError, Dek, DekId, Kek, KekId, WrappedDek};
+use super::{
+    DecryptError, Dek, DekId, WrappedDek,
+    provider::{EpochId, KeyError, KeyProvider},
+};
 
 const FIELD_V1: u8 = 0x01;
-const WRAP_V1: u8 = 0x01;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const FIELD_AAD_DOMAIN: &[u8] = b"strongroom/field/v1";
-const WRAP_AAD_DOMAIN: &[u8] = b"strongroom/dek/v1";
+const WRAP_AAD_DOMAIN: &[u8] = b"strongroom/dek/v2";
 
 /// What a field ciphertext is bound to.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +67,8 @@ fn field_aad(dek: DekId, ctx: &FieldContext<'_>) -> Vec<u8> {
     )
 }
 
-fn seal(key: &[u8; 32], version: u8, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+/// Seals `plaintext` under `key`: `version | nonce[24] | ciphertext+tag`.
+pub(super) fn seal_with(key: &[u8; 32], version: u8, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut nonce = [0u8; NONCE_LEN];
     // A userspace CSPRNG seeded from the OS: 192-bit random nonces never repeat in practice.
@@ -88,7 +92,8 @@ fn seal(key: &[u8; 32], version: u8, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     out
 }
 
-fn open(
+/// Opens what `seal_with` sealed under the same key, version byte and AAD.
+pub(super) fn open_with(
     key: &[u8; 32],
     version: u8,
     envelope: &[u8],
@@ -114,7 +119,7 @@ fn open(
 
 /// Seals one field value under a record's DEK.
 pub fn seal_field(dek: &Dek, ctx: &FieldContext<'_>, plaintext: &str) -> Vec<u8> {
-    seal(
+    seal_with(
         dek.bytes(),
         FIELD_V1,
         plaintext.as_bytes(),
@@ -132,7 +137,7 @@ pub fn open_field(
     ctx: &FieldContext<'_>,
     envelope: &[u8],
 ) -> Result<Zeroizing<String>, DecryptError> {
-    let mut bytes = open(dek.bytes(), FIELD_V1, envelope, &field_aad(dek.id(), ctx))?;
+    let mut bytes = open_with(dek.bytes(), FIELD_V1, envelope, &field_aad(dek.id(), ctx))?;
     let taken = std::mem::take(&mut *bytes);
     String::from_utf8(taken).map(Zeroizing::new).map_err(|e| {
         // Zeroize the rejected bytes too.
@@ -156,12 +161,12 @@ pub struct DekContext<'a> {
     pub manifest: u64,
 }
 
-fn wrap_aad(kek: KekId, ctx: &DekContext<'_>) -> Vec<u8> {
+fn wrap_aad(epoch: EpochId, ctx: &DekContext<'_>) -> Vec<u8> {
     aad(
         WRAP_AAD_DOMAIN,
         &[
             ctx.record_id,
-            &kek.0.to_be_bytes(),
+            &epoch.0.to_be_bytes(),
             ctx.collection.as_bytes(),
             &ctx.record_version.to_be_bytes(),
             &ctx.manifest.to_be_bytes(),
@@ -169,32 +174,38 @@ fn wrap_aad(kek: KekId, ctx: &DekContext<'_>) -> Vec<u8> {
     )
 }
 
-/// Wraps a DEK under the KEK, bound to `ctx`.
-pub fn wrap_dek(kek: &Kek, dek: &Dek, ctx: &DekContext<'_>) -> WrappedDek {
+/// Wraps a DEK under `epoch` of the key provider, bound to `ctx`.
+///
+/// # Errors
+/// `KeyError` if the provider cannot seal under that epoch.
+pub fn wrap_dek(
+    keys: &dyn KeyProvider,
+    epoch: EpochId,
+    dek: &Dek,
+    ctx: &DekContext<'_>,
+) -> Result<WrappedDek, KeyError> {
     let mut plain = Zeroizing::new([0u8; 48]);
     plain[..16].copy_from_slice(&dek.id().0);
     plain[16..].copy_from_slice(dek.bytes());
-    WrappedDek(seal(
-        kek.bytes(),
-        WRAP_V1,
-        plain.as_ref(),
-        &wrap_aad(kek.id(), ctx),
-    ))
+    keys.seal(epoch, plain.as_ref(), &wrap_aad(epoch, ctx))
+        .map(WrappedDek)
 }
 
-/// Unwraps a DEK.
+/// Unwraps a DEK wrapped under `epoch`.
 ///
 /// # Errors
-/// `DecryptError` if the wrapped key was altered, is malformed, or was wrapped by another KEK or
-/// for another record, collection, version or manifest.
+/// `KeyError::Decrypt` if the wrapped key was altered, is malformed, or was wrapped under
+/// another epoch or for another record, collection, version or manifest;
+/// `KeyError::UnknownEpoch` if its epoch was destroyed.
 pub fn unwrap_dek(
-    kek: &Kek,
+    keys: &dyn KeyProvider,
+    epoch: EpochId,
     wrapped: &WrappedDek,
     ctx: &DekContext<'_>,
-) -> Result<Dek, DecryptError> {
-    let plain = open(kek.bytes(), WRAP_V1, &wrapped.0, &wrap_aad(kek.id(), ctx))?;
+) -> Result<Dek, KeyError> {
+    let plain = keys.open(epoch, &wrapped.0, &wrap_aad(epoch, ctx))?;
     if plain.len() != 48 {
-        return Err(DecryptError);
+        return Err(KeyError::Decrypt);
     }
     let mut id = [0u8; 16];
     id.copy_from_slice(&plain[..16]);
@@ -270,9 +281,16 @@ mod tests {
         assert!(open_field(&dek, &ctx(&id, "email", 1), &sealed[..10]).is_err());
     }
 
+    fn keyring() -> (tempfile::TempDir, crate::crypto::Keyring) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ring = crate::crypto::Keyring::open_file(dir.path().join("keyring"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (dir, ring)
+    }
+
     #[test]
-    fn wrapped_dek_is_bound_to_record_kek_version_and_manifest() {
-        let kek = Kek::generate(KekId(1));
+    fn wrapped_dek_is_bound_to_record_epoch_version_and_manifest() {
+        let (_dir, ring) = keyring();
         let dek = Dek::generate();
         let id = [1u8; 16];
         let other = [2u8; 16];
@@ -282,9 +300,10 @@ mod tests {
             record_version: 3,
             manifest: 0b101,
         };
-        let wrapped = wrap_dek(&kek, &dek, &ctx);
+        let one = EpochId(1);
+        let wrapped = wrap_dek(&ring, one, &dek, &ctx).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            unwrap_dek(&kek, &wrapped, &ctx).map(|d| d.id()),
+            unwrap_dek(&ring, one, &wrapped, &ctx).map(|d| d.id()),
             Ok(dek.id())
         );
         for bad in [
@@ -305,11 +324,15 @@ mod tests {
                 ..ctx
             },
         ] {
-            assert!(unwrap_dek(&kek, &wrapped, &bad).is_err(), "{bad:?}");
+            assert!(unwrap_dek(&ring, one, &wrapped, &bad).is_err(), "{bad:?}");
         }
-        assert!(unwrap_dek(&Kek::generate(KekId(1)), &wrapped, &ctx).is_err());
-        let other_id = Kek::new(KekId(2), Zeroizing::new(*kek.bytes()));
-        assert!(unwrap_dek(&other_id, &wrapped, &ctx).is_err());
+        let (_other_dir, other_ring) = keyring();
+        assert!(unwrap_dek(&other_ring, one, &wrapped, &ctx).is_err());
+        let two = ring.add_epoch().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            unwrap_dek(&ring, two, &wrapped, &ctx).err(),
+            Some(KeyError::Decrypt)
+        );
     }
 
     /// Field envelopes of random values under one DEK, and the context they were sealed in.
@@ -332,27 +355,24 @@ mod tests {
 
     #[test]
     fn fuzz_wrapped_dek() {
-        let kek = std::sync::Arc::new(Kek::generate(KekId(1)));
-        let id = [5u8; 16];
+        let (_dir, ring) = keyring();
+        let ring = std::sync::Arc::new(ring);
         let ctx = DekContext {
-            record_id: &id,
+            record_id: &[5u8; 16],
             collection: "customers",
             record_version: 4,
             manifest: 0b1011,
         };
-        let wrapping = std::sync::Arc::clone(&kek);
+        let wrapping = std::sync::Arc::clone(&ring);
         let valid = any::<u8>().prop_map(move |_| {
-            let ctx = DekContext {
-                record_id: &[5u8; 16],
-                collection: "customers",
-                record_version: 4,
-                manifest: 0b1011,
-            };
-            wrap_dek(&wrapping, &Dek::generate(), &ctx).0
+            wrap_dek(wrapping.as_ref(), EpochId(1), &Dek::generate(), &ctx)
+                .map(|w| w.0)
+                .unwrap_or_default()
         });
         let strategy = crate::testing::inputs(valid, &[]);
         crate::testing::fuzz("wrapped DEK", 256, strategy, |input| {
-            let opened = unwrap_dek(&kek, &WrappedDek(input.bytes.clone()), &ctx).is_ok();
+            let wrapped = WrappedDek(input.bytes.clone());
+            let opened = unwrap_dek(ring.as_ref(), EpochId(1), &wrapped, &ctx).is_ok();
             prop_assert_eq!(opened, input.unaltered());
             Ok(())
         });

@@ -16,6 +16,10 @@ pub enum Privilege {
     AdministerPolicies,
     /// Issue, list and revoke tokens.
     ManageTokens,
+    /// Rotate the key epochs.
+    ManageKeys,
+    /// See the key epochs and the rotation in progress.
+    ReadKeyStatus,
     /// Query, follow, verify and export the audit log.
     ReadAudit,
 }
@@ -25,7 +29,8 @@ impl Privilege {
     pub fn roles(self) -> &'static [&'static str] {
         match self {
             Self::AdministerPolicies => &[ADMIN_ROLE, "role:security_admin"],
-            Self::ManageTokens => &[ADMIN_ROLE],
+            Self::ManageTokens | Self::ManageKeys => &[ADMIN_ROLE],
+            Self::ReadKeyStatus => &[ADMIN_ROLE, "role:security_admin", "role:auditor"],
             Self::ReadAudit => &["role:auditor", ADMIN_ROLE],
         }
     }
@@ -34,6 +39,8 @@ impl Privilege {
         match self {
             Self::AdministerPolicies => "administer policies",
             Self::ManageTokens => "manage tokens",
+            Self::ManageKeys => "rotate keys",
+            Self::ReadKeyStatus => "see the key status",
             Self::ReadAudit => "read the audit log",
         }
     }

@@ -1,5 +1,8 @@
-//! The purge after a shred: make the deleted wrapped DEK and ciphertexts leave every live file
-//! (flush, then forced bottommost compaction of their key ranges). A purge costs a flush of
+//! The purge after a shred: make the deleted wrapped DEK (in the key store) and the header and
+//! ciphertexts (in the data store) leave every live file (flush, then forced bottommost
+//! compaction of their key ranges). An update's replaced data key is purged from the key store
+//! the same way, sharing the next purge, without an event of its own (the update's event says
+//! the old key was destroyed). A purge costs a flush of
 //! every keyspace, so it runs off the request path, and all shreds queued while one purge runs
 //! share the next, at most one every `MIN_INTERVAL`.
 //!
@@ -57,6 +60,8 @@ struct Job {
     id: RecordId,
     collection: String,
     done: Option<Reply>,
+    /// An update's replaced key: purge the key store's range only, no event.
+    rekey: bool,
 }
 
 /// The handle shreds queue their purges on.
@@ -78,7 +83,11 @@ impl std::fmt::Debug for Job {
 /// The purges owed, by record id (a job queued twice is one purge).
 type Owed = BTreeMap<[u8; 16], (String, Vec<Reply>)>;
 
-fn add(owed: &mut Owed, job: Job) {
+fn add(owed: &mut Owed, rekeyed: &mut Vec<[u8; 16]>, job: Job) {
+    if job.rekey {
+        rekeyed.push(*job.id.as_bytes());
+        return;
+    }
     let entry = owed
         .entry(*job.id.as_bytes())
         .or_insert_with(|| (job.collection, Vec::new()));
@@ -102,19 +111,38 @@ fn pending(store: &dyn Store) -> Result<Owed, String> {
     Ok(owed)
 }
 
-/// Purges `ids` and checks that none of their keys reads back.
-fn purge_now(store: &dyn Store, ids: &[[u8; 16]]) -> Result<(), String> {
+/// Purges the shredded `ids` from both stores and the key store ranges of `rekeyed`, and
+/// checks that none of the shredded records' keys reads back.
+fn purge_now(
+    store: &dyn Store,
+    keys: &dyn Store,
+    ids: &[[u8; 16]],
+    rekeyed: &[[u8; 16]],
+) -> Result<(), String> {
     let prefixes: Vec<(Keyspace, &[u8])> = ids
         .iter()
-        .flat_map(|id| [(Keyspace::Deks, &id[..]), (Keyspace::Records, &id[..])])
+        .flat_map(|id| [(Keyspace::Headers, &id[..]), (Keyspace::Records, &id[..])])
         .collect();
-    store.purge(&prefixes).map_err(|e| e.to_string())?;
+    if !prefixes.is_empty() {
+        store.purge(&prefixes).map_err(|e| e.to_string())?;
+    }
+    let key_prefixes: Vec<(Keyspace, &[u8])> = ids
+        .iter()
+        .chain(rekeyed)
+        .map(|id| (Keyspace::Deks, &id[..]))
+        .collect();
+    if !key_prefixes.is_empty() {
+        keys.purge(&key_prefixes).map_err(|e| e.to_string())?;
+    }
     for id in ids {
-        let header = store.get(Keyspace::Deks, id).map_err(|e| e.to_string())?;
+        let header = store.get(Keyspace::Headers, id).map_err(|e| e.to_string())?;
         let fields = store
             .scan_prefix(Keyspace::Records, id)
             .map_err(|e| e.to_string())?;
-        if header.is_some() || !fields.is_empty() {
+        let wrapped = keys
+            .scan_prefix(Keyspace::Deks, id)
+            .map_err(|e| e.to_string())?;
+        if header.is_some() || !fields.is_empty() || !wrapped.is_empty() {
             return Err("a shredded record's keys are still readable after the purge".into());
         }
     }
@@ -123,10 +151,10 @@ fn purge_now(store: &dyn Store, ids: &[[u8; 16]]) -> Result<(), String> {
 
 impl Purger {
     /// Starts the purge task; it first takes up the purges an earlier run left pending.
-    pub(super) fn start(store: Arc<dyn Store>, audit: Arc<Audit>) -> Self {
+    pub(super) fn start(store: Arc<dyn Store>, keys: Arc<dyn Store>, audit: Arc<Audit>) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel::<Job>();
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(store, audit, rx, stopped));
+        let task = tokio::spawn(run(store, keys, audit, rx, stopped));
         Self {
             jobs,
             stop,
@@ -151,6 +179,19 @@ impl Purger {
         }
     }
 
+    /// Queues the purge of an update's replaced data key from the key store.
+    pub(super) fn rekeyed(&self, id: RecordId) {
+        let job = Job {
+            id,
+            collection: String::new(),
+            done: None,
+            rekey: true,
+        };
+        if self.jobs.send(job).is_err() {
+            tracing::warn!(record = %id, "the purge task has stopped: a replaced key waits for compaction");
+        }
+    }
+
     /// Queues the purge of a shredded record; with `wait`, returns when it completed.
     ///
     /// # Errors
@@ -169,6 +210,7 @@ impl Purger {
                 id,
                 collection,
                 done,
+                rekey: false,
             })
             .map_err(|_| "the purge task has stopped".to_owned())?;
         if !wait {
@@ -182,6 +224,7 @@ impl Purger {
 
 async fn run(
     store: Arc<dyn Store>,
+    keys: Arc<dyn Store>,
     audit: Arc<Audit>,
     mut rx: mpsc::UnboundedReceiver<Job>,
     mut stopped: watch::Receiver<bool>,
@@ -206,14 +249,15 @@ async fn run(
             "purges left pending by the last run are taken up"
         );
     }
+    let mut rekeyed: Vec<[u8; 16]> = Vec::new();
     let mut last_start: Option<tokio::time::Instant> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failures = 0u32;
     loop {
-        if owed.is_empty() {
+        if owed.is_empty() && rekeyed.is_empty() {
             tokio::select! {
                 job = rx.recv() => match job {
-                    Some(job) => add(&mut owed, job),
+                    Some(job) => add(&mut owed, &mut rekeyed, job),
                     None => return,
                 },
                 _ = stopped.wait_for(|s| *s) => return,
@@ -232,7 +276,7 @@ async fn run(
                 tokio::select! {
                     () = tokio::time::sleep_until(at) => break,
                     job = rx.recv() => match job {
-                        Some(job) => add(&mut owed, job),
+                        Some(job) => add(&mut owed, &mut rekeyed, job),
                         // The vault stopped: what is owed stays in the store for the next start.
                         None => return,
                     },
@@ -241,20 +285,29 @@ async fn run(
             }
         }
         while let Ok(job) = rx.try_recv() {
-            add(&mut owed, job);
+            add(&mut owed, &mut rekeyed, job);
         }
         last_start = Some(tokio::time::Instant::now());
         let ids: Vec<[u8; 16]> = owed.keys().copied().collect();
+        let rekeys = std::mem::take(&mut rekeyed);
         let result = {
-            let (store, ids) = (Arc::clone(&store), ids.clone());
-            tokio::task::spawn_blocking(move || purge_now(store.as_ref(), &ids))
-                .await
-                .map_err(|e| format!("the purge task failed: {e}"))
-                .and_then(|r| r)
+            let (store, keys, ids) = (Arc::clone(&store), Arc::clone(&keys), ids.clone());
+            let rekeys = rekeys.clone();
+            tokio::task::spawn_blocking(move || {
+                purge_now(store.as_ref(), keys.as_ref(), &ids, &rekeys)
+            })
+            .await
+            .map_err(|e| format!("the purge task failed: {e}"))
+            .and_then(|r| r)
         };
         let result = match result {
+            Ok(()) if owed.is_empty() => Ok(crate::vault::now_ms()),
             Ok(()) => record_success(&audit, &owed).await,
-            Err(e) => Err(e),
+            Err(e) => {
+                // Replaced keys are retried with the next purge.
+                rekeyed.extend(rekeys);
+                Err(e)
+            }
         };
         match result {
             Ok(at) => {

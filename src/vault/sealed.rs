@@ -1,5 +1,5 @@
-//! The record at rest: loading and checking a header, unwrapping its DEK, reading and opening
-//! its field ciphertexts, and sealing a record's fields at a new version.
+//! The record at rest: loading and checking a header, fetching its DEK from the key store,
+//! reading and opening its field ciphertexts, and sealing a record's fields at a new version.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,10 +51,10 @@ impl Vault {
         Ok(out)
     }
 
-    /// Loads a record's header (with its wrapped DEK) from `snapshot`; read its ciphertexts
-    /// from the same snapshot, so that a concurrent update or shred is seen whole or not at all.
+    /// Loads a record's header from `snapshot`; read its ciphertexts from the same snapshot, so
+    /// that a concurrent update or shred is seen whole or not at all.
     pub(super) fn load(&self, snapshot: &dyn Snapshot, id: &RecordId) -> Result<Loaded<'_>, Error> {
-        let Some(bytes) = snapshot.get(Keyspace::Deks, id.as_bytes())? else {
+        let Some(bytes) = snapshot.get(Keyspace::Headers, id.as_bytes())? else {
             return Err(Error::NotFound);
         };
         if snapshot.get(Keyspace::Tombstones, id.as_bytes())?.is_some() {
@@ -75,21 +75,10 @@ impl Vault {
         Ok(Loaded { header, collection })
     }
 
-    pub(super) fn unwrap(&self, id: &RecordId, loaded: &Loaded<'_>) -> Result<Dek, Error> {
-        if loaded.header.kek_id != self.kek.id() {
-            tracing::error!(record = %id, kek = loaded.header.kek_id.0, "record is wrapped by an unknown master key");
-            return Err(Error::DataLoss);
-        }
-        let ctx = DekContext {
-            record_id: id.as_bytes(),
-            collection: &loaded.header.collection,
-            record_version: loaded.header.version,
-            manifest: loaded.header.manifest,
-        };
-        crypto::unwrap_dek(&self.kek, &loaded.header.wrapped, &ctx).map_err(|_| {
-            tracing::error!(record = %id, "data key failed to unwrap");
-            Error::DataLoss
-        })
+    /// The record's data key at the loaded version; `None` if the key store holds none (the
+    /// record was shredded, or updated since its header was read).
+    pub(super) fn data_key(&self, id: &RecordId, loaded: &Loaded<'_>) -> Result<Option<Dek>, Error> {
+        self.keys.get(id, &dek_context(id, &loaded.header))
     }
 
     /// Reads the ciphertexts of `fields` (indices into the collection) that the header's
@@ -144,8 +133,10 @@ impl Vault {
             })
     }
 
-    /// Seals every value and wraps the DEK at `version`, adding the writes to `batch`.
-    pub(super) fn seal_record(
+    /// Stores `dek`, wrapped, in the key store for `version` (synced), then seals every value
+    /// and adds the header and ciphertexts to `batch`. The key is stored first: a crash before
+    /// the batch leaves an unused key, never a record without its key.
+    pub(super) async fn seal_record(
         &self,
         batch: &mut Batch,
         id: &RecordId,
@@ -153,9 +144,17 @@ impl Vault {
         dek: &Dek,
         version: u64,
         values: &BTreeMap<usize, FieldValue>,
-    ) {
+    ) -> Result<(), Error> {
         let manifest = values.keys().fold(0u64, |m, i| m | (1 << i));
         let name = collection.name().as_str();
+        let header = Header {
+            version,
+            manifest,
+            collection: name.to_owned(),
+        };
+        self.keys
+            .put(id, &dek_context(id, &header), dek)
+            .await?;
         for (&i, value) in values {
             let field = collection.fields()[i].0.as_str();
             let ctx = FieldContext {
@@ -170,19 +169,17 @@ impl Vault {
                 crypto::seal_field(dek, &ctx, value.expose()),
             );
         }
-        let ctx = DekContext {
-            record_id: id.as_bytes(),
-            collection: name,
-            record_version: version,
-            manifest,
-        };
-        let header = Header {
-            version,
-            kek_id: self.kek.id(),
-            manifest,
-            collection: name.to_owned(),
-            wrapped: crypto::wrap_dek(&self.kek, dek, &ctx),
-        };
-        batch.put(Keyspace::Deks, id.as_bytes().to_vec(), header.encode());
+        batch.put(Keyspace::Headers, id.as_bytes().to_vec(), header.encode());
+        Ok(())
+    }
+}
+
+/// What a record's wrapped key is bound to, from its header.
+fn dek_context<'a>(id: &'a RecordId, header: &'a Header) -> DekContext<'a> {
+    DekContext {
+        record_id: id.as_bytes(),
+        collection: &header.collection,
+        record_version: header.version,
+        manifest: header.manifest,
     }
 }

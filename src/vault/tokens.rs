@@ -464,7 +464,6 @@ mod tests {
     use super::*;
     use crate::{
         audit::AuditOptions,
-        crypto::{Kek, KekId},
         domain::Schema,
         storage::MemoryStore,
     };
@@ -472,7 +471,7 @@ mod tests {
     fn audit(store: &Arc<dyn Store>) -> Audit {
         Audit::open(
             Arc::clone(store),
-            &Kek::generate(KekId(1)),
+            Arc::new(crate::crypto::throwaway_keyring()),
             AuditOptions::default(),
         )
         .unwrap_or_else(|e| panic!("{e}"))

@@ -14,7 +14,7 @@ use std::{
 use strongroom::{
     api::pb,
     audit::{Audit, AuditOptions, Event},
-    crypto::{Kek, KekId},
+    crypto::Keyring,
     storage::{Batch, MemoryStore, RocksStore, Store},
 };
 use tonic::Code;
@@ -599,9 +599,10 @@ async fn an_audit_export_scan_does_not_hold_an_async_worker() {
 async fn pruning_a_large_log_writes_bounded_batches() {
     let store = Arc::new(Faulty::new(MemoryStore::new()));
     let dyn_store: Arc<dyn Store> = store.clone();
+    let dir = tempfile::tempdir().unwrap();
     let audit = Audit::open(
         dyn_store,
-        &Kek::generate(KekId(1)),
+        Arc::new(Keyring::open_file(dir.path().join("keyring")).unwrap()),
         AuditOptions {
             retention_days: Some(1),
             checkpoint_every: 500,

@@ -1,0 +1,424 @@
+//! The key store: every record's wrapped data key, in a store of its own in the keys dir, apart
+//! from the data store. A copy of the data dir therefore holds no key: restored next to the
+//! live key store, it cannot bring back a record whose key was destroyed since (a shred, or an
+//! update's old version). An old copy of the key store dies when the epochs its keys were
+//! wrapped under are destroyed (rotation).
+//!
+//! Entry: key `record id | version u64`, value `0x01 | epoch u32 | manifest u64 | collection
+//! len u8 | collection | wrapped DEK`. The wrapped key's AAD binds record id, epoch, collection,
+//! version and manifest (`crypto::DekContext`); reads check it against the data store's header,
+//! and rotation reads it from the entry itself, so that rewrapping needs no data-store read.
+//!
+//! Writes are synced. One lock orders them against rotation: storing a new key and deleting
+//! keys share it, while a rewrap chunk and an epoch's destruction hold it alone, so a key is
+//! never stored under an epoch being destroyed and a rewrap never brings a deleted key back.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, PoisonError, RwLock},
+};
+
+use super::Error;
+use crate::{
+    crypto::{self, Dek, DekContext, EpochId, KeyError, KeyProvider, WrappedDek},
+    domain::RecordId,
+    storage::{Batch, Keyspace, Store, prefix_end},
+};
+
+const ENTRY_V1: u8 = 0x01;
+
+/// Where the key store keeps each epoch's creation time (in its `meta`).
+const EPOCH_PREFIX: &[u8] = b"epoch/";
+
+/// A stored key: its epoch, the context it is bound to, and the wrapped bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) epoch: EpochId,
+    pub(crate) manifest: u64,
+    pub(crate) collection: String,
+    pub(crate) wrapped: WrappedDek,
+}
+
+impl Entry {
+    fn encode(&self) -> Vec<u8> {
+        let coll = self.collection.as_bytes();
+        let mut out = Vec::with_capacity(1 + 4 + 8 + 1 + coll.len() + self.wrapped.0.len());
+        out.push(ENTRY_V1);
+        out.extend_from_slice(&self.epoch.0.to_be_bytes());
+        out.extend_from_slice(&self.manifest.to_be_bytes());
+        // Collection names are identifiers of at most 64 bytes.
+        out.push(u8::try_from(coll.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(coll);
+        out.extend_from_slice(&self.wrapped.0);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&v, rest) = bytes.split_first()?;
+        if v != ENTRY_V1 {
+            return None;
+        }
+        let epoch = u32::from_be_bytes(rest.get(0..4)?.try_into().ok()?);
+        let manifest = u64::from_be_bytes(rest.get(4..12)?.try_into().ok()?);
+        let len = usize::from(*rest.get(12)?);
+        let collection = std::str::from_utf8(rest.get(13..13 + len)?)
+            .ok()?
+            .to_owned();
+        let wrapped = rest.get(13 + len..)?.to_vec();
+        Some(Self {
+            epoch: EpochId(epoch),
+            manifest,
+            collection,
+            wrapped: WrappedDek(wrapped),
+        })
+    }
+}
+
+/// The key of a record's key at `version`.
+pub(crate) fn entry_key(id: &RecordId, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// The record id and version of an entry key.
+pub(crate) fn parse_entry_key(key: &[u8]) -> Option<([u8; 16], u64)> {
+    let id: [u8; 16] = key.get(..16)?.try_into().ok()?;
+    let version = u64::from_be_bytes(key.get(16..24)?.try_into().ok()?);
+    (key.len() == 24).then_some((id, version))
+}
+
+fn key_error(id: &RecordId, e: &KeyError) -> Error {
+    match e {
+        KeyError::Decrypt => {
+            tracing::error!(record = %id, "data key failed to unwrap");
+            Error::DataLoss
+        }
+        KeyError::UnknownEpoch(epoch) => {
+            // The epoch is destroyed: the key is gone for good, as after a shred.
+            tracing::warn!(record = %id, epoch = epoch.0, "data key wrapped under a destroyed epoch");
+            Error::NotFound
+        }
+        KeyError::Provider(message) => Error::Unavailable(format!("key provider: {message}")),
+    }
+}
+
+/// What one pass of rewrapping did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Rewrapped {
+    /// Keys moved to the current epoch.
+    pub(crate) moved: u64,
+    /// Where the next chunk starts; `None` at the end of the store.
+    pub(crate) next: Option<Vec<u8>>,
+}
+
+/// The wrapped data keys and the provider that wraps them.
+pub(crate) struct KeyStore {
+    store: Arc<dyn Store>,
+    keys: Arc<dyn KeyProvider>,
+    gate: Arc<RwLock<()>>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    pub(crate) fn new(store: Arc<dyn Store>, keys: Arc<dyn KeyProvider>) -> Self {
+        Self {
+            store,
+            keys,
+            gate: Arc::new(RwLock::new(())),
+        }
+    }
+
+    pub(crate) fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.keys
+    }
+
+    /// Wraps `dek` under the current epoch and stores it for `id` at `ctx.record_version`,
+    /// synced.
+    pub(crate) async fn put(&self, id: &RecordId, ctx: &DekContext<'_>, dek: &Dek) -> Result<(), Error> {
+        loop {
+            let epoch = self.keys.current();
+            let wrapped = crypto::wrap_dek(self.keys.as_ref(), epoch, dek, ctx)
+                .map_err(|e| key_error(id, &e))?;
+            let entry = Entry {
+                epoch,
+                manifest: ctx.manifest,
+                collection: ctx.collection.to_owned(),
+                wrapped,
+            };
+            let key = entry_key(id, ctx.record_version);
+            let store = Arc::clone(&self.store);
+            let keys = Arc::clone(&self.keys);
+            let gate = Arc::clone(&self.gate);
+            let stored = tokio::task::spawn_blocking(move || {
+                let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
+                // Under the shared lock an epoch cannot be destroyed: if it is still live now,
+                // the rotation's final check will see this key.
+                if !keys.epochs().contains(&entry.epoch) {
+                    return Ok(false);
+                }
+                let mut batch = Batch::new();
+                batch.put(Keyspace::Deks, key, entry.encode());
+                store.write(batch).map(|()| true)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("key store write task failed: {e}")))??;
+            if stored {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The data key of `id` at `ctx.record_version`; `None` if the store holds none (the record
+    /// was shredded, or updated since the caller read its header).
+    pub(crate) fn get(&self, id: &RecordId, ctx: &DekContext<'_>) -> Result<Option<Dek>, Error> {
+        let key = entry_key(id, ctx.record_version);
+        let mut retried = false;
+        loop {
+            let Some(bytes) = self.store.get(Keyspace::Deks, &key)? else {
+                return Ok(None);
+            };
+            let entry = Entry::decode(&bytes).ok_or_else(|| {
+                tracing::error!(record = %id, "stored data key is malformed");
+                Error::DataLoss
+            })?;
+            match crypto::unwrap_dek(self.keys.as_ref(), entry.epoch, &entry.wrapped, ctx) {
+                Ok(dek) => return Ok(Some(dek)),
+                // Rewrapped and its old epoch destroyed between the read and the unwrap.
+                Err(KeyError::UnknownEpoch(_)) if !retried => retried = true,
+                Err(e) => return Err(key_error(id, &e)),
+            }
+        }
+    }
+
+    /// Deletes `id`'s keys of versions `from..` (all of them with `from` 0), synced.
+    pub(crate) async fn delete(&self, id: &RecordId, from: u64, to: Option<u64>) -> Result<(), Error> {
+        let start = entry_key(id, from);
+        let end = match to {
+            Some(to) => entry_key(id, to),
+            None => prefix_end(id.as_bytes()).unwrap_or_else(|| vec![0xff; 25]),
+        };
+        let store = Arc::clone(&self.store);
+        let gate = Arc::clone(&self.gate);
+        tokio::task::spawn_blocking(move || {
+            let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
+            let mut batch = Batch::new();
+            batch.delete_range(Keyspace::Deks, start, end);
+            store.write(batch)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("key store write task failed: {e}")))??;
+        Ok(())
+    }
+
+    /// Checks that the provider opens the first stored key (if any): a keyring that is not the
+    /// one the key store was written under is refused at start, rather than answering
+    /// DATA_LOSS on every read.
+    pub(crate) fn check_opens(&self) -> Result<(), String> {
+        let Some((key, value)) = self
+            .store
+            .scan_range(Keyspace::Deks, &[], None, 1)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+        else {
+            return Ok(());
+        };
+        let (Some((id, version)), Some(entry)) = (parse_entry_key(&key), Entry::decode(&value))
+        else {
+            return Err("the key store's first entry is malformed".into());
+        };
+        let ctx = DekContext {
+            record_id: &id,
+            collection: &entry.collection,
+            record_version: version,
+            manifest: entry.manifest,
+        };
+        match crypto::unwrap_dek(self.keys.as_ref(), entry.epoch, &entry.wrapped, &ctx) {
+            Ok(_) => Ok(()),
+            Err(KeyError::UnknownEpoch(epoch)) => Err(format!(
+                "the key store holds keys wrapped under epoch {epoch}, which the {} provider \
+                 does not have (destroyed by a rotation: is this an old copy of the key store?, \
+                 or another keyring)",
+                self.keys.kind()
+            )),
+            Err(KeyError::Decrypt) => Err(format!(
+                "the {} provider's keys do not open the key store's keys: this is not the \
+                 keyring they were written under",
+                self.keys.kind()
+            )),
+            Err(KeyError::Provider(e)) => Err(e),
+        }
+    }
+
+    /// How many keys each epoch wraps (epochs that wrap none are absent).
+    pub(crate) fn counts(&self) -> Result<BTreeMap<EpochId, u64>, Error> {
+        let mut counts = BTreeMap::new();
+        let mut cursor = Vec::new();
+        loop {
+            let chunk = self.store.scan_range(Keyspace::Deks, &cursor, None, 4096)?;
+            let Some((last, _)) = chunk.last() else {
+                return Ok(counts);
+            };
+            cursor = next_key(last);
+            for (_, value) in &chunk {
+                let epoch = Entry::decode(value).map_or(EpochId(0), |e| e.epoch);
+                *counts.entry(epoch).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Moves up to `limit` keys from `from` on that are wrapped under an older epoch than the
+    /// current one to the current one. Holds the store to itself while it writes, so that no
+    /// key deleted meanwhile comes back.
+    pub(crate) fn rewrap_chunk(&self, from: &[u8], limit: usize) -> Result<Rewrapped, Error> {
+        let chunk = self.store.scan_range(Keyspace::Deks, from, None, limit)?;
+        let next = chunk.last().map(|(k, _)| next_key(k));
+        let current = self.keys.current();
+        let mut moved = Vec::new();
+        for (key, value) in &chunk {
+            let Some(entry) = Entry::decode(value) else {
+                tracing::error!("a malformed entry in the key store is left as it is");
+                continue;
+            };
+            if entry.epoch >= current {
+                continue;
+            }
+            let Some((id, version)) = parse_entry_key(key) else {
+                continue;
+            };
+            let ctx = DekContext {
+                record_id: &id,
+                collection: &entry.collection,
+                record_version: version,
+                manifest: entry.manifest,
+            };
+            let record = RecordId::from_bytes(id);
+            let dek = crypto::unwrap_dek(self.keys.as_ref(), entry.epoch, &entry.wrapped, &ctx)
+                .map_err(|e| key_error(&record, &e))?;
+            let wrapped = crypto::wrap_dek(self.keys.as_ref(), current, &dek, &ctx)
+                .map_err(|e| key_error(&record, &e))?;
+            let rewrapped = Entry {
+                epoch: current,
+                wrapped,
+                ..entry
+            };
+            moved.push((key.clone(), value.clone(), rewrapped.encode()));
+        }
+        if moved.is_empty() {
+            return Ok(Rewrapped { moved: 0, next });
+        }
+        let _alone = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let keys: Vec<Vec<u8>> = moved.iter().map(|(k, _, _)| k.clone()).collect();
+        let now = self.store.multi_get(Keyspace::Deks, &keys)?;
+        let mut batch = Batch::new();
+        let mut count = 0;
+        for ((key, before, after), now) in moved.into_iter().zip(now) {
+            // Deleted (shred, update) or changed since the scan: leave it as it is.
+            if now.as_ref() == Some(&before) {
+                batch.put(Keyspace::Deks, key, after);
+                count += 1;
+            }
+        }
+        self.store.write(batch)?;
+        Ok(Rewrapped { moved: count, next })
+    }
+
+    /// Destroys every epoch older than the current one, once no stored key is wrapped under
+    /// one: returns the epochs destroyed, or `None` if keys under an older epoch remain.
+    pub(crate) fn destroy_older_epochs(&self) -> Result<Option<Vec<EpochId>>, Error> {
+        let _alone = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let current = self.keys.current();
+        if self.counts()?.keys().any(|&e| e < current) {
+            return Ok(None);
+        }
+        let mut destroyed = Vec::new();
+        for epoch in self.keys.epochs() {
+            if epoch < current {
+                self.keys
+                    .destroy_epoch(epoch)
+                    .map_err(|e| Error::Unavailable(format!("key provider: {e}")))?;
+                destroyed.push(epoch);
+            }
+        }
+        Ok(Some(destroyed))
+    }
+
+    /// When each live epoch was created (ms since the Unix epoch), recording `now_ms` for an
+    /// epoch seen for the first time.
+    pub(crate) fn epoch_times(&self, now_ms: i64) -> Result<BTreeMap<EpochId, i64>, Error> {
+        let mut times = BTreeMap::new();
+        let mut batch = Batch::new();
+        for epoch in self.keys.epochs() {
+            let key = epoch_key(epoch);
+            let created = match self.store.get(Keyspace::Meta, &key)? {
+                Some(bytes) => bytes
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(now_ms, i64::from_be_bytes),
+                None => {
+                    batch.put(Keyspace::Meta, key, now_ms.to_be_bytes().to_vec());
+                    now_ms
+                }
+            };
+            times.insert(epoch, created);
+        }
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        Ok(times)
+    }
+
+    /// Reads a value of the key store's own `meta` (rotation state).
+    pub(crate) fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.store.get(Keyspace::Meta, key)?)
+    }
+
+    /// Writes (or with `None` deletes) a value of the key store's `meta`, synced.
+    pub(crate) fn set_meta(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), Error> {
+        let mut batch = Batch::new();
+        match value {
+            Some(v) => batch.put(Keyspace::Meta, key.to_vec(), v),
+            None => batch.delete(Keyspace::Meta, key.to_vec()),
+        }
+        Ok(self.store.write(batch)?)
+    }
+
+    /// Every stored entry's record id and version.
+    pub(crate) fn all_versions(&self) -> Result<BTreeMap<[u8; 16], Vec<u64>>, Error> {
+        let mut out: BTreeMap<[u8; 16], Vec<u64>> = BTreeMap::new();
+        let mut cursor = Vec::new();
+        loop {
+            let chunk = self.store.scan_range(Keyspace::Deks, &cursor, None, 4096)?;
+            let Some((last, _)) = chunk.last() else {
+                return Ok(out);
+            };
+            cursor = next_key(last);
+            for (key, _) in &chunk {
+                if let Some((id, version)) = parse_entry_key(key) {
+                    out.entry(id).or_default().push(version);
+                }
+            }
+        }
+    }
+}
+
+fn epoch_key(epoch: EpochId) -> Vec<u8> {
+    let mut key = EPOCH_PREFIX.to_vec();
+    key.extend_from_slice(&epoch.0.to_be_bytes());
+    key
+}
+
+fn next_key(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.push(0);
+    k
+}

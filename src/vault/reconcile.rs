@@ -1,0 +1,127 @@
+//! At start, before serving: make the data store and the key store agree. The key store is the
+//! authority on which records exist, since a data-dir backup may be restored next to it:
+//!
+//! - a header whose record has no key at all is a shredded record (a restored copy of the data
+//!   dir, or a shred interrupted between its two writes): its shred is finished (ciphertexts and
+//!   header deleted, tombstone written, purge owed, audited);
+//! - keys of versions other than the header's are leftovers of an interrupted update: removed;
+//! - a header whose version has no key while other versions do cannot be read (data and keys
+//!   restored from different times): counted and logged, left for the operator;
+//! - keys without a header are left (an interrupted create, or data older than the keys).
+//!
+//! A key store that is empty next to a data store with records is refused: starting would
+//! shred every record.
+
+use super::{Error, Vault, header::Header, purger};
+use crate::{
+    audit::Event,
+    domain::RecordId,
+    storage::{Batch, Keyspace},
+    vault::now_ms,
+};
+
+/// What reconciling found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Records in the data store.
+    pub records: u64,
+    /// Records without any key, whose shred was finished now.
+    pub shredded: u64,
+    /// Keys of versions no header names, removed.
+    pub stale_keys: u64,
+    /// Records whose header names a version the key store has no key for, while it has others.
+    pub unreadable: u64,
+}
+
+/// Shreds finished per audited batch.
+const CHUNK: usize = 256;
+
+impl Vault {
+    /// Reconciles the data store with the key store (see the module docs).
+    ///
+    /// # Errors
+    /// `Unavailable` if a store fails or the key store is empty next to records.
+    pub async fn reconcile(&self) -> Result<Reconciled, Error> {
+        self.keys.check_opens().map_err(Error::Unavailable)?;
+        let mut keys = self.keys.all_versions()?;
+        let headers = self.store.scan_prefix(Keyspace::Headers, b"")?;
+        let mut done = Reconciled {
+            records: u64::try_from(headers.len()).unwrap_or(u64::MAX),
+            ..Reconciled::default()
+        };
+        if keys.is_empty() && !headers.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "the key store is empty but the data store holds {} records: starting would \
+                 shred them all. Restore the key store (the keys dir) that belongs with this data \
+                 dir, or point keys_dir at it",
+                headers.len()
+            )));
+        }
+        let mut orphans = Vec::new();
+        for (key, value) in &headers {
+            let (Ok(id), Some(header)) = (<[u8; 16]>::try_from(&key[..]), Header::decode(value))
+            else {
+                tracing::error!("a malformed record header is left as it is");
+                continue;
+            };
+            let record = RecordId::from_bytes(id);
+            match keys.remove(&id) {
+                None => orphans.push((record, header)),
+                Some(versions) if versions.contains(&header.version) => {
+                    for v in versions.into_iter().filter(|&v| v != header.version) {
+                        self.keys.delete(&record, v, Some(v + 1)).await?;
+                        done.stale_keys += 1;
+                    }
+                }
+                Some(_) => {
+                    tracing::error!(record = %record, version = header.version, "the key store has no key for this record's version (data and keys restored from different times?): it cannot be read");
+                    done.unreadable += 1;
+                }
+            }
+        }
+        for chunk in orphans.chunks(CHUNK) {
+            self.finish_shreds(chunk).await?;
+            done.shredded += u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        }
+        if done != Reconciled::default() {
+            tracing::info!(?done, "data store and key store reconciled");
+        }
+        Ok(done)
+    }
+
+    async fn finish_shreds(&self, records: &[(RecordId, Header)]) -> Result<(), Error> {
+        let at = now_ms();
+        let mut batch = Batch::new();
+        let mut events = Vec::with_capacity(records.len());
+        for (id, header) in records {
+            for (key, _) in self.store.scan_prefix(Keyspace::Records, id.as_bytes())? {
+                batch.delete(Keyspace::Records, key);
+            }
+            batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
+            batch.put(
+                Keyspace::Tombstones,
+                id.as_bytes().to_vec(),
+                at.to_be_bytes().to_vec(),
+            );
+            purger::owe(&mut batch, id, &header.collection);
+            events.push(Event {
+                method: "Records/Reconcile".into(),
+                collection: header.collection.clone(),
+                record_id: id.to_string(),
+                result: "OK".into(),
+                detail: "the key store holds no data key for this record (shredded; a restored \
+                         copy of the data dir, or an interrupted shred): ciphertexts deleted, \
+                         purge queued"
+                    .into(),
+                ..Event::default()
+            });
+        }
+        self.audit.commit(batch, events).await?;
+        for (id, header) in records {
+            if let Err(e) = self.purger.purge(*id, header.collection.clone(), false).await {
+                tracing::warn!(record = %id, error = %e, "purge queued for the next start");
+            }
+        }
+        Ok(())
+    }
+}
