@@ -1,5 +1,5 @@
 //! Files on disk and the operator's view (issue 8, defects 6 and 8): the data and keys dirs
-//! are private, the master key lives apart from the data and is refused when it is a symbolic
+//! are private, the keys live apart from the data and is refused when it is a symbolic
 //! link, another user's file, or inside the data dir; logs to a pipe carry no colour codes and
 //! come as JSON on request; `policy rollback` shows what it changes and asks, like `apply`.
 //!
@@ -137,14 +137,16 @@ fn dirs_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The 64 hex digits of the key in a key file.
-fn key_hex(key_file: &Path) -> String {
-    let text = std::fs::read_to_string(key_file).unwrap();
-    let line = text
+/// The keys in a keyring file (signing key and epoch keys), as 64 hex digits each.
+fn key_hexes(keyring: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(keyring).unwrap();
+    let keys: Vec<String> = text
         .lines()
-        .find(|l| l.starts_with("strongroom-kek-v1"))
-        .unwrap();
-    line.split_whitespace().nth(2).unwrap().to_owned()
+        .filter(|l| l.starts_with("signing ") || l.starts_with("epoch "))
+        .map(|l| l.split_whitespace().last().unwrap().to_owned())
+        .collect();
+    assert!(keys.len() >= 2, "a signing key and an epoch");
+    keys
 }
 
 async fn start_in_process(data: &Path, toml: &str) -> Result<server::Running, String> {
@@ -174,8 +176,8 @@ async fn every_dir_and_file_the_vault_creates_is_private_and_the_key_is_not_in_t
     vault.stop().await;
 
     let keys = tmp.path().join("strongroom-keys");
-    let key_file = keys.join("master.key");
-    assert!(key_file.is_file(), "the key is in the keys dir by default");
+    let key_file = keys.join("keyring");
+    assert!(key_file.is_file(), "the keyring is in the keys dir by default");
     let (mut dirs, mut files) = (0, 0);
     for root in [&data, &keys] {
         for dir in dirs_under(root) {
@@ -193,17 +195,22 @@ async fn every_dir_and_file_the_vault_creates_is_private_and_the_key_is_not_in_t
         }
     }
     assert_eq!(mode(&key_file), 0o600);
-    // A copy of the data dir alone holds no key: no key file, and not the key's bytes.
-    let hex = key_hex(&key_file);
-    let raw = hex::decode(&hex).unwrap();
+    // A copy of the data dir alone holds no key: no keyring, not the keys' bytes, and not the
+    // record's wrapped data key (that is in the key store, in the keys dir).
     let in_data = files_under(&data);
-    assert!(
-        in_data
-            .iter()
-            .all(|f| f.file_name().unwrap() != "master.key")
-    );
-    let hits = support::files_containing(&data, hex.as_bytes()).len()
-        + support::files_containing(&data, &raw).len();
+    assert!(in_data.iter().all(|f| f.file_name().unwrap() != "keyring"));
+    let mut hits = 0;
+    for hex in key_hexes(&key_file) {
+        let raw = hex::decode(&hex).unwrap();
+        hits += support::files_containing(&data, hex.as_bytes()).len()
+            + support::files_containing(&data, &raw).len();
+    }
+    let wrapped = support::wrapped_keys(&keys);
+    assert_eq!(wrapped.len(), 1, "one record, one wrapped key");
+    for w in &wrapped {
+        hits += support::files_containing(&data, w).len();
+        assert!(!support::files_containing(&keys, w).is_empty(), "the scan finds it where it is");
+    }
     assert_eq!(hits, 0);
     eprintln!(
         "files: {dirs} dirs at 0700 and {files} files without group/other bits; \
@@ -224,7 +231,7 @@ async fn open_data_and_keys_dirs_are_tightened_to_0700() {
     let running = start_in_process(&data, "").await.unwrap();
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&keys), 0o700);
-    assert_eq!(mode(&keys.join("master.key")), 0o600);
+    assert_eq!(mode(&keys.join("keyring")), 0o600);
     running.shutdown().await.unwrap();
 }
 
@@ -232,23 +239,24 @@ async fn open_data_and_keys_dirs_are_tightened_to_0700() {
 async fn a_symlinked_key_file_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    // A well-formed key planted elsewhere and linked in as the vault's key file.
-    let planted = tmp.path().join("planted.key");
+    // A well-formed keyring planted elsewhere and linked in as the vault's keyring.
+    let planted = tmp.path().join("planted");
     std::fs::write(
         &planted,
-        format!("strongroom-kek-v1 1 {}\n", "ab".repeat(32)),
+        format!(
+            "strongroom-keyring-v1\nsigning {}\nepoch 1 {}\n",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o600)).unwrap();
     let keys = tmp.path().join("keys");
     std::fs::create_dir(&keys).unwrap();
-    std::os::unix::fs::symlink(&planted, keys.join("master.key")).unwrap();
+    std::os::unix::fs::symlink(&planted, keys.join("keyring")).unwrap();
     let err = start_in_process(&data, "").await.err().unwrap_or_default();
     assert!(err.contains("symbolic link"), "{err}");
-    assert!(
-        err.contains("master.key"),
-        "the message names the file: {err}"
-    );
+    assert!(err.contains("keyring"), "the message names the file: {err}");
 }
 
 #[tokio::test]
@@ -261,7 +269,7 @@ async fn a_key_file_owned_by_another_user_is_refused() {
     let mut vault = Vault::start().await;
     let id = support::create(&mut vault.admin().await, customer("owner")).await;
     vault.stop().await;
-    let key_file = vault.keys_dir().join("master.key");
+    let key_file = vault.keys_dir().join("keyring");
     std::os::unix::fs::chown(&key_file, Some(65534), Some(65534)).unwrap();
     let err = start_in_process(&vault.data_dir(), "")
         .await
@@ -282,7 +290,7 @@ async fn the_keys_dir_is_never_inside_the_data_dir() {
     let inside = [
         format!("keys_dir = {:?}\n", data.join("keys")),
         format!("keys_dir = {:?}\n", data),
-        format!("master_key_file = {:?}\n", data.join("master.key")),
+        format!("keyring_file = {:?}\n", data.join("keyring")),
     ];
     for toml in &inside {
         let err = start_in_process(&data, toml)
@@ -316,31 +324,29 @@ async fn the_keys_dir_is_never_inside_the_data_dir() {
         &[],
     );
     assert!(!ok && stderr.contains("inside the data dir"), "{stderr}");
-    assert!(!keys_arg.join("master.key").exists());
+    assert!(!keys_arg.join("keyring").exists());
 }
 
 #[tokio::test]
-async fn a_key_left_in_the_data_dir_is_not_replaced_by_a_new_one() {
-    // The layout of earlier versions: master.key inside the data dir.
-    let mut vault = Vault::start().await;
-    let id = support::create(&mut vault.admin().await, customer("moved")).await;
-    vault.stop().await;
-    let (old, new) = (
-        vault.data_dir().join("master.key"),
-        vault.keys_dir().join("master.key"),
-    );
-    std::fs::rename(&new, &old).unwrap();
-    let err = start_in_process(&vault.data_dir(), "")
-        .await
-        .err()
-        .unwrap_or_default();
-    assert!(err.contains("move it out"), "{err}");
-    assert!(!new.exists(), "no new key was made");
-    std::fs::rename(&old, &new).unwrap();
-    vault.restart().await;
-    support::get(&mut vault.admin().await, &id, "support")
-        .await
-        .unwrap();
+async fn a_master_key_of_an_older_version_is_refused_not_replaced() {
+    // The layouts of versions before key epochs: master.key in the data dir, or in the keys
+    // dir. Their data cannot be read by this version: refused, and no keyring is made.
+    for place in ["data", "keys"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let keys = tmp.path().join("keys");
+        for d in [&data, &keys] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let old = tmp.path().join(place).join("master.key");
+        std::fs::write(&old, format!("strongroom-kek-v1 1 {}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = start_in_process(&data, "").await.err().unwrap_or_default();
+        assert!(err.contains("before key epochs"), "{place}: {err}");
+        assert!(!err.contains(&"ab".repeat(32)), "{err}");
+        assert!(!keys.join("keyring").exists(), "no keyring was made");
+    }
 }
 
 #[tokio::test]

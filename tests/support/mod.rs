@@ -419,10 +419,22 @@ pub fn id_bytes(id: &str) -> Vec<u8> {
     hex::decode(id).unwrap()
 }
 
-/// The stored header (wrapped DEK) and `(key, ciphertext)` of each field of a record.
+/// The wrapped data keys in the key store of a stopped vault's keys dir (the sealed bytes at
+/// the end of each entry: nonce, ciphertext and tag).
+pub fn wrapped_keys(keys_dir: &Path) -> Vec<Vec<u8>> {
+    let store = RocksStore::open(&keys_dir.join("keystore")).unwrap();
+    store
+        .scan_prefix(Keyspace::Deks, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v[v.len() - 88..].to_vec())
+        .collect()
+}
+
+/// The stored header and `(key, ciphertext)` of each field of a record.
 pub fn stored(store: &RocksStore, id: &str) -> (Vec<u8>, Vec<KeyValue>) {
     let key = id_bytes(id);
-    let header = store.get(Keyspace::Deks, &key).unwrap().expect("header");
+    let header = store.get(Keyspace::Headers, &key).unwrap().expect("header");
     let fields = store.scan_prefix(Keyspace::Records, &key).unwrap();
     (header, fields)
 }
