@@ -128,8 +128,7 @@ fn context(module: &Path) -> Result<Pkcs11, String> {
     if let Some(ctx) = contexts.get(&key) {
         return Ok(ctx.clone());
     }
-    let ctx = Pkcs11::new(&key)
-        .map_err(|e| format!("cannot load PKCS#11 module {shown}: {e}"))?;
+    let ctx = Pkcs11::new(&key).map_err(|e| format!("cannot load PKCS#11 module {shown}: {e}"))?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(format!("PKCS#11 module {shown} failed to initialize: {e}")),
@@ -145,11 +144,12 @@ fn read_pin(path: &Path) -> Result<AuthPin, String> {
         .read(true)
         .custom_flags(no_follow())
         .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
                 format!("PKCS#11 PIN file {shown} not found: create it (mode 0600) or fix pin_file")
+            } else {
+                format!("cannot open PKCS#11 PIN file {shown}: {e}")
             }
-            _ => format!("cannot open PKCS#11 PIN file {shown}: {e}"),
         })?;
     // Checks are made on the opened file, so it cannot be swapped after them.
     let meta = file
@@ -256,7 +256,9 @@ impl Deref for Lease<'_> {
         // Invariant: `session` is `None` only after `broken`, and then the lease is not used
         // again (each call site returns right after).
         #[allow(clippy::expect_used)]
-        self.session.as_ref().expect("a lease is not used after it broke")
+        self.session
+            .as_ref()
+            .expect("a lease is not used after it broke")
     }
 }
 
@@ -579,9 +581,12 @@ fn signing_pair(session: &Session, token: &str) -> Result<(ObjectHandle, PublicK
         .get_attributes(public, &[AttributeType::EcPoint])
         .map_err(named)?
         .into_iter()
-        .find_map(|a| match a {
-            Attribute::EcPoint(point) => Some(point),
-            _ => None,
+        .find_map(|a| {
+            if let Attribute::EcPoint(point) = a {
+                Some(point)
+            } else {
+                None
+            }
         })
         .ok_or_else(|| {
             format!("PKCS#11 token '{token}': the signing public key has no CKA_EC_POINT")
