@@ -19,9 +19,11 @@ use cryptoki::{
 };
 
 use super::{
-    EPOCH_LABEL_PREFIX, Pkcs11Config, Pkcs11Provider, SIGNING_LABEL, context, ed25519_point,
-    epoch_of_label, find_token,
+    Pkcs11Config, Pkcs11Provider,
     softhsm::{SoftHsm, TOKEN_LABEL, USER_PIN, write_private},
+    token::{
+        EPOCH_LABEL_PREFIX, SIGNING_LABEL, context, ed25519_point, epoch_of_label, find_token,
+    },
 };
 use crate::crypto::provider::{EpochId, KeyError, KeyProvider, PublicKey, verify_signature};
 
