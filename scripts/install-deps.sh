@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building strongroom needs and a fresh Debian machine lacks: libclang (bindgen
-# generates RocksDB's bindings with it) and a C++ compiler (RocksDB is C++). Idempotent: does
-# nothing when everything is there.
+# generates RocksDB's bindings with it), a C++ compiler (RocksDB is C++), and SoftHSM2 (the
+# PKCS#11 token the `pkcs11` key provider's tests run against). Idempotent: does nothing when
+# everything is there.
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,7 @@ have_libclang() { "$(dirname "$0")/find-libclang.sh" >/dev/null; }
 have_libclang || missing+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

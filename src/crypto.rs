@@ -8,6 +8,7 @@
 mod envelope;
 mod keyring;
 mod keys;
+mod pkcs11;
 mod provider;
 
 pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek, wrap_dek};
@@ -15,6 +16,7 @@ pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek,
 pub(crate) use keyring::throwaway as throwaway_keyring;
 pub use keyring::{KEYRING_FILE_NAME, Keyring, default_keyring_path};
 pub use keys::{Dek, DekId, WrappedDek};
+pub use pkcs11::{Pkcs11Config, Pkcs11Provider};
 pub use provider::{EpochId, KeyError, KeyProvider, PublicKey, Signature, verify_signature};
 
 /// A crypto failure. Deliberately opaque: it says nothing about which check failed.

@@ -23,6 +23,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("rocksdb::", &["src/storage/rocks.rs"]),
     ("casbin::", &["src/policy/"]),
     ("chacha20poly1305::", &["src/crypto/"]),
+    ("cryptoki::", &["src/crypto/pkcs11"]),
+    ("ed25519_dalek::", &["src/crypto/"]),
     (
         "tonic::",
         &[
