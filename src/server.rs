@@ -110,6 +110,9 @@ fn client_errors_as_client_codes(
     response
 }
 
+/// The key store's directory in the keys dir.
+pub const KEY_STORE_DIR: &str = "keystore";
+
 /// The key file of strongroom versions before key epochs.
 const LEGACY_KEY_FILE: &str = "master.key";
 
@@ -189,14 +192,27 @@ pub async fn start_with_store(
     config: Config,
     store: Arc<dyn Store>,
 ) -> Result<Running, ServerError> {
+    check_key_placement(&config)?;
+    let key_store: Arc<dyn Store> = Arc::new(
+        storage::open_rocks(&config.keys_dir.join(KEY_STORE_DIR))
+            .map_err(|e| ServerError(format!("key store: {e}")))?,
+    );
+    start_with_stores(config, store, key_store).await
+}
+
+/// As `start`, over a data store and a key store the caller opened.
+///
+/// # Errors
+/// As `start`.
+pub async fn start_with_stores(
+    config: Config,
+    store: Arc<dyn Store>,
+    key_store: Arc<dyn Store>,
+) -> Result<Running, ServerError> {
     let fail = |e: &dyn std::fmt::Display| ServerError(e.to_string());
     files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
     check_key_placement(&config)?;
     let (provider, key_source) = open_provider(&config)?;
-    let key_store: Arc<dyn Store> = Arc::new(
-        storage::open_rocks(&config.keys_dir.join("keystore"))
-            .map_err(|e| ServerError(format!("key store: {e}")))?,
-    );
     let schema = Arc::new(
         Schema::parse(&read(&config.policies_dir, "schema.toml")?)
             .map_err(|e| ServerError(format!("{}: {}", e.field, e.problem)))?,

@@ -381,7 +381,7 @@ impl Vault {
                 .get(Keyspace::Headers, id.as_bytes())?
                 .and_then(|b| header::Header::decode(&b));
             if attempts >= 3 || now.is_none_or(|h| h.version == loaded.header.version) {
-                return Err(Error::NotFound);
+                return Err(self.keyless(id)?);
             }
         };
         let collection = loaded.collection;
@@ -502,8 +502,8 @@ impl Vault {
             )));
         }
         let Some(dek) = self.data_key(id, &loaded)? else {
-            // Under the record lock the header cannot move: no key means shredded.
-            return Err(Error::NotFound);
+            // Under the record lock the header cannot move.
+            return Err(self.keyless(id)?);
         };
         let mut current = BTreeMap::new();
         let envelopes =
@@ -645,6 +645,18 @@ impl Vault {
     async fn forget_key(&self, id: &RecordId, from: u64, to: Option<u64>) {
         if let Err(e) = self.keys.delete(id, from, to).await {
             tracing::warn!(record = %id, error = %e, "an unused data key stays until the next start");
+        }
+    }
+
+    /// Why a record has no data key for its header's version: none at all is a shredded record
+    /// (`NotFound`, like an id that never existed); keys of other versions only is a header
+    /// that does not match the key store (`DataLoss`: altered, or restored from another time).
+    fn keyless(&self, id: &RecordId) -> Result<Error, Error> {
+        if self.keys.holds_any(id)? {
+            tracing::error!(record = %id, "the record header names a version the key store has no key for");
+            Ok(Error::DataLoss)
+        } else {
+            Ok(Error::NotFound)
         }
     }
 

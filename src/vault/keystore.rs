@@ -27,6 +27,9 @@ use crate::{
 
 const ENTRY_V1: u8 = 0x01;
 
+/// Set in the key store's `meta` by the first vault that used it.
+const INITIALIZED_KEY: &[u8] = b"initialized";
+
 /// Where the key store keeps each epoch's creation time (in its `meta`).
 const EPOCH_PREFIX: &[u8] = b"epoch/";
 
@@ -197,6 +200,28 @@ impl KeyStore {
                 Err(e) => return Err(key_error(id, &e)),
             }
         }
+    }
+
+    /// Whether a vault has used this key store before (a new one holds no keys for old data).
+    pub(crate) fn initialized(&self) -> Result<bool, Error> {
+        Ok(self.meta(INITIALIZED_KEY)?.is_some())
+    }
+
+    /// Marks the key store as used (synced).
+    pub(crate) fn mark_initialized(&self) -> Result<(), Error> {
+        if self.initialized()? {
+            return Ok(());
+        }
+        self.set_meta(INITIALIZED_KEY, Some(crate::vault::now_ms().to_be_bytes().to_vec()))
+    }
+
+    /// Whether the store holds a key of any version for `id`.
+    pub(crate) fn holds_any(&self, id: &RecordId) -> Result<bool, Error> {
+        let end = prefix_end(id.as_bytes()).unwrap_or_else(|| vec![0xff; 25]);
+        Ok(!self
+            .store
+            .scan_range(Keyspace::Deks, id.as_bytes(), Some(&end), 1)?
+            .is_empty())
     }
 
     /// Deletes `id`'s keys of versions `from..` (all of them with `from` 0), synced.

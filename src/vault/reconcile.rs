@@ -9,8 +9,8 @@
 //!   restored from different times): counted and logged, left for the operator;
 //! - keys without a header are left (an interrupted create, or data older than the keys).
 //!
-//! A key store that is empty next to a data store with records is refused: starting would
-//! shred every record.
+//! A key store that is new (never used by a vault) next to a data store with records is
+//! refused: starting would shred every record.
 
 use super::{Error, Vault, header::Header, purger};
 use crate::{
@@ -49,14 +49,15 @@ impl Vault {
             records: u64::try_from(headers.len()).unwrap_or(u64::MAX),
             ..Reconciled::default()
         };
-        if keys.is_empty() && !headers.is_empty() {
+        if !self.keys.initialized()? && !headers.is_empty() {
             return Err(Error::Unavailable(format!(
-                "the key store is empty but the data store holds {} records: starting would \
+                "the key store is new but the data store holds {} records: starting would \
                  shred them all. Restore the key store (the keys dir) that belongs with this data \
                  dir, or point keys_dir at it",
                 headers.len()
             )));
         }
+        self.keys.mark_initialized()?;
         let mut orphans = Vec::new();
         for (key, value) in &headers {
             let (Ok(id), Some(header)) = (<[u8; 16]>::try_from(&key[..]), Header::decode(value))

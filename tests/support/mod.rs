@@ -32,6 +32,8 @@ pub struct Vault {
     pub admin_token: String,
     /// The store, shared with the running server (only for vaults from `start_shared`).
     pub shared: Option<Arc<RocksStore>>,
+    /// The key store, likewise.
+    pub shared_keys: Option<Arc<RocksStore>>,
 }
 
 impl Vault {
@@ -49,6 +51,7 @@ impl Vault {
             running: Some(running),
             admin_token,
             shared: None,
+            shared_keys: None,
         }
     }
 
@@ -60,7 +63,9 @@ impl Vault {
         std::fs::create_dir_all(&data).unwrap();
         let store = Arc::new(RocksStore::open(&data.join("db")).unwrap());
         let config = Config::with(&data, "127.0.0.1:0", &policies_dir()).unwrap();
-        let mut running = server::start_with_store(config, store.clone())
+        std::fs::create_dir_all(&config.keys_dir).unwrap();
+        let keys = Arc::new(RocksStore::open(&config.keys_dir.join(server::KEY_STORE_DIR)).unwrap());
+        let mut running = server::start_with_stores(config, store.clone(), keys.clone())
             .await
             .unwrap();
         let admin_token = running.first_admin_token.take().unwrap().to_string();
@@ -69,6 +74,7 @@ impl Vault {
             running: Some(running),
             admin_token,
             shared: Some(store),
+            shared_keys: Some(keys),
         }
     }
 
@@ -95,6 +101,11 @@ impl Vault {
     /// The live store of a `start_shared` vault.
     pub fn store(&self) -> &RocksStore {
         self.shared.as_deref().expect("start_shared")
+    }
+
+    /// The live key store of a `start_shared` vault.
+    pub fn key_store(&self) -> &RocksStore {
+        self.shared_keys.as_deref().expect("start_shared")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -429,6 +440,17 @@ pub fn wrapped_keys(keys_dir: &Path) -> Vec<Vec<u8>> {
         .into_iter()
         .map(|(_, v)| v[v.len() - 88..].to_vec())
         .collect()
+}
+
+/// The wrapped data key of a record (its newest version) in a stopped vault's key store.
+pub fn wrapped_key_of(keys_dir: &Path, id: &str) -> Vec<u8> {
+    let store = RocksStore::open(&keys_dir.join("keystore")).unwrap();
+    let (_, v) = store
+        .scan_prefix(Keyspace::Deks, &id_bytes(id))
+        .unwrap()
+        .pop()
+        .expect("a wrapped key");
+    v[v.len() - 88..].to_vec()
 }
 
 /// The stored header and `(key, ciphertext)` of each field of a record.
