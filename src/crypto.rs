@@ -9,6 +9,7 @@ mod envelope;
 mod keyring;
 mod keys;
 mod provider;
+mod public;
 
 pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek, wrap_dek};
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod keystore;
 mod locks;
 mod purger;
 mod reconcile;
+pub mod receipt;
 pub mod rotation;
 mod sealed;
 pub mod tokens;
@@ -165,6 +166,9 @@ pub struct ShredReceipt {
     /// the current key epoch, destroyed by the rotation the shred horizon starts (a
     /// `Keys/DestroyEpoch` audit event records when it happens).
     pub unrecoverable_after_ms: Option<i64>,
+    /// The receipt signed with the provider's key (`receipt`); `None` only if the provider
+    /// failed to sign (logged: the shred itself is done).
+    pub signed: Option<receipt::SignedReceipt>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -628,14 +632,16 @@ impl Vault {
                 None
             }
         };
-        Ok(ShredReceipt {
+        let receipt = ShredReceipt {
             id: *id,
             collection: loaded.header.collection,
             shredded_at_ms,
             fields_destroyed,
             purged_at_ms,
             unrecoverable_after_ms: self.rotator.unrecoverable_after_ms(),
-        })
+            signed: None,
+        };
+        Ok(receipt::signed(receipt, self.keys.provider().as_ref()))
     }
 }
 
