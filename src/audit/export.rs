@@ -377,8 +377,10 @@ pub fn verify_export(
                     .ok_or_else(|| fail(n, "malformed: the hash is not 64 hex digits".into()))?;
                 let w = walk.get_or_insert_with(|| {
                     report.first = event.seq;
-                    report.from_genesis = event.seq == 1 && prev == [0; 32];
-                    Walk::new(*public, event.seq, prev)
+                    report.from_genesis = prev == [0; 32];
+                    // From genesis, the chain starts at event 1: earlier lines cannot go.
+                    let start = if report.from_genesis { 1 } else { event.seq };
+                    Walk::new(*public, start, prev)
                 });
                 let mut encoded = Vec::with_capacity(256);
                 codec::encode(&event, &mut encoded);
@@ -464,4 +466,204 @@ pub fn verify_export(
         return Err(fail(0, what));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        audit::{Audit, AuditOptions},
+        crypto::KeyProvider,
+        storage::{Batch, MemoryStore},
+    };
+
+    /// A log of `n` events (a checkpoint every 10) and its full export.
+    async fn exported(n: usize) -> (String, PublicKey, Arc<Audit>) {
+        let ring = Arc::new(crate::crypto::throwaway_keyring());
+        let public = ring.public_key();
+        let audit = Arc::new(
+            Audit::open(
+                Arc::new(MemoryStore::new()),
+                ring,
+                AuditOptions {
+                    retention_days: None,
+                    checkpoint_every: 10,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        for i in 0..n {
+            let event = Event {
+                method: "Test/Commit".into(),
+                result: "OK".into(),
+                subject: "user:alice".into(),
+                detail: format!("event {i}"),
+                ..Event::default()
+            };
+            audit
+                .commit(Batch::new(), vec![event])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let text = export(&audit, Filter::default());
+        (text, public, audit)
+    }
+
+    fn export(audit: &Audit, filter: Filter) -> String {
+        let mut export = audit.begin_export(filter).unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        while let Some(chunk) = audit
+            .export_chunk(&mut export)
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            text.push_str(&chunk);
+        }
+        text
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.split_inclusive('\n').map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn an_untampered_export_verifies_and_every_tampering_is_named() {
+        let (text, public, _audit) = exported(35).await;
+        let report = verify_export(&text, &public, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((report.first, report.last, report.events), (1, 35, 35));
+        assert!(report.from_genesis && report.ends_at_head);
+        assert_eq!(report.checkpoints, 3);
+        let head = report.signed_end.clone().unwrap_or_else(|| panic!("a head"));
+        let all = lines(&text);
+        let events: Vec<usize> = (0..all.len())
+            .filter(|&i| all[i].starts_with("{\"type\":\"event\""))
+            .collect();
+        let checkpoints: Vec<usize> = (0..all.len())
+            .filter(|&i| all[i].starts_with("{\"type\":\"checkpoint\""))
+            .collect();
+        let mut rejected = 0;
+        let mut must_fail = |bad: Vec<String>, want: &str| {
+            let err = verify_export(&bad.concat(), &public, None)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {want}"));
+            assert!(err.to_string().contains(want), "{want}: {err}");
+            rejected += 1;
+        };
+        for &i in &events {
+            // An altered event (its detail), keeping its hash.
+            let mut bad = all.clone();
+            bad[i] = bad[i].replacen("\"detail\":\"event", "\"detail\":\"EVENT", 1);
+            must_fail(bad, "fails its chain hash");
+            // Removed.
+            let mut bad = all.clone();
+            bad.remove(i);
+            must_fail(bad, if i == events[events.len() - 1] { "truncated" } else { "missing" });
+            // Reordered with the next event.
+            if let Some(&j) = events.iter().find(|&&j| j == i + 1) {
+                let mut bad = all.clone();
+                bad.swap(i, j);
+                must_fail(bad, "missing");
+            }
+            // Reformatted (a space): not as the vault wrote it.
+            let mut bad = all.clone();
+            bad[i] = bad[i].replacen(',', ", ", 1);
+            must_fail(bad, "altered");
+        }
+        for &i in &checkpoints {
+            // A forged signature.
+            let mut bad = all.clone();
+            let sig_at = bad[i].find("\"signature\":\"").unwrap_or(0) + 13;
+            let mut bytes = bad[i].clone().into_bytes();
+            bytes[sig_at] = if bytes[sig_at] == b'0' { b'1' } else { b'0' };
+            bad[i] = String::from_utf8(bytes).unwrap_or_default();
+            must_fail(bad, "forged or altered");
+        }
+        // The head: forged, removed (the tail cannot be authenticated), kept with a cut tail.
+        let last = all.len() - 1;
+        let mut bad = all.clone();
+        bad[last] = bad[last].replacen("\"time_ms\":", "\"time_ms\":1", 1);
+        must_fail(bad, "forged or altered");
+        let mut bad = all.clone();
+        bad.pop();
+        must_fail(bad, "cannot be authenticated");
+        let mut bad = all.clone();
+        bad.remove(last - 1);
+        must_fail(bad, "truncated");
+        // A wrong format version.
+        let mut bad = all.clone();
+        bad[0] = bad[0].replacen("export/v1", "export/v9", 1);
+        must_fail(bad, "wrong format version");
+        assert!(rejected > 35 * 3);
+
+        // Pinned heads: the real one passes; later or contradicting ones are named.
+        let pin = PinnedHead {
+            seq: head.seq,
+            hash: head.head_bytes().unwrap_or_default(),
+        };
+        assert!(verify_export(&text, &public, Some(pin)).is_ok());
+        let later = PinnedHead { seq: 40, ..pin };
+        let err = verify_export(&text, &public, Some(later)).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("truncated or rolled back")), "{err:?}");
+        let forked = PinnedHead { seq: 20, ..pin };
+        let err = verify_export(&text, &public, Some(forked)).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("rewritten")), "{err:?}");
+        // Cut at a checkpoint with the head removed: the cut log verifies on its own, and only
+        // the pin sees that it ends early.
+        let cut_at = checkpoints[checkpoints.len() - 1];
+        let cut = all[..=cut_at].concat();
+        let report = verify_export(&cut, &public, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!report.ends_at_head);
+        let err = verify_export(&cut, &public, Some(pin)).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("truncated or rolled back")), "{err:?}");
+        // Another vault's key.
+        let other = crate::crypto::throwaway_keyring().public_key();
+        assert!(verify_export(&text, &other, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn time_ranges_end_on_a_signature_and_filtered_exports_are_refused() {
+        let (_, public, audit) = exported(25).await;
+        let events = |text: &str| {
+            verify_export(text, &public, None).map(|r| (r.first, r.last, r.ends_at_head))
+        };
+        // From a time on: everything, anchored by the header's previous hash.
+        let all = export(&audit, Filter::default());
+        let mid = lines(&all)
+            .iter()
+            .find(|l| l.contains("\"seq\":12,"))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["time_ms"].as_i64())
+            .unwrap_or_default();
+        let from = export(
+            &audit,
+            Filter {
+                from_ms: Some(mid),
+                ..Filter::default()
+            },
+        );
+        let (first, last, at_head) = events(&from).unwrap_or_else(|e| panic!("{e}"));
+        assert!(first <= 12 && last == 25 && at_head, "{first}..{last}");
+        // To a time: runs on to the next signed checkpoint.
+        let to = export(
+            &audit,
+            Filter {
+                to_ms: Some(mid),
+                ..Filter::default()
+            },
+        );
+        let (first, last, _) = events(&to).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, 1);
+        assert!(last >= 12, "{last}");
+        // Filtered by subject: readable, not verifiable.
+        let filtered = export(
+            &audit,
+            Filter {
+                subject: Some("user:alice".into()),
+                ..Filter::default()
+            },
+        );
+        let err = events(&filtered).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("filtered")), "{err:?}");
+    }
 }

@@ -118,10 +118,23 @@ impl Walk {
                 ),
             ));
         }
-        if c.seq != last {
+        if c.seq > last {
+            return Err((
+                last + 1,
+                format!(
+                    "event {} is missing (removed) before the {what} at event {}, or the {what} was moved",
+                    last + 1,
+                    c.seq
+                ),
+            ));
+        }
+        if c.seq < last {
             return Err((
                 c.seq,
-                format!("the {what} at event {} does not follow event {}: moved or reordered", c.seq, c.seq),
+                format!(
+                    "the {what} at event {} comes after event {last}: moved or reordered",
+                    c.seq
+                ),
             ));
         }
         if c.head_bytes() != Some(hash) {

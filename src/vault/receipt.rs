@@ -194,11 +194,15 @@ pub fn verify(file: &[u8], public: &PublicKey) -> Result<ReceiptDocument, Receip
     }
     let parsed: ReceiptFile = serde_json::from_value(value)
         .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(&parsed.signature, &mut sig)
+        .map_err(|_| ReceiptError::Malformed("the signature is not 128 hex digits".into()))?;
     let document = serde_json::to_string(&parsed.receipt)
         .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    // The form the vault writes: the document as serialized, the signature in lowercase hex.
     let canonical = SignedReceipt {
         document,
-        signature: parsed.signature.clone(),
+        signature: hex::encode(sig),
     };
     let text = canonical.file_text();
     if text.as_bytes() != file {
@@ -209,10 +213,6 @@ pub fn verify(file: &[u8], public: &PublicKey) -> Result<ReceiptDocument, Receip
             .unwrap_or(text.len().min(file.len()));
         return Err(ReceiptError::NotCanonical(at));
     }
-    let mut sig = [0u8; 64];
-    hex::decode_to_slice(&parsed.signature, &mut sig).map_err(|_| {
-        ReceiptError::Malformed("the signature is not 128 hex digits".into())
-    })?;
     if verify_signature(public, &signed_bytes(&canonical.document), &Signature(sig)) {
         return Ok(parsed.receipt);
     }
@@ -245,7 +245,7 @@ mod tests {
         }
     }
 
-    fn ring() -> (tempfile::TempDir, Keyring) {
+    fn new_ring() -> (tempfile::TempDir, Keyring) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let ring = Keyring::open_file(dir.path().join("keyring")).unwrap_or_else(|e| panic!("{e}"));
         (dir, ring)
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_signed_receipt_verifies_and_says_both_times() {
-        let (_dir, ring) = ring();
+        let (_dir, ring) = new_ring();
         let r = signed(receipt(Some(1_700_000_000_500)), &ring);
         let file = r.signed.as_ref().map(SignedReceipt::file_text).unwrap_or_default();
         let doc = verify(file.as_bytes(), &ring.public_key()).unwrap_or_else(|e| panic!("{e}"));
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn every_single_byte_change_is_rejected() {
-        let (_dir, ring) = ring();
+        let (_dir, ring) = new_ring();
         let public = ring.public_key();
         let file = signed(receipt(Some(1_700_000_000_500)), &ring)
             .signed
@@ -303,7 +303,7 @@ mod tests {
         assert!(verify(&file[..file.len() - 1], &public).is_err());
         assert!(verify(&file[..file.len() / 2], &public).is_err());
         // Another vault's key.
-        let (_other_dir, other) = ring();
+        let (_other_dir, other) = new_ring();
         assert!(matches!(
             verify(&file, &other.public_key()),
             Err(ReceiptError::BadSignature(hint)) if hint.contains("signing key")
