@@ -346,12 +346,7 @@ impl Audit {
     /// # Errors
     /// `AuditError` if the store fails.
     pub fn begin_export(&self, filter: Filter) -> Result<Export, AuditError> {
-        Export::begin(
-            self.store.as_ref(),
-            &self.keys,
-            filter,
-            appender::now_ms(),
-        )
+        Export::begin(self.store.as_ref(), &self.keys, filter, appender::now_ms())
     }
 
     /// The next lines of `export` (whole lines), `None` once it is complete.

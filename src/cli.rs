@@ -369,7 +369,9 @@ mod tests {
         assert_eq!(parse_time("12345"), Ok(12345));
         assert!(parse_time("2000-13-01").is_err());
         assert!(parse_time("yesterday").is_err());
-        assert!(parse_time("2023-11-14T22:13:20").is_err(), "no zone: not UTC");
+        assert!(
+            parse_time("2023-11-14T22:13:20").is_err(),
+            "no zone: not UTC"
+        );
     }
 }
-

@@ -8,8 +8,8 @@ use tonic::{
 };
 
 use crate::api::pb::{
-    audit_client::AuditClient, keys_client::KeysClient, policies_client::PoliciesClient, records_client::RecordsClient,
-    tokens_client::TokensClient,
+    audit_client::AuditClient, keys_client::KeysClient, policies_client::PoliciesClient,
+    records_client::RecordsClient, tokens_client::TokensClient,
 };
 
 /// Adds `authorization: Bearer <token>` to every call.

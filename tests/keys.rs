@@ -21,7 +21,8 @@ fn cli(args: &[&str], addr: Option<(&str, &str)>) -> (bool, String) {
         .env_remove("STRONGROOM_TOKEN")
         .env_remove("STRONGROOM_ADDR");
     if let Some((addr, token)) = addr {
-        cmd.env("STRONGROOM_ADDR", addr).env("STRONGROOM_TOKEN", token);
+        cmd.env("STRONGROOM_ADDR", addr)
+            .env("STRONGROOM_TOKEN", token);
     }
     let out = cmd.output().unwrap();
     let text = format!(
@@ -85,7 +86,10 @@ async fn rotation_over_grpc_and_who_may_call_it() {
     }
     let mut support = vault.as_role("role:support").await;
     assert_code(
-        support.keys.get_key_status(pb::GetKeyStatusRequest {}).await,
+        support
+            .keys
+            .get_key_status(pb::GetKeyStatusRequest {})
+            .await,
         Code::PermissionDenied,
     );
     for role in ["role:auditor", "role:security_admin"] {
@@ -101,8 +105,14 @@ async fn rotation_over_grpc_and_who_may_call_it() {
         .await
         .unwrap()
         .into_inner();
-    assert!(pem.pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{}", pem.pem);
-    let mut raw = pb::keys_client::KeysClient::connect(vault.addr()).await.unwrap();
+    assert!(
+        pem.pem.starts_with("-----BEGIN PUBLIC KEY-----"),
+        "{}",
+        pem.pem
+    );
+    let mut raw = pb::keys_client::KeysClient::connect(vault.addr())
+        .await
+        .unwrap();
     assert_code(
         raw.get_public_key(pb::GetPublicKeyRequest {}).await,
         Code::Unauthenticated,
@@ -166,11 +176,23 @@ async fn rotation_over_grpc_and_who_may_call_it() {
         after = page.next_after_seq;
     }
     let count = |m: &str, r: &str| methods.iter().filter(|(a, b, _)| a == m && b == r).count();
-    assert_eq!(count("Keys/RotateKeys", "PERMISSION_DENIED"), 3, "{methods:?}");
-    assert_eq!(count("Keys/GetKeyStatus", "PERMISSION_DENIED"), 1, "{methods:?}");
+    assert_eq!(
+        count("Keys/RotateKeys", "PERMISSION_DENIED"),
+        3,
+        "{methods:?}"
+    );
+    assert_eq!(
+        count("Keys/GetKeyStatus", "PERMISSION_DENIED"),
+        1,
+        "{methods:?}"
+    );
     assert!(count("Keys/GetKeyStatus", "OK") >= 3, "{methods:?}");
     assert_eq!(count("Keys/GetPublicKey", "OK"), 1, "{methods:?}");
-    assert_eq!(count("Keys/RotateKeys", "OK"), 1, "the vault's start event: {methods:?}");
+    assert_eq!(
+        count("Keys/RotateKeys", "OK"),
+        1,
+        "the vault's start event: {methods:?}"
+    );
     assert!(count("Keys/DestroyEpoch", "OK") >= 1, "{methods:?}");
 }
 
@@ -200,16 +222,26 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
         &["record", "delete", &id, "--receipt-out", path(&receipt)],
         admin,
     );
-    assert!(text.contains("unrecoverable from any backup after"), "{text}");
+    assert!(
+        text.contains("unrecoverable from any backup after"),
+        "{text}"
+    );
 
     // The receipt: verifies with no token and no vault; says T1 and T2 and nothing more.
     let text = ok(
-        &["receipt", "verify", path(&receipt), "--public-key", path(&key)],
+        &[
+            "receipt",
+            "verify",
+            path(&receipt),
+            "--public-key",
+            path(&key),
+        ],
         None,
     );
     assert!(
-        text.contains(&format!("Record {id} of collection customers was erased from the live store at "))
-            && text.contains("It is unrecoverable from any backup after ")
+        text.contains(&format!(
+            "Record {id} of collection customers was erased from the live store at "
+        )) && text.contains("It is unrecoverable from any backup after ")
             && text.contains(", the end of key epoch 1."),
         "{text}"
     );
@@ -229,23 +261,38 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
             + needle.len()
     };
     tamper(at(&format!("\"record_id\":\"{}", &id[..4])), 0x01);
-    rejected(&["receipt", "verify", path(&bad), "--public-key", path(&key)], "bad signature");
+    rejected(
+        &["receipt", "verify", path(&bad), "--public-key", path(&key)],
+        "bad signature",
+    );
     tamper(at("\"purged_at_ms\":") + 1, 0x01);
-    rejected(&["receipt", "verify", path(&bad), "--public-key", path(&key)], "bad signature");
+    rejected(
+        &["receipt", "verify", path(&bad), "--public-key", path(&key)],
+        "bad signature",
+    );
     tamper(at("\"signature\":\""), 0x01);
-    rejected(&["receipt", "verify", path(&bad), "--public-key", path(&key)], "bad signature");
+    rejected(
+        &["receipt", "verify", path(&bad), "--public-key", path(&key)],
+        "bad signature",
+    );
     tamper(at("shred-receipt/v"), 0x02);
     rejected(
         &["receipt", "verify", path(&bad), "--public-key", path(&key)],
         "wrong format version",
     );
     tamper(0, 0x01);
-    rejected(&["receipt", "verify", path(&bad), "--public-key", path(&key)], "malformed");
+    rejected(
+        &["receipt", "verify", path(&bad), "--public-key", path(&key)],
+        "malformed",
+    );
     tamper(original.len() - 1, 0x2a);
-    rejected(&["receipt", "verify", path(&bad), "--public-key", path(&key)], "altered");
+    rejected(
+        &["receipt", "verify", path(&bad), "--public-key", path(&key)],
+        "altered",
+    );
     // Every single byte, through the library the binary uses.
-    let public = strongroom::crypto::PublicKey::from_pem(&std::fs::read_to_string(&key).unwrap())
-        .unwrap();
+    let public =
+        strongroom::crypto::PublicKey::from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
     let accepted = (0..original.len())
         .filter(|&i| {
             let mut b = original.clone();
@@ -262,7 +309,13 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
         Some((other.addr().as_str(), other_token.as_str())),
     );
     rejected(
-        &["receipt", "verify", path(&receipt), "--public-key", path(&other_key)],
+        &[
+            "receipt",
+            "verify",
+            path(&receipt),
+            "--public-key",
+            path(&other_key),
+        ],
         "bad signature",
     );
 
@@ -273,7 +326,14 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
     assert!(pin.contains(':'), "{pin}");
     ok(&["audit", "export", "--out", path(&export)], auditor);
     let verify = |file: &Path, pin: Option<&str>| {
-        let mut args = vec!["audit", "verify", "--file", path(file), "--public-key", path(&key)];
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--file",
+            path(file),
+            "--public-key",
+            path(&key),
+        ];
         if let Some(p) = pin {
             args.extend(["--expect-head", p]);
         }
@@ -285,7 +345,10 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
     };
     let (good, text) = run(&verify(&export, Some(&pin)));
     assert!(good, "{text}");
-    assert!(text.contains("from the start of the log") && text.contains("signed head"), "{text}");
+    assert!(
+        text.contains("from the start of the log") && text.contains("signed head"),
+        "{text}"
+    );
     let (good, text) = run(&verify(&export, None));
     assert!(good, "{text}");
 
@@ -329,13 +392,23 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
     reject(b, None, "cannot be authenticated");
     // Truncated against the pin: the log as of later, pinned, then an older export.
     let (_, seq_hash) = pin.split_once(':').unwrap();
-    let later = format!("{}:{seq_hash}", pin.split(':').next().unwrap().parse::<u64>().unwrap() + 5);
+    let later = format!(
+        "{}:{seq_hash}",
+        pin.split(':').next().unwrap().parse::<u64>().unwrap() + 5
+    );
     reject(lines.clone(), Some(&later), "truncated or rolled back");
     let forked = format!("{}:{}", 2, seq_hash);
     reject(lines.clone(), Some(&forked), "rewritten");
     // A wrong key, and nothing needed but the files: no token, no vault.
     let (good, text) = cli(
-        &["audit", "verify", "--file", path(&export), "--public-key", path(&other_key)],
+        &[
+            "audit",
+            "verify",
+            "--file",
+            path(&export),
+            "--public-key",
+            path(&other_key),
+        ],
         None,
     );
     assert!(!good && text.contains("not the vault's"), "{text}");

@@ -196,14 +196,15 @@ impl AuditService for AuditApi {
         // Read after the call's own event: the head covers it.
         let audit = Arc::clone(&self.audit);
         let head = blocking(move || audit.head()).await?;
-        Ok(Response::new(head.map_or_else(pb::SignedHead::default, |h| {
-            pb::SignedHead {
+        Ok(Response::new(head.map_or_else(
+            pb::SignedHead::default,
+            |h| pb::SignedHead {
                 seq: h.seq,
                 hash: h.head,
                 time_unix_ms: h.time_ms,
                 signature: h.signature,
-            }
-        })))
+            },
+        )))
     }
 
     async fn export_events(

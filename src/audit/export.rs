@@ -60,7 +60,7 @@ struct EventLine {
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Line {
     Export(Header),
-    Event(EventLine),
+    Event(Box<EventLine>),
     Checkpoint(Checkpoint),
     Head(Checkpoint),
 }
@@ -183,10 +183,10 @@ impl Export {
                 if !self.header_sent {
                     out.push_str(&self.header());
                 }
-                out.push_str(&line(&Line::Event(EventLine {
+                out.push_str(&line(&Line::Event(Box::new(EventLine {
                     event,
                     hash: hex::encode(hash),
-                })));
+                }))));
                 taken += 1;
                 let checkpoint = if seq == end {
                     None
@@ -304,7 +304,10 @@ pub fn verify_export(
     pinned: Option<PinnedHead>,
 ) -> Result<ExportReport, ExportError> {
     let fail = |line: usize, what: String| ExportError { line, what };
-    let mut lines = text.split_inclusive('\n').enumerate().map(|(i, l)| (i + 1, l));
+    let mut lines = text
+        .split_inclusive('\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l));
     let Some((_, first)) = lines.next() else {
         return Err(fail(0, "the file is empty: not an audit export".into()));
     };
@@ -339,7 +342,10 @@ pub fn verify_export(
         Ok(parsed)
     };
     let Line::Export(header) = parse(1, first)? else {
-        return Err(fail(1, "malformed: the first line is not the export header".into()));
+        return Err(fail(
+            1,
+            "malformed: the first line is not the export header".into(),
+        ));
     };
     if !header.complete {
         return Err(fail(
@@ -366,13 +372,17 @@ pub fn verify_export(
     let broken = |n: usize, (_, what): (u64, String)| fail(n, what);
     for (n, raw) in lines {
         if after_head {
-            return Err(fail(n, "a line after the head: the head must be the last line".into()));
+            return Err(fail(
+                n,
+                "a line after the head: the head must be the last line".into(),
+            ));
         }
         match parse(n, raw)? {
             Line::Export(_) => {
                 return Err(fail(n, "a second export header: files were joined".into()));
             }
-            Line::Event(EventLine { event, hash }) => {
+            Line::Event(line) => {
+                let EventLine { event, hash } = *line;
                 let hash = hash32(&hash)
                     .ok_or_else(|| fail(n, "malformed: the hash is not 64 hex digits".into()))?;
                 let w = walk.get_or_insert_with(|| {
@@ -384,7 +394,8 @@ pub fn verify_export(
                 });
                 let mut encoded = Vec::with_capacity(256);
                 codec::encode(&event, &mut encoded);
-                w.event(event.seq, &encoded, &hash).map_err(|b| broken(n, b))?;
+                w.event(event.seq, &encoded, &hash)
+                    .map_err(|b| broken(n, b))?;
                 report.last = event.seq;
                 report.events += 1;
                 if let Some(p) = pinned
@@ -534,7 +545,10 @@ mod tests {
         assert_eq!((report.first, report.last, report.events), (1, 35, 35));
         assert!(report.from_genesis && report.ends_at_head);
         assert_eq!(report.checkpoints, 3);
-        let head = report.signed_end.clone().unwrap_or_else(|| panic!("a head"));
+        let head = report
+            .signed_end
+            .clone()
+            .unwrap_or_else(|| panic!("a head"));
         let all = lines(&text);
         let events: Vec<usize> = (0..all.len())
             .filter(|&i| all[i].starts_with("{\"type\":\"event\""))
@@ -558,7 +572,14 @@ mod tests {
             // Removed.
             let mut bad = all.clone();
             bad.remove(i);
-            must_fail(bad, if i == events[events.len() - 1] { "truncated" } else { "missing" });
+            must_fail(
+                bad,
+                if i == events[events.len() - 1] {
+                    "truncated"
+                } else {
+                    "missing"
+                },
+            );
             // Reordered with the next event.
             if let Some(&j) = events.iter().find(|&&j| j == i + 1) {
                 let mut bad = all.clone();
@@ -603,19 +624,36 @@ mod tests {
         };
         assert!(verify_export(&text, &public, Some(pin)).is_ok());
         let later = PinnedHead { seq: 40, ..pin };
-        let err = verify_export(&text, &public, Some(later)).err().map(|e| e.to_string());
-        assert!(err.as_deref().is_some_and(|e| e.contains("truncated or rolled back")), "{err:?}");
+        let err = verify_export(&text, &public, Some(later))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("truncated or rolled back")),
+            "{err:?}"
+        );
         let forked = PinnedHead { seq: 20, ..pin };
-        let err = verify_export(&text, &public, Some(forked)).err().map(|e| e.to_string());
-        assert!(err.as_deref().is_some_and(|e| e.contains("rewritten")), "{err:?}");
+        let err = verify_export(&text, &public, Some(forked))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("rewritten")),
+            "{err:?}"
+        );
         // Cut at a checkpoint with the head removed: the cut log verifies on its own, and only
         // the pin sees that it ends early.
         let cut_at = checkpoints[checkpoints.len() - 1];
         let cut = all[..=cut_at].concat();
         let report = verify_export(&cut, &public, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(!report.ends_at_head);
-        let err = verify_export(&cut, &public, Some(pin)).err().map(|e| e.to_string());
-        assert!(err.as_deref().is_some_and(|e| e.contains("truncated or rolled back")), "{err:?}");
+        let err = verify_export(&cut, &public, Some(pin))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("truncated or rolled back")),
+            "{err:?}"
+        );
         // Another vault's key.
         let other = crate::crypto::throwaway_keyring().public_key();
         assert!(verify_export(&text, &other, None).is_err());
@@ -664,6 +702,9 @@ mod tests {
             },
         );
         let err = events(&filtered).err().map(|e| e.to_string());
-        assert!(err.as_deref().is_some_and(|e| e.contains("filtered")), "{err:?}");
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("filtered")),
+            "{err:?}"
+        );
     }
 }

@@ -75,7 +75,12 @@ impl Walk {
     ///
     /// # Errors
     /// A missing or reordered event, or one whose hash does not chain (altered).
-    pub(super) fn event(&mut self, seq: u64, encoded: &[u8], hash: &[u8; 32]) -> Result<(), Broken> {
+    pub(super) fn event(
+        &mut self,
+        seq: u64,
+        encoded: &[u8],
+        hash: &[u8; 32],
+    ) -> Result<(), Broken> {
         let expected = self.expected;
         if seq > expected {
             return Err((
@@ -86,7 +91,9 @@ impl Walk {
         if seq < expected {
             return Err((
                 expected,
-                format!("event {seq} comes where event {expected} should: reordered, repeated or moved"),
+                format!(
+                    "event {seq} comes where event {expected} should: reordered, repeated or moved"
+                ),
             ));
         }
         if chain_mac(&self.prev, seq, encoded) != *hash {

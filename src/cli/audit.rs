@@ -237,8 +237,7 @@ pub(super) async fn audit(command: AuditCommand) -> Result<(), String> {
             remote,
             ..
         } => {
-            let public_key =
-                public_key.ok_or_else(|| "--file needs --public-key".to_owned())?;
+            let public_key = public_key.ok_or_else(|| "--file needs --public-key".to_owned())?;
             verify_file(&file, &public_key, expect_head.as_deref(), remote.json)?;
         }
         AuditCommand::Head { public_key, remote } => {
@@ -392,7 +391,10 @@ fn verify_file(
     let start = if r.from_genesis {
         "from the start of the log".to_owned()
     } else {
-        format!("starting at event {} (earlier events are not in this export)", r.first)
+        format!(
+            "starting at event {} (earlier events are not in this export)",
+            r.first
+        )
     };
     println!(
         "ok: events {}..={} verified ({} events, {start}; {} signed checkpoints inside)",

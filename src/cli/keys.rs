@@ -126,7 +126,9 @@ pub(super) async fn keys(command: KeysCommand) -> Result<(), String> {
                 println!("{}", status_json(&s));
             } else if wait {
                 let current = s.epochs.last().map_or(0, |e| e.id);
-                println!("rotation completed: every data key is under epoch {current}; the older epochs are destroyed");
+                println!(
+                    "rotation completed: every data key is under epoch {current}; the older epochs are destroyed"
+                );
             }
         }
         KeysCommand::Public { out, remote } => {

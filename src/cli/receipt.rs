@@ -32,8 +32,7 @@ pub(super) fn receipt(command: ReceiptCommand) -> Result<(), String> {
         json,
     } = command;
     let public = read_public_key(&public_key)?;
-    let bytes =
-        std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let doc = receipt::verify(&bytes, &public)
         .map_err(|e| format!("receipt {} rejected: {e}", file.display()))?;
     if json {

@@ -213,8 +213,13 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
                     document: r.signed_document.clone(),
                     signature: r.signature.clone(),
                 };
-                std::fs::write(path, signed.file_text())
-                    .map_err(|e| format!("record {} was shredded, but its receipt could not be written to {}: {e}", r.id, path.display()))?;
+                std::fs::write(path, signed.file_text()).map_err(|e| {
+                    format!(
+                        "record {} was shredded, but its receipt could not be written to {}: {e}",
+                        r.id,
+                        path.display()
+                    )
+                })?;
             }
             if remote.json {
                 println!(

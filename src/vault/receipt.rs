@@ -192,8 +192,8 @@ pub fn verify(file: &[u8], public: &PublicKey) -> Result<ReceiptDocument, Receip
             ));
         }
     }
-    let parsed: ReceiptFile = serde_json::from_value(value)
-        .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let parsed: ReceiptFile =
+        serde_json::from_value(value).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
     let mut sig = [0u8; 64];
     hex::decode_to_slice(&parsed.signature, &mut sig)
         .map_err(|_| ReceiptError::Malformed("the signature is not 128 hex digits".into()))?;
@@ -255,7 +255,11 @@ mod tests {
     fn a_signed_receipt_verifies_and_says_both_times() {
         let (_dir, ring) = new_ring();
         let r = signed(receipt(Some(1_700_000_000_500)), &ring);
-        let file = r.signed.as_ref().map(SignedReceipt::file_text).unwrap_or_default();
+        let file = r
+            .signed
+            .as_ref()
+            .map(SignedReceipt::file_text)
+            .unwrap_or_default();
         let doc = verify(file.as_bytes(), &ring.public_key()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(doc.record_id, r.id.to_string());
         assert_eq!(
