@@ -8,12 +8,14 @@ pub mod auth;
 pub mod connections;
 mod convert;
 pub mod health;
+mod keys;
 mod policies;
 mod records;
 pub mod status;
 mod tokens;
 
 pub use audit::AuditApi;
+pub use keys::KeysApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;
 pub use tokens::TokensApi;

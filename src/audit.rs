@@ -1,6 +1,7 @@
-//! The audit log: every access decision as an event, hash-chained with a keyed MAC (the key is
-//! derived from the master key, so only the vault can extend the chain), with signed
-//! checkpoints; queried, followed live, verified, exported, pruned.
+//! The audit log: every access decision as an event, hash-chained with SHA-256, the chain's
+//! head signed (Ed25519, by the key provider) with every batch and at checkpoints; queried,
+//! followed live, verified (online, or offline from an export with the public key alone),
+//! exported, pruned.
 //!
 //! Events hold ids, names and outcomes, never field values or tokens. Events and the writes
 //! they describe are committed in one synced batch by a single appender that groups concurrent
@@ -14,6 +15,7 @@
 mod appender;
 mod chain;
 mod codec;
+mod export;
 mod query;
 mod refusals;
 mod verify;
@@ -29,6 +31,7 @@ use crate::{
 };
 
 pub use chain::Checkpoint;
+pub use export::{EXPORT_FORMAT, Export, ExportError, ExportReport, PinnedHead, verify_export};
 pub use query::Filter;
 pub use refusals::UNKNOWN_METHOD;
 pub use verify::VerifyReport;
@@ -326,6 +329,32 @@ impl Audit {
     /// `AuditError` if the store fails; integrity problems are in the report.
     pub fn verify(&self, from: Option<u64>, to: Option<u64>) -> Result<VerifyReport, AuditError> {
         verify::verify(self.store.as_ref(), &self.keys, from, to)
+    }
+
+    /// The signed head: the last event's sequence number and chain hash, signed with every
+    /// batch. `None` for an empty log or a head that does not verify.
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails.
+    pub fn head(&self) -> Result<Option<Checkpoint>, AuditError> {
+        Checkpoint::load_valid(self.store.as_ref(), &self.keys, HEAD_KEY)
+    }
+
+    /// Starts an export (format in `export`) of the events `filter` passes, up to the signed
+    /// head as it is now; `export_chunk` then yields its lines.
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails.
+    pub fn begin_export(&self, filter: Filter) -> Result<Export, AuditError> {
+        Export::begin(self.store.as_ref(), &self.keys, filter, appender::now_ms())
+    }
+
+    /// The next lines of `export` (whole lines), `None` once it is complete.
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails or an event does not decode.
+    pub fn export_chunk(&self, export: &mut Export) -> Result<Option<String>, AuditError> {
+        export.chunk(self.store.as_ref())
     }
 
     /// Deletes events older than the retention period, up to the newest durable checkpoint

@@ -1,12 +1,15 @@
-//! The command line: `serve`, and the client commands `token` and `record` that talk to a
-//! running server. Readable output by default, `--json` for scripts.
+//! The command line: `serve`, the client commands (`token`, `record`, `policy`, `audit`, `keys`)
+//! that talk to a running server, and the offline checks (`audit verify --file`, `receipt
+//! verify`) that need only the public key. Readable output by default, `--json` for scripts.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
 mod audit;
+mod keys;
 mod policy;
+mod receipt;
 mod record;
 mod token;
 
@@ -16,7 +19,9 @@ use crate::{
     server,
 };
 use audit::{AuditCommand, audit};
+use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
+use receipt::{ReceiptCommand, receipt};
 use record::{RecordCommand, record};
 use token::{TokenCommand, token};
 
@@ -91,10 +96,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
-    /// Query, follow, verify and export the audit log (auditors and admins).
+    /// Query, follow, verify and export the audit log (auditors and admins); verify an
+    /// export offline with the public key alone.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Key epochs: status, rotation, and the public key that verifies the vault's signatures.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Verify a shred receipt offline, with the public key alone.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
     },
 }
 
@@ -215,6 +231,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Record { command } => record(command).await,
         Command::Policy { command } => policy(command).await,
         Command::Audit { command } => audit(command).await,
+        Command::Keys { command } => keys(command).await,
+        Command::Receipt { command } => receipt(command),
         Command::Bench(args) => bench(args).await,
         Command::BenchEcho { listen } => crate::bench::serve_echo(listen).await,
     };
@@ -301,37 +319,11 @@ fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// Days since the epoch of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// A UTC time for people: `2026-11-22 21:19:14Z`.
 fn when(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+    jiff::Timestamp::from_millisecond(ms).map_or_else(
+        |_| format!("{ms} ms since the epoch"),
+        |t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string(),
     )
 }
 
@@ -344,19 +336,23 @@ fn parse_time(s: &str) -> Result<i64, String> {
     let bad = || {
         format!("{s:?}: expected YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, or milliseconds since the epoch")
     };
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, t.strip_suffix('Z').ok_or_else(bad)?),
-        None => (s, "00:00:00"),
+    let at = if s.contains('T') {
+        s.parse::<jiff::Timestamp>().map_err(|_| bad())?
+    } else {
+        s.parse::<jiff::civil::Date>()
+            .map_err(|_| bad())?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map_err(|_| bad())?
+            .timestamp()
     };
-    let num = |p: Option<&str>| p.and_then(|v| v.parse::<i64>().ok()).ok_or_else(bad);
-    let mut d = date.split('-');
-    let (y, mo, da) = (num(d.next())?, num(d.next())?, num(d.next())?);
-    let mut t = time.split(':');
-    let (h, mi, se) = (num(t.next())?, num(t.next())?, num(t.next())?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
-        return Err(bad());
-    }
-    Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se) * 1000)
+    Ok(at.as_millisecond())
+}
+
+/// Reads a public key file (PEM, as `strongroom keys public` writes it).
+fn read_public_key(path: &std::path::Path) -> Result<crate::crypto::PublicKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the public key {}: {e}", path.display()))?;
+    crate::crypto::PublicKey::from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -373,5 +369,9 @@ mod tests {
         assert_eq!(parse_time("12345"), Ok(12345));
         assert!(parse_time("2000-13-01").is_err());
         assert!(parse_time("yesterday").is_err());
+        assert!(
+            parse_time("2023-11-14T22:13:20").is_err(),
+            "no zone: not UTC"
+        );
     }
 }

@@ -8,8 +8,8 @@ use tonic::{
 };
 
 use crate::api::pb::{
-    audit_client::AuditClient, policies_client::PoliciesClient, records_client::RecordsClient,
-    tokens_client::TokensClient,
+    audit_client::AuditClient, keys_client::KeysClient, policies_client::PoliciesClient,
+    records_client::RecordsClient, tokens_client::TokensClient,
 };
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -48,6 +48,8 @@ pub struct Client {
     pub policies: PoliciesClient<Authed>,
     /// The `Audit` service.
     pub audit: AuditClient<Authed>,
+    /// The `Keys` service.
+    pub keys: KeysClient<Authed>,
 }
 
 /// Connects to `addr` (`http://host:port`, or `host:port`) with `token`.
@@ -74,6 +76,7 @@ pub async fn connect(addr: &str, token: &str) -> Result<Client, String> {
         records: RecordsClient::with_interceptor(channel.clone(), auth.clone()),
         tokens: TokensClient::with_interceptor(channel.clone(), auth.clone()),
         policies: PoliciesClient::with_interceptor(channel.clone(), auth.clone()),
-        audit: AuditClient::with_interceptor(channel, auth),
+        audit: AuditClient::with_interceptor(channel.clone(), auth.clone()),
+        keys: KeysClient::with_interceptor(channel, auth),
     })
 }

@@ -10,6 +10,7 @@ mod keyring;
 mod keys;
 mod pkcs11;
 mod provider;
+mod public;
 
 pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek, wrap_dek};
 #[cfg(test)]

@@ -10,13 +10,14 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        AuditApi, PoliciesApi, RecordsApi, TokensApi,
+        AuditApi, KeysApi, PoliciesApi, RecordsApi, TokensApi,
         auth::Authenticator,
         connections,
         health::CheckOnly,
         pb::{
-            self, audit_server::AuditServer, policies_server::PoliciesServer,
-            records_server::RecordsServer, tokens_server::TokensServer,
+            self, audit_server::AuditServer, keys_server::KeysServer,
+            policies_server::PoliciesServer, records_server::RecordsServer,
+            tokens_server::TokensServer,
         },
     },
     audit::{Audit, Event},
@@ -311,6 +312,9 @@ pub async fn start_with_stores(
 
     let auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit));
     let max = config.max_message_bytes;
+    let keys_svc = KeysServer::new(KeysApi::new(Arc::clone(&vault)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let records = RecordsServer::new(RecordsApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -344,6 +348,7 @@ pub async fn start_with_stores(
         .set_serving::<PoliciesServer<PoliciesApi>>()
         .await;
     health_reporter.set_serving::<AuditServer<AuditApi>>().await;
+    health_reporter.set_serving::<KeysServer<KeysApi>>().await;
     // Whether reads are audited, for probes and dashboards: NOT_SERVING when auditing is off.
     health_reporter
         .set_service_status(
@@ -412,7 +417,8 @@ pub async fn start_with_stores(
         .add_service(auth.guard(records))
         .add_service(auth.guard(policies))
         .add_service(auth.guard(audit_svc))
-        .add_service(auth.guard(tokens_svc));
+        .add_service(auth.guard(tokens_svc))
+        .add_service(auth.guard(keys_svc));
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(

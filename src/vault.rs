@@ -12,6 +12,7 @@ mod header;
 mod keystore;
 mod locks;
 mod purger;
+pub mod receipt;
 mod reconcile;
 pub mod rotation;
 mod sealed;
@@ -165,6 +166,9 @@ pub struct ShredReceipt {
     /// the current key epoch, destroyed by the rotation the shred horizon starts (a
     /// `Keys/DestroyEpoch` audit event records when it happens).
     pub unrecoverable_after_ms: Option<i64>,
+    /// The receipt signed with the provider's key (`receipt`); `None` only if the provider
+    /// failed to sign (logged: the shred itself is done).
+    pub signed: Option<receipt::SignedReceipt>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -628,14 +632,16 @@ impl Vault {
                 None
             }
         };
-        Ok(ShredReceipt {
+        let receipt = ShredReceipt {
             id: *id,
             collection: loaded.header.collection,
             shredded_at_ms,
             fields_destroyed,
             purged_at_ms,
             unrecoverable_after_ms: self.rotator.unrecoverable_after_ms(),
-        })
+            signed: None,
+        };
+        Ok(receipt::signed(receipt, self.keys.provider().as_ref()))
     }
 }
 

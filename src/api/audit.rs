@@ -187,6 +187,26 @@ impl AuditService for AuditApi {
         }))
     }
 
+    async fn get_head(
+        &self,
+        request: Request<pb::GetHeadRequest>,
+    ) -> Result<Response<pb::SignedHead>, Status> {
+        let by = principal(&request)?;
+        self.admit(&by, &Call::new("Audit/GetHead")).await?;
+        // Read after the call's own event: the head covers it.
+        let audit = Arc::clone(&self.audit);
+        let head = blocking(move || audit.head()).await?;
+        Ok(Response::new(head.map_or_else(
+            pb::SignedHead::default,
+            |h| pb::SignedHead {
+                seq: h.seq,
+                hash: h.head,
+                time_unix_ms: h.time_ms,
+                signature: h.signature,
+            },
+        )))
+    }
+
     async fn export_events(
         &self,
         request: Request<pb::ExportEventsRequest>,
@@ -197,32 +217,51 @@ impl AuditService for AuditApi {
         let filter = filter(request.into_inner().filter);
         let audit = Arc::clone(&self.audit);
         let stream = async_stream(token, move |tx| async move {
-            let mut after = 0u64;
+            // The export runs to the signed head as it is now (this call's own event included).
+            let mut export = {
+                let audit = Arc::clone(&audit);
+                match blocking(move || audit.begin_export(filter)).await {
+                    Ok(export) => export,
+                    Err(status) => return tx.send(Err(status)).await.unwrap_or(()),
+                }
+            };
             loop {
-                let (events, next) = match query(&audit, filter.clone(), after, 500).await {
-                    Ok(page) => page,
+                let audit = Arc::clone(&audit);
+                let next = blocking(move || {
+                    let chunk = audit.export_chunk(&mut export)?;
+                    Ok((chunk, export))
+                })
+                .await;
+                let jsonl = match next {
+                    Ok((Some(jsonl), rest)) => {
+                        export = rest;
+                        jsonl
+                    }
+                    Ok((None, _)) => return,
                     Err(status) => return tx.send(Err(status)).await.unwrap_or(()),
                 };
-                let mut jsonl = String::new();
-                for e in &events {
-                    // An event is strings, integers and lists of them: JSON serialization cannot
-                    // fail, and an export must never carry a blank line in place of an event.
-                    #[allow(clippy::expect_used)]
-                    let line = serde_json::to_string(e).expect("an audit event always serializes");
-                    jsonl.push_str(&line);
-                    jsonl.push('\n');
-                }
                 if !jsonl.is_empty() && tx.send(Ok(pb::ExportChunk { jsonl })).await.is_err() {
                     return;
-                }
-                match next {
-                    Some(n) => after = n,
-                    None => return,
                 }
             }
         });
         Ok(Response::new(stream))
     }
+}
+
+/// Runs a read of the log on a blocking thread (it may read many events from disk).
+async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, audit::AuditError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "an audit export task failed");
+            Status::internal("the audit export failed")
+        })?
+        .map_err(unavailable)
 }
 
 type Sender<T> = tokio::sync::mpsc::Sender<Result<T, Status>>;

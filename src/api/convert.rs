@@ -117,6 +117,13 @@ impl From<ShredReceipt> for pb::ShredReceipt {
             fields_destroyed: r.fields_destroyed,
             purged_at_unix_ms: r.purged_at_ms.unwrap_or(0),
             purge_pending: r.purged_at_ms.is_none(),
+            unrecoverable_after_unix_ms: r.unrecoverable_after_ms.unwrap_or(0),
+            signed_document: r
+                .signed
+                .as_ref()
+                .map(|s| s.document.clone())
+                .unwrap_or_default(),
+            signature: r.signed.map(|s| s.signature).unwrap_or_default(),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Verification of the chain (format in `chain`): names the first altered, removed, inserted
-//! or reordered event, a broken checkpoint, or a truncated tail.
+//! or reordered event, a broken checkpoint, or a truncated tail. The rules live in `Walk`, fed
+//! from the store here and from an export file in `export`: one implementation of the chain
+//! rules for the vault and for an auditor offline.
 //!
 //! Depends on `chain` and `storage`; `query` and the appender do not depend on it.
 
@@ -10,7 +12,10 @@ use super::{
         read_checkpoint,
     },
 };
-use crate::storage::{Keyspace, Store};
+use crate::{
+    crypto::PublicKey,
+    storage::{Keyspace, Store},
+};
 
 /// The outcome of verifying a range of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +36,152 @@ impl VerifyReport {
     /// Whether the range verified clean.
     pub fn ok(&self) -> bool {
         self.problem.is_none()
+    }
+}
+
+/// A broken rule: the sequence number it concerns and what is wrong.
+pub(super) type Broken = (u64, String);
+
+/// The chain rules, applied to events in chain order wherever they come from: each event
+/// follows the previous one by number, its hash chains from the previous hash, and every
+/// signed statement (a checkpoint, the head) is the vault's signature over the hash the chain
+/// has at its sequence number.
+#[derive(Debug, Clone)]
+pub(super) struct Walk {
+    public: PublicKey,
+    /// The sequence number the next event must have.
+    expected: u64,
+    /// The hash of the event before it (32 zero bytes at the start of the log).
+    prev: [u8; 32],
+}
+
+impl Walk {
+    /// A walk that continues after `prev`, the hash of event `expected - 1`.
+    pub(super) fn new(public: PublicKey, expected: u64, prev: [u8; 32]) -> Self {
+        Self {
+            public,
+            expected,
+            prev,
+        }
+    }
+
+    /// The last event walked and its hash (`expected - 1` and the starting hash before any).
+    pub(super) fn last(&self) -> (u64, [u8; 32]) {
+        (self.expected.saturating_sub(1), self.prev)
+    }
+
+    /// Takes the next event: `seq` as it claims, `encoded` as `codec` encodes it, `hash` as
+    /// stored or exported with it.
+    ///
+    /// # Errors
+    /// A missing or reordered event, or one whose hash does not chain (altered).
+    pub(super) fn event(
+        &mut self,
+        seq: u64,
+        encoded: &[u8],
+        hash: &[u8; 32],
+    ) -> Result<(), Broken> {
+        let expected = self.expected;
+        if seq > expected {
+            return Err((
+                expected,
+                format!("event {expected} is missing (removed); the next event is {seq}"),
+            ));
+        }
+        if seq < expected {
+            return Err((
+                expected,
+                format!(
+                    "event {seq} comes where event {expected} should: reordered, repeated or moved"
+                ),
+            ));
+        }
+        if chain_mac(&self.prev, seq, encoded) != *hash {
+            return Err((
+                seq,
+                format!(
+                    "event {seq} fails its chain hash: altered, inserted, or the chain was rewritten"
+                ),
+            ));
+        }
+        self.prev = *hash;
+        self.expected += 1;
+        Ok(())
+    }
+
+    /// Checks a checkpoint that claims to cover the last event walked.
+    ///
+    /// # Errors
+    /// A checkpoint for another event, a signature that is not the vault's (forged or
+    /// altered), or a signed hash the chain does not have (the events before were altered).
+    pub(super) fn checkpoint(&self, c: &Checkpoint, what: &str) -> Result<(), Broken> {
+        let (last, hash) = self.last();
+        if !c.valid(&self.public) {
+            return Err((
+                c.seq,
+                format!(
+                    "the signature of the {what} at event {} is not the vault's: forged or altered",
+                    c.seq
+                ),
+            ));
+        }
+        if c.seq > last {
+            return Err((
+                last + 1,
+                format!(
+                    "event {} is missing (removed) before the {what} at event {}, or the {what} was moved",
+                    last + 1,
+                    c.seq
+                ),
+            ));
+        }
+        if c.seq < last {
+            return Err((
+                c.seq,
+                format!(
+                    "the {what} at event {} comes after event {last}: moved or reordered",
+                    c.seq
+                ),
+            ));
+        }
+        if c.head_bytes() != Some(hash) {
+            return Err((
+                c.seq,
+                format!(
+                    "the chain at event {} is not what the {what} signed: the events up to it were altered or rewritten",
+                    c.seq
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the signed head against a walk that has reached the end of the log.
+    ///
+    /// # Errors
+    /// A head signature that is not the vault's, a tail cut off before the head, or a last
+    /// event that is not the one the head signed.
+    pub(super) fn head(&self, h: &Checkpoint) -> Result<(), Broken> {
+        let (last, _) = self.last();
+        if !h.valid(&self.public) {
+            return Err((
+                h.seq,
+                "the head checkpoint's signature is not the vault's: forged or altered".into(),
+            ));
+        }
+        if h.seq > last {
+            return Err((
+                last + 1,
+                format!(
+                    "the log ends at event {last} but the signed head covers event {}: the tail was truncated",
+                    h.seq
+                ),
+            ));
+        }
+        if h.seq == last {
+            return self.checkpoint(h, "head checkpoint");
+        }
+        Ok(())
     }
 }
 
@@ -71,33 +222,33 @@ pub(super) fn verify(
         anchor: 0,
         problem: None,
     };
-    let fail = |mut r: VerifyReport, seq: u64, problem: String| {
+    let fail = |mut r: VerifyReport, (seq, problem): Broken| {
         r.problem = Some((seq, problem));
         Ok(r)
     };
     // The chain value before `from`: genesis, or a checkpoint's head.
-    let (mut expected, mut prev) = (1u64, [0u8; 32]);
+    let mut walk = Walk::new(keys.public, 1, [0u8; 32]);
     if from > 1 {
         match anchor_for(store, keys, from)? {
             Some(c) => {
                 report.anchor = c.seq;
-                expected = c.seq + 1;
                 // `anchor_for` returns only validly signed checkpoints, whose head decodes.
                 let Some(head) = c.head_bytes() else {
                     return fail(
                         report,
-                        c.seq,
-                        "the anchor checkpoint's head is malformed".into(),
+                        (c.seq, "the anchor checkpoint's head is malformed".into()),
                     );
                 };
-                prev = head;
+                walk = Walk::new(keys.public, c.seq + 1, head);
             }
             None if first_stored.is_some_and(|f| f > 1) => {
                 return fail(
                     report,
-                    from,
-                    "no valid checkpoint anchors this range: the start of the log was removed"
-                        .into(),
+                    (
+                        from,
+                        "no valid checkpoint anchors this range: the start of the log was removed"
+                            .into(),
+                    ),
                 );
             }
             None => {}
@@ -109,12 +260,11 @@ pub(super) fn verify(
     {
         return fail(
             report,
-            h.seq,
-            "the head checkpoint's signature is invalid".into(),
+            (h.seq, "the head checkpoint's signature is invalid".into()),
         );
     }
     let end = to.unwrap_or(u64::MAX);
-    let mut cursor = expected.to_be_bytes().to_vec();
+    let mut cursor = walk.last().0.saturating_add(1).to_be_bytes().to_vec();
     'scan: loop {
         let chunk = store.scan_range(Keyspace::Audit, &cursor, None, 4096)?;
         let Some((last_key, _)) = chunk.last() else {
@@ -125,81 +275,65 @@ pub(super) fn verify(
             let Ok(seq_bytes) = <[u8; 8]>::try_from(key.as_slice()) else {
                 return fail(
                     report,
-                    expected,
-                    "a malformed key in the audit keyspace".into(),
+                    (
+                        walk.last().0 + 1,
+                        "a malformed key in the audit keyspace".into(),
+                    ),
                 );
             };
             let seq = u64::from_be_bytes(seq_bytes);
             if seq > end {
                 break 'scan;
             }
+            let expected = walk.last().0 + 1;
             if seq != expected {
                 return fail(
                     report,
-                    expected,
-                    format!(
-                        "event {expected} is missing (removed); the next stored event is {seq}"
+                    (
+                        expected,
+                        format!(
+                            "event {expected} is missing (removed); the next stored event is {seq}"
+                        ),
                     ),
                 );
             }
             let Some((event, mac)) = decode_stored(&value) else {
-                return fail(report, seq, format!("event {seq} is malformed (altered)"));
+                return fail(report, (seq, format!("event {seq} is malformed (altered)")));
             };
             if event.seq != seq {
                 return fail(
                     report,
-                    seq,
-                    format!("event {seq} holds event {}: reordered or moved", event.seq),
-                );
-            }
-            let json = &value[..value.len() - MAC_LEN];
-            if chain_mac(&prev, seq, json) != mac {
-                return fail(
-                    report,
-                    seq,
-                    format!(
-                        "event {seq} fails its chain MAC: altered, inserted, or the chain was rewritten"
+                    (
+                        seq,
+                        format!("event {seq} holds event {}: reordered or moved", event.seq),
                     ),
                 );
+            }
+            if let Err(broken) = walk.event(seq, &value[..value.len() - MAC_LEN], &mac) {
+                return fail(report, broken);
             }
             if seq >= from {
                 report.checked += 1;
                 report.to = seq;
             }
-            prev = mac;
-            expected += 1;
             if let Some(c) = read_checkpoint(store, &checkpoint_key(seq))?
-                && (!c.valid(&keys.public) || c.head_bytes() != Some(mac))
+                && walk.checkpoint(&c, "checkpoint").is_err()
             {
                 return fail(
                     report,
-                    seq,
-                    format!("the checkpoint at event {seq} does not match the chain"),
+                    (
+                        seq,
+                        format!("the checkpoint at event {seq} does not match the chain"),
+                    ),
                 );
             }
         }
     }
-    let last_seq = expected - 1;
     if let Some(h) = head
         && to.is_none_or(|t| t >= h.seq)
+        && let Err(broken) = walk.head(&h)
     {
-        if h.seq > last_seq {
-            return fail(
-                report,
-                last_seq + 1,
-                format!(
-                    "the log ends at event {last_seq} but the last checkpoint covers event {}: the tail was truncated",
-                    h.seq
-                ),
-            );
-        }
-        if h.seq == last_seq && h.head_bytes() != Some(prev) {
-            return fail(
-                report,
-                last_seq,
-                "the last event does not match the head checkpoint".into(),
-            );
-        }
+        return fail(report, broken);
     }
     Ok(report)
 }

@@ -5,7 +5,7 @@ use std::{io::Write, path::PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{Remote, connect, parse_time, status_text, when};
+use super::{Remote, connect, parse_time, read_public_key, status_text, when};
 use crate::api::pb;
 
 /// Filters shared by `list`, `tail` and `export`.
@@ -86,14 +86,34 @@ pub(super) enum AuditCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Verify the chain (exits non-zero on any inconsistency, naming the first bad event).
+    /// Verify the chain (exits non-zero on any inconsistency, naming the first bad event):
+    /// on the server, or offline with `--file EXPORT.jsonl --public-key KEY` (no token, no
+    /// vault).
     Verify {
-        /// First sequence number.
-        #[arg(long)]
+        /// First sequence number (on the server).
+        #[arg(long, conflicts_with = "file")]
         from: Option<u64>,
-        /// Last sequence number.
-        #[arg(long)]
+        /// Last sequence number (on the server).
+        #[arg(long, conflicts_with = "file")]
         to: Option<u64>,
+        /// An export (`audit export --out`) to verify offline instead of the server's log.
+        #[arg(long, requires = "public_key")]
+        file: Option<PathBuf>,
+        /// The vault's public key (PEM, from `strongroom keys public`).
+        #[arg(long, requires = "file")]
+        public_key: Option<PathBuf>,
+        /// A head pinned earlier (`audit head`): the export must contain event SEQ with this
+        /// hash, so a truncated or rolled-back log is caught.
+        #[arg(long, value_name = "SEQ:HASH", requires = "file")]
+        expect_head: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The signed head of the log as SEQ:HASH, for pinning (`verify --expect-head`).
+    Head {
+        /// Check the head's signature with this public key (PEM) before printing it.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -210,7 +230,55 @@ pub(super) async fn audit(command: AuditCommand) -> Result<(), String> {
                 print_event(&e, remote.json);
             }
         }
-        AuditCommand::Verify { from, to, remote } => {
+        AuditCommand::Verify {
+            file: Some(file),
+            public_key,
+            expect_head,
+            remote,
+            ..
+        } => {
+            let public_key = public_key.ok_or_else(|| "--file needs --public-key".to_owned())?;
+            verify_file(&file, &public_key, expect_head.as_deref(), remote.json)?;
+        }
+        AuditCommand::Head { public_key, remote } => {
+            let mut c = connect(&remote).await?;
+            let h = c
+                .audit
+                .get_head(pb::GetHeadRequest {})
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if let Some(path) = public_key {
+                let public = read_public_key(&path)?;
+                let checkpoint = crate::audit::Checkpoint {
+                    seq: h.seq,
+                    head: h.hash.clone(),
+                    time_ms: h.time_unix_ms,
+                    signature: h.signature.clone(),
+                };
+                if !checkpoint.valid(&public) {
+                    return Err(format!(
+                        "the head's signature does not verify with the public key in {}",
+                        path.display()
+                    ));
+                }
+            }
+            if remote.json {
+                println!(
+                    "{}",
+                    json!({"seq": h.seq, "hash": h.hash, "time_ms": h.time_unix_ms, "signature": h.signature, "pin": format!("{}:{}", h.seq, h.hash)})
+                );
+            } else {
+                println!("{}:{}", h.seq, h.hash);
+            }
+        }
+        AuditCommand::Verify {
+            from,
+            to,
+            remote,
+            file: None,
+            ..
+        } => {
             let mut c = connect(&remote).await?;
             let r = c
                 .audit
@@ -264,7 +332,11 @@ pub(super) async fn audit(command: AuditCommand) -> Result<(), String> {
                 .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
             let mut lines = 0usize;
             while let Some(chunk) = stream.message().await.map_err(|s| status_text(&s))? {
-                lines += chunk.jsonl.lines().count();
+                lines += chunk
+                    .jsonl
+                    .lines()
+                    .filter(|l| l.starts_with("{\"type\":\"event\""))
+                    .count();
                 file.write_all(chunk.jsonl.as_bytes())
                     .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             }
@@ -279,6 +351,69 @@ pub(super) async fn audit(command: AuditCommand) -> Result<(), String> {
                 println!("exported {lines} events to {}", out.display());
             }
         }
+    }
+    Ok(())
+}
+
+/// `audit verify --file`: the export checked offline with the public key alone.
+fn verify_file(
+    file: &std::path::Path,
+    public_key: &std::path::Path,
+    expect_head: Option<&str>,
+    as_json: bool,
+) -> Result<(), String> {
+    let public = read_public_key(public_key)?;
+    let pinned = expect_head
+        .map(str::parse::<crate::audit::PinnedHead>)
+        .transpose()
+        .map_err(|e| format!("--expect-head: {e}"))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let r = crate::audit::verify_export(&text, &public, pinned)
+        .map_err(|e| format!("export {} rejected: {e}", file.display()))?;
+    let end = r.signed_end.as_ref();
+    if as_json {
+        println!(
+            "{}",
+            json!({"ok": true, "first": r.first, "last": r.last, "events": r.events,
+                   "checkpoints": r.checkpoints, "from_genesis": r.from_genesis,
+                   "ends_at_head": r.ends_at_head,
+                   "head": end.map(|c| format!("{}:{}", c.seq, c.head)),
+                   "signed_at_ms": end.map(|c| c.time_ms),
+                   "pinned_head_found": pinned.is_some()})
+        );
+        return Ok(());
+    }
+    if r.events == 0 {
+        println!("ok: the export holds no events");
+        return Ok(());
+    }
+    let start = if r.from_genesis {
+        "from the start of the log".to_owned()
+    } else {
+        format!(
+            "starting at event {} (earlier events are not in this export)",
+            r.first
+        )
+    };
+    println!(
+        "ok: events {}..={} verified ({} events, {start}; {} signed checkpoints inside)",
+        r.first, r.last, r.events, r.checkpoints
+    );
+    if let Some(c) = end {
+        let what = if r.ends_at_head {
+            "the vault's signed head at export time"
+        } else {
+            "a signed checkpoint (the export stops before the head)"
+        };
+        println!(
+            "the last event is covered by {what}, signed {}",
+            when(c.time_ms)
+        );
+        println!("head: {}:{}", c.seq, c.head);
+    }
+    if let Some(p) = pinned {
+        println!("the pinned head {p} is in the export, unchanged");
     }
     Ok(())
 }

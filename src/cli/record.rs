@@ -55,6 +55,10 @@ pub(super) enum RecordCommand {
         /// Return once the data key is destroyed; the purge from live files follows.
         #[arg(long)]
         no_wait: bool,
+        /// Write the signed shred receipt to this file (check it with `strongroom receipt
+        /// verify FILE --public-key KEY`).
+        #[arg(long)]
+        receipt_out: Option<std::path::PathBuf>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -182,6 +186,7 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
         RecordCommand::Delete {
             id,
             no_wait,
+            receipt_out,
             remote,
         } => {
             let mut client = connect(&remote).await?;
@@ -195,10 +200,31 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
                 .map_err(|s| status_text(&s))?
                 .into_inner();
             let r = reply.receipt.unwrap_or_default();
+            if let Some(path) = &receipt_out {
+                if r.signature.is_empty() {
+                    return Err(format!(
+                        "record {} was shredded, but the vault could not sign its receipt (see \
+                         the server log); no receipt written to {}",
+                        r.id,
+                        path.display()
+                    ));
+                }
+                let signed = crate::vault::receipt::SignedReceipt {
+                    document: r.signed_document.clone(),
+                    signature: r.signature.clone(),
+                };
+                std::fs::write(path, signed.file_text()).map_err(|e| {
+                    format!(
+                        "record {} was shredded, but its receipt could not be written to {}: {e}",
+                        r.id,
+                        path.display()
+                    )
+                })?;
+            }
             if remote.json {
                 println!(
                     "{}",
-                    json!({"id": r.id, "collection": r.collection, "shredded_at_unix_ms": r.shredded_at_unix_ms, "data_key_destroyed": r.data_key_destroyed, "fields_destroyed": r.fields_destroyed, "purged_at_unix_ms": r.purged_at_unix_ms, "purge_pending": r.purge_pending})
+                    json!({"id": r.id, "collection": r.collection, "shredded_at_unix_ms": r.shredded_at_unix_ms, "data_key_destroyed": r.data_key_destroyed, "fields_destroyed": r.fields_destroyed, "purged_at_unix_ms": r.purged_at_unix_ms, "purge_pending": r.purge_pending, "unrecoverable_after_unix_ms": r.unrecoverable_after_unix_ms, "receipt_out": receipt_out.as_ref().map(|p| p.display().to_string())})
                 );
             } else {
                 let purge = if r.purge_pending {
@@ -213,6 +239,15 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
                     "shredded record {} ({}): data key destroyed, {} field ciphertexts deleted, {purge}",
                     r.id, r.collection, r.fields_destroyed
                 );
+                if r.unrecoverable_after_unix_ms > 0 {
+                    println!(
+                        "unrecoverable from any backup after {} (the end of the current key epoch)",
+                        super::when(r.unrecoverable_after_unix_ms)
+                    );
+                }
+                if let Some(path) = &receipt_out {
+                    println!("signed receipt written to {}", path.display());
+                }
             }
         }
     }
