@@ -443,9 +443,7 @@ impl Drop for Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        storage::{KeyValue, MemoryStore},
-    };
+    use crate::storage::{KeyValue, MemoryStore};
     use std::sync::{Condvar, Mutex};
 
     /// A store whose writes wait until the gate opens: a stalled disk.

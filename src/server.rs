@@ -26,7 +26,7 @@ use crate::{
     domain::{Principal, Role, Schema, Subject},
     files,
     storage::{self, Batch, Store},
-    vault::{ADMIN_ROLE, Vault, governance::Governance, now_ms, tokens::TokenRegistry},
+    vault::{ADMIN_ROLE, Keys, Vault, governance::Governance, now_ms, tokens::TokenRegistry},
 };
 
 /// How long refused unauthenticated calls are counted before their events are written.
@@ -271,13 +271,15 @@ pub async fn start_with_stores(
     let policy = governance.engine();
     let mut vault = Vault::new(
         Arc::clone(&store),
-        key_store,
-        provider,
+        Keys {
+            store: key_store,
+            provider,
+            rotation: config.rotation,
+        },
         Arc::clone(&audit),
         schema,
         Arc::clone(&policy),
         config.limits,
-        config.rotation,
     );
     vault.reconcile().await.map_err(|e| fail(&e))?;
     if config.danger_disable_read_audit {

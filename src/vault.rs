@@ -202,20 +202,46 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// The vault's keys: the key store (a store of its own, apart from the data), the provider
+/// that wraps what it holds, and how rotation runs.
+pub struct Keys {
+    /// The key store.
+    pub store: Arc<dyn Store>,
+    /// The key provider.
+    pub provider: Arc<dyn KeyProvider>,
+    /// Rotation settings.
+    pub rotation: rotation::RotationOptions,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("provider", &self.provider)
+            .field("rotation", &self.rotation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Vault {
-    /// A vault over its parts: the data store, the key store (a store of its own, apart from
-    /// the data) and the key provider that wraps its keys.
+    /// A vault over its parts: the data store, its keys, the audit log, schema and policy.
     pub fn new(
         store: Arc<dyn Store>,
-        key_store: Arc<dyn Store>,
-        provider: Arc<dyn KeyProvider>,
+        keys: Keys,
         audit: Arc<Audit>,
         schema: Arc<Schema>,
         policy: Arc<PolicyEngine>,
         limits: Limits,
-        rotation: rotation::RotationOptions,
     ) -> Self {
-        let purger = Purger::start(Arc::clone(&store), Arc::clone(&key_store), Arc::clone(&audit));
+        let Keys {
+            store: key_store,
+            provider,
+            rotation,
+        } = keys;
+        let purger = Purger::start(
+            Arc::clone(&store),
+            Arc::clone(&key_store),
+            Arc::clone(&audit),
+        );
         let keys = Arc::new(KeyStore::new(key_store, provider));
         let rotator = rotation::Rotator::start(Arc::clone(&keys), Arc::clone(&audit), rotation);
         Self {

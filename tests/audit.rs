@@ -736,7 +736,8 @@ async fn a_follower_sees_later_calls_live_in_order() {
 async fn pruning_keeps_the_log_verifiable_from_its_anchor() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
-    let keys: Arc<dyn KeyProvider> = Arc::new(Keyring::open_file(dir.path().join("keyring")).unwrap());
+    let keys: Arc<dyn KeyProvider> =
+        Arc::new(Keyring::open_file(dir.path().join("keyring")).unwrap());
     let audit = Audit::open(
         Arc::clone(&store),
         keys,

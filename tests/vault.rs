@@ -568,7 +568,10 @@ async fn shredding_removes_the_key_and_ciphertexts_from_every_live_file() {
     }
     for needle in [&wrapped[..], &wrapped[wrapped.len() - 40..]] {
         let hits = files_containing(&vault.keys_dir(), needle);
-        assert!(hits.is_empty(), "the shredded wrapped key found in {hits:?}");
+        assert!(
+            hits.is_empty(),
+            "the shredded wrapped key found in {hits:?}"
+        );
     }
     vault.restart().await;
     let mut admin = vault.admin().await;

@@ -273,11 +273,8 @@ mod tests {
                 again.extend_from_slice(&mac);
                 prop_assert_eq!(&again, &input.bytes);
                 // Only an unaltered event carries a MAC that chains.
-                let chains = chain_mac(
-                    &[7; 32],
-                    event.seq,
-                    &input.bytes[..again.len() - MAC_LEN],
-                ) == mac;
+                let chains =
+                    chain_mac(&[7; 32], event.seq, &input.bytes[..again.len() - MAC_LEN]) == mac;
                 prop_assert_eq!(chains, input.unaltered());
             }
             Ok(())

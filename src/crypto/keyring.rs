@@ -223,12 +223,7 @@ impl Keyring {
         }
         let bytes = match &self.file_key {
             None => Zeroizing::new(text.as_bytes().to_vec()),
-            Some(key) => Zeroizing::new(seal_with(
-                key,
-                FILE_SEALED_V1,
-                text.as_bytes(),
-                FILE_AAD,
-            )),
+            Some(key) => Zeroizing::new(seal_with(key, FILE_SEALED_V1, text.as_bytes(), FILE_AAD)),
         };
         let tmp = self.path.with_extension("new");
         match fs::remove_file(&tmp) {
@@ -261,7 +256,10 @@ impl Keyring {
     }
 
     /// Applies `change` to a copy of the keyring, writes it, and only then makes it live.
-    fn change(&self, change: impl FnOnce(&mut State) -> Result<(), KeyError>) -> Result<(), KeyError> {
+    fn change(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<(), KeyError>,
+    ) -> Result<(), KeyError> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = {
             let now = self.read();
@@ -310,12 +308,13 @@ fn parse(text: &str) -> Result<State, String> {
                 signing = Some(SigningKey::from_bytes(&*key_bytes(key, line_no)?));
             }
             ["epoch", id, key] => {
-                let id = id
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|&i| i > 0)
-                    .ok_or_else(|| format!("line {line_no}: the epoch must be a positive integer"))?;
-                if epochs.insert(EpochId(id), key_bytes(key, line_no)?).is_some() {
+                let id = id.parse::<u32>().ok().filter(|&i| i > 0).ok_or_else(|| {
+                    format!("line {line_no}: the epoch must be a positive integer")
+                })?;
+                if epochs
+                    .insert(EpochId(id), key_bytes(key, line_no)?)
+                    .is_some()
+                {
                     return Err(format!("line {line_no}: epoch {id} appears twice"));
                 }
             }
@@ -355,7 +354,10 @@ impl KeyProvider for Keyring {
 
     fn seal(&self, epoch: EpochId, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
         let state = self.read();
-        let key = state.epochs.get(&epoch).ok_or(KeyError::UnknownEpoch(epoch))?;
+        let key = state
+            .epochs
+            .get(&epoch)
+            .ok_or(KeyError::UnknownEpoch(epoch))?;
         Ok(seal_with(key, SEALED_V1, plaintext, aad))
     }
 
@@ -366,7 +368,10 @@ impl KeyProvider for Keyring {
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let state = self.read();
-        let key = state.epochs.get(&epoch).ok_or(KeyError::UnknownEpoch(epoch))?;
+        let key = state
+            .epochs
+            .get(&epoch)
+            .ok_or(KeyError::UnknownEpoch(epoch))?;
         open_with(key, SEALED_V1, sealed, aad).map_err(|_| KeyError::Decrypt)
     }
 
@@ -443,10 +448,16 @@ mod tests {
         assert_eq!(again.epochs(), vec![EpochId(1), EpochId(2)]);
         assert_eq!(again.public_key(), first.public_key());
         assert_eq!(
-            again.open(EpochId(1), &sealed, b"ctx").map(|v| v.to_vec()).ok(),
+            again
+                .open(EpochId(1), &sealed, b"ctx")
+                .map(|v| v.to_vec())
+                .ok(),
             Some(b"dek".to_vec())
         );
-        assert_eq!(again.open(EpochId(1), &sealed, b"other").err(), Some(KeyError::Decrypt));
+        assert_eq!(
+            again.open(EpochId(1), &sealed, b"other").err(),
+            Some(KeyError::Decrypt)
+        );
         // Epoch 1's key bytes, as the file held them before the destruction.
         let old_text = fs::read_to_string(&path).unwrap_or_default();
         let epoch1_line = old_text
@@ -455,7 +466,9 @@ mod tests {
             .unwrap_or_default()
             .to_owned();
         assert!(again.destroy_epoch(EpochId(2)).is_err(), "current epoch");
-        again.destroy_epoch(EpochId(1)).unwrap_or_else(|e| panic!("{e}"));
+        again
+            .destroy_epoch(EpochId(1))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             again.open(EpochId(1), &sealed, b"ctx").err(),
             Some(KeyError::UnknownEpoch(EpochId(1)))
@@ -516,6 +529,9 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("does not open"), "{err}");
         let err = env_key("VAR", "short").err().unwrap_or_default();
-        assert!(err.contains("64 hex digits") && !err.contains("short"), "{err}");
+        assert!(
+            err.contains("64 hex digits") && !err.contains("short"),
+            "{err}"
+        );
     }
 }

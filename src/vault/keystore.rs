@@ -146,7 +146,12 @@ impl KeyStore {
 
     /// Wraps `dek` under the current epoch and stores it for `id` at `ctx.record_version`,
     /// synced.
-    pub(crate) async fn put(&self, id: &RecordId, ctx: &DekContext<'_>, dek: &Dek) -> Result<(), Error> {
+    pub(crate) async fn put(
+        &self,
+        id: &RecordId,
+        ctx: &DekContext<'_>,
+        dek: &Dek,
+    ) -> Result<(), Error> {
         loop {
             let epoch = self.keys.current();
             let wrapped = crypto::wrap_dek(self.keys.as_ref(), epoch, dek, ctx)
@@ -212,7 +217,10 @@ impl KeyStore {
         if self.initialized()? {
             return Ok(());
         }
-        self.set_meta(INITIALIZED_KEY, Some(crate::vault::now_ms().to_be_bytes().to_vec()))
+        self.set_meta(
+            INITIALIZED_KEY,
+            Some(crate::vault::now_ms().to_be_bytes().to_vec()),
+        )
     }
 
     /// Whether the store holds a key of any version for `id`.
@@ -225,7 +233,12 @@ impl KeyStore {
     }
 
     /// Deletes `id`'s keys of versions `from..` (all of them with `from` 0), synced.
-    pub(crate) async fn delete(&self, id: &RecordId, from: u64, to: Option<u64>) -> Result<(), Error> {
+    pub(crate) async fn delete(
+        &self,
+        id: &RecordId,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<(), Error> {
         let start = entry_key(id, from);
         let end = match to {
             Some(to) => entry_key(id, to),

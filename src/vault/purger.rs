@@ -133,7 +133,9 @@ fn purge_now(
             .map_err(|e| e.to_string())?;
     }
     for id in ids {
-        let header = store.get(Keyspace::Headers, id).map_err(|e| e.to_string())?;
+        let header = store
+            .get(Keyspace::Headers, id)
+            .map_err(|e| e.to_string())?;
         let fields = store
             .scan_prefix(Keyspace::Records, id)
             .map_err(|e| e.to_string())?;

@@ -119,7 +119,11 @@ impl Vault {
         }
         self.audit.commit(batch, events).await?;
         for (id, header) in records {
-            if let Err(e) = self.purger.purge(*id, header.collection.clone(), false).await {
+            if let Err(e) = self
+                .purger
+                .purge(*id, header.collection.clone(), false)
+                .await
+            {
                 tracing::warn!(record = %id, error = %e, "purge queued for the next start");
             }
         }

@@ -106,7 +106,11 @@ fn provider_error(e: &crate::crypto::KeyError) -> Error {
 }
 
 impl Rotator {
-    pub(super) fn start(keys: Arc<KeyStore>, audit: Arc<Audit>, options: RotationOptions) -> Arc<Self> {
+    pub(super) fn start(
+        keys: Arc<KeyStore>,
+        audit: Arc<Audit>,
+        options: RotationOptions,
+    ) -> Arc<Self> {
         let (stop, _) = watch::channel(false);
         let rotator = Arc::new(Self {
             keys,
@@ -124,7 +128,11 @@ impl Rotator {
 
     pub(super) async fn stop(&self) {
         let _ = self.stop.send(true);
-        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = task
             && let Err(e) = task.await
         {
@@ -198,7 +206,11 @@ impl Rotator {
                 ..Event::default()
             },
         };
-        let why = if by.is_some() { "requested" } else { "shred horizon reached" };
+        let why = if by.is_some() {
+            "requested"
+        } else {
+            "shred horizon reached"
+        };
         let event = Event {
             result: "OK".into(),
             detail: format!(
@@ -279,9 +291,10 @@ impl Rotator {
                 }
                 None => {
                     let keys = Arc::clone(&self.keys);
-                    let destroyed = tokio::task::spawn_blocking(move || keys.destroy_older_epochs())
-                        .await
-                        .map_err(|e| Error::Internal(format!("rotation task failed: {e}")))??;
+                    let destroyed =
+                        tokio::task::spawn_blocking(move || keys.destroy_older_epochs())
+                            .await
+                            .map_err(|e| Error::Internal(format!("rotation task failed: {e}")))??;
                     let Some(destroyed) = destroyed else {
                         // Keys stored under an older epoch while the pass ran: one more pass.
                         cursor.clear();
@@ -299,7 +312,12 @@ impl Rotator {
         }
     }
 
-    async fn finished(&self, destroyed: &[EpochId], moved: u64, took: Duration) -> Result<(), Error> {
+    async fn finished(
+        &self,
+        destroyed: &[EpochId],
+        moved: u64,
+        took: Duration,
+    ) -> Result<(), Error> {
         let times = self.keys.epoch_times(now_ms())?;
         let current = self.keys.provider().current();
         let until = times.get(&current).copied().unwrap_or_else(now_ms);

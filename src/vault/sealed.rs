@@ -77,7 +77,11 @@ impl Vault {
 
     /// The record's data key at the loaded version; `None` if the key store holds none (the
     /// record was shredded, or updated since its header was read).
-    pub(super) fn data_key(&self, id: &RecordId, loaded: &Loaded<'_>) -> Result<Option<Dek>, Error> {
+    pub(super) fn data_key(
+        &self,
+        id: &RecordId,
+        loaded: &Loaded<'_>,
+    ) -> Result<Option<Dek>, Error> {
         self.keys.get(id, &dek_context(id, &loaded.header))
     }
 
@@ -152,9 +156,7 @@ impl Vault {
             manifest,
             collection: name.to_owned(),
         };
-        self.keys
-            .put(id, &dek_context(id, &header), dek)
-            .await?;
+        self.keys.put(id, &dek_context(id, &header), dek).await?;
         for (&i, value) in values {
             let field = collection.fields()[i].0.as_str();
             let ctx = FieldContext {

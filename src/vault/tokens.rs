@@ -462,11 +462,7 @@ impl TokenRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        audit::AuditOptions,
-        domain::Schema,
-        storage::MemoryStore,
-    };
+    use crate::{audit::AuditOptions, domain::Schema, storage::MemoryStore};
 
     fn audit(store: &Arc<dyn Store>) -> Audit {
         Audit::open(

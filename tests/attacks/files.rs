@@ -177,7 +177,10 @@ async fn every_dir_and_file_the_vault_creates_is_private_and_the_key_is_not_in_t
 
     let keys = tmp.path().join("strongroom-keys");
     let key_file = keys.join("keyring");
-    assert!(key_file.is_file(), "the keyring is in the keys dir by default");
+    assert!(
+        key_file.is_file(),
+        "the keyring is in the keys dir by default"
+    );
     let (mut dirs, mut files) = (0, 0);
     for root in [&data, &keys] {
         for dir in dirs_under(root) {
@@ -209,7 +212,10 @@ async fn every_dir_and_file_the_vault_creates_is_private_and_the_key_is_not_in_t
     assert_eq!(wrapped.len(), 1, "one record, one wrapped key");
     for w in &wrapped {
         hits += support::files_containing(&data, w).len();
-        assert!(!support::files_containing(&keys, w).is_empty(), "the scan finds it where it is");
+        assert!(
+            !support::files_containing(&keys, w).is_empty(),
+            "the scan finds it where it is"
+        );
     }
     assert_eq!(hits, 0);
     eprintln!(

@@ -64,7 +64,8 @@ impl Vault {
         let store = Arc::new(RocksStore::open(&data.join("db")).unwrap());
         let config = Config::with(&data, "127.0.0.1:0", &policies_dir()).unwrap();
         std::fs::create_dir_all(&config.keys_dir).unwrap();
-        let keys = Arc::new(RocksStore::open(&config.keys_dir.join(server::KEY_STORE_DIR)).unwrap());
+        let keys =
+            Arc::new(RocksStore::open(&config.keys_dir.join(server::KEY_STORE_DIR)).unwrap());
         let mut running = server::start_with_stores(config, store.clone(), keys.clone())
             .await
             .unwrap();
