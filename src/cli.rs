@@ -69,8 +69,8 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start the vault (creates the data dir, the keys dir with the master key, and the first
-    /// admin token if missing).
+    /// Start the vault (creates the data dir, the keys dir with the keyring and key store, and
+    /// the first admin token if missing).
     Serve(ServeArgs),
     /// Issue bearer tokens (needs an admin token).
     Token {
@@ -122,8 +122,8 @@ struct ServeArgs {
     /// Data directory [default: ./strongroom-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Keys directory, for the master key; never inside the data dir [default: next to the
-    /// data dir, ./strongroom-keys for ./strongroom-data].
+    /// Keys directory, for the keyring and the key store of wrapped data keys; never inside the
+    /// data dir [default: next to the data dir, ./strongroom-keys for ./strongroom-data].
     #[arg(long)]
     keys_dir: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7700].

@@ -1,5 +1,6 @@
-//! The composition root: opens the store, loads the master key, the schema, the policy and the
-//! tokens, and serves the gRPC services (with health and reflection) until shut down.
+//! The composition root: opens the data store and the key store, loads the key provider, the
+//! schema, the policy and the tokens, reconciles the two stores, and serves the gRPC services
+//! (with health and reflection) until shut down.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -175,7 +176,7 @@ fn open_provider(config: &Config) -> Result<(Arc<dyn KeyProvider>, String), Serv
 /// Opens everything and starts serving on `config.listen`.
 ///
 /// # Errors
-/// `ServerError` with an operator-facing message: unreadable policies, a bad master key file,
+/// `ServerError` with an operator-facing message: unreadable policies, a bad keyring or key store,
 /// a store that cannot open, an address that cannot be bound.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
@@ -281,7 +282,11 @@ pub async fn start_with_stores(
         Arc::clone(&policy),
         config.limits,
     );
-    vault.reconcile().await.map_err(|e| fail(&e))?;
+    if let Err(e) = vault.reconcile().await {
+        // Its background tasks hold the stores: stop them, so the stores close with the error.
+        vault.stop().await;
+        return Err(fail(&e));
+    }
     if config.danger_disable_read_audit {
         let warning = "DANGER: read auditing is OFF (--danger-disable-read-audit): reads are \
                        not recorded in the audit log; this vault is for benchmarks only and \

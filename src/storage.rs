@@ -23,7 +23,7 @@ pub enum Keyspace {
     Headers,
     /// Blind-index entries for lookups.
     Index,
-    /// Tokens, policy versions, KEK registry.
+    /// Tokens, policy versions, audit checkpoints (in the key store: epoch times, rotation).
     Meta,
     /// Field ciphertexts, keyed `record id | field name`.
     Records,

@@ -241,8 +241,8 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
     assert!(
         text.contains(&format!(
             "Record {id} of collection customers was erased from the live store at "
-        )) && text.contains("It is unrecoverable from any backup after ")
-            && text.contains(", the end of key epoch 1."),
+        )) && text.contains("It is unrecoverable from any backup after key epoch 1 ends: ")
+            && text.contains("the epoch is destroyed when the rotation completes"),
         "{text}"
     );
     let original = std::fs::read(&receipt).unwrap();

@@ -64,9 +64,9 @@ impl State {
             && !head.valid(&keys.public)
         {
             return Err(AuditError(
-                "the audit log's last checkpoint does not verify under this master key: the key \
-                 is not the one this vault was created with (or the checkpoint was altered); \
-                 refusing to start"
+                "the audit log's last checkpoint does not verify under this vault's signing key: \
+                 the keys are not the ones this vault was created with (or the checkpoint was \
+                 altered); refusing to start"
                     .into(),
             ));
         }

@@ -15,9 +15,9 @@
 //! bytes as they stand in the file. Times are ms since the Unix epoch; `signing_key` is the
 //! public key's fingerprint (first 8 bytes of its SHA-256, hex). The statement says exactly:
 //! erased from the live store at T1 (the purge from live files; until it ran, deleted at the
-//! shred time and the purge pending); unrecoverable from any backup after T2, the end of the
-//! current key epoch (when the rotation that the shred horizon starts destroys it). Nothing
-//! more. A verifier rejects any file that differs from this form in a single byte.
+//! shred time and the purge pending); unrecoverable from any backup after the current key
+//! epoch ends, its rotation scheduled by the shred horizon for T2 and the epoch destroyed when
+//! that rotation completes (a `Keys/DestroyEpoch` audit event records when). Nothing more. A verifier rejects any file that differs from this form in a single byte.
 //!
 //! Depends on `crypto` (signing through the provider) only.
 
@@ -99,9 +99,11 @@ pub fn statement(doc: &ReceiptDocument) -> String {
     };
     let backups = match doc.unrecoverable_after_ms {
         Some(t2) => format!(
-            "It is unrecoverable from any backup after {}, the end of key epoch {}.",
-            utc(t2),
-            doc.key_epoch
+            "It is unrecoverable from any backup after key epoch {} ends: its rotation is \
+             scheduled for {}, and the epoch is destroyed when the rotation completes (a \
+             Keys/DestroyEpoch audit event records when).",
+            doc.key_epoch,
+            utc(t2)
         ),
         None => format!(
             "It is unrecoverable from any backup once key epoch {} ends.",
@@ -266,8 +268,10 @@ mod tests {
             doc.statement,
             format!(
                 "Record {} of collection customers was erased from the live store at \
-                 2023-11-14T22:13:20.5Z. It is unrecoverable from any backup after \
-                 2023-11-15T22:13:20Z, the end of key epoch 1.",
+                 2023-11-14T22:13:20.5Z. It is unrecoverable from any backup after key epoch \
+                 1 ends: its rotation is scheduled for 2023-11-15T22:13:20Z, and the epoch is \
+                 destroyed when the rotation completes (a Keys/DestroyEpoch audit event records \
+                 when).",
                 r.id
             )
         );

@@ -127,7 +127,9 @@ impl Rotator {
     }
 
     pub(super) async fn stop(&self) {
-        let _ = self.stop.send(true);
+        // `send_replace`, not `send`: the task may not have subscribed yet (a start that
+        // fails at once), and the value must be there when it does.
+        self.stop.send_replace(true);
         let task = self
             .task
             .lock()
@@ -188,6 +190,17 @@ impl Rotator {
         let provider = Arc::clone(self.keys.provider());
         if provider.epochs().len() > 1 {
             self.wake.notify_one();
+            if let Some((principal, call)) = by {
+                let event = Event {
+                    result: "OK".into(),
+                    detail: format!(
+                        "a rotation to epoch {} is already in progress: nothing started",
+                        provider.current()
+                    ),
+                    ..call.event(principal)
+                };
+                self.audit.commit(Batch::new(), vec![event]).await?;
+            }
             return Ok(());
         }
         let from = provider.current();

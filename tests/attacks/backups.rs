@@ -1,0 +1,306 @@
+//! Shredding holds against backups (issue 9), tried as an operator restoring one would: stop
+//! the vault, copy its dirs, start, shred, (rotate,) stop, put the copies back, start, read.
+//!
+//! - A copy of the data dir restored next to the live keys brings back every other record, and
+//!   not the shredded one (its data key is gone from the key store): NOT_FOUND, and the
+//!   restored ciphertexts are purged again.
+//! - Once the epoch that wrapped the shredded record's key is destroyed, an old copy of the key
+//!   store (with the data dir of the same time) yields nothing either.
+
+use std::{path::Path, time::Duration};
+
+use strongroom::{api::pb, client::Client, config::Config, server};
+use tonic::Code;
+
+use crate::support::{
+    self, Vault, assert_code, create, customer, field, files_containing, get, policies_dir,
+    value_of,
+};
+
+/// `cp -a`: modes and owners kept, as an operator's backup tool would.
+fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// Replaces `live` with a copy of `backup`.
+fn restore(backup: &Path, live: &Path) {
+    std::fs::remove_dir_all(live).unwrap();
+    copy_dir(backup, live);
+}
+
+/// A customer whose notes carry a canary that only this record holds.
+fn canary_customer(tag: &str) -> (Vec<pb::Field>, String) {
+    let notes = format!("zq{tag}canaryzq");
+    let mut fields = customer(tag);
+    fields.retain(|f| f.name != "notes");
+    fields.push(field("notes", &notes));
+    (fields, notes)
+}
+
+async fn shred(admin: &mut Client, id: &str) -> pb::ShredReceipt {
+    admin
+        .records
+        .delete_record(pb::DeleteRecordRequest {
+            id: id.into(),
+            wait_for_purge: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap()
+}
+
+/// Events of `method` about `record`.
+async fn events(admin: &mut Client, method: &str, record: &str) -> Vec<pb::AuditEvent> {
+    admin
+        .audit
+        .query_events(pb::QueryEventsRequest {
+            filter: Some(pb::EventFilter {
+                method: method.into(),
+                record_id: record.into(),
+                ..pb::EventFilter::default()
+            }),
+            page_size: 1000,
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+/// Starts a rotation and waits until it completed (the older epochs destroyed).
+async fn rotate(admin: &mut Client) -> pb::KeyStatus {
+    admin
+        .keys
+        .rotate_keys(pb::RotateKeysRequest {})
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        let status = admin
+            .keys
+            .get_key_status(pb::GetKeyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if !status.rotating {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the rotation did not end in 30 s");
+}
+
+/// Starts a vault over the vault's dirs, returning the error text if it refuses.
+async fn try_start(vault: &Vault) -> Result<server::Running, String> {
+    let config = Config::with(&vault.data_dir(), "127.0.0.1:0", &policies_dir()).unwrap();
+    server::start(config).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_restored_data_dir_brings_back_every_record_but_the_shredded_one() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let mut records = Vec::new();
+    for i in 0..5 {
+        let (fields, notes) = canary_customer(&format!("r{}", char::from(b'a' + i)));
+        records.push((create(&mut admin, fields).await, notes));
+    }
+    let (doomed, doomed_notes) = records.remove(2);
+    let (_, doomed_ciphertexts) = vault
+        .with_store(|store| support::stored(store, &doomed))
+        .await;
+    // The operator's backup of the data dir, taken while the vault is stopped.
+    vault.stop().await;
+    let backups = tempfile::tempdir().unwrap();
+    let data_backup = backups.path().join("data");
+    copy_dir(&vault.data_dir(), &data_backup);
+    vault.restart().await;
+
+    let mut admin = vault.admin().await;
+    let receipt = shred(&mut admin, &doomed).await;
+    assert!(receipt.unrecoverable_after_unix_ms > receipt.shredded_at_unix_ms);
+    vault.stop().await;
+    restore(&data_backup, &vault.data_dir());
+    // The scan can see the restored ciphertexts before the vault starts over them.
+    let ct = &doomed_ciphertexts[0].1;
+    let needle = &ct[ct.len() - 32..];
+    assert!(!files_containing(&vault.data_dir(), needle).is_empty());
+    vault.restart().await;
+
+    let mut admin = vault.admin().await;
+    for (id, notes) in &records {
+        let resp = get(&mut admin, id, "support").await.unwrap();
+        assert_eq!(
+            value_of(&resp, "notes"),
+            Some((notes.as_str(), pb::Disclosure::Plain)),
+            "every other record is back, whole"
+        );
+    }
+    let shredded = assert_code(get(&mut admin, &doomed, "support").await, Code::NotFound);
+    let never = assert_code(
+        get(&mut admin, "0123456789abcdef0123456789abcdef", "support").await,
+        Code::NotFound,
+    );
+    assert_eq!(shredded.message(), never.message());
+    assert_eq!(
+        events(&mut admin, "Records/Reconcile", &doomed).await.len(),
+        1
+    );
+    // The start found the shredded record's data and shredded it again: its purge ran.
+    let mut purged = false;
+    for _ in 0..200 {
+        if !events(&mut admin, "Records/Purge", &doomed)
+            .await
+            .is_empty()
+        {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(purged, "the restored ciphertexts were purged");
+    drop(admin);
+    vault.stop().await;
+    for (_, ct) in &doomed_ciphertexts {
+        let hits = files_containing(&vault.data_dir(), &ct[ct.len() - 32..]);
+        assert!(hits.is_empty(), "restored ciphertext still in {hits:?}");
+    }
+    for dir in [vault.data_dir(), vault.keys_dir()] {
+        assert!(files_containing(&dir, doomed_notes.as_bytes()).is_empty());
+    }
+    eprintln!(
+        "backups: data dir restored next to the live keys: {} records back, the shredded one \
+         NOT_FOUND and its {} restored ciphertexts purged",
+        records.len(),
+        doomed_ciphertexts.len()
+    );
+}
+
+#[tokio::test]
+async fn once_its_epoch_is_destroyed_no_old_key_store_copy_yields_a_shredded_record() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let mut records = Vec::new();
+    for i in 0..4 {
+        let (fields, notes) = canary_customer(&format!("k{}", char::from(b'a' + i)));
+        records.push((create(&mut admin, fields).await, notes));
+    }
+    let (doomed, _) = records.remove(0);
+    // A backup of every part the operator may copy: the data dir and the key store.
+    vault.stop().await;
+    let backups = tempfile::tempdir().unwrap();
+    let (data_backup, store_backup) = (backups.path().join("data"), backups.path().join("ks"));
+    copy_dir(&vault.data_dir(), &data_backup);
+    copy_dir(&vault.keys_dir().join("keystore"), &store_backup);
+    let keyring_before = std::fs::read_to_string(vault.keys_dir().join("keyring")).unwrap();
+    vault.restart().await;
+
+    let mut admin = vault.admin().await;
+    shred(&mut admin, &doomed).await;
+    // Before the horizon, the old key-store copy still holds the shredded record's key: the
+    // receipt's second time is not reached yet. A rotation (the horizon's, run now) destroys
+    // the epoch it was wrapped under.
+    let status = rotate(&mut admin).await;
+    assert_eq!(status.epochs.len(), 1);
+    assert_eq!(status.epochs[0].id, 2);
+    assert!(!events(&mut admin, "Keys/DestroyEpoch", "").await.is_empty());
+    vault.stop().await;
+    let keyring_after = std::fs::read_to_string(vault.keys_dir().join("keyring")).unwrap();
+    let epoch1 = keyring_before
+        .lines()
+        .find(|l| l.starts_with("epoch 1 "))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !keyring_after.contains(&epoch1),
+        "epoch 1 is gone from the keyring"
+    );
+
+    // The old data dir and the old key store, next to the live keyring: refused, nothing read.
+    let live = backups.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    copy_dir(&vault.data_dir(), &live.join("data"));
+    copy_dir(&vault.keys_dir().join("keystore"), &live.join("ks"));
+    restore(&data_backup, &vault.data_dir());
+    restore(&store_backup, &vault.keys_dir().join("keystore"));
+    let err = try_start(&vault).await.err().unwrap_or_default();
+    assert!(err.contains("epoch 1"), "{err}");
+
+    // The old data dir next to the live key store: every other record, rewrapped, reads.
+    restore(&live.join("ks"), &vault.keys_dir().join("keystore"));
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    for (id, notes) in &records {
+        let resp = get(&mut admin, id, "support").await.unwrap();
+        assert_eq!(
+            value_of(&resp, "notes"),
+            Some((notes.as_str(), pb::Disclosure::Plain))
+        );
+    }
+    assert_code(get(&mut admin, &doomed, "support").await, Code::NotFound);
+    eprintln!(
+        "backups: after the rotation destroyed epoch 1, the old key-store copy is refused; the \
+         old data dir with the live key store gives back {} records, not the shredded one",
+        records.len()
+    );
+}
+
+#[tokio::test]
+async fn an_update_shreds_the_values_it_replaces() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let (fields, old_notes) = canary_customer("upd");
+    let id = create(&mut admin, fields).await;
+    vault.stop().await;
+    let backups = tempfile::tempdir().unwrap();
+    let data_backup = backups.path().join("data");
+    copy_dir(&vault.data_dir(), &data_backup);
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    admin
+        .records
+        .update_record(pb::UpdateRecordRequest {
+            id: id.clone(),
+            set: vec![field("notes", "replaced")],
+            clear: vec!["ssn".into()],
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    vault.stop().await;
+    // Version 1's data key is gone: the restored copy of version 1 cannot be read.
+    let live_data = backups.path().join("live");
+    copy_dir(&vault.data_dir(), &live_data);
+    restore(&data_backup, &vault.data_dir());
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    let status = assert_code(get(&mut admin, &id, "support").await, Code::DataLoss);
+    assert!(!status.message().contains(&old_notes));
+    vault.stop().await;
+    // The live data dir back: version 2 reads, without the replaced and cleared values.
+    restore(&live_data, &vault.data_dir());
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    let resp = get(&mut admin, &id, "support").await.unwrap();
+    assert_eq!(
+        value_of(&resp, "notes"),
+        Some(("replaced", pb::Disclosure::Plain))
+    );
+    assert!(value_of(&resp, "ssn").is_none());
+}
