@@ -317,7 +317,14 @@ impl KeyStore {
     /// Moves up to `limit` keys from `from` on that are wrapped under an older epoch than the
     /// current one to the current one. Holds the store to itself while it writes, so that no
     /// key deleted meanwhile comes back.
-    pub(crate) fn rewrap_chunk(&self, from: &[u8], limit: usize) -> Result<Rewrapped, Error> {
+    /// The position after the chunk is written to `cursor_key` (in `meta`) in the same synced
+    /// batch, so a restart resumes after the last chunk written.
+    pub(crate) fn rewrap_chunk(
+        &self,
+        from: &[u8],
+        limit: usize,
+        cursor_key: &[u8],
+    ) -> Result<Rewrapped, Error> {
         let chunk = self.store.scan_range(Keyspace::Deks, from, None, limit)?;
         let next = chunk.last().map(|(k, _)| next_key(k));
         let current = self.keys.current();
@@ -358,6 +365,9 @@ impl KeyStore {
         let keys: Vec<Vec<u8>> = moved.iter().map(|(k, _, _)| k.clone()).collect();
         let now = self.store.multi_get(Keyspace::Deks, &keys)?;
         let mut batch = Batch::new();
+        if let Some(next) = &next {
+            batch.put(Keyspace::Meta, cursor_key.to_vec(), next.clone());
+        }
         let mut count = 0;
         for ((key, before, after), now) in moved.into_iter().zip(now) {
             // Deleted (shred, update) or changed since the scan: leave it as it is.

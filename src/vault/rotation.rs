@@ -29,8 +29,10 @@ use crate::{
 
 /// Where the rewrap's position is kept (in the key store's `meta`).
 const CURSOR_KEY: &[u8] = b"rotation/cursor";
-/// Keys rewrapped per chunk (one synced write each).
-const CHUNK: usize = 256;
+/// Keys rewrapped per chunk: one synced write each, with the position reached. The store is
+/// held for the write only (the unwrapping and wrapping happen before), so new keys and
+/// deletes wait for at most one write.
+const CHUNK: usize = 1024;
 
 /// How rotation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,16 +294,14 @@ impl Rotator {
             let chunk_started = tokio::time::Instant::now();
             let keys = Arc::clone(&self.keys);
             let from = cursor.clone();
-            let done = tokio::task::spawn_blocking(move || keys.rewrap_chunk(&from, CHUNK))
-                .await
-                .map_err(|e| Error::Internal(format!("rewrap task failed: {e}")))??;
+            let done =
+                tokio::task::spawn_blocking(move || keys.rewrap_chunk(&from, CHUNK, CURSOR_KEY))
+                    .await
+                    .map_err(|e| Error::Internal(format!("rewrap task failed: {e}")))??;
             total += done.moved;
             self.rewrapped.fetch_add(done.moved, Ordering::Relaxed);
             match done.next {
-                Some(next) => {
-                    cursor = next;
-                    self.keys.set_meta(CURSOR_KEY, Some(cursor.clone()))?;
-                }
+                Some(next) => cursor = next,
                 None => {
                     let keys = Arc::clone(&self.keys);
                     let destroyed =
