@@ -133,10 +133,7 @@ const MAX_TOKEN_LABEL_BYTES: usize = 32;
 
 /// The `[pkcs11]` table checked into a provider config: every key set, the module an absolute
 /// path, the label one a token can have, the PIN in a file outside the data dir.
-fn pkcs11(
-    file: Pkcs11File,
-    data_dir: &Path,
-) -> Result<crate::crypto::Pkcs11Config, String> {
+fn pkcs11(file: Pkcs11File, data_dir: &Path) -> Result<crate::crypto::Pkcs11Config, String> {
     let Pkcs11File {
         module,
         token_label,
@@ -144,9 +141,11 @@ fn pkcs11(
         pin,
     } = file;
     if pin.is_some() {
-        return Err("pkcs11.pin: the PIN is never written in the config; put it in a file of \
+        return Err(
+            "pkcs11.pin: the PIN is never written in the config; put it in a file of \
                     mode 0600 and set pkcs11.pin_file to its path"
-            .into());
+                .into(),
+        );
     }
     let module = module.ok_or(
         "pkcs11.module: missing; set it to the path of the HSM's PKCS#11 library (for \
@@ -326,15 +325,19 @@ impl Config {
         };
         let pkcs11 = match file.pkcs11 {
             Some(_) if file.master_key_env.is_some() => {
-                return Err("master_key_env and [pkcs11]: both set, but they name two key \
+                return Err(
+                    "master_key_env and [pkcs11]: both set, but they name two key \
                             providers (a keyring sealed under an environment key, an HSM); \
                             keep one"
-                    .into());
+                        .into(),
+                );
             }
             Some(_) if file.keyring_file.is_some() => {
-                return Err("keyring_file and [pkcs11]: both set, but with [pkcs11] the keys \
+                return Err(
+                    "keyring_file and [pkcs11]: both set, but with [pkcs11] the keys \
                             are in the HSM and there is no keyring file; remove keyring_file"
-                    .into());
+                        .into(),
+                );
             }
             Some(table) => Some(pkcs11(table, &data_dir)?),
             None => None,
@@ -619,10 +622,7 @@ mod tests {
                 "pkcs11.pin_file: /srv/data/pin is inside the data dir",
             ),
             (
-                table.replace(
-                    "pin_file = \"/etc/sr/pin\"",
-                    &format!("pin = \"{pin}\""),
-                ),
+                table.replace("pin_file = \"/etc/sr/pin\"", &format!("pin = \"{pin}\"")),
                 "pkcs11.pin: the PIN is never written in the config",
             ),
             (format!("{table}slot = 3\n"), "unknown field `slot`"),
