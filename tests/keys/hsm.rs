@@ -284,10 +284,11 @@ fn list_token_objects_in_child() {
             .get_attributes(object, &[AttributeType::Label, AttributeType::Class])
             .unwrap()
         {
-            match a {
-                Attribute::Label(l) => label = String::from_utf8(l).unwrap(),
-                Attribute::Class(c) => public = c == ObjectClass::PUBLIC_KEY,
-                _ => {}
+            if let Attribute::Label(l) = &a {
+                label = String::from_utf8(l.clone()).unwrap();
+            }
+            if let Attribute::Class(c) = a {
+                public = c == ObjectClass::PUBLIC_KEY;
             }
         }
         let mut point = "-".to_owned();
