@@ -23,11 +23,18 @@ pub struct Config {
     pub keys_dir: PathBuf,
     /// Directory holding `model.conf`, `policy.csv` and `schema.toml`.
     pub policies_dir: PathBuf,
-    /// The keyring file (by default `keyring` in the keys dir; never in the data dir).
+    /// The keyring file (by default `keyring` in the keys dir; never in the data dir). Not
+    /// created nor read with `[pkcs11]`.
     pub keyring_file: PathBuf,
     /// Seal the keyring file under the 64 hex digits in this environment variable (the `env`
     /// provider, for containers).
     pub master_key_env: Option<String>,
+    /// The HSM holding the epoch keys and the signing key (the `pkcs11` provider), from the
+    /// `[pkcs11]` table: `module` (absolute path of the vendor's PKCS#11 library),
+    /// `token_label`, and `pin_file` (the user PIN, in a file of mode 0600; never inline).
+    /// Setting it selects the provider; it excludes `master_key_env` and `keyring_file`.
+    /// `None`: the keyring file (`file`, or `env` with `master_key_env`).
+    pub pkcs11: Option<crate::crypto::Pkcs11Config>,
     /// Key rotation: the shred horizon and the rewrap rate.
     pub rotation: crate::vault::rotation::RotationOptions,
     /// Per-request limits.
@@ -107,6 +114,78 @@ pub struct ConfigFile {
     max_header_list_bytes: Option<u32>,
     audit_retention_days: Option<u32>,
     audit_checkpoint_every: Option<u64>,
+    pkcs11: Option<Pkcs11File>,
+}
+
+/// The `[pkcs11]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pkcs11File {
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin_file: Option<PathBuf>,
+    /// Only to refuse an inline PIN by name; its value is never kept.
+    pin: Option<serde::de::IgnoredAny>,
+}
+
+/// The longest token label PKCS#11 stores (`CK_TOKEN_INFO.label`, 32 bytes, blank padded).
+const MAX_TOKEN_LABEL_BYTES: usize = 32;
+
+/// The `[pkcs11]` table checked into a provider config: every key set, the module an absolute
+/// path, the label one a token can have, the PIN in a file outside the data dir.
+fn pkcs11(file: Pkcs11File, data_dir: &Path) -> Result<crate::crypto::Pkcs11Config, String> {
+    let Pkcs11File {
+        module,
+        token_label,
+        pin_file,
+        pin,
+    } = file;
+    if pin.is_some() {
+        return Err(
+            "pkcs11.pin: the PIN is never written in the config; put it in a file of \
+                    mode 0600 and set pkcs11.pin_file to its path"
+                .into(),
+        );
+    }
+    let module = module.ok_or(
+        "pkcs11.module: missing; set it to the path of the HSM's PKCS#11 library (for \
+         SoftHSM2, e.g. /usr/lib/softhsm/libsofthsm2.so)",
+    )?;
+    if !module.is_absolute() {
+        return Err(format!(
+            "pkcs11.module: {} is not an absolute path; a bare or relative name would be looked \
+             up on the library search path, so give the library's full path",
+            module.display()
+        ));
+    }
+    let token_label = token_label.ok_or(
+        "pkcs11.token_label: missing; set it to the label of the token holding the vault's keys",
+    )?;
+    if token_label.trim().is_empty()
+        || token_label.len() > MAX_TOKEN_LABEL_BYTES
+        || token_label.trim_end() != token_label
+    {
+        return Err(format!(
+            "pkcs11.token_label: {token_label:?} is not a token label (1 to \
+             {MAX_TOKEN_LABEL_BYTES} bytes, no trailing blanks)"
+        ));
+    }
+    let pin_file = pin_file.ok_or(
+        "pkcs11.pin_file: missing; set it to a file (mode 0600) holding the token's user PIN",
+    )?;
+    if crate::files::is_within(&pin_file, data_dir)? {
+        return Err(format!(
+            "pkcs11.pin_file: {} is inside the data dir {}: a copy of the data dir would carry \
+             the PIN; keep it apart from the data",
+            pin_file.display(),
+            data_dir.display()
+        ));
+    }
+    Ok(crate::crypto::Pkcs11Config {
+        module,
+        token_label,
+        pin_file,
+    })
 }
 
 /// Values from the command line, which win over the file.
@@ -244,6 +323,25 @@ impl Config {
             Some(dir) => dir,
             None => default_keys_dir(&data_dir)?,
         };
+        let pkcs11 = match file.pkcs11 {
+            Some(_) if file.master_key_env.is_some() => {
+                return Err(
+                    "master_key_env and [pkcs11]: both set, but they name two key \
+                            providers (a keyring sealed under an environment key, an HSM); \
+                            keep one"
+                        .into(),
+                );
+            }
+            Some(_) if file.keyring_file.is_some() => {
+                return Err(
+                    "keyring_file and [pkcs11]: both set, but with [pkcs11] the keys \
+                            are in the HSM and there is no keyring file; remove keyring_file"
+                        .into(),
+                );
+            }
+            Some(table) => Some(pkcs11(table, &data_dir)?),
+            None => None,
+        };
         let keyring_file = file
             .keyring_file
             .unwrap_or_else(|| crate::crypto::default_keyring_path(&keys_dir));
@@ -313,6 +411,7 @@ impl Config {
             policies_dir,
             keyring_file,
             master_key_env: file.master_key_env,
+            pkcs11,
             rotation,
             limits,
             max_message_bytes,
@@ -461,6 +560,80 @@ mod tests {
             let err = Config::from_toml(inside, over).err().unwrap_or_default();
             assert!(err.contains("inside the data dir"), "{inside}: {err}");
         }
+    }
+
+    #[test]
+    fn the_pkcs11_table_selects_the_hsm_and_each_mistake_is_named() {
+        let over = || Overrides {
+            data_dir: Some("/srv/data".into()),
+            ..Overrides::default()
+        };
+        let table = "[pkcs11]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+                     token_label = \"vault\"\npin_file = \"/etc/sr/pin\"\n";
+        let config = Config::from_toml(table, over()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.pkcs11,
+            Some(crate::crypto::Pkcs11Config {
+                module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+                token_label: "vault".into(),
+                pin_file: "/etc/sr/pin".into(),
+            })
+        );
+        assert_eq!(config.master_key_env, None);
+        let none = Config::from_toml("", over()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(none.pkcs11, None);
+
+        let pin = "0913-secret-pin";
+        for (text, want) in [
+            (
+                format!("master_key_env = \"SR_KEY\"\n{table}"),
+                "master_key_env and [pkcs11]",
+            ),
+            (
+                format!("keyring_file = \"/etc/sr/keyring\"\n{table}"),
+                "keyring_file and [pkcs11]",
+            ),
+            (
+                table.replace("module = \"/usr/lib/softhsm/libsofthsm2.so\"\n", ""),
+                "pkcs11.module: missing",
+            ),
+            (
+                table.replace("/usr/lib/softhsm/libsofthsm2.so", "libsofthsm2.so"),
+                "pkcs11.module: libsofthsm2.so is not an absolute path",
+            ),
+            (
+                table.replace("token_label = \"vault\"\n", ""),
+                "pkcs11.token_label: missing",
+            ),
+            (
+                table.replace("\"vault\"", "\"\""),
+                "pkcs11.token_label: \"\" is not a token label",
+            ),
+            (
+                table.replace("vault", &"v".repeat(33)),
+                "pkcs11.token_label:",
+            ),
+            (
+                table.replace("pin_file = \"/etc/sr/pin\"\n", ""),
+                "pkcs11.pin_file: missing",
+            ),
+            (
+                table.replace("/etc/sr/pin", "/srv/data/pin"),
+                "pkcs11.pin_file: /srv/data/pin is inside the data dir",
+            ),
+            (
+                table.replace("pin_file = \"/etc/sr/pin\"", &format!("pin = \"{pin}\"")),
+                "pkcs11.pin: the PIN is never written in the config",
+            ),
+            (format!("{table}slot = 3\n"), "unknown field `slot`"),
+        ] {
+            let err = Config::from_toml(&text, over()).err().unwrap_or_default();
+            assert!(err.contains(want), "{text}: wanted {want:?} in {err:?}");
+            assert!(!err.contains(pin), "{err}");
+        }
+        // 32 bytes is the most a token label holds.
+        let longest = table.replace("vault", &"v".repeat(32));
+        assert!(Config::from_toml(&longest, over()).is_ok());
     }
 
     #[test]

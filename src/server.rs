@@ -23,7 +23,7 @@ use crate::{
     },
     audit::{Audit, Event},
     config::Config,
-    crypto::{KeyProvider, Keyring},
+    crypto::{KeyProvider, Keyring, Pkcs11Provider},
     domain::{Principal, Role, Schema, Subject},
     files,
     storage::{self, Batch, Store},
@@ -118,8 +118,9 @@ pub const KEY_STORE_DIR: &str = "keystore";
 /// The key file of strongroom versions before key epochs.
 const LEGACY_KEY_FILE: &str = "master.key";
 
-/// Refuses keys inside the data dir (symbolic links resolved), and a keys dir (or data dir)
-/// holding a master key of a version before key epochs, whose data this version cannot read.
+/// Refuses keys inside the data dir (symbolic links resolved), a keys dir (or data dir)
+/// holding a master key of a version before key epochs, whose data this version cannot read,
+/// and a keyring file in the keys dir of a vault configured with `[pkcs11]`.
 fn check_key_placement(config: &Config) -> Result<(), ServerError> {
     let inside = |p: &std::path::Path| files::is_within(p, &config.data_dir).map_err(ServerError);
     for old in [
@@ -136,8 +137,20 @@ fn check_key_placement(config: &Config) -> Result<(), ServerError> {
             )));
         }
     }
-    // Made first, so that a symbolic link on its way into the data dir is resolved.
-    if let Some(dir) = files::parent_of(&config.keyring_file) {
+    if let Some(hsm) = &config.pkcs11 {
+        // Keys wrapped under a keyring's epochs cannot be opened by the token's epochs.
+        if config.keyring_file.exists() {
+            return Err(ServerError(format!(
+                "[pkcs11] is set, but the keys dir holds a keyring file ({}): the data keys of \
+                 this vault are wrapped under that keyring, and the HSM token '{}' cannot open \
+                 them. Start the pkcs11 provider on a new data dir and keys dir, or remove \
+                 [pkcs11] to keep using the keyring",
+                config.keyring_file.display(),
+                hsm.token_label
+            )));
+        }
+    } else if let Some(dir) = files::parent_of(&config.keyring_file) {
+        // Made first, so that a symbolic link on its way into the data dir is resolved.
         files::private_dir(&dir, "keys dir").map_err(ServerError)?;
     }
     files::private_dir(&config.keys_dir, "keys dir").map_err(ServerError)?;
@@ -155,6 +168,19 @@ fn check_key_placement(config: &Config) -> Result<(), ServerError> {
 
 /// The key provider the config names, and how it was found (for the audit log).
 fn open_provider(config: &Config) -> Result<(Arc<dyn KeyProvider>, String), ServerError> {
+    if let Some(hsm) = &config.pkcs11 {
+        // The PIN is read from its file inside `open` and never leaves it; errors name the
+        // file, not its content.
+        let provider = Pkcs11Provider::open(hsm).map_err(ServerError)?;
+        return Ok((
+            Arc::new(provider),
+            format!(
+                "pkcs11 token '{}' through module {}",
+                hsm.token_label,
+                hsm.module.display()
+            ),
+        ));
+    }
     let existed = config.keyring_file.exists();
     let verb = if existed { "loaded from" } else { "created in" };
     let shown = config.keyring_file.display();

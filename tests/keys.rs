@@ -7,6 +7,12 @@
 
 mod support;
 
+#[path = "../src/crypto/pkcs11/softhsm.rs"]
+mod softhsm;
+
+#[path = "keys/hsm.rs"]
+mod hsm;
+
 use std::{path::Path, process::Command, time::Duration};
 
 use strongroom::api::pb;

@@ -53,7 +53,7 @@ const TAG_LEN: usize = 16;
 /// Idle sessions kept for reuse; more are opened under load and closed when given back.
 const MAX_IDLE_SESSIONS: usize = 8;
 
-/// Where the HSM is and how to log in to it: the `[keys.pkcs11]` part of the config.
+/// Where the HSM is and how to log in to it: the `[pkcs11]` table of the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pkcs11Config {
     /// The vendor's PKCS#11 module (a shared library), e.g.
