@@ -11,8 +11,9 @@ build: deps
 	$(CARGO) build --release --locked
 
 ## Build and start the vault on the embedded defaults: data in ./strongroom-data (0700), a
-## generated master key in ./strongroom-keys/master.key (0600, apart from the data: back it up
-## separately), the policies in ./policies, and an admin token printed on the first start.
+## generated keyring in ./strongroom-keys/keyring (0600) and the key store beside it (apart from
+## the data: back them up separately), the policies in ./policies, and an admin token printed
+## on the first start.
 run: build
 	$(CARGO) run --release --locked --bin strongroom -- serve
 

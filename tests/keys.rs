@@ -276,7 +276,16 @@ async fn receipts_and_exports_verify_offline_and_every_tampering_is_named() {
         &["receipt", "verify", path(&bad), "--public-key", path(&key)],
         "bad signature",
     );
-    tamper(at("\"signature\":\""), 0x01);
+    // Another hex digit (a flip could make it a non-hex character: malformed, not forged).
+    let sig = at("\"signature\":\"");
+    tamper(
+        sig,
+        if original[sig] == b'0' {
+            b'0' ^ b'1'
+        } else {
+            original[sig] ^ b'0'
+        },
+    );
     rejected(
         &["receipt", "verify", path(&bad), "--public-key", path(&key)],
         "bad signature",
