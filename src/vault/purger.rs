@@ -32,6 +32,9 @@ use crate::{
 
 /// The least time between the starts of two purges.
 const MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// The least time between two purges owed only for updates' replaced keys: each compacts the
+/// whole key store, and the replaced keys are already deleted (unreadable through the vault).
+const REKEY_INTERVAL: Duration = Duration::from_secs(30);
 /// The first delay before retrying a failed purge; it doubles per failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest delay between two attempts.
@@ -266,22 +269,23 @@ async fn run(
         // A purge flushes every keyspace: under a stream of shreds, run at most one per
         // interval (or per backoff delay after a failure) and let it cover everything queued
         // meanwhile.
-        let next = match (last_start, retry_at) {
-            (_, Some(at)) => Some(at),
-            (Some(at), None) => Some(at + MIN_INTERVAL),
-            (None, None) => None,
-        };
-        if let Some(at) = next {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at) => break,
-                    job = rx.recv() => match job {
-                        Some(job) => add(&mut owed, &mut rekeyed, job),
-                        // The vault stopped: what is owed stays in the store for the next start.
-                        None => return,
-                    },
-                    _ = stopped.wait_for(|s| *s) => return,
-                }
+        // (Recomputed as jobs arrive: a shred queued behind replaced keys waits the short
+        // interval, not theirs.)
+        loop {
+            let next = match (last_start, retry_at) {
+                (_, Some(at)) => at,
+                (Some(at), None) if owed.is_empty() => at + REKEY_INTERVAL,
+                (Some(at), None) => at + MIN_INTERVAL,
+                (None, None) => break,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => break,
+                job = rx.recv() => match job {
+                    Some(job) => add(&mut owed, &mut rekeyed, job),
+                    // The vault stopped: what is owed stays in the store for the next start.
+                    None => return,
+                },
+                _ = stopped.wait_for(|s| *s) => return,
             }
         }
         while let Ok(job) = rx.try_recv() {
