@@ -42,6 +42,8 @@ main() {
     policy::rules::tests::fuzz_policy_csv
     domain::schema::tests::fuzz_schema_toml
     config::tests::fuzz_config_toml
+    crypto::keyring::tests::fuzz_keyring_text
+    vault::keystore::tests::fuzz_key_store_entry
   )
   server_harness=fuzz::every_request_gets_a_status_and_the_server_keeps_serving
 

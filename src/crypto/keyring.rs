@@ -534,4 +534,42 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn fuzz_keyring_text() {
+        use proptest::prelude::*;
+        let valid = (
+            any::<[u8; 32]>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 1..4),
+        )
+            .prop_map(|(signing, epochs)| {
+                let mut text = format!("{HEADER}\nsigning {}\n", hex::encode(signing));
+                for (n, key) in epochs.iter().enumerate() {
+                    text.push_str(&format!("epoch {} {}\n", n + 1, hex::encode(key)));
+                }
+                text.into_bytes()
+            });
+        let dict = &[
+            "\n",
+            " ",
+            "#",
+            "epoch",
+            "signing",
+            HEADER,
+            "0",
+            "4294967296",
+            "-1",
+        ];
+        let strategy = crate::testing::inputs(valid, dict);
+        crate::testing::fuzz("keyring text", 256, strategy, |input| {
+            // Never a panic; what parses has a signing key and at least one epoch, and an
+            // error never repeats a key line.
+            match std::str::from_utf8(&input.bytes).map(parse) {
+                Ok(Ok(state)) => prop_assert!(!state.epochs.is_empty()),
+                Ok(Err(problem)) => prop_assert!(problem.len() < 200, "{problem}"),
+                Err(_) => {}
+            }
+            Ok(())
+        });
+    }
 }
