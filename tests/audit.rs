@@ -789,3 +789,67 @@ async fn pruning_keeps_the_log_verifiable_from_its_anchor() {
         outcome: String::new(),
     };
 }
+
+/// The chain hashes are public: someone with the disk but not the signing key can append
+/// well-chained events, or drop the signed statements and rewrite the log. The head moves with
+/// every batch, so either leaves the log out of step with its signed head, and the vault
+/// refuses to start (and to sign over it) rather than carry the forgery on.
+#[tokio::test]
+async fn events_past_the_signed_head_or_a_log_without_one_are_refused_not_signed() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let id = create(&mut admin, customer("head")).await;
+    vault.stop().await;
+    // The head as it stood: then more events are appended (by the vault, standing in for a
+    // forger who chains events by hand).
+    let old_head = {
+        let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
+        store.get(Keyspace::Meta, b"audit/head").unwrap().unwrap()
+    };
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    get(&mut admin, &id, "support").await.unwrap();
+    drop(admin);
+    vault.stop().await;
+    let original = {
+        let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
+        let head = store.get(Keyspace::Meta, b"audit/head").unwrap().unwrap();
+        put_meta(&store, b"audit/head", old_head.clone());
+        head
+    };
+    let err = try_start(&vault.data_dir()).await.err().unwrap_or_default();
+    assert!(err.contains("come after the signed head"), "{err}");
+    // Every signed statement removed, so there is no head to be out of step with.
+    {
+        let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
+        let mut b = Batch::new();
+        for (k, _) in store.scan_prefix(Keyspace::Meta, b"audit/").unwrap() {
+            b.delete(Keyspace::Meta, k);
+        }
+        store.write(b).unwrap();
+    }
+    let err = try_start(&vault.data_dir()).await.err().unwrap_or_default();
+    assert!(err.contains("no signed head"), "{err}");
+    // The real head back (the kept checkpoints are gone, the head alone covers the log).
+    {
+        let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
+        put_meta(&store, b"audit/head", original);
+    }
+    vault.restart().await;
+    let report = verify(&mut vault.admin().await).await;
+    assert!(report.ok, "{report:?}");
+}
+
+async fn try_start(data: &std::path::Path) -> Result<(), String> {
+    let config = strongroom::config::Config::with(data, "127.0.0.1:0", &policies_dir()).unwrap();
+    let running = strongroom::server::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    running.shutdown().await.map_err(|e| e.to_string())
+}
+
+fn put_meta(store: &RocksStore, key: &[u8], value: Vec<u8>) {
+    let mut b = Batch::new();
+    b.put(Keyspace::Meta, key.to_vec(), value);
+    store.write(b).unwrap();
+}

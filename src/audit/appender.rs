@@ -70,7 +70,36 @@ impl State {
                     .into(),
             ));
         }
-        if let Some(head) = Checkpoint::load_valid(store, keys, HEAD_KEY)?
+        let head = Checkpoint::load_valid(store, keys, HEAD_KEY)?;
+        // The head moves in the same batch as every event: a log that does not end where its
+        // signed head says was changed without the signing key (the chain hashes are public),
+        // and the vault must not sign over it.
+        match &head {
+            None if state.seq > 0 => {
+                return Err(AuditError(
+                    "the audit log holds events but no signed head (its checkpoints were \
+                     removed): refusing to start; run `strongroom audit verify`"
+                        .into(),
+                ));
+            }
+            Some(h) if h.seq < state.seq => {
+                return Err(AuditError(format!(
+                    "audit events {} to {} come after the signed head: they were appended \
+                     without the vault's signing key; refusing to start",
+                    h.seq + 1,
+                    state.seq
+                )));
+            }
+            Some(h) if h.seq == state.seq && h.head_bytes() != Some(state.head) => {
+                return Err(AuditError(format!(
+                    "audit event {} is not the one the signed head covers: the log was \
+                     rewritten; refusing to start",
+                    h.seq
+                )));
+            }
+            None | Some(_) => {}
+        }
+        if let Some(head) = head
             && head.seq > state.seq
         {
             tracing::error!(

@@ -178,10 +178,20 @@ impl Walk {
                 ),
             ));
         }
-        if h.seq == last {
-            return self.checkpoint(h, "head checkpoint");
+        if h.seq < last {
+            // The head moves with every appended batch: events past it were added by someone
+            // without the signing key (the chain hashes alone are public).
+            return Err((
+                h.seq + 1,
+                format!(
+                    "events {} to {last} come after the signed head (event {}): appended without \
+                     the vault's signing key",
+                    h.seq + 1,
+                    h.seq
+                ),
+            ));
         }
-        Ok(())
+        self.checkpoint(h, "head checkpoint")
     }
 }
 
@@ -329,11 +339,24 @@ pub(super) fn verify(
             }
         }
     }
-    if let Some(h) = head
-        && to.is_none_or(|t| t >= h.seq)
-        && let Err(broken) = walk.head(&h)
-    {
-        return fail(report, broken);
+    match head {
+        Some(h) => {
+            if to.is_none_or(|t| t >= h.seq)
+                && let Err(broken) = walk.head(&h)
+            {
+                return fail(report, broken);
+            }
+        }
+        None if walk.last().0 > 0 => {
+            return fail(
+                report,
+                (
+                    1,
+                    "the log holds events but no signed head: its checkpoints were removed".into(),
+                ),
+            );
+        }
+        None => {}
     }
     Ok(report)
 }
