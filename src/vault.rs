@@ -355,10 +355,9 @@ impl Vault {
             &values.into_iter().collect(),
         )
         .await?;
-        if let Err(e) = self.audit.commit(batch, vec![event]).await {
-            self.forget_key(&id, 1, Some(2)).await;
-            return Err(e.into());
-        }
+        // On an error the batch may still have reached the disk (an fsync that failed after
+        // the write): the key stays, and the next start removes it if no header names it.
+        self.audit.commit(batch, vec![event]).await?;
         Ok((id, 1))
     }
 
@@ -578,10 +577,9 @@ impl Vault {
             ),
             ..call.event(principal)
         };
-        if let Err(e) = self.audit.commit(batch, vec![event]).await {
-            self.forget_key(id, version, Some(version + 1)).await;
-            return Err(e.into());
-        }
+        // As in `create`, a failed commit leaves the new key: the next start keeps the one the
+        // header names.
+        self.audit.commit(batch, vec![event]).await?;
         // Left behind on a crash before this point, the old key is removed at the next start.
         self.forget_key(id, 0, Some(version)).await;
         self.purger.rekeyed(*id);
@@ -617,9 +615,9 @@ impl Vault {
         drop(snapshot);
         // The data key goes first: from here on the record is unreadable, whatever happens to
         // the batch below (a crash before it is finished at the next start).
-        self.keys.delete(id, 0, None).await?;
-        let fields_destroyed = u32::try_from(keys.len()).unwrap_or(u32::MAX);
         let shredded_at_ms = now_ms();
+        self.keys.shred(id, shredded_at_ms).await?;
+        let fields_destroyed = u32::try_from(keys.len()).unwrap_or(u32::MAX);
         let mut batch = Batch::new();
         for key in keys {
             batch.delete(Keyspace::Records, key);

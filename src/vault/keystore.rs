@@ -27,6 +27,16 @@ use crate::{
 
 const ENTRY_V1: u8 = 0x01;
 
+/// Where the key store records each shredded record (in its `meta`), written in the batch that
+/// deletes the record's keys: reconcile finishes a shred only for a record named here.
+const SHREDDED_PREFIX: &[u8] = b"shredded/";
+
+fn shredded_key(id: &RecordId) -> Vec<u8> {
+    let mut key = SHREDDED_PREFIX.to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 /// Set in the key store's `meta` by the first vault that used it.
 const INITIALIZED_KEY: &[u8] = b"initialized";
 
@@ -221,6 +231,30 @@ impl KeyStore {
             INITIALIZED_KEY,
             Some(crate::vault::now_ms().to_be_bytes().to_vec()),
         )
+    }
+
+    /// Shreds `id`'s keys: deletes every version and records the shred, in one synced batch.
+    pub(crate) async fn shred(&self, id: &RecordId, at_ms: i64) -> Result<(), Error> {
+        let start = entry_key(id, 0);
+        let end = prefix_end(id.as_bytes()).unwrap_or_else(|| vec![0xff; 25]);
+        let mark = shredded_key(id);
+        let store = Arc::clone(&self.store);
+        let gate = Arc::clone(&self.gate);
+        tokio::task::spawn_blocking(move || {
+            let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
+            let mut batch = Batch::new();
+            batch.delete_range(Keyspace::Deks, start, end);
+            batch.put(Keyspace::Meta, mark, at_ms.to_be_bytes().to_vec());
+            store.write(batch)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("key store write task failed: {e}")))??;
+        Ok(())
+    }
+
+    /// Whether this key store recorded `id` as shredded.
+    pub(crate) fn was_shredded(&self, id: &RecordId) -> Result<bool, Error> {
+        Ok(self.meta(&shredded_key(id))?.is_some())
     }
 
     /// Whether the store holds a key of any version for `id`.

@@ -1,13 +1,17 @@
 //! At start, before serving: make the data store and the key store agree. The key store is the
 //! authority on which records exist, since a data-dir backup may be restored next to it:
 //!
-//! - a header whose record has no key at all is a shredded record (a restored copy of the data
-//!   dir, or a shred interrupted between its two writes): its shred is finished (ciphertexts and
-//!   header deleted, tombstone written, purge owed, audited);
+//! - a header whose record has no key at all, and that the key store recorded as shredded, is
+//!   a shredded record (a restored copy of the data dir, or a shred interrupted between its two
+//!   writes): its shred is finished (ciphertexts and header deleted, tombstone written, purge
+//!   owed, audited);
+//! - a header without any key that the key store never shredded means the key store is older
+//!   than the data, or not theirs: the start is refused and nothing is changed;
 //! - keys of versions other than the header's are leftovers of an interrupted update: removed;
 //! - a header whose version has no key while other versions do cannot be read (data and keys
 //!   restored from different times): counted and logged, left for the operator;
-//! - keys without a header are left (an interrupted create, or data older than the keys).
+//! - keys without a header are left (an interrupted or failed create, or data older than the
+//!   keys): without data they reveal nothing, and deleting them could not be undone.
 //!
 //! A key store that is new (never used by a vault) next to a data store with records is
 //! refused: starting would shred every record.
@@ -31,6 +35,9 @@ pub struct Reconciled {
     pub stale_keys: u64,
     /// Records whose header names a version the key store has no key for, while it has others.
     pub unreadable: u64,
+    /// Records with keys but no header (an interrupted create, or data older than the keys):
+    /// left as they are.
+    pub keys_without_data: u64,
 }
 
 /// Shreds finished per audited batch.
@@ -59,6 +66,8 @@ impl Vault {
         }
         self.keys.mark_initialized()?;
         let mut orphans = Vec::new();
+        let mut stale = Vec::new();
+        let mut unknown = 0u64;
         for (key, value) in &headers {
             let (Ok(id), Some(header)) = (<[u8; 16]>::try_from(&key[..]), Header::decode(value))
             else {
@@ -67,18 +76,32 @@ impl Vault {
             };
             let record = RecordId::from_bytes(id);
             match keys.remove(&id) {
-                None => orphans.push((record, header)),
-                Some(versions) if versions.contains(&header.version) => {
-                    for v in versions.into_iter().filter(|&v| v != header.version) {
-                        self.keys.delete(&record, v, Some(v + 1)).await?;
-                        done.stale_keys += 1;
-                    }
-                }
+                None if self.keys.was_shredded(&record)? => orphans.push((record, header)),
+                None => unknown += 1,
+                Some(versions) if versions.contains(&header.version) => stale.extend(
+                    versions
+                        .into_iter()
+                        .filter(|&v| v != header.version)
+                        .map(|v| (record, v)),
+                ),
                 Some(_) => {
                     tracing::error!(record = %record, version = header.version, "the key store has no key for this record's version (data and keys restored from different times?): it cannot be read");
                     done.unreadable += 1;
                 }
             }
+        }
+        if unknown > 0 {
+            return Err(Error::Unavailable(format!(
+                "{unknown} records in the data dir have no data key in the key store, which \
+                 never shredded them: the key store is older than the data, or belongs to \
+                 another vault. Nothing was changed; start with the key store (keys dir) that \
+                 belongs with this data dir"
+            )));
+        }
+        done.keys_without_data = u64::try_from(keys.len()).unwrap_or(u64::MAX);
+        for (record, v) in stale {
+            self.keys.delete(&record, v, Some(v + 1)).await?;
+            done.stale_keys += 1;
         }
         for chunk in orphans.chunks(CHUNK) {
             self.finish_shreds(chunk).await?;

@@ -304,3 +304,41 @@ async fn an_update_shreds_the_values_it_replaces() {
     );
     assert!(value_of(&resp, "ssn").is_none());
 }
+
+#[tokio::test]
+async fn an_older_key_store_is_refused_never_taken_for_shreds() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let (fields, first_notes) = canary_customer("first");
+    let first = create(&mut admin, fields).await;
+    vault.stop().await;
+    let backups = tempfile::tempdir().unwrap();
+    let (old_store, live_store) = (backups.path().join("old"), backups.path().join("live"));
+    copy_dir(&vault.keys_dir().join("keystore"), &old_store);
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    let (fields, later_notes) = canary_customer("later");
+    let later = create(&mut admin, fields).await;
+    vault.stop().await;
+    // Last night's key store put back (say, after losing the keys volume): the record created
+    // since has no key in it, and it never shredded that record. Nothing may be shredded.
+    copy_dir(&vault.keys_dir().join("keystore"), &live_store);
+    restore(&old_store, &vault.keys_dir().join("keystore"));
+    let err = try_start(&vault).await.err().unwrap_or_default();
+    assert!(
+        err.contains("1 records in the data dir have no data key"),
+        "{err}"
+    );
+    assert!(err.contains("Nothing was changed"), "{err}");
+    // The right key store back: both records read, whole.
+    restore(&live_store, &vault.keys_dir().join("keystore"));
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    for (id, notes) in [(&first, &first_notes), (&later, &later_notes)] {
+        let resp = get(&mut admin, id, "support").await.unwrap();
+        assert_eq!(
+            value_of(&resp, "notes"),
+            Some((notes.as_str(), pb::Disclosure::Plain))
+        );
+    }
+}
