@@ -22,3 +22,6 @@ mod files;
 
 #[path = "attacks/fuzz.rs"]
 mod fuzz;
+
+#[path = "attacks/rotation.rs"]
+mod rotation;
