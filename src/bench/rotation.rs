@@ -2,7 +2,8 @@
 //! reads. In one vault, on the same records: a rotation with no load (the rewrap rate alone),
 //! then `get-masked` without a rotation, then `get-masked` again for exactly as long as a second
 //! rotation runs. The rewrap rate is the vault's own figure from the rotation's audit event
-//! (keys rewrapped, milliseconds), so polling for the end adds no error to it. The vault's rate
+//! (keys rewrapped, milliseconds); the bench learns of the end from that event, followed live,
+//! rather than by polling the key status (each status counts every key in the key store). The vault's rate
 //! limit (`rewrap_per_second`) applies: `--rewrap-per-second` sets it on the vault the bench
 //! starts.
 
@@ -80,69 +81,60 @@ fn text(s: &tonic::Status) -> String {
     format!("key rotation: {}", status(s))
 }
 
-async fn rotating(admin: &mut Client) -> Result<bool, String> {
-    Ok(admin
+/// Starts a rotation and returns once it has ended; `done` is set then. The end is the
+/// rotation's completion event, followed live from the audit log: polling the key status
+/// would count the key store's keys on every call and load the vault being measured.
+/// `after` is the audit sequence number of the previous rotation's end (0 if none): the
+/// stream replays from there, so an end that comes before the stream is up is not missed.
+async fn rotate(
+    mut admin: Client,
+    done: Arc<AtomicBool>,
+    after: u64,
+) -> Result<(Rewrap, u64), String> {
+    if admin
         .keys
         .get_key_status(pb::GetKeyStatusRequest {})
         .await
         .map_err(|s| text(&s))?
         .into_inner()
-        .rotating)
-}
-
-/// Starts a rotation and returns once it has ended; `done` is set then.
-async fn rotate(mut admin: Client, done: Arc<AtomicBool>) -> Result<Rewrap, String> {
-    if rotating(&mut admin).await? {
+        .rotating
+    {
         return Err("a key rotation is already in progress in this vault".into());
     }
+    let mut events = admin
+        .audit
+        .follow_events(pb::FollowEventsRequest {
+            filter: Some(pb::EventFilter {
+                method: "Keys/Rotate".into(),
+                ..pb::EventFilter::default()
+            }),
+            after_seq: Some(after),
+        })
+        .await
+        .map_err(|s| text(&s))?
+        .into_inner();
     let started = Instant::now();
     admin
         .keys
         .rotate_keys(pb::RotateKeysRequest {})
         .await
         .map_err(|s| text(&s))?;
-    // Each status counts the key store's keys: poll gently.
-    while rotating(&mut admin).await? {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let wall = started.elapsed();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (keys, server_ms) = last_rotation(&mut admin).await?;
-    Ok(Rewrap {
-        keys,
-        server_ms,
-        wall,
-    })
-}
-
-/// Keys and milliseconds of the last completed rotation, from its audit event ("rotation to
-/// epoch E completed: N data keys rewrapped in M ms").
-async fn last_rotation(admin: &mut Client) -> Result<(u64, u64), String> {
-    let mut after = 0;
-    let mut last = None;
     loop {
-        let page = admin
-            .audit
-            .query_events(pb::QueryEventsRequest {
-                filter: Some(pb::EventFilter {
-                    method: "Keys/Rotate".into(),
-                    ..pb::EventFilter::default()
-                }),
-                page_size: 1000,
-                after_seq: after,
-            })
+        let event = events
+            .message()
             .await
             .map_err(|s| text(&s))?
-            .into_inner();
-        last = page.events.last().map(|e| e.detail.clone()).or(last);
-        if page.next_after_seq == 0 {
-            break;
+            .ok_or("key rotation: the audit stream ended before the rotation did")?;
+        if let Some((keys, server_ms)) = parse_completion(&event.detail) {
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let rewrap = Rewrap {
+                keys,
+                server_ms,
+                wall: started.elapsed(),
+            };
+            return Ok((rewrap, event.seq));
         }
-        after = page.next_after_seq;
     }
-    let detail = last.ok_or("key rotation: no completed rotation in the audit log")?;
-    parse_completion(&detail)
-        .ok_or_else(|| format!("key rotation: cannot read the completion event {detail:?}"))
 }
 
 fn parse_completion(detail: &str) -> Option<(u64, u64)> {
@@ -184,7 +176,7 @@ pub(super) async fn run(
         )
     };
 
-    let alone = rotate(admin.clone(), Arc::new(AtomicBool::new(false))).await?;
+    let (alone, seq) = rotate(admin.clone(), Arc::new(AtomicBool::new(false)), 0).await?;
 
     let before = cpu();
     let base = drive(in_flight, duration, None, reads()?).await;
@@ -192,7 +184,7 @@ pub(super) async fn run(
 
     let done = Arc::new(AtomicBool::new(false));
     let before = cpu();
-    let rotation = tokio::spawn(rotate(admin, Arc::clone(&done)));
+    let rotation = tokio::spawn(rotate(admin, Arc::clone(&done), seq));
     // The reads stop when the rotation has ended (an hour at most).
     let during = drive_until(
         in_flight,
@@ -203,7 +195,7 @@ pub(super) async fn run(
     )
     .await;
     let during_cpu = super::cpu_us(before, cpu(), during.requests);
-    let under_reads = rotation
+    let (under_reads, _) = rotation
         .await
         .map_err(|e| format!("key rotation task failed: {e}"))??;
     Ok((

@@ -265,7 +265,8 @@ async fn reader(
             continue;
         }
         let shredded: Option<String> = if done % 7 == 0 {
-            let set = shared.shredded.lock().unwrap();
+            // Only acknowledged shreds: a read may see the record until its shred commits.
+            let set = shared.shred_acked.lock().unwrap();
             let n = set.len();
             (n > 0)
                 .then(|| set.iter().nth(rand::thread_rng().gen_range(0..n)).cloned())
