@@ -241,7 +241,7 @@ async fn reader(
     let mut done = 0u64;
     while !(stop.load(Ordering::Relaxed) && done >= min_reads) {
         done += 1;
-        if done % 50 == 0
+        if done.is_multiple_of(50)
             && let Some(victim) = to_shred.pop()
         {
             shared.shredded.lock().unwrap().insert(victim.clone());
@@ -264,7 +264,7 @@ async fn reader(
             }
             continue;
         }
-        let shredded: Option<String> = if done % 7 == 0 {
+        let shredded: Option<String> = if done.is_multiple_of(7) {
             // Only acknowledged shreds: a read may see the record until its shred commits.
             let set = shared.shred_acked.lock().unwrap();
             let n = set.len();
@@ -313,8 +313,7 @@ async fn start_load(
     token: &str,
     owned: &[Vec<String>],
     to_shred: &[Vec<String>],
-    stop_writers: &Arc<AtomicBool>,
-    stop_readers: &Arc<AtomicBool>,
+    (stop_writers, stop_readers): (&Arc<AtomicBool>, &Arc<AtomicBool>),
     min_reads: u64,
 ) -> (Tasks, Tasks) {
     let (mut writers, mut readers) = (Vec::new(), Vec::new());
@@ -469,8 +468,7 @@ async fn rotation_under_load_survives_a_kill_and_finishes_by_itself() {
         &token,
         &owned,
         &to_shred,
-        &stop_writers,
-        &stop_readers,
+        (&stop_writers, &stop_readers),
         100,
     )
     .await;
@@ -561,12 +559,14 @@ async fn rotation_under_load_survives_a_kill_and_finishes_by_itself() {
     );
     // From here on the value read back is the one to expect.
     {
-        let mut ledger = shared.ledger.lock().unwrap();
-        let uncertain = std::mem::take(&mut ledger.uncertain);
-        for id in uncertain.keys() {
-            ledger.acked.remove(id);
-        }
-        drop(ledger);
+        let uncertain = {
+            let mut ledger = shared.ledger.lock().unwrap();
+            let uncertain = std::mem::take(&mut ledger.uncertain);
+            for id in uncertain.keys() {
+                ledger.acked.remove(id);
+            }
+            uncertain
+        };
         for id in uncertain.keys() {
             let email = email_of(&get(&mut admin, id, "support").await.unwrap());
             shared
@@ -618,8 +618,7 @@ async fn rotation_under_load_survives_a_kill_and_finishes_by_itself() {
         &token,
         &owned_now,
         &to_shred_now,
-        &stop_writers,
-        &stop_readers,
+        (&stop_writers, &stop_readers),
         100,
     )
     .await;
