@@ -8,6 +8,7 @@ mod ceilings;
 mod load;
 mod policy;
 mod process;
+mod rotation;
 mod workloads;
 mod zipf;
 
@@ -66,10 +67,13 @@ pub struct BenchOptions {
     pub pin: bool,
     /// Print JSON instead of a table.
     pub json: bool,
+    /// The started vault's `rewrap_per_second` (its default if `None`).
+    pub rewrap_per_second: Option<u32>,
 }
 
-/// Every workload, in the default order (shred last: it destroys records).
-pub const WORKLOADS: [&str; 10] = [
+/// Every workload, in the default order (shred last: it destroys records). `rotation` is not
+/// in the default run: it wants many records (`--records 100000`).
+pub const WORKLOADS: [&str; 11] = [
     "put",
     "get-full",
     "get-masked",
@@ -80,6 +84,7 @@ pub const WORKLOADS: [&str; 10] = [
     "shred-wait",
     "audit-cost",
     "policy",
+    "rotation",
 ];
 
 /// One row of the report.
@@ -122,7 +127,15 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 .into(),
         );
     }
+    if opts.addr.is_some() && opts.rewrap_per_second.is_some() {
+        return Err(
+            "--rewrap-per-second configures the vault the bench starts; with --addr, set \
+             rewrap_per_second in that vault's config instead"
+                .into(),
+        );
+    }
     let mut rows: Vec<Row> = Vec::new();
+    let mut rotation_figures = None;
     let mut notes: Vec<String> = Vec::new();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (server, addr, admin_token) = match &opts.addr {
@@ -132,8 +145,16 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             (None, addr.clone(), token)
         }
         None => {
-            let (child, token) =
-                Child::vault(&dir.path().join("vault"), &opts.policies, opts.pin, true)?;
+            let config = opts
+                .rewrap_per_second
+                .map_or_else(String::new, |r| format!("rewrap_per_second = {r}\n"));
+            let (child, token) = Child::vault(
+                &dir.path().join("vault"),
+                &opts.policies,
+                opts.pin,
+                true,
+                &config,
+            )?;
             let addr = child.addr.clone();
             (Some(child), addr, token)
         }
@@ -192,6 +213,19 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     for workload in &opts.workloads {
         match workload.as_str() {
             "audit-cost" | "policy" => continue,
+            "rotation" => {
+                let (figures, base_cpu, during_cpu) = rotation::run(
+                    &clients,
+                    &ids,
+                    &picker,
+                    opts.in_flight,
+                    opts.duration,
+                    || server.as_ref().and_then(Child::cpu_ticks),
+                )
+                .await?;
+                rows.extend(figures.rows(base_cpu, during_cpu));
+                rotation_figures = Some(figures);
+            }
             w => {
                 let cpu_before = server.as_ref().and_then(Child::cpu_ticks);
                 let f = op(
@@ -233,6 +267,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             &opts.policies,
             opts.pin,
             false,
+            "",
         )?;
         let quiet_clients = Clients::connect(&quiet.addr, &token, opts.connections).await?;
         let quiet_ids = Arc::new(
@@ -353,6 +388,14 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     "rocksdb_synced_batches_per_second": rocks_put, "rocksdb_gets_per_second": rocks_get,
                 },
                 "audit_on_over_off": audit_ratio,
+                "rotation": rotation_figures.as_ref().map(|f| json!({
+                    "rewrap_alone": {"keys": f.alone.keys, "server_ms": f.alone.server_ms,
+                                     "wall_ms": f.alone.wall.as_millis(), "per_second": f.alone.per_second()},
+                    "rewrap_under_reads": {"keys": f.under_reads.keys, "server_ms": f.under_reads.server_ms,
+                                           "wall_ms": f.under_reads.wall.as_millis(), "per_second": f.under_reads.per_second()},
+                    "reads_rotating_over_not": f.ratio(),
+                    "rewrap_per_second_limit": opts.rewrap_per_second,
+                })),
                 "server_rss_mib": rss_mib,
                 "policy": policy.map(|(small, big, apply, rules)| json!({
                     "decision_ns_24_rules": small, "decision_ns_big": big, "big_rules": rules, "apply_big_s": apply,
@@ -409,6 +452,26 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         println!(
             "  reads with auditing on reach {:.0}% of reads with auditing off",
             r * 100.0
+        );
+    }
+    if let Some(f) = &rotation_figures {
+        let limit = opts
+            .rewrap_per_second
+            .map_or("the vault's default".to_owned(), |r| r.to_string());
+        println!(
+            "  key rotation (rate limit {limit}/s): alone, {} keys rewrapped in {} ms = {:.0} keys/s; \
+             under the reads, {} keys in {} ms = {:.0} keys/s",
+            f.alone.keys,
+            f.alone.server_ms,
+            f.alone.per_second(),
+            f.under_reads.keys,
+            f.under_reads.server_ms,
+            f.under_reads.per_second()
+        );
+        println!(
+            "  reads during the rotation reach {:.0}% of reads without ({:.1} s of reads while rotating)",
+            f.ratio() * 100.0,
+            f.during.elapsed.as_secs_f64()
         );
     }
     if let Some(rss) = rss_mib {

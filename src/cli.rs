@@ -175,8 +175,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     records: usize,
     /// Workloads, comma-separated: put, get-full, get-masked, get-denied, update, mix, shred,
-    /// shred-wait,
-    /// audit-cost, policy (default: all).
+    /// shred-wait, audit-cost, policy (default: all of these), and rotation (key rotation:
+    /// rewrap rate, reads during a rotation; best with --records 100000).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Draw record ids Zipf-skewed with this exponent (e.g. 0.99) instead of uniformly.
@@ -191,6 +191,9 @@ struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The started vault's key rewrap rate limit (keys/s), for the rotation workload.
+    #[arg(long)]
+    rewrap_per_second: Option<u32>,
 }
 
 async fn bench(args: BenchArgs) -> Result<(), String> {
@@ -202,6 +205,8 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
             .iter()
             // audit-cost needs a second vault the bench starts itself: not with --addr.
             .filter(|w| args.addr.is_none() || **w != "audit-cost")
+            // rotation wants many records: asked for by name.
+            .filter(|w| **w != "rotation")
             .map(|w| (*w).to_owned())
             .collect()
     } else {
@@ -219,6 +224,7 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
         policies: args.policies,
         pin: !args.no_pin,
         json: args.json,
+        rewrap_per_second: args.rewrap_per_second,
     })
     .await
 }

@@ -25,3 +25,5 @@ mod fuzz;
 
 #[path = "attacks/backups.rs"]
 mod backups;
+#[path = "attacks/rotation.rs"]
+mod rotation;

@@ -5,7 +5,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -48,19 +48,37 @@ where
     F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
+    drive_until(in_flight, duration, max_requests, None, op).await
+}
+
+/// Like [`drive`], and stops early once `stop` is set (checked before each request).
+pub(super) async fn drive_until<F, Fut>(
+    in_flight: usize,
+    duration: Duration,
+    max_requests: Option<u64>,
+    stop: Option<Arc<AtomicBool>>,
+    op: F,
+) -> Stats
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
     let limit = max_requests.unwrap_or(u64::MAX);
     let mut tasks = Vec::with_capacity(in_flight);
     for _ in 0..in_flight.max(1) {
-        let (op, counter) = (op.clone(), Arc::clone(&counter));
+        let (op, counter, stop) = (op.clone(), Arc::clone(&counter), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::with_capacity(4096);
             let (mut errors, mut first_error) = (0u64, None);
             loop {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                if n >= limit || Instant::now() >= deadline {
+                if n >= limit
+                    || Instant::now() >= deadline
+                    || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
+                {
                     break;
                 }
                 let t = Instant::now();

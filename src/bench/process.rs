@@ -93,16 +93,18 @@ impl Child {
 
     /// Starts a vault on a fresh data dir; returns it and its first admin token. With
     /// `audit_reads` false, the vault does not audit reads (only to measure what auditing
-    /// costs; the vault records that it was started so, and its health says so).
+    /// costs; the vault records that it was started so, and its health says so). `config` is
+    /// the text of its config file.
     pub(super) fn vault(
         data_dir: &Path,
         policies: &Path,
         pin: bool,
         audit_reads: bool,
+        config: &str,
     ) -> Result<(Self, String), String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let config_path = data_dir.join("bench.toml");
-        std::fs::write(&config_path, "").map_err(|e| e.to_string())?;
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let mut args = vec![
             "serve".to_owned(),
             "--listen".to_owned(),
