@@ -212,14 +212,35 @@ impl Keyring {
         let shown = self.path.display();
         let dir = files::parent_of(&self.path)
             .ok_or_else(|| format!("keyring file {shown} has no directory"))?;
-        let mut text = Zeroizing::new(format!(
-            "# strongroom keyring: the key epochs and the signing key. Keep it secret, apart \
-             from the data, and back it\n# up under a retention no longer than the shred \
-             horizon: an old copy keeps destroyed epochs alive.\n{HEADER}\nsigning {}\n",
-            hex::encode(state.signing.to_bytes())
+        // Built in one buffer sized up front, hex written in place: no temporary string and no
+        // reallocation leaves a copy of a key in freed memory.
+        const COMMENT: &str = "# strongroom keyring: the key epochs and the signing key. Keep it \
+            secret, apart from the data, and back it\n# up under a retention no longer than the \
+            shred horizon: an old copy keeps destroyed epochs alive.\n";
+        let mut text = Zeroizing::new(String::with_capacity(
+            COMMENT.len() + HEADER.len() + 80 + state.epochs.len() * 90,
         ));
+        let mut hex_buf = Zeroizing::new([0u8; 64]);
+        let mut push_key = |text: &mut String, key: &[u8; 32]| {
+            // 32 bytes always encode into 64 hex digits, which are ASCII.
+            if hex::encode_to_slice(key, hex_buf.as_mut()).is_ok()
+                && let Ok(digits) = std::str::from_utf8(hex_buf.as_ref())
+            {
+                text.push_str(digits);
+            }
+        };
+        text.push_str(COMMENT);
+        text.push_str(HEADER);
+        text.push_str("\nsigning ");
+        let signing = Zeroizing::new(state.signing.to_bytes());
+        push_key(&mut text, &signing);
+        text.push('\n');
         for (id, key) in &state.epochs {
-            text.push_str(&format!("epoch {} {}\n", id.0, hex::encode(key.as_ref())));
+            text.push_str("epoch ");
+            text.push_str(&id.0.to_string());
+            text.push(' ');
+            push_key(&mut text, key);
+            text.push('\n');
         }
         let bytes = match &self.file_key {
             None => Zeroizing::new(text.as_bytes().to_vec()),
@@ -269,7 +290,7 @@ impl Keyring {
                     .iter()
                     .map(|(id, key)| (*id, Zeroizing::new(**key)))
                     .collect(),
-                signing: SigningKey::from_bytes(&now.signing.to_bytes()),
+                signing: SigningKey::from_bytes(&Zeroizing::new(now.signing.to_bytes())),
             }
         };
         change(&mut next)?;

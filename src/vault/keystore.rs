@@ -315,7 +315,21 @@ impl KeyStore {
             manifest: entry.manifest,
         };
         match crypto::unwrap_dek(self.keys.as_ref(), entry.epoch, &entry.wrapped, &ctx) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Every epoch the store names must be live: keys under a destroyed one are an
+                // old copy of the store (taken before a rotation finished).
+                let live = self.keys.epochs();
+                let counts = self.counts().map_err(|e| e.to_string())?;
+                match counts.iter().find(|(e, _)| !live.contains(e)) {
+                    None => Ok(()),
+                    Some((epoch, n)) => Err(format!(
+                        "the key store holds {n} keys wrapped under epoch {epoch}, which the {} \
+                         provider does not have (destroyed by a rotation: is this an old copy of \
+                         the key store?)",
+                        self.keys.kind()
+                    )),
+                }
+            }
             Err(KeyError::UnknownEpoch(epoch)) => Err(format!(
                 "the key store holds keys wrapped under epoch {epoch}, which the {} provider \
                  does not have (destroyed by a rotation: is this an old copy of the key store?, \
@@ -416,12 +430,25 @@ impl KeyStore {
 
     /// Destroys every epoch older than the current one, once no stored key is wrapped under
     /// one: returns the epochs destroyed, or `None` if keys under an older epoch remain.
-    pub(crate) fn destroy_older_epochs(&self) -> Result<Option<Vec<EpochId>>, Error> {
+    /// The epochs about to be destroyed are first written to `marker_key` (in `meta`, synced),
+    /// so that their audit events are still written if the process dies right after.
+    pub(crate) fn destroy_older_epochs(
+        &self,
+        marker_key: &[u8],
+    ) -> Result<Option<Vec<EpochId>>, Error> {
         let _alone = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let current = self.keys.current();
         if self.counts()?.keys().any(|&e| e < current) {
             return Ok(None);
         }
+        let older: Vec<u8> = self
+            .keys
+            .epochs()
+            .into_iter()
+            .filter(|&e| e < current)
+            .flat_map(|e| e.0.to_be_bytes())
+            .collect();
+        self.set_meta(marker_key, Some(older))?;
         let mut destroyed = Vec::new();
         for epoch in self.keys.epochs() {
             if epoch < current {

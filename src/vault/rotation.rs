@@ -29,6 +29,8 @@ use crate::{
 
 /// Where the rewrap's position is kept (in the key store's `meta`).
 const CURSOR_KEY: &[u8] = b"rotation/cursor";
+/// The epochs being destroyed, kept until their audit events are written.
+const DESTROYING_KEY: &[u8] = b"rotation/destroying";
 /// Keys rewrapped per chunk: one synced write each, with the position reached. The store is
 /// held for the write only (the unwrapping and wrapping happen before), so new keys and
 /// deletes wait for at most one write.
@@ -238,8 +240,29 @@ impl Rotator {
         Ok(())
     }
 
+    /// Writes the events of a destruction that a crash interrupted after the epochs went.
+    async fn finish_interrupted(&self) -> Result<(), Error> {
+        let Some(marker) = self.keys.meta(DESTROYING_KEY)? else {
+            return Ok(());
+        };
+        let live = self.keys.provider().epochs();
+        let destroyed: Vec<EpochId> = marker
+            .chunks_exact(4)
+            .filter_map(|b| b.try_into().ok().map(u32::from_be_bytes).map(EpochId))
+            .filter(|e| !live.contains(e))
+            .collect();
+        if live.len() > 1 {
+            // Not all of them went: the rotation resumes and destroys them again.
+            return Ok(());
+        }
+        self.finished(&destroyed, 0, Duration::ZERO).await
+    }
+
     async fn run(self: Arc<Self>) {
         let mut stopped = self.stop.subscribe();
+        if let Err(e) = self.finish_interrupted().await {
+            tracing::error!(error = %e, "the events of an interrupted epoch destruction are not written yet");
+        }
         loop {
             if *stopped.borrow() {
                 return;
@@ -304,16 +327,16 @@ impl Rotator {
                 Some(next) => cursor = next,
                 None => {
                     let keys = Arc::clone(&self.keys);
-                    let destroyed =
-                        tokio::task::spawn_blocking(move || keys.destroy_older_epochs())
-                            .await
-                            .map_err(|e| Error::Internal(format!("rotation task failed: {e}")))??;
+                    let destroyed = tokio::task::spawn_blocking(move || {
+                        keys.destroy_older_epochs(DESTROYING_KEY)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("rotation task failed: {e}")))??;
                     let Some(destroyed) = destroyed else {
                         // Keys stored under an older epoch while the pass ran: one more pass.
                         cursor.clear();
                         continue;
                     };
-                    self.keys.set_meta(CURSOR_KEY, None)?;
                     self.finished(&destroyed, total, started.elapsed()).await?;
                     return Ok(true);
                 }
@@ -351,13 +374,74 @@ impl Rotator {
             method: "Keys/Rotate".into(),
             subject: "system:rotation".into(),
             result: "OK".into(),
-            detail: format!(
-                "rotation to epoch {current} completed: {moved} data keys rewrapped in {} ms",
-                took.as_millis()
-            ),
+            detail: if took.is_zero() {
+                format!("rotation to epoch {current} completed (recorded after a restart)")
+            } else {
+                format!(
+                    "rotation to epoch {current} completed: {moved} data keys rewrapped in {} ms",
+                    took.as_millis()
+                )
+            },
             ..Event::default()
         });
         self.audit.commit(Batch::new(), events).await?;
+        self.keys.set_meta(DESTROYING_KEY, None)?;
+        self.keys.set_meta(CURSOR_KEY, None)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        audit::{AuditOptions, Filter},
+        crypto::{KeyProvider, Keyring},
+        storage::{MemoryStore, Store},
+    };
+
+    #[tokio::test]
+    async fn an_epoch_destroyed_just_before_a_crash_still_gets_its_events() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ring: Arc<dyn KeyProvider> = Arc::new(
+            Keyring::open_file(dir.path().join("keyring")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        ring.add_epoch().unwrap_or_else(|e| panic!("{e}"));
+        let keys = Arc::new(KeyStore::new(
+            Arc::new(MemoryStore::new()),
+            Arc::clone(&ring),
+        ));
+        // The crash: the marker written and epoch 1 destroyed, its events not written.
+        let destroyed = keys.destroy_older_epochs(DESTROYING_KEY);
+        assert_eq!(destroyed.ok().flatten(), Some(vec![EpochId(1)]));
+        let data: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let audit = Arc::new(
+            Audit::open(data, ring, AuditOptions::default()).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let rotator = Rotator::start(
+            Arc::clone(&keys),
+            Arc::clone(&audit),
+            RotationOptions::default(),
+        );
+        let mut methods = Vec::new();
+        for _ in 0..200 {
+            let (events, _) = audit
+                .query(&Filter::default(), 0, 100)
+                .unwrap_or_else(|e| panic!("{e}"));
+            methods = events.into_iter().map(|e| (e.method, e.detail)).collect();
+            if !methods.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        rotator.stop().await;
+        assert_eq!(methods.len(), 2, "{methods:?}");
+        assert_eq!(methods[0].0, "Keys/DestroyEpoch");
+        assert!(methods[0].1.starts_with("epoch 1 destroyed"), "{methods:?}");
+        assert!(
+            methods[1].1.contains("recorded after a restart"),
+            "{methods:?}"
+        );
+        assert_eq!(keys.meta(DESTROYING_KEY).ok().flatten(), None);
     }
 }
