@@ -31,10 +31,11 @@ use crate::{
 const CURSOR_KEY: &[u8] = b"rotation/cursor";
 /// The epochs being destroyed, kept until their audit events are written.
 const DESTROYING_KEY: &[u8] = b"rotation/destroying";
-/// Keys rewrapped per chunk: one synced write each, with the position reached. The store is
-/// held for the write only (the unwrapping and wrapping happen before), so new keys and
-/// deletes wait for at most one write.
-const CHUNK: usize = 1024;
+/// Keys rewrapped per chunk at most: one synced write each, with the position reached. The
+/// store is held for the write only (the unwrapping and wrapping happen before), so new keys
+/// and deletes wait for at most one write. A slower rate takes smaller chunks (about 50 ms of
+/// its rate each), so the pace stays even.
+const MAX_CHUNK: u32 = 1024;
 
 /// How rotation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,16 +310,17 @@ impl Rotator {
     async fn rewrap_all(&self, stopped: &mut watch::Receiver<bool>) -> Result<bool, Error> {
         let started = std::time::Instant::now();
         let mut cursor = self.keys.meta(CURSOR_KEY)?.unwrap_or_default();
-        let per_chunk = Duration::from_secs_f64(
-            CHUNK as f64 / f64::from(self.options.rewrap_per_second.max(1)),
-        );
+        let rate = self.options.rewrap_per_second.max(1);
+        let chunk = (rate / 20).clamp(16, MAX_CHUNK);
+        let per_chunk = Duration::from_secs_f64(f64::from(chunk) / f64::from(rate));
+        let chunk = usize::try_from(chunk).unwrap_or(16);
         let mut total = 0u64;
         loop {
             let chunk_started = tokio::time::Instant::now();
             let keys = Arc::clone(&self.keys);
             let from = cursor.clone();
             let done =
-                tokio::task::spawn_blocking(move || keys.rewrap_chunk(&from, CHUNK, CURSOR_KEY))
+                tokio::task::spawn_blocking(move || keys.rewrap_chunk(&from, chunk, CURSOR_KEY))
                     .await
                     .map_err(|e| Error::Internal(format!("rewrap task failed: {e}")))??;
             total += done.moved;
