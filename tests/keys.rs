@@ -157,30 +157,13 @@ async fn rotation_over_grpc_and_who_may_call_it() {
 
     // Every call is in the audit log, the refused ones too.
     let mut auditor = vault.as_role("role:auditor").await;
-    let mut methods = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = auditor
-            .audit
-            .query_events(pb::QueryEventsRequest {
-                filter: None,
-                page_size: 1000,
-                after_seq: after,
-            })
+    let methods: Vec<(String, String, String)> =
+        support::events(&mut auditor, pb::EventFilter::default())
             .await
-            .unwrap()
-            .into_inner();
-        methods.extend(
-            page.events
-                .iter()
-                .filter(|e| e.method.starts_with("Keys/"))
-                .map(|e| (e.method.clone(), e.result.clone(), e.subject.clone())),
-        );
-        if page.next_after_seq == 0 {
-            break;
-        }
-        after = page.next_after_seq;
-    }
+            .into_iter()
+            .filter(|e| e.method.starts_with("Keys/"))
+            .map(|e| (e.method, e.result, e.subject))
+            .collect();
     let count = |m: &str, r: &str| methods.iter().filter(|(a, b, _)| a == m && b == r).count();
     assert_eq!(
         count("Keys/RotateKeys", "PERMISSION_DENIED"),

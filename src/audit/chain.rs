@@ -237,7 +237,7 @@ mod tests {
             (any::<u64>(), any::<[u8; 32]>(), any::<i64>()).prop_map(move |(seq, head, time)| {
                 Checkpoint::sign(&signing, seq, head, time)
                     .map(|c| c.encode())
-                    .unwrap_or_default()
+                    .unwrap_or_else(|e| panic!("{e}"))
             });
         fuzz("audit checkpoint", 256, inputs(valid, JSON), |input| {
             let Ok(c) = serde_json::from_slice::<Checkpoint>(&input.bytes) else {

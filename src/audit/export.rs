@@ -597,7 +597,7 @@ mod tests {
             let sig_at = bad[i].find("\"signature\":\"").unwrap_or(0) + 13;
             let mut bytes = bad[i].clone().into_bytes();
             bytes[sig_at] = if bytes[sig_at] == b'0' { b'1' } else { b'0' };
-            bad[i] = String::from_utf8(bytes).unwrap_or_default();
+            bad[i] = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"));
             must_fail(bad, "forged or altered");
         }
         // The head: forged, removed (the tail cannot be authenticated), kept with a cut tail.
@@ -620,7 +620,9 @@ mod tests {
         // Pinned heads: the real one passes; later or contradicting ones are named.
         let pin = PinnedHead {
             seq: head.seq,
-            hash: head.head_bytes().unwrap_or_default(),
+            hash: head
+                .head_bytes()
+                .unwrap_or_else(|| panic!("the head decodes")),
         };
         assert!(verify_export(&text, &public, Some(pin)).is_ok());
         let later = PinnedHead { seq: 40, ..pin };

@@ -458,7 +458,9 @@ mod tests {
         let mode = fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode.ok(), Some(0o600));
         assert_eq!(first.epochs(), vec![EpochId(1)]);
-        let sealed = first.seal(EpochId(1), b"dek", b"ctx").unwrap_or_default();
+        let sealed = first
+            .seal(EpochId(1), b"dek", b"ctx")
+            .unwrap_or_else(|e| panic!("{e}"));
         let signature = first.sign(b"msg").unwrap_or_else(|e| panic!("{e}"));
         assert!(verify_signature(&first.public_key(), b"msg", &signature));
         assert!(!verify_signature(&first.public_key(), b"msh", &signature));
@@ -480,11 +482,11 @@ mod tests {
             Some(KeyError::Decrypt)
         );
         // Epoch 1's key bytes, as the file held them before the destruction.
-        let old_text = fs::read_to_string(&path).unwrap_or_default();
+        let old_text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
         let epoch1_line = old_text
             .lines()
             .find(|l| l.starts_with("epoch 1 "))
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("the keyring names epoch 1"))
             .to_owned();
         assert!(again.destroy_epoch(EpochId(2)).is_err(), "current epoch");
         again
@@ -494,7 +496,7 @@ mod tests {
             again.open(EpochId(1), &sealed, b"ctx").err(),
             Some(KeyError::UnknownEpoch(EpochId(1)))
         );
-        let after = fs::read_to_string(&path).unwrap_or_default();
+        let after = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
         let key_hex = epoch1_line.rsplit(' ').next().unwrap_or("?");
         assert!(!after.contains(key_hex));
         assert!(!dir.path().join("keyring.new").exists());
@@ -540,7 +542,7 @@ mod tests {
         let key = |hex_text: &str| env_key("VAR", hex_text).unwrap_or_else(|e| panic!("{e}"));
         let first = Keyring::open(path.clone(), "env", Some(key(&"ab".repeat(32))))
             .unwrap_or_else(|e| panic!("{e}"));
-        let raw = fs::read(&path).unwrap_or_default();
+        let raw = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(!String::from_utf8_lossy(&raw).contains(HEADER));
         let again = Keyring::open(path.clone(), "env", Some(key(&"ab".repeat(32))))
             .unwrap_or_else(|e| panic!("{e}"));

@@ -64,21 +64,12 @@ async fn shred(admin: &mut Client, id: &str) -> pb::ShredReceipt {
 
 /// Events of `method` about `record`.
 async fn events(admin: &mut Client, method: &str, record: &str) -> Vec<pb::AuditEvent> {
-    admin
-        .audit
-        .query_events(pb::QueryEventsRequest {
-            filter: Some(pb::EventFilter {
-                method: method.into(),
-                record_id: record.into(),
-                ..pb::EventFilter::default()
-            }),
-            page_size: 1000,
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events
+    let filter = pb::EventFilter {
+        method: method.into(),
+        record_id: record.into(),
+        ..pb::EventFilter::default()
+    };
+    support::events(admin, filter).await
 }
 
 /// Starts a rotation and waits until it completed (the older epochs destroyed).

@@ -26,7 +26,7 @@ use strongroom::{
 };
 use tonic::Code;
 
-use crate::support::{ChildVault, customer, field, get, value_of};
+use crate::support::{ChildVault, customer, events_of, field, get, value_of};
 
 /// Seeded keys unless `STRONGROOM_ROTATION_KEYS` says otherwise.
 const DEFAULT_KEYS: usize = 3_000;
@@ -378,32 +378,6 @@ async fn check_all(c: &Client, want: BTreeMap<String, Option<Vec<String>>>) -> V
     }
     join(tasks).await;
     Arc::try_unwrap(bad).unwrap().into_inner().unwrap()
-}
-
-/// Every event of `method`, paged.
-async fn events_of(c: &mut Client, method: &str) -> Vec<pb::AuditEvent> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = c
-            .audit
-            .query_events(pb::QueryEventsRequest {
-                filter: Some(pb::EventFilter {
-                    method: method.into(),
-                    ..pb::EventFilter::default()
-                }),
-                page_size: 1000,
-                after_seq: after,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.events);
-        if page.next_after_seq == 0 {
-            return out;
-        }
-        after = page.next_after_seq;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

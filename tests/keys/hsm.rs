@@ -20,7 +20,9 @@ use tonic::Code;
 
 use crate::{
     softhsm::{SoftHsm, TOKEN_LABEL, USER_PIN, write_private},
-    support::{ChildVault, assert_code, create, customer, files_containing, get, policies_dir},
+    support::{
+        ChildVault, assert_code, create, customer, events_of, files_containing, get, policies_dir,
+    },
 };
 
 /// Set in the child run of `list_token_objects_in_child`: the SoftHSM2 temp dir.
@@ -152,32 +154,6 @@ async fn token(admin: &mut Client, subject: &str, roles: &[&str]) -> String {
         .unwrap()
         .into_inner()
         .token
-}
-
-/// The audit events of `method`, oldest first.
-async fn events(auditor: &mut Client, method: &str) -> Vec<pb::AuditEvent> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = auditor
-            .audit
-            .query_events(pb::QueryEventsRequest {
-                filter: Some(pb::EventFilter {
-                    method: method.into(),
-                    ..Default::default()
-                }),
-                page_size: 1000,
-                after_seq: after,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.events);
-        if page.next_after_seq == 0 {
-            return out;
-        }
-        after = page.next_after_seq;
-    }
 }
 
 async fn key_status(admin: &mut Client) -> pb::KeyStatus {
@@ -332,7 +308,7 @@ async fn records_round_trip_through_the_hsm_across_a_restart_with_no_keyring_fil
     assert_eq!(status.epochs[0].keys, 5);
     let auditor = token(&mut admin, "user:audrey", &["role:auditor"]).await;
     let mut auditor = connect(&vault, &auditor).await;
-    let load = events(&mut auditor, "Keys/Load").await;
+    let load = events_of(&mut auditor, "Keys/Load").await;
     assert_eq!(load.len(), 1, "{load:?}");
     assert!(
         load[0]
@@ -575,12 +551,12 @@ async fn measure_rotation(vault: &ChildVault, n: usize) -> (u64, u64, i64) {
     assert_eq!(done.epochs[0].keys, n as u64);
     let auditor = token(&mut admin, "user:audrey", &["role:auditor"]).await;
     let mut auditor = connect(vault, &auditor).await;
-    let rotate = events(&mut auditor, "Keys/Rotate").await;
+    let rotate = events_of(&mut auditor, "Keys/Rotate").await;
     let completed = rotate
         .iter()
         .find(|e| e.detail.starts_with("rotation to epoch 2 completed"))
         .unwrap();
-    let started = events(&mut auditor, "Keys/RotateKeys").await;
+    let started = events_of(&mut auditor, "Keys/RotateKeys").await;
     let started = started
         .iter()
         .find(|e| e.detail.starts_with("rotation started"))

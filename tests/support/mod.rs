@@ -358,6 +358,38 @@ pub async fn get(
         .map(tonic::Response::into_inner)
 }
 
+/// Every audit event `filter` matches, oldest first (all pages).
+pub async fn events(client: &mut Client, filter: pb::EventFilter) -> Vec<pb::AuditEvent> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .audit
+            .query_events(pb::QueryEventsRequest {
+                filter: Some(filter.clone()),
+                page_size: 1000,
+                after_seq: after,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.events);
+        if page.next_after_seq == 0 {
+            return out;
+        }
+        after = page.next_after_seq;
+    }
+}
+
+/// Every audit event of `method`, oldest first.
+pub async fn events_of(client: &mut Client, method: &str) -> Vec<pb::AuditEvent> {
+    let filter = pb::EventFilter {
+        method: method.into(),
+        ..pb::EventFilter::default()
+    };
+    events(client, filter).await
+}
+
 /// `(name, disclosure, value)` of each returned field.
 pub fn view(resp: &pb::GetRecordResponse) -> Vec<(String, pb::Disclosure, String)> {
     resp.fields
