@@ -581,7 +581,7 @@ impl Vault {
         // header names.
         self.audit.commit(batch, vec![event]).await?;
         // Left behind on a crash before this point, the old key is removed at the next start.
-        self.forget_key(id, 0, Some(version)).await;
+        self.forget_older_keys(id, version).await;
         self.purger.rekeyed(*id);
         Ok(version)
     }
@@ -670,10 +670,10 @@ impl Vault {
 }
 
 impl Vault {
-    /// Deletes `id`'s keys of versions `from..to`, logging a failure: used where the operation
-    /// already failed or succeeded and a leftover key is removed at the next start anyway.
-    async fn forget_key(&self, id: &RecordId, from: u64, to: Option<u64>) {
-        if let Err(e) = self.keys.delete(id, from, to).await {
+    /// Deletes `id`'s keys of the versions before `version`, logging a failure: the update
+    /// already succeeded, and a leftover key is removed at the next start anyway.
+    async fn forget_older_keys(&self, id: &RecordId, version: u64) {
+        if let Err(e) = self.keys.delete(id, 0..version).await {
             tracing::warn!(record = %id, error = %e, "an unused data key stays until the next start");
         }
     }

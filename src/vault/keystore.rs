@@ -95,6 +95,12 @@ pub(crate) fn entry_key(id: &RecordId, version: u64) -> Vec<u8> {
     key
 }
 
+/// The first entry key after every version of `id`'s keys.
+fn record_end(id: &RecordId) -> Vec<u8> {
+    // A 16-byte id of all 0xff has no prefix end; every entry key of it is 24 bytes.
+    prefix_end(id.as_bytes()).unwrap_or_else(|| vec![0xff; 25])
+}
+
 /// The record id and version of an entry key.
 pub(crate) fn parse_entry_key(key: &[u8]) -> Option<([u8; 16], u64)> {
     let id: [u8; 16] = key.get(..16)?.try_into().ok()?;
@@ -235,21 +241,15 @@ impl KeyStore {
 
     /// Shreds `id`'s keys: deletes every version and records the shred, in one synced batch.
     pub(crate) async fn shred(&self, id: &RecordId, at_ms: i64) -> Result<(), Error> {
-        let start = entry_key(id, 0);
-        let end = prefix_end(id.as_bytes()).unwrap_or_else(|| vec![0xff; 25]);
-        let mark = shredded_key(id);
-        let store = Arc::clone(&self.store);
-        let gate = Arc::clone(&self.gate);
-        tokio::task::spawn_blocking(move || {
-            let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
-            let mut batch = Batch::new();
-            batch.delete_range(Keyspace::Deks, start, end);
-            batch.put(Keyspace::Meta, mark, at_ms.to_be_bytes().to_vec());
-            store.write(batch)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("key store write task failed: {e}")))??;
-        Ok(())
+        let end = record_end(id);
+        let mut batch = Batch::new();
+        batch.delete_range(Keyspace::Deks, entry_key(id, 0), end);
+        batch.put(
+            Keyspace::Meta,
+            shredded_key(id),
+            at_ms.to_be_bytes().to_vec(),
+        );
+        self.write_shared(batch).await
     }
 
     /// Whether this key store recorded `id` as shredded.
@@ -259,31 +259,35 @@ impl KeyStore {
 
     /// Whether the store holds a key of any version for `id`.
     pub(crate) fn holds_any(&self, id: &RecordId) -> Result<bool, Error> {
-        let end = prefix_end(id.as_bytes()).unwrap_or_else(|| vec![0xff; 25]);
+        let end = record_end(id);
         Ok(!self
             .store
             .scan_range(Keyspace::Deks, id.as_bytes(), Some(&end), 1)?
             .is_empty())
     }
 
-    /// Deletes `id`'s keys of versions `from..` (all of them with `from` 0), synced.
+    /// Deletes `id`'s keys of the versions in `versions`, synced.
     pub(crate) async fn delete(
         &self,
         id: &RecordId,
-        from: u64,
-        to: Option<u64>,
+        versions: std::ops::Range<u64>,
     ) -> Result<(), Error> {
-        let start = entry_key(id, from);
-        let end = match to {
-            Some(to) => entry_key(id, to),
-            None => prefix_end(id.as_bytes()).unwrap_or_else(|| vec![0xff; 25]),
-        };
+        let mut batch = Batch::new();
+        batch.delete_range(
+            Keyspace::Deks,
+            entry_key(id, versions.start),
+            entry_key(id, versions.end),
+        );
+        self.write_shared(batch).await
+    }
+
+    /// Writes `batch` (synced) on a blocking thread, under the shared side of the gate: never
+    /// between a rewrap chunk's check and its write, nor during an epoch's destruction.
+    async fn write_shared(&self, batch: Batch) -> Result<(), Error> {
         let store = Arc::clone(&self.store);
         let gate = Arc::clone(&self.gate);
         tokio::task::spawn_blocking(move || {
             let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
-            let mut batch = Batch::new();
-            batch.delete_range(Keyspace::Deks, start, end);
             store.write(batch)
         })
         .await

@@ -100,7 +100,7 @@ impl Vault {
         }
         done.keys_without_data = u64::try_from(keys.len()).unwrap_or(u64::MAX);
         for (record, v) in stale {
-            self.keys.delete(&record, v, Some(v + 1)).await?;
+            self.keys.delete(&record, v..v + 1).await?;
             done.stale_keys += 1;
         }
         for chunk in orphans.chunks(CHUNK) {
