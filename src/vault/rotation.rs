@@ -446,4 +446,47 @@ mod tests {
         );
         assert_eq!(keys.meta(DESTROYING_KEY).ok().flatten(), None);
     }
+
+    #[tokio::test]
+    async fn the_shred_horizon_starts_a_rotation_by_itself() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ring: Arc<dyn KeyProvider> = Arc::new(
+            Keyring::open_file(dir.path().join("keyring")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let keys = Arc::new(KeyStore::new(
+            Arc::new(MemoryStore::new()),
+            Arc::clone(&ring),
+        ));
+        let data: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let audit = Arc::new(
+            Audit::open(data, Arc::clone(&ring), AuditOptions::default())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let options = RotationOptions {
+            shred_horizon: Duration::from_millis(200),
+            ..RotationOptions::default()
+        };
+        let rotator = Rotator::start(Arc::clone(&keys), Arc::clone(&audit), options);
+        let mut details = Vec::new();
+        for _ in 0..500 {
+            let (events, _) = audit
+                .query(&Filter::default(), 0, 100)
+                .unwrap_or_else(|e| panic!("{e}"));
+            details = events.into_iter().map(|e| e.detail).collect::<Vec<_>>();
+            if details.iter().any(|d| d.contains("completed")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        rotator.stop().await;
+        assert!(
+            details.iter().any(|d| d.contains("shred horizon reached")),
+            "{details:?}"
+        );
+        assert!(
+            details.iter().any(|d| d.contains("epoch 1 destroyed")),
+            "{details:?}"
+        );
+        assert!(!ring.epochs().contains(&EpochId(1)));
+    }
 }
