@@ -61,6 +61,9 @@ impl fmt::Debug for Purpose {
 pub struct Collection {
     name: CollectionName,
     fields: Vec<(FieldName, FieldType)>,
+    /// Bit `i` set: field `i` is sensitive (a plaintext disclosure of it is counted against the
+    /// reader's limits, and a policy change widening access to it needs a second approver).
+    sensitive: u64,
 }
 
 impl Collection {
@@ -72,6 +75,11 @@ impl Collection {
     /// The declared fields, in declaration order.
     pub fn fields(&self) -> &[(FieldName, FieldType)] {
         &self.fields
+    }
+
+    /// Whether the field at `index` is declared `sensitive`.
+    pub fn is_sensitive(&self, index: usize) -> bool {
+        index < MAX_FIELDS_PER_COLLECTION && self.sensitive & (1 << index) != 0
     }
 
     /// The index of a declared field.
@@ -129,6 +137,8 @@ struct FieldFile {
     name: String,
     #[serde(rename = "type")]
     ty: FieldType,
+    #[serde(default)]
+    sensitive: bool,
 }
 
 impl Schema {
@@ -178,6 +188,7 @@ impl Schema {
                 ));
             }
             let mut fields: Vec<(FieldName, FieldType)> = Vec::new();
+            let mut sensitive = 0u64;
             for f in c.fields {
                 let field = FieldName::parse(&f.name, &at)?;
                 if fields.iter().any(|(n, _)| *n == field) {
@@ -186,10 +197,20 @@ impl Schema {
                         format!("field {:?} is declared twice", f.name),
                     ));
                 }
+                if f.sensitive {
+                    sensitive |= 1 << fields.len();
+                }
                 fields.push((field, f.ty));
             }
             let name = CollectionName(name);
-            collections.insert(name.0.clone(), Collection { name, fields });
+            collections.insert(
+                name.0.clone(),
+                Collection {
+                    name,
+                    fields,
+                    sensitive,
+                },
+            );
         }
         if collections.is_empty() {
             return Err(InvalidInput::new(
@@ -258,6 +279,25 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shipped_schema_marks_ssn_card_and_birth_date_sensitive() {
+        let schema = Schema::parse(include_str!("../../policies/schema.toml")).unwrap();
+        let customers = schema.collection("customers", "c").unwrap();
+        let sensitive: Vec<&str> = customers
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| customers.is_sensitive(*i))
+            .map(|(_, (name, _))| name.as_str())
+            .collect();
+        assert_eq!(sensitive, ["date_of_birth", "ssn", "card_number"]);
+        assert!(!customers.is_sensitive(64));
+        let bad = Schema::parse(
+            "purposes = [\"a\"]\n[collections.c]\nfields = [{ name = \"x\", type = \"ssn\", sensitive = \"yes\" }]\n",
+        );
+        assert!(bad.is_err());
+    }
 
     #[test]
     fn fuzz_schema_toml() {
