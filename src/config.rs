@@ -51,6 +51,9 @@ pub struct Config {
     /// hidden flag of `serve`) on the throwaway vault it starts to measure what auditing costs.
     /// A start with it set is recorded in the audit log, warned about, and shown by health.
     pub danger_disable_read_audit: bool,
+    /// The clock tokens expire and limit windows turn by. Not a config file key: always the
+    /// system clock, except in tests, which set a manual one to move time without sleeping.
+    pub clock: crate::domain::Clock,
 }
 
 /// Limits on what one connection and one request may hold, so that a caller (authenticated or
@@ -406,6 +409,7 @@ impl Config {
             listen,
             audit,
             danger_disable_read_audit: false,
+            clock: crate::domain::Clock::system(),
             data_dir,
             keys_dir,
             policies_dir,

@@ -3,11 +3,13 @@
 //!
 //! No I/O here, and no dependency on tonic, RocksDB, casbin or the cipher.
 
+mod clock;
 mod field;
 mod ids;
 mod principal;
 mod schema;
 
+pub use clock::Clock;
 pub use field::{FieldName, FieldType, FieldValue};
 pub use ids::RecordId;
 pub use principal::{Principal, Role, Subject};
