@@ -19,6 +19,7 @@ run: build
 
 ## The whole test suite: unit, property and integration tests against a real server and RocksDB.
 test: deps
+	./scripts/python-env.sh >/dev/null
 	$(CARGO) test --locked
 	$(CARGO) bench --locked --bench guard
 
