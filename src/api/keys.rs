@@ -74,8 +74,10 @@ impl Keys for KeysApi {
         // The rotation's start is the vault's own audit event; it runs to its durable start
         // even if the caller goes away.
         let (vault, by, change) = (Arc::clone(&self.vault), caller.clone(), call.clone());
-        let result =
-            super::to_completion(async move { vault.rotation().rotate(vault.policy(), &by, &change).await }).await;
+        let result = super::to_completion(async move {
+            vault.rotation().rotate(vault.policy(), &by, &change).await
+        })
+        .await;
         let status = audited(self.vault.audit(), &caller, &call, Known::default(), result).await?;
         Ok(Response::new(to_pb(status)))
     }

@@ -161,7 +161,14 @@ impl Policies for PoliciesApi {
         let result =
             super::to_completion(async move { governance.reject(&caller, &change, id).await })
                 .await;
-        let p = audited(self.governance.audit(), &by, &call, Known::default(), result).await?;
+        let p = audited(
+            self.governance.audit(),
+            &by,
+            &call,
+            Known::default(),
+            result,
+        )
+        .await?;
         Ok(Response::new(pending(p)))
     }
 

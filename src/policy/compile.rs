@@ -285,11 +285,7 @@ impl DecisionTable {
     pub fn escalations_to(&self, after: &Self) -> Vec<Escalation> {
         let mut out = Vec::new();
         for (name, roles) in after.names.iter().zip(&after.row_roles) {
-            let roles: Vec<&str> = roles
-                .iter()
-                .flatten()
-                .map(Role::as_str)
-                .collect();
+            let roles: Vec<&str> = roles.iter().flatten().map(Role::as_str).collect();
             for privilege in Privilege::ALL {
                 if after.privileges.holds_with(name, &roles, privilege)
                     && !self.privileges.holds_with(name, &roles, privilege)

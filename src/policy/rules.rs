@@ -494,7 +494,10 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
         assert!(err("p, role:a, audit, manage, *, allow").contains("line 1: `audit manage`"));
         assert!(err("p, role:a, audit, read, support, allow").contains("every purpose"));
         assert!(err("p, role:a, keys, read, *, maybe").contains("unknown effect"));
-        assert!(err("p, role:a, keys, read, *, allow\np, role:a, keys, read, *, allow").contains("line 2"));
+        assert!(
+            err("p, role:a, keys, read, *, allow\np, role:a, keys, read, *, allow")
+                .contains("line 2")
+        );
         assert!(err("p, role:a, customers.email, read, support").contains("expected `p,"));
         assert!(err("x, y").contains("must start"));
         let cycle = err("g, role:a, role:b\ng, role:b, role:c\ng, role:c, role:a");

@@ -216,7 +216,11 @@ impl Governance {
             .await;
         match result {
             Ok(_) => {
-                tracing::warn!(from = current, to = next, "privilege lines added to the stored policy");
+                tracing::warn!(
+                    from = current,
+                    to = next,
+                    "privilege lines added to the stored policy"
+                );
                 Ok(())
             }
             Err(ReplaceError::Policy(e)) => Err(policy_input(e)),
