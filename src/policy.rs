@@ -8,6 +8,7 @@
 
 mod compile;
 mod explain;
+mod privilege;
 mod rules;
 
 use std::{
@@ -17,8 +18,9 @@ use std::{
 
 use crate::domain::{Collection, Principal, Purpose, Schema};
 
-pub use compile::{DecisionChange, DecisionTable};
+pub use compile::{DecisionChange, DecisionTable, Escalation};
 pub use explain::MatchedRule;
+pub use privilege::Privilege;
 pub use rules::{Action, MAX_ROLE_DEPTH, PolicyError, PolicyText};
 
 /// What a caller may see of one field.
@@ -90,6 +92,29 @@ pub struct Explanation {
     pub summary: String,
     /// The policy version that answered.
     pub policy_version: u64,
+}
+
+/// A candidate policy, validated and compiled aside, beside the table it would replace.
+#[derive(Debug)]
+pub struct Candidate<'a> {
+    /// The validated text.
+    pub text: &'a PolicyText,
+    /// The table serving now.
+    pub before: &'a DecisionTable,
+    /// The table the candidate compiles to.
+    pub after: &'a DecisionTable,
+    /// Every decision that would change.
+    pub changes: &'a [DecisionChange],
+}
+
+/// What a policy change's `persist` step decided: install the new table, or keep the running
+/// one (the change was stored for later, e.g. as pending approval).
+#[derive(Debug)]
+pub enum Commit<T> {
+    /// Swap the new table in.
+    Install(T),
+    /// Keep the running table.
+    Keep(T),
 }
 
 /// Why a policy change failed: the policy was invalid, or it could not be persisted.
@@ -178,8 +203,8 @@ impl PolicyEngine {
     }
 
     /// Replaces the live policy: validates and compiles `policy` aside, calls `persist` with
-    /// the validated text and the decision changes, and only if that succeeds swaps the new
-    /// table in. Reads are never blocked: they see the old table or the new one.
+    /// the candidate, and only if that succeeds with `Commit::Install` swaps the new table in.
+    /// Reads are never blocked: they see the old table or the new one.
     ///
     /// # Errors
     /// `ReplaceError::Policy` if the policy is invalid, `ReplaceError::Persist` if `persist`
@@ -188,10 +213,10 @@ impl PolicyEngine {
         &self,
         policy: &str,
         version: u64,
-        persist: impl FnOnce(&PolicyText, &[DecisionChange]) -> F,
+        persist: impl FnOnce(Candidate<'_>) -> F,
     ) -> Result<T, ReplaceError<E>>
     where
-        F: Future<Output = Result<T, E>>,
+        F: Future<Output = Result<Commit<T>, E>>,
     {
         let principals = self.principals.lock().await;
         let text =
@@ -199,10 +224,18 @@ impl PolicyEngine {
         let table = compile::compile(&self.model, &text, &self.schema, &principals)
             .await
             .map_err(ReplaceError::Policy)?;
-        let changes = self.table().changes_to(&table);
-        let out = persist(&text, &changes)
-            .await
-            .map_err(ReplaceError::Persist)?;
+        let before = self.table();
+        let changes = before.changes_to(&table);
+        let candidate = Candidate {
+            text: &text,
+            before: &before,
+            after: &table,
+            changes: &changes,
+        };
+        let out = match persist(candidate).await.map_err(ReplaceError::Persist)? {
+            Commit::Install(out) => out,
+            Commit::Keep(out) => return Ok(out),
+        };
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         *current = Arc::new(Current {
             text: Arc::new(text),

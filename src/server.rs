@@ -362,9 +362,13 @@ pub async fn start_with_stores(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let audit_svc = AuditServer::new(AuditApi::new(Arc::clone(&audit), stopping))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let audit_svc = AuditServer::new(AuditApi::new(
+        Arc::clone(&audit),
+        Arc::clone(&policy),
+        stopping,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -72,6 +72,9 @@ pub enum Error {
     /// The request is malformed.
     #[error(transparent)]
     InvalidArgument(#[from] InvalidInput),
+    /// No such pending policy change.
+    #[error("no pending policy change {0}")]
+    NoSuchProposal(u64),
     /// No such policy version.
     #[error("no policy version {0}")]
     NoSuchVersion(u64),
@@ -271,6 +274,11 @@ impl Vault {
     pub async fn stop(&self) {
         self.rotator.stop().await;
         self.purger.stop().await;
+    }
+
+    /// The live policy.
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
     }
 
     /// Key rotation and status.

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
+#[path = "policy/two_person.rs"]
+mod two_person;
 
 use std::{
     collections::{BTreeSet, HashMap},

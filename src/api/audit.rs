@@ -15,6 +15,7 @@ use super::{
 use crate::{
     audit::{self, Audit, Call, Event, Filter},
     domain::Principal,
+    policy::PolicyEngine,
     vault::{Privilege, require, tokens::Credential},
 };
 
@@ -22,19 +23,29 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuditApi {
     audit: Arc<Audit>,
+    policy: Arc<PolicyEngine>,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuditApi {
     /// The service over the log.
     /// Live streams end when `stopping` turns true, so a follower never holds up shutdown.
-    pub fn new(audit: Arc<Audit>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { audit, stopping }
+    /// Who may read it is decided by the live `policy`.
+    pub fn new(
+        audit: Arc<Audit>,
+        policy: Arc<PolicyEngine>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            audit,
+            policy,
+            stopping,
+        }
     }
 
     /// Checks the caller's roles and records the call.
     async fn admit(&self, principal: &Principal, call: &Call) -> Result<(), Status> {
-        let allowed = require(principal, Privilege::ReadAudit);
+        let allowed = require(&self.policy, principal, Privilege::ReadAudit);
         recorded(&self.audit, principal, call, allowed).await
     }
 }

@@ -74,8 +74,10 @@ impl Keys for KeysApi {
         // The rotation's start is the vault's own audit event; it runs to its durable start
         // even if the caller goes away.
         let (vault, by, change) = (Arc::clone(&self.vault), caller.clone(), call.clone());
-        let result =
-            super::to_completion(async move { vault.rotation().rotate(&by, &change).await }).await;
+        let result = super::to_completion(async move {
+            vault.rotation().rotate(vault.policy(), &by, &change).await
+        })
+        .await;
         let status = audited(self.vault.audit(), &caller, &call, Known::default(), result).await?;
         Ok(Response::new(to_pb(status)))
     }
@@ -86,7 +88,7 @@ impl Keys for KeysApi {
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let caller = principal(&request)?;
         let call = Call::new("Keys/GetKeyStatus");
-        let result = match require(&caller, Privilege::ReadKeyStatus) {
+        let result = match require(self.vault.policy(), &caller, Privilege::ReadKeyStatus) {
             Ok(()) => self.status().await,
             Err(e) => Err(e),
         };

@@ -12,7 +12,7 @@ use super::{
 use crate::{
     audit::Call,
     policy::DecisionChange,
-    vault::governance::{Governance, PolicyVersion},
+    vault::governance::{Governance, Outcome, PolicyVersion, Proposal, Status as ProposalStatus},
 };
 
 /// The `Policies` gRPC service.
@@ -28,12 +28,20 @@ impl PoliciesApi {
         &self,
         by: &crate::domain::Principal,
         call: &Call,
-        result: Result<(PolicyVersion, Vec<DecisionChange>), crate::vault::Error>,
+        result: Result<Outcome, crate::vault::Error>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let (v, c) = audited(self.governance.audit(), by, call, Known::default(), result).await?;
-        Ok(Response::new(pb::ApplyPolicyResponse {
-            version: Some(info(&v)),
-            changes: changes(c),
+        let outcome = audited(self.governance.audit(), by, call, Known::default(), result).await?;
+        Ok(Response::new(match outcome {
+            Outcome::Applied(v, c) => pb::ApplyPolicyResponse {
+                version: Some(info(&v)),
+                changes: changes(c),
+                pending: None,
+            },
+            Outcome::Pending(p, c) => pb::ApplyPolicyResponse {
+                version: None,
+                changes: changes(c),
+                pending: Some(pending(p)),
+            },
         }))
     }
 
@@ -52,6 +60,26 @@ fn info(v: &PolicyVersion) -> pb::PolicyVersionInfo {
         from_version: v.from_version,
         rule_count: v.rule_count,
         decisions_changed: v.decisions_changed,
+        approved_by: v.approved_by.clone(),
+    }
+}
+
+fn pending(p: Proposal) -> pb::PendingPolicy {
+    let (status, decided_by) = match p.status {
+        ProposalStatus::Approved { by, .. } => ("approved", by),
+        ProposalStatus::Pending => ("pending", String::new()),
+        ProposalStatus::Rejected { by, .. } => ("rejected", by),
+    };
+    pb::PendingPolicy {
+        id: p.id,
+        proposed_by: p.proposed_by,
+        proposed_at_unix_ms: p.proposed_at_ms,
+        comment: p.comment,
+        against_version: p.against_version,
+        reasons: p.reasons,
+        decisions_changed: p.decisions_changed,
+        status: status.to_owned(),
+        decided_by,
     }
 }
 
@@ -106,6 +134,55 @@ impl Policies for PoliciesApi {
         })
         .await;
         self.applied(&by, &call, result).await
+    }
+
+    async fn approve_policy(
+        &self,
+        request: Request<pb::ApprovePolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let by = principal(&request)?;
+        let pb::ApprovePolicyRequest { id } = request.into_inner();
+        let call = Call::new("Policies/ApprovePolicy");
+        let (governance, caller, change) = (Arc::clone(&self.governance), by.clone(), call.clone());
+        let result =
+            super::to_completion(async move { governance.approve(&caller, &change, id).await })
+                .await;
+        self.applied(&by, &call, result).await
+    }
+
+    async fn reject_policy(
+        &self,
+        request: Request<pb::RejectPolicyRequest>,
+    ) -> Result<Response<pb::PendingPolicy>, Status> {
+        let by = principal(&request)?;
+        let pb::RejectPolicyRequest { id } = request.into_inner();
+        let call = Call::new("Policies/RejectPolicy");
+        let (governance, caller, change) = (Arc::clone(&self.governance), by.clone(), call.clone());
+        let result =
+            super::to_completion(async move { governance.reject(&caller, &change, id).await })
+                .await;
+        let p = audited(
+            self.governance.audit(),
+            &by,
+            &call,
+            Known::default(),
+            result,
+        )
+        .await?;
+        Ok(Response::new(pending(p)))
+    }
+
+    async fn list_pending_policies(
+        &self,
+        request: Request<pb::ListPendingPoliciesRequest>,
+    ) -> Result<Response<pb::ListPendingPoliciesResponse>, Status> {
+        let by = principal(&request)?;
+        let call = Call::new("Policies/ListPendingPolicies");
+        let result = self.governance.pending(&by);
+        let list = recorded(self.governance.audit(), &by, &call, result).await?;
+        Ok(Response::new(pb::ListPendingPoliciesResponse {
+            pending: list.into_iter().map(pending).collect(),
+        }))
     }
 
     async fn list_policy_versions(

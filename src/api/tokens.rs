@@ -64,7 +64,7 @@ impl Tokens for TokensApi {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let caller = principal(&request)?;
         let call = Call::new("Tokens/ListTokens");
-        let result = self.tokens.list(&caller);
+        let result = self.tokens.list(&self.policy, &caller);
         let tokens = recorded(&self.audit, &caller, &call, result)
             .await?
             .into_iter()

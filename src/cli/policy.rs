@@ -71,6 +71,25 @@ pub(super) enum PolicyCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The changes waiting for a second policy admin's approval.
+    Pending {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve a pending change proposed by another subject, and apply it.
+    Approve {
+        /// The pending change's id (from `policy pending`).
+        id: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Reject a pending change (or withdraw one's own).
+    Reject {
+        /// The pending change's id.
+        id: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Every version: who applied it, when, and why.
     History {
         #[command(flatten)]
@@ -102,7 +121,7 @@ fn info_json(v: &pb::PolicyVersionInfo) -> serde_json::Value {
     json!({
         "version": v.version, "applied_by": v.applied_by, "applied_at_unix_ms": v.applied_at_unix_ms,
         "comment": v.comment, "from_version": v.from_version, "rule_count": v.rule_count,
-        "decisions_changed": v.decisions_changed,
+        "decisions_changed": v.decisions_changed, "approved_by": v.approved_by,
     })
 }
 
@@ -141,8 +160,13 @@ fn print_info(v: &pb::PolicyVersionInfo) {
     } else {
         format!(": {}", v.comment)
     };
+    let approved = if v.approved_by.is_empty() {
+        String::new()
+    } else {
+        format!(", approved by {}", v.approved_by)
+    };
     println!(
-        "version {} by {} at {} (from {}, {} rules, {} decisions changed){comment}",
+        "version {} by {}{approved} at {} (from {}, {} rules, {} decisions changed){comment}",
         v.version,
         v.applied_by,
         when(v.applied_at_unix_ms),
@@ -150,6 +174,62 @@ fn print_info(v: &pb::PolicyVersionInfo) {
         v.rule_count,
         v.decisions_changed
     );
+}
+
+fn pending_json(p: &pb::PendingPolicy) -> serde_json::Value {
+    json!({
+        "id": p.id, "proposed_by": p.proposed_by, "proposed_at_unix_ms": p.proposed_at_unix_ms,
+        "comment": p.comment, "against_version": p.against_version, "reasons": p.reasons,
+        "decisions_changed": p.decisions_changed, "status": p.status, "decided_by": p.decided_by,
+    })
+}
+
+fn print_pending(p: &pb::PendingPolicy) {
+    let comment = if p.comment.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", p.comment)
+    };
+    println!(
+        "pending change {} by {} at {} (against version {}, {} decisions would change){comment}",
+        p.id,
+        p.proposed_by,
+        when(p.proposed_at_unix_ms),
+        p.against_version,
+        p.decisions_changed
+    );
+    for r in &p.reasons {
+        println!("  needs a second approver: {r}");
+    }
+}
+
+/// Prints what an apply, rollback or approval did: the version applied, or the pending change.
+fn print_outcome(r: &pb::ApplyPolicyResponse, json: bool, done: &str) {
+    match (&r.pending, json) {
+        (Some(p), true) => println!(
+            "{}",
+            json!({"pending": pending_json(p), "changes": changes_json(&r.changes)})
+        ),
+        (Some(p), false) => {
+            println!(
+                "NOT applied yet: this change escalates and waits for a second policy admin \
+                 (`strongroom policy approve {}`)",
+                p.id
+            );
+            print_pending(p);
+        }
+        (None, true) => {
+            let info = r.version.clone().unwrap_or_default();
+            println!(
+                "{}",
+                json!({"version": info_json(&info), "changes": changes_json(&r.changes)})
+            );
+        }
+        (None, false) => {
+            print!("{done}: ");
+            print_info(&r.version.clone().unwrap_or_default());
+        }
+    }
 }
 
 fn confirm(question: &str) -> Result<bool, String> {
@@ -237,16 +317,7 @@ pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
                 .await
                 .map_err(|s| status_text(&s))?
                 .into_inner();
-            let info = applied.version.unwrap_or_default();
-            if remote.json {
-                println!(
-                    "{}",
-                    json!({"version": info_json(&info), "changes": changes_json(&applied.changes)})
-                );
-            } else {
-                print!("applied: ");
-                print_info(&info);
-            }
+            print_outcome(&applied, remote.json, "applied");
         }
         PolicyCommand::Diff { from, to, remote } => {
             let mut c = connect(&remote).await?;
@@ -363,6 +434,49 @@ pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
                 }
             }
         }
+        PolicyCommand::Pending { remote } => {
+            let mut c = connect(&remote).await?;
+            let list = c
+                .policies
+                .list_pending_policies(pb::ListPendingPoliciesRequest {})
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                let pending: Vec<_> = list.pending.iter().map(pending_json).collect();
+                println!("{}", json!({"pending": pending}));
+            } else if list.pending.is_empty() {
+                println!("no pending changes");
+            } else {
+                for p in &list.pending {
+                    print_pending(p);
+                }
+            }
+        }
+        PolicyCommand::Approve { id, remote } => {
+            let mut c = connect(&remote).await?;
+            let applied = c
+                .policies
+                .approve_policy(pb::ApprovePolicyRequest { id })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            print_outcome(&applied, remote.json, "approved and applied");
+        }
+        PolicyCommand::Reject { id, remote } => {
+            let mut c = connect(&remote).await?;
+            let p = c
+                .policies
+                .reject_policy(pb::RejectPolicyRequest { id })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                println!("{}", pending_json(&p));
+            } else {
+                println!("pending change {} {} by {}", p.id, p.status, p.decided_by);
+            }
+        }
         PolicyCommand::History { remote } => {
             let mut c = connect(&remote).await?;
             let list = c
@@ -410,16 +524,7 @@ pub(super) async fn policy(command: PolicyCommand) -> Result<(), String> {
                 .await
                 .map_err(|s| status_text(&s))?
                 .into_inner();
-            let info = applied.version.unwrap_or_default();
-            if remote.json {
-                println!(
-                    "{}",
-                    json!({"version": info_json(&info), "changes": changes_json(&applied.changes)})
-                );
-            } else {
-                print!("rolled back: ");
-                print_info(&info);
-            }
+            print_outcome(&applied, remote.json, "rolled back");
         }
     }
     Ok(())

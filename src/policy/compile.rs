@@ -6,12 +6,13 @@
 //! against casbin's own `enforce` (every cell for small policies, a spread sample for large
 //! ones), and a table that disagrees is refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
 
 use super::{
-    Action, Decision, PolicyError, PolicyText,
+    Action, Decision, PolicyError, PolicyText, Privilege,
+    privilege::Privileges,
     rules::{Rule, grant_graph},
 };
 use crate::domain::{Collection, Principal, Purpose, Role, Schema};
@@ -90,6 +91,41 @@ pub struct DecisionTable {
     reads: Vec<Decision>,
     writes: Vec<bool>,
     deletes: Vec<bool>,
+    /// `collection.field` of each field the schema marks sensitive.
+    sensitive: HashSet<String>,
+    /// Who holds which privilege outside the record policy.
+    privileges: Privileges,
+}
+
+/// A change that needs a second approver: a role or subject that would gain a privilege, or
+/// a wider read of a sensitive field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Escalation {
+    /// `principal` would hold `privilege`, which it does not hold now.
+    Privilege {
+        /// The role or subject.
+        principal: String,
+        /// The privilege it would gain.
+        privilege: Privilege,
+    },
+    /// A read of a sensitive field would move up Denied -> Masked -> Plain.
+    SensitiveRead(DecisionChange),
+}
+
+impl std::fmt::Display for Escalation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Privilege {
+                principal,
+                privilege,
+            } => write!(f, "{principal} would gain `{}`", privilege.name()),
+            Self::SensitiveRead(c) => write!(
+                f,
+                "{} would read sensitive {} for {}: {} -> {}",
+                c.principal, c.object, c.purpose, c.before, c.after
+            ),
+        }
+    }
 }
 
 /// One decision that differs between two tables.
@@ -219,6 +255,64 @@ impl DecisionTable {
 
     pub(super) fn may_delete(&self, principal: &Principal, collection: &Collection) -> bool {
         self.delete_row(self.principal_row(principal), collection)
+    }
+
+    /// Whether `principal` (its subject and its token's roles) holds `privilege`.
+    pub fn holds(&self, principal: &Principal, privilege: Privilege) -> bool {
+        self.privileges.holds(principal, privilege)
+    }
+
+    /// The roles that hold `privilege`, sorted.
+    pub fn holders(&self, privilege: Privilege) -> Vec<String> {
+        self.privileges.role_holders(privilege)
+    }
+
+    /// Whether any token holder the table was compiled for holds `privilege`.
+    pub fn any_principal_holds(&self, privilege: Privilege) -> bool {
+        self.names
+            .iter()
+            .zip(&self.row_roles)
+            .filter_map(|(n, r)| r.as_ref().map(|r| (n, r)))
+            .any(|(name, roles)| {
+                let roles: Vec<&str> = roles.iter().map(Role::as_str).collect();
+                self.privileges.holds_with(name, &roles, privilege)
+            })
+    }
+
+    /// What moving from `self` to `after` would escalate: every privilege a role, subject or
+    /// token holder would gain, and every read of a sensitive field that would widen. Both
+    /// tables must come from the same schema and principals.
+    pub fn escalations_to(&self, after: &Self) -> Vec<Escalation> {
+        let mut out = Vec::new();
+        for (name, roles) in after.names.iter().zip(&after.row_roles) {
+            let roles: Vec<&str> = roles.iter().flatten().map(Role::as_str).collect();
+            for privilege in Privilege::ALL {
+                if after.privileges.holds_with(name, &roles, privilege)
+                    && !self.privileges.holds_with(name, &roles, privilege)
+                {
+                    out.push(Escalation::Privilege {
+                        principal: name.clone(),
+                        privilege,
+                    });
+                }
+            }
+        }
+        let rank = |d: &str| match d {
+            "plain" => 2,
+            "masked" => 1,
+            _ => 0,
+        };
+        out.extend(
+            self.changes_to(after)
+                .into_iter()
+                .filter(|c| {
+                    c.action == Action::Read
+                        && after.sensitive.contains(&c.object)
+                        && rank(c.after) > rank(c.before)
+                })
+                .map(Escalation::SensitiveRead),
+        );
+        out
     }
 
     /// The decisions of one row by cell, for comparisons: reads, then writes, then deletes.
@@ -369,7 +463,13 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
     let mut collections = HashMap::new();
     let mut collection_names = Vec::new();
     let mut objects = Vec::new();
+    let mut sensitive = HashSet::new();
     for (c, coll) in schema.collections().enumerate() {
+        for (i, (f, _)) in coll.fields().iter().enumerate() {
+            if coll.is_sensitive(i) {
+                sensitive.insert(format!("{}.{f}", coll.name()));
+            }
+        }
         collections.insert(coll.name().as_str().to_owned(), (c, objects.len()));
         collection_names.push(coll.name().as_str().to_owned());
         objects.extend(
@@ -497,6 +597,8 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
         reads,
         writes,
         deletes,
+        sensitive,
+        privileges: Privileges::compile(text),
     }
 }
 
@@ -520,11 +622,11 @@ async fn cross_check(
         .await
         .map_err(|e| PolicyError::Model(e.to_string()))?;
     // An evaluation error is a deny, never an allow.
-    let allowed = |sub: &str, obj: &str, act: Action, pur: &str| {
-        enforcer
-            .enforce((sub, obj, act.as_str(), pur))
-            .unwrap_or(false)
+    let enforce = |sub: &str, obj: &str, act: &str, pur: &str| {
+        enforcer.enforce((sub, obj, act, pur)).unwrap_or(false)
     };
+    let allowed =
+        |sub: &str, obj: &str, act: Action, pur: &str| enforce(sub, obj, act.as_str(), pur);
     let cells_per_row = table.objects.len() * table.purposes.len();
     let total = table.names.len() * cells_per_row;
     let step = if total <= FULL_CHECK_CELLS {
@@ -553,6 +655,23 @@ async fn cross_check(
             )));
         }
         i += step;
+    }
+    for name in &table.names {
+        // casbin sees a subject's every token grant, as `holds_with` does.
+        let roles: Vec<&str> = principals
+            .iter()
+            .filter(|p| p.subject.as_str() == name)
+            .flat_map(|p| p.roles.iter().map(Role::as_str))
+            .collect();
+        for privilege in Privilege::ALL {
+            let ours = table.privileges.holds_with(name, &roles, privilege);
+            if enforce(name, privilege.object(), privilege.action(), "*") != ours {
+                return Err(PolicyError::Model(format!(
+                    "the compiled table disagrees with casbin for {name} on `{}`; refusing the policy",
+                    privilege.name()
+                )));
+            }
+        }
     }
     for (row, name) in table.names.iter().enumerate() {
         if total > FULL_CHECK_CELLS && row % 16 != 0 {

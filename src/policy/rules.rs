@@ -2,15 +2,18 @@
 //!
 //! ```text
 //! p, <role or subject>, <collection>.<field | *>, <read | read_masked | write | delete>, <purpose | *>, <allow | deny>
+//! p, <role or subject>, <policies | tokens | keys | audit>, <manage | read>, *, <allow | deny>
 //! g, <role or subject>, <role>
 //! ```
 //!
-//! Validation fails closed, naming the line: unknown collections, fields, actions or purposes,
+//! Validation fails closed, naming the line: unknown collections, fields, actions, privileges or
+//! purposes,
 //! subjects outside their namespace, write/delete rules bound to a purpose, role cycles, and
 //! role chains deeper than casbin evaluates.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::Privilege;
 use crate::domain::{Role, Schema, Subject};
 
 /// The longest role chain a policy may hold. casbin's role manager stops at 10 hops; a token's
@@ -84,6 +87,13 @@ pub(super) enum Rule {
         purpose: String,
         allow: bool,
     },
+    /// `p, subject, <object>, <action>, *, eft`: allows or denies a privilege.
+    Privilege {
+        line: usize,
+        subject: String,
+        privilege: Privilege,
+        allow: bool,
+    },
 }
 
 impl Rule {
@@ -105,6 +115,19 @@ impl Rule {
                     action.as_str()
                 )
             }
+            Self::Privilege {
+                subject,
+                privilege,
+                allow,
+                ..
+            } => {
+                let eft = if *allow { "allow" } else { "deny" };
+                format!(
+                    "p, {subject}, {}, {}, *, {eft}",
+                    privilege.object(),
+                    privilege.action()
+                )
+            }
         }
     }
 
@@ -112,7 +135,9 @@ impl Rule {
     #[cfg(test)]
     pub(super) fn line(&self) -> usize {
         match self {
-            Self::Grant { line, .. } | Self::Permission { line, .. } => *line,
+            Self::Grant { line, .. }
+            | Self::Permission { line, .. }
+            | Self::Privilege { line, .. } => *line,
         }
     }
 }
@@ -223,12 +248,20 @@ impl PolicyText {
                     names.insert(role.as_str());
                     names.insert(member.as_str());
                 }
-                Rule::Permission { subject, .. } => {
+                Rule::Permission { subject, .. } | Rule::Privilege { subject, .. } => {
                     names.insert(subject.as_str());
                 }
             }
         }
         names
+    }
+
+    /// Whether any rule grants or denies a privilege (policies written before privileges
+    /// moved into the policy hold none).
+    pub fn has_privilege_rules(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r, Rule::Privilege { .. }))
     }
 
     /// The rules as casbin CSV lines.
@@ -248,6 +281,9 @@ fn parse_permission(
     [subject, object, action, purpose, effect]: [&str; 5],
 ) -> Result<Rule, PolicyError> {
     let subject = principal_name(subject, line, "subject")?;
+    if !object.contains('.') {
+        return parse_privilege(line, subject, [object, action, purpose, effect]);
+    }
     let action = Action::parse(action).ok_or_else(|| {
         line_err(
             line,
@@ -284,22 +320,62 @@ fn parse_permission(
             "write and delete rules apply to every purpose: use *",
         ));
     }
-    let allow = match effect {
-        "allow" => true,
-        "deny" => false,
-        other => {
-            return Err(line_err(
-                line,
-                format!("unknown effect {other:?}: use allow or deny"),
-            ));
-        }
-    };
+    let allow = parse_effect(line, effect)?;
     Ok(Rule::Permission {
         line,
         subject,
         object: object.to_owned(),
         action,
         purpose: purpose.to_owned(),
+        allow,
+    })
+}
+
+fn parse_effect(line: usize, effect: &str) -> Result<bool, PolicyError> {
+    match effect {
+        "allow" => Ok(true),
+        "deny" => Ok(false),
+        other => Err(line_err(
+            line,
+            format!("unknown effect {other:?}: use allow or deny"),
+        )),
+    }
+}
+
+/// `p, subject, <object>, <action>, *, eft` for an object without a dot: a privilege.
+fn parse_privilege(
+    line: usize,
+    subject: String,
+    [object, action, purpose, effect]: [&str; 4],
+) -> Result<Rule, PolicyError> {
+    if !Privilege::is_object(object) {
+        return Err(line_err(
+            line,
+            format!(
+                "object {object:?} must be <collection>.<field>, <collection>.* or one of policies, tokens, keys, audit"
+            ),
+        ));
+    }
+    let privilege = Privilege::parse(object, action).ok_or_else(|| {
+        line_err(
+            line,
+            format!(
+                "`{object} {action}` is not a privilege: use {}",
+                Privilege::all_names()
+            ),
+        )
+    })?;
+    if purpose != "*" {
+        return Err(line_err(
+            line,
+            "privilege rules apply to every purpose: use *",
+        ));
+    }
+    let allow = parse_effect(line, effect)?;
+    Ok(Rule::Privilege {
+        line,
+        subject,
+        privilege,
         allow,
     })
 }
@@ -414,6 +490,14 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
         assert!(err("p, role:a, customers.email, write, support, allow").contains("every purpose"));
         assert!(err("p, role:a, customers.email, delete, *, allow").contains("whole records"));
         assert!(err("p, role:a, customers, read, *, allow").contains("<collection>.<field>"));
+        assert!(err("p, role:a, policies, read, *, allow").contains("not a privilege"));
+        assert!(err("p, role:a, audit, manage, *, allow").contains("line 1: `audit manage`"));
+        assert!(err("p, role:a, audit, read, support, allow").contains("every purpose"));
+        assert!(err("p, role:a, keys, read, *, maybe").contains("unknown effect"));
+        assert!(
+            err("p, role:a, keys, read, *, allow\np, role:a, keys, read, *, allow")
+                .contains("line 2")
+        );
         assert!(err("p, role:a, customers.email, read, support").contains("expected `p,"));
         assert!(err("x, y").contains("must start"));
         let cycle = err("g, role:a, role:b\ng, role:b, role:c\ng, role:c, role:a");
@@ -495,6 +579,9 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
             "delete",
             "support",
             "role:admin",
+            "policies",
+            "manage",
+            "audit",
             "\u{feff}",
             "\u{2028}",
         ];

@@ -1,64 +1,48 @@
-//! The privileges that lie outside the per-field record policy (managing tokens, administering
-//! policies, reading the audit log): which roles hold each, and the one check of them all.
+//! The privileges that lie outside the per-field record policy (managing tokens and keys,
+//! administering policies, reading the audit log): which roles hold each is in the live policy
+//! (`p, role:auditor, audit, read, *, allow`), compiled with its decision table; this is the one
+//! check of them all.
 //!
-//! Depends on `domain` only.
+//! Depends on `domain` and `policy` only.
 
 use super::Error;
-use crate::domain::Principal;
+pub use crate::policy::Privilege;
+use crate::{domain::Principal, policy::PolicyEngine};
 
-/// The role that holds every privilege, and the one the first token of a vault gets.
+/// The role the first token of a vault gets; the shipped policy gives it every privilege.
 pub const ADMIN_ROLE: &str = "role:admin";
 
-/// A privilege held by role, outside the per-field record policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Privilege {
-    /// Show, apply, roll back, diff, dry-run and explain policies.
-    AdministerPolicies,
-    /// Issue, list and revoke tokens.
-    ManageTokens,
-    /// Rotate the key epochs.
-    ManageKeys,
-    /// See the key epochs and the rotation in progress.
-    ReadKeyStatus,
-    /// Query, follow, verify and export the audit log.
-    ReadAudit,
-}
-
-impl Privilege {
-    /// The roles that hold it.
-    pub fn roles(self) -> &'static [&'static str] {
-        match self {
-            Self::AdministerPolicies => &[ADMIN_ROLE, "role:security_admin"],
-            Self::ManageTokens | Self::ManageKeys => &[ADMIN_ROLE],
-            Self::ReadKeyStatus => &[ADMIN_ROLE, "role:security_admin", "role:auditor"],
-            Self::ReadAudit => &["role:auditor", ADMIN_ROLE],
-        }
-    }
-
-    fn what(self) -> &'static str {
-        match self {
-            Self::AdministerPolicies => "administer policies",
-            Self::ManageTokens => "manage tokens",
-            Self::ManageKeys => "rotate keys",
-            Self::ReadKeyStatus => "see the key status",
-            Self::ReadAudit => "read the audit log",
-        }
+/// What a privilege lets one do, for messages.
+fn what(privilege: Privilege) -> &'static str {
+    match privilege {
+        Privilege::AdministerPolicies => "administer policies",
+        Privilege::ManageKeys => "rotate keys",
+        Privilege::ManageTokens => "manage tokens",
+        Privilege::ReadAudit => "read the audit log",
+        Privilege::ReadKeyStatus => "see the key status",
     }
 }
 
-/// Checks that `by` holds `privilege`.
+/// Checks that `by` holds `privilege` in the live policy of `policy`.
 ///
 /// # Errors
-/// `PermissionDenied` naming the roles that hold it.
-pub fn require(by: &Principal, privilege: Privilege) -> Result<(), Error> {
-    if by.has_any_role(privilege.roles()) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "{} may not {}: that needs {}",
-            by.subject,
-            privilege.what(),
-            privilege.roles().join(" or ")
-        )))
+/// `PermissionDenied` naming the roles that hold it in the live policy.
+pub fn require(policy: &PolicyEngine, by: &Principal, privilege: Privilege) -> Result<(), Error> {
+    let table = policy.table();
+    if table.holds(by, privilege) {
+        return Ok(());
     }
+    let holders = table.holders(privilege);
+    let needs = if holders.is_empty() {
+        "no role holds it".to_owned()
+    } else {
+        format!("that needs {}", holders.join(" or "))
+    };
+    Err(Error::PermissionDenied(format!(
+        "{} may not {}: {needs} (`{}` in policy version {})",
+        by.subject,
+        what(privilege),
+        privilege.name(),
+        table.version()
+    )))
 }

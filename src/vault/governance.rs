@@ -9,19 +9,43 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+mod proposal;
+
+pub use proposal::{Proposal, Status};
+
 use crate::{
     audit::{Audit, Call, Event},
     domain::{InvalidInput, Principal, Schema},
-    policy::{Action, DecisionChange, Explanation, PolicyEngine, PolicyError, ReplaceError},
+    policy::{
+        Action, Candidate, Commit, DecisionChange, DecisionTable, Explanation, PolicyEngine,
+        PolicyError, ReplaceError,
+    },
     storage::{Batch, Keyspace, Store},
     vault::{
         Error,
-        access::{Privilege, require},
+        access::{ADMIN_ROLE, Privilege, require},
         now_ms,
     },
 };
 
 const PREFIX: &[u8] = b"policy/";
+
+/// The privilege lines equivalent to the roles that held each privilege before privileges
+/// moved into the policy: appended to a stored policy that has none, so an upgraded vault
+/// keeps exactly the rights it had.
+const LEGACY_PRIVILEGES: &str = "\
+# Privileges outside the record policy, added by strongroom when it moved them into the policy:
+# the same roles hold them as before (p, <role>, <policies|tokens|keys|audit>, <manage|read>, *, allow).
+p, role:admin, policies, manage, *, allow
+p, role:admin, tokens, manage, *, allow
+p, role:admin, keys, manage, *, allow
+p, role:admin, keys, read, *, allow
+p, role:admin, audit, read, *, allow
+p, role:security_admin, policies, manage, *, allow
+p, role:security_admin, keys, read, *, allow
+p, role:auditor, audit, read, *, allow
+p, role:auditor, keys, read, *, allow
+";
 
 /// One stored policy version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,8 +54,12 @@ pub struct PolicyVersion {
     pub version: u64,
     /// The policy text.
     pub text: String,
-    /// Who applied it (a subject, or `strongroom` for the seed).
+    /// Who applied it (a subject, or `strongroom` for the seed); for an approved change, who
+    /// proposed it.
     pub applied_by: String,
+    /// Who approved it, for a change that needed a second policy admin; empty otherwise.
+    #[serde(default)]
+    pub approved_by: String,
     /// When (ms since the epoch).
     pub applied_at_ms: i64,
     /// Why, in the applier's words.
@@ -111,6 +139,7 @@ impl Governance {
                 rule_count: engine.text().rule_count() as u64,
                 text,
                 applied_by: "strongroom (seeded from policies/policy.csv)".into(),
+                approved_by: String::new(),
                 applied_at_ms: now_ms(),
                 comment: "initial policy".into(),
                 from_version: 0,
@@ -128,12 +157,75 @@ impl Governance {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(Self {
+        let governance = Self {
             store,
             audit,
             engine: Arc::new(engine),
             changes: tokio::sync::Mutex::new(()),
-        })
+        };
+        if !governance.engine.text().has_privilege_rules() {
+            governance
+                .migrate_privileges()
+                .await
+                .map_err(|e| format!("adding privilege lines to the stored policy: {e}"))?;
+        }
+        Ok(governance)
+    }
+
+    /// Appends the privilege lines of `LEGACY_PRIVILEGES` to a current policy that has none,
+    /// as a new version applied by strongroom, audited. Rights do not change: they are the
+    /// roles that held each privilege when it was hard-coded.
+    async fn migrate_privileges(&self) -> Result<(), Error> {
+        let current = self.engine.text().version();
+        let old = self.version(current)?;
+        let text = format!("{}\n\n{LEGACY_PRIVILEGES}", old.text.trim_end());
+        let next = current + 1;
+        let audit = &self.audit;
+        let result = self
+            .engine
+            .replace(&text, next, |c: Candidate<'_>| {
+                let record = PolicyVersion {
+                    version: next,
+                    text: text.clone(),
+                    applied_by: "strongroom (migration)".into(),
+                    approved_by: String::new(),
+                    applied_at_ms: now_ms(),
+                    comment: "privileges moved into the policy: appended the lines that give \
+                              the same roles the same privileges as before"
+                        .into(),
+                    from_version: current,
+                    rule_count: c.text.rule_count() as u64,
+                    decisions_changed: c.changes.len() as u64,
+                };
+                let event = Event {
+                    method: "Policies/Migrate".into(),
+                    policy_version: next,
+                    result: "OK".into(),
+                    detail: format!(
+                        "policy version {current} -> {next}: privilege lines added (the roles that held each privilege before)"
+                    ),
+                    ..Event::default()
+                };
+                async move {
+                    audit
+                        .commit(version_batch(&record), vec![event])
+                        .await
+                        .map(Commit::Install)
+                }
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::warn!(
+                    from = current,
+                    to = next,
+                    "privilege lines added to the stored policy"
+                );
+                Ok(())
+            }
+            Err(ReplaceError::Policy(e)) => Err(policy_input(e)),
+            Err(ReplaceError::Persist(e)) => Err(e.into()),
+        }
     }
 
     /// The audit log policy changes are recorded in.
@@ -151,7 +243,7 @@ impl Governance {
     /// # Errors
     /// `PermissionDenied`, `NoSuchVersion`, `Unavailable`.
     pub fn show(&self, by: &Principal, version: Option<u64>) -> Result<PolicyVersion, Error> {
-        require(by, Privilege::AdministerPolicies)?;
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
         let v = version.unwrap_or_else(|| self.engine.text().version());
         self.version(v)
     }
@@ -169,7 +261,7 @@ impl Governance {
     /// # Errors
     /// `PermissionDenied`, `Unavailable`.
     pub fn history(&self, by: &Principal) -> Result<Vec<PolicyVersion>, Error> {
-        require(by, Privilege::AdministerPolicies)?;
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
         load_versions(self.store.as_ref())
     }
 
@@ -182,7 +274,7 @@ impl Governance {
         by: &Principal,
         text: &str,
     ) -> Result<(u64, Vec<DecisionChange>), Error> {
-        require(by, Privilege::AdministerPolicies)?;
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
         let current = self.engine.table();
         let (_, candidate) = self
             .engine
@@ -192,11 +284,13 @@ impl Governance {
         Ok((current.version(), current.changes_to(&candidate)))
     }
 
-    /// Applies a new policy text as the next version.
+    /// Applies a new policy text as the next version, or, if it escalates (see
+    /// `proposal`), stores it as a pending change that a second policy admin must approve.
     ///
     /// # Errors
-    /// `PermissionDenied`; `InvalidArgument` naming the bad line (the running policy stays);
-    /// `Aborted` if `expected_version` is not the current version; `Unavailable`.
+    /// `PermissionDenied`; `InvalidArgument` naming the bad line, or the lockout it would cause
+    /// (the running policy stays); `Aborted` if `expected_version` is not the current version;
+    /// `Unavailable`.
     pub async fn apply(
         &self,
         by: &Principal,
@@ -204,8 +298,8 @@ impl Governance {
         text: &str,
         comment: &str,
         expected_version: Option<u64>,
-    ) -> Result<(PolicyVersion, Vec<DecisionChange>), Error> {
-        require(by, Privilege::AdministerPolicies)?;
+    ) -> Result<Outcome, Error> {
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
         let _guard = self.changes.lock().await;
         let current = self.engine.text().version();
         if let Some(expected) = expected_version
@@ -215,47 +309,220 @@ impl Governance {
                 "the policy is at version {current}, not the expected {expected}: another change was applied first"
             )));
         }
+        self.change(by, call, text, comment, current, None).await
+    }
+
+    /// Applies `text` as version `current + 1` (the caller holds `changes`): as a pending
+    /// proposal if it escalates and is not an approval, else at once.
+    async fn change(
+        &self,
+        by: &Principal,
+        call: &Call,
+        text: &str,
+        comment: &str,
+        current: u64,
+        approving: Option<&Proposal>,
+    ) -> Result<Outcome, Error> {
         let next = current + 1;
-        let audit = Arc::clone(&self.audit);
+        let next_id = match approving {
+            Some(_) => 0,
+            None => proposal::next_id(self.store.as_ref())?,
+        };
+        let audit = &self.audit;
         let result = self
             .engine
-            .replace(text, next, |validated, changes| {
-                let record = PolicyVersion {
-                    version: next,
-                    text: text.to_owned(),
-                    applied_by: by.subject.as_str().to_owned(),
-                    applied_at_ms: now_ms(),
-                    comment: comment.to_owned(),
-                    from_version: current,
-                    rule_count: validated.rule_count() as u64,
-                    decisions_changed: changes.len() as u64,
-                };
-                let event = Event {
-                    policy_version: next,
+            .replace(text, next, |c: Candidate<'_>| {
+                let lockout = lockout(c.after);
+                let escalations: Vec<String> = c
+                    .before
+                    .escalations_to(c.after)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let changes = c.changes.to_vec();
+                let rule_count = c.text.rule_count() as u64;
+                async move {
+                    if let Some(problem) = lockout {
+                        return Err(Error::InvalidArgument(InvalidInput::new("policy", problem)));
+                    }
+                    if approving.is_none() && !escalations.is_empty() {
+                        let p = Proposal {
+                            id: next_id,
+                            text: text.to_owned(),
+                            comment: comment.to_owned(),
+                            proposed_by: by.subject.as_str().to_owned(),
+                            proposed_at_ms: now_ms(),
+                            against_version: current,
+                            reasons: escalations,
+                            decisions_changed: changes.len() as u64,
+                            status: Status::Pending,
+                        };
+                        let event = Event {
+                            policy_version: current,
+                            detail: format!(
+                                "policy change proposed as pending change {next_id} against version {current}: {} escalation(s), needs a second policy admin",
+                                p.reasons.len()
+                            ),
+                            ..call.event(by)
+                        };
+                        audit.commit(proposal::batch(&p), vec![event]).await?;
+                        return Ok(Commit::Keep(Outcome::Pending(p, changes)));
+                    }
+                    let (applied_by, approved_by) = match approving {
+                        Some(p) => (p.proposed_by.clone(), by.subject.as_str().to_owned()),
+                        None => (by.subject.as_str().to_owned(), String::new()),
+                    };
+                    let record = PolicyVersion {
+                        version: next,
+                        text: text.to_owned(),
+                        applied_by,
+                        approved_by,
+                        applied_at_ms: now_ms(),
+                        comment: comment.to_owned(),
+                        from_version: current,
+                        rule_count,
+                        decisions_changed: changes.len() as u64,
+                    };
+                    let mut batch = version_batch(&record);
                     // Our own text only: the applier's comment is kept with the version
                     // (ListPolicyVersions), not copied into the log.
-                    detail: format!(
-                        "policy version {current} -> {next}, {} decisions changed",
-                        changes.len()
-                    ),
-                    ..call.event(by)
-                };
-                let changes = changes.to_vec();
-                async move {
-                    audit
-                        .commit(version_batch(&record), vec![event])
-                        .await
-                        .map(|_| (record, changes))
+                    let detail = match approving {
+                        Some(p) => {
+                            let done = Proposal {
+                                status: Status::Approved {
+                                    by: by.subject.as_str().to_owned(),
+                                    at_ms: record.applied_at_ms,
+                                    version: next,
+                                },
+                                ..p.clone()
+                            };
+                            batch.append(proposal::batch(&done));
+                            format!(
+                                "pending change {} (proposed by {}) approved: policy version {current} -> {next}, {} decisions changed",
+                                p.id,
+                                p.proposed_by,
+                                changes.len()
+                            )
+                        }
+                        None => format!(
+                            "policy version {current} -> {next}, {} decisions changed",
+                            changes.len()
+                        ),
+                    };
+                    let event = Event {
+                        policy_version: next,
+                        detail,
+                        ..call.event(by)
+                    };
+                    audit.commit(batch, vec![event]).await?;
+                    Ok(Commit::Install(Outcome::Applied(record, changes)))
                 }
             })
             .await;
         match result {
-            Ok((record, changes)) => {
-                tracing::info!(by = %by.subject, from = current, to = next, changes = changes.len(), "policy applied");
-                Ok((record, changes))
+            Ok(outcome) => {
+                match &outcome {
+                    Outcome::Applied(record, changes) => {
+                        tracing::info!(by = %by.subject, from = current, to = record.version, changes = changes.len(), "policy applied");
+                    }
+                    Outcome::Pending(p, _) => {
+                        tracing::info!(by = %by.subject, pending = p.id, against = current, "policy change pending approval");
+                    }
+                }
+                Ok(outcome)
             }
             Err(ReplaceError::Policy(e)) => Err(policy_input(e)),
-            Err(ReplaceError::Persist(e)) => Err(e.into()),
+            Err(ReplaceError::Persist(e)) => Err(e),
+        }
+    }
+
+    /// Approves pending change `id` and applies it as the next version. The approver must hold
+    /// `policies manage` and be another subject than the proposer; the policy must still be at
+    /// the version the change was proposed against (else it is refused: propose it again, so
+    /// the approver never approves decisions nobody reviewed).
+    ///
+    /// # Errors
+    /// `PermissionDenied` (also for the proposer's own change); `NoSuchProposal`; `Aborted` if
+    /// the change is no longer pending or the policy moved on; `InvalidArgument` if it no
+    /// longer validates; `Unavailable`.
+    pub async fn approve(&self, by: &Principal, call: &Call, id: u64) -> Result<Outcome, Error> {
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
+        let _guard = self.changes.lock().await;
+        let p = self.open_proposal(id)?;
+        if p.proposed_by == by.subject.as_str() {
+            return Err(Error::PermissionDenied(format!(
+                "{} proposed pending change {id}: a second, different subject with `policies manage` must approve it",
+                by.subject
+            )));
+        }
+        let current = self.engine.text().version();
+        if current != p.against_version {
+            return Err(Error::Aborted(format!(
+                "pending change {id} was proposed against policy version {}, and the policy is now at version {current}: reject it and propose the change again",
+                p.against_version
+            )));
+        }
+        self.change(by, call, &p.text, &p.comment, current, Some(&p))
+            .await
+    }
+
+    /// Rejects pending change `id` (or withdraws it, when its proposer does).
+    ///
+    /// # Errors
+    /// `PermissionDenied`; `NoSuchProposal`; `Aborted` if it is no longer pending;
+    /// `Unavailable`.
+    pub async fn reject(&self, by: &Principal, call: &Call, id: u64) -> Result<Proposal, Error> {
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
+        let _guard = self.changes.lock().await;
+        let p = self.open_proposal(id)?;
+        let done = Proposal {
+            status: Status::Rejected {
+                by: by.subject.as_str().to_owned(),
+                at_ms: now_ms(),
+            },
+            ..p
+        };
+        let how = if done.proposed_by == by.subject.as_str() {
+            "withdrawn by its proposer"
+        } else {
+            "rejected"
+        };
+        let event = Event {
+            policy_version: self.engine.text().version(),
+            detail: format!(
+                "pending change {id} (proposed by {}) {how}",
+                done.proposed_by
+            ),
+            ..call.event(by)
+        };
+        self.audit
+            .commit(proposal::batch(&done), vec![event])
+            .await?;
+        Ok(done)
+    }
+
+    /// The changes waiting for a second approver, oldest first.
+    ///
+    /// # Errors
+    /// `PermissionDenied`, `Unavailable`, `DataLoss` if a stored one is malformed.
+    pub fn pending(&self, by: &Principal) -> Result<Vec<Proposal>, Error> {
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
+        Ok(proposal::load(self.store.as_ref())?
+            .into_iter()
+            .filter(|p| p.status == Status::Pending)
+            .collect())
+    }
+
+    fn open_proposal(&self, id: u64) -> Result<Proposal, Error> {
+        let p = proposal::one(self.store.as_ref(), id)?.ok_or(Error::NoSuchProposal(id))?;
+        match &p.status {
+            Status::Pending => Ok(p),
+            Status::Approved { by, version, .. } => Err(Error::Aborted(format!(
+                "pending change {id} was already approved by {by} as version {version}"
+            ))),
+            Status::Rejected { by, .. } => Err(Error::Aborted(format!(
+                "pending change {id} was already rejected by {by}"
+            ))),
         }
     }
 
@@ -270,8 +537,8 @@ impl Governance {
         to: u64,
         comment: &str,
         expected_version: Option<u64>,
-    ) -> Result<(PolicyVersion, Vec<DecisionChange>), Error> {
-        require(by, Privilege::AdministerPolicies)?;
+    ) -> Result<Outcome, Error> {
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
         let earlier = self.version(to)?;
         let comment = if comment.is_empty() {
             format!("rollback to version {to}")
@@ -294,7 +561,7 @@ impl Governance {
         from: u64,
         to: u64,
     ) -> Result<(Vec<String>, Vec<String>, Vec<DecisionChange>), Error> {
-        require(by, Privilege::AdministerPolicies)?;
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
         let (a, b) = (self.version(from)?, self.version(to)?);
         let (ta, table_a) = self
             .engine
@@ -324,7 +591,7 @@ impl Governance {
         object: &str,
         purpose: &str,
     ) -> Result<Explanation, Error> {
-        require(by, Privilege::AdministerPolicies)?;
+        require(&self.engine, by, Privilege::AdministerPolicies)?;
         let action = Action::parse(action)
             .ok_or_else(|| InvalidInput::new("action", "use read, read_masked, write or delete"))?;
         self.engine
@@ -336,6 +603,34 @@ impl Governance {
                 }
                 PolicyError::Model(m) => Error::Internal(m),
             })
+    }
+}
+
+/// What a policy change did: applied at once, or stored for a second approver.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Applied as the next version, with the decisions it changed.
+    Applied(PolicyVersion, Vec<DecisionChange>),
+    /// Stored as a pending change, with the decisions it would change.
+    Pending(Proposal, Vec<DecisionChange>),
+}
+
+/// Why `after` would lock the vault's policy administration, if it would.
+fn lockout(after: &DecisionTable) -> Option<String> {
+    let p = Privilege::AdministerPolicies;
+    if after.holders(p).is_empty() {
+        Some(format!(
+            "no role would hold `{}`: nobody could administer policies again (keep a line such as `p, {ADMIN_ROLE}, policies, manage, *, allow`)",
+            p.name()
+        ))
+    } else if !after.any_principal_holds(p) {
+        Some(format!(
+            "no token holder would hold `{}` (held by {}): nobody could administer policies again",
+            p.name(),
+            after.holders(p).join(", ")
+        ))
+    } else {
+        None
     }
 }
 

@@ -24,6 +24,7 @@ use crate::{
     audit::{Audit, Call, Event},
     crypto::EpochId,
     domain::Principal,
+    policy::PolicyEngine,
     storage::Batch,
 };
 
@@ -185,8 +186,13 @@ impl Rotator {
     ///
     /// # Errors
     /// `PermissionDenied` unless `principal` is an admin; `Unavailable` if the provider fails.
-    pub async fn rotate(&self, principal: &Principal, call: &Call) -> Result<KeyStatus, Error> {
-        require(principal, Privilege::ManageKeys)?;
+    pub async fn rotate(
+        &self,
+        policy: &PolicyEngine,
+        principal: &Principal,
+        call: &Call,
+    ) -> Result<KeyStatus, Error> {
+        require(policy, principal, Privilege::ManageKeys)?;
         self.begin(Some((principal, call))).await?;
         self.status()
     }

@@ -215,8 +215,13 @@ impl TokenRegistry {
     /// # Errors
     /// `PermissionDenied` unless `by` holds the admin role; `InvalidArgument` if the subject
     /// already holds tokens with other roles.
-    pub fn check_issue(&self, by: &Principal, principal: &Principal) -> Result<(), Error> {
-        require(by, Privilege::ManageTokens)?;
+    pub fn check_issue(
+        &self,
+        policy: &PolicyEngine,
+        by: &Principal,
+        principal: &Principal,
+    ) -> Result<(), Error> {
+        require(policy, by, Privilege::ManageTokens)?;
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(other) = map
             .values()
@@ -256,7 +261,7 @@ impl TokenRegistry {
         event: Event,
     ) -> Result<Zeroizing<String>, Error> {
         let _change = self.changes.lock().await;
-        self.check_issue(by, principal)?;
+        self.check_issue(policy, by, principal)?;
         self.check_live(by)?;
         let mut live = self.principals();
         if !live.contains(principal) {
@@ -378,8 +383,8 @@ impl TokenRegistry {
     ///
     /// # Errors
     /// `PermissionDenied` unless `by` holds the admin role.
-    pub fn list(&self, by: &Principal) -> Result<Vec<Issued>, Error> {
-        require(by, Privilege::ManageTokens)?;
+    pub fn list(&self, policy: &PolicyEngine, by: &Principal) -> Result<Vec<Issued>, Error> {
+        require(policy, by, Privilege::ManageTokens)?;
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<Issued> = map.values().cloned().collect();
         out.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -403,7 +408,7 @@ impl TokenRegistry {
         event: Event,
     ) -> Result<usize, Error> {
         let _change = self.changes.lock().await;
-        require(by, Privilege::ManageTokens)?;
+        require(policy, by, Privilege::ManageTokens)?;
         self.check_live(by)?;
         let doomed: Vec<[u8; 32]> = {
             let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
@@ -529,9 +534,9 @@ mod tests {
         let log = audit(&store);
         let writer = principal("svc:crm", "role:writer");
         let admin = principal("user:root", ADMIN_ROLE);
-        assert!(registry.check_issue(&writer, &writer).is_err());
-        assert!(registry.check_issue(&admin, &writer).is_ok());
         let policy = engine(vec![]).await;
+        assert!(registry.check_issue(&policy, &writer, &writer).is_err());
+        assert!(registry.check_issue(&policy, &admin, &writer).is_ok());
         registry
             .bootstrap(&admin, 0, &log, Event::default())
             .await
@@ -553,10 +558,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             registry
-                .check_issue(&admin, &principal("svc:crm", "role:admin"))
+                .check_issue(&policy, &admin, &principal("svc:crm", "role:admin"))
                 .is_err()
         );
-        assert!(registry.check_issue(&admin, &writer).is_ok());
+        assert!(registry.check_issue(&policy, &admin, &writer).is_ok());
     }
 
     #[tokio::test]

@@ -397,13 +397,25 @@ async fn policy_rollback_shows_the_changes_and_asks_like_apply() {
         "{}\np, role:support, customers.ssn, read, support, allow\n",
         current.text
     );
-    admin
+    let pending = admin
         .policies
         .apply_policy(pb::ApplyPolicyRequest {
             text,
             comment: "support sees SSNs".into(),
             expected_version: None,
         })
+        .await
+        .unwrap()
+        .into_inner()
+        .pending
+        .expect("a wider SSN read waits for a second policy admin");
+    // The two-person rule: a second policy admin approves it.
+    let second = vault.token("user:second", &["role:security_admin"]).await;
+    vault
+        .client(&second)
+        .await
+        .policies
+        .approve_policy(pb::ApprovePolicyRequest { id: pending.id })
         .await
         .unwrap();
     let version = |mut admin: strongroom::client::Client| async move {
