@@ -83,6 +83,9 @@ pub struct Event {
     /// Non-personal detail: versions changed, subjects a token was issued to, counts.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// The identity (SAN URI) of the caller's client certificate, with mTLS; empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate: String,
 }
 
 /// One call as the audit log names it: its method and request id.
@@ -112,6 +115,7 @@ impl Call {
             roles: principal.role_names(),
             method: self.method.to_owned(),
             result: "OK".into(),
+            certificate: principal.certificate.clone().unwrap_or_default(),
             ..Event::default()
         }
     }

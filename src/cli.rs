@@ -11,6 +11,7 @@ mod keys;
 mod policy;
 mod receipt;
 mod record;
+mod tls;
 mod token;
 
 use crate::{
@@ -23,6 +24,7 @@ use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
 use record::{RecordCommand, record};
+use tls::{TlsCommand, tls};
 use token::{TokenCommand, token};
 
 /// strongroom: an encrypted customer-record vault.
@@ -112,6 +114,12 @@ enum Command {
         #[command(subcommand)]
         command: ReceiptCommand,
     },
+    /// Certificates for TLS and mTLS: `tls init DIR` writes a private CA, a server
+    /// certificate and client certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -141,7 +149,8 @@ struct ServeArgs {
 /// How to reach the server, shared by the client commands.
 #[derive(Debug, Args)]
 struct Remote {
-    /// Server address.
+    /// Server address: `http://host:port` (loopback, plaintext) or `https://host:port` (TLS,
+    /// needs --ca-cert).
     #[arg(
         long,
         env = "STRONGROOM_ADDR",
@@ -149,6 +158,16 @@ struct Remote {
         global = true
     )]
     addr: String,
+    /// The CA certificate (PEM) that signed the server's certificate, for https:// addresses
+    /// (`ca.pem` from `strongroom tls init`).
+    #[arg(long, env = "STRONGROOM_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) for a vault that requires them (mTLS); needs --client-key.
+    #[arg(long, env = "STRONGROOM_CLIENT_CERT", global = true)]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, env = "STRONGROOM_CLIENT_KEY", global = true)]
+    client_key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -239,6 +258,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit { command } => audit(command).await,
         Command::Keys { command } => keys(command).await,
         Command::Receipt { command } => receipt(command),
+        Command::Tls { command } => tls(command),
         Command::Bench(args) => bench(args).await,
         Command::BenchEcho { listen } => crate::bench::serve_echo(listen).await,
     };
@@ -318,7 +338,33 @@ async fn wait_for_signal() {
 async fn connect(remote: &Remote) -> Result<Client, String> {
     let token = std::env::var("STRONGROOM_TOKEN")
         .map_err(|_| "set STRONGROOM_TOKEN to your bearer token".to_owned())?;
-    client::connect(&remote.addr, token.trim()).await
+    let tls = client_tls(remote)?;
+    client::connect_with(&remote.addr, token.trim(), tls.as_ref()).await
+}
+
+/// The TLS settings the flags give: none without --ca-cert; a client certificate and key only
+/// together, and only with a CA.
+fn client_tls(remote: &Remote) -> Result<Option<client::ClientTls>, String> {
+    let client = match (&remote.client_cert, &remote.client_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(
+                "--client-cert and --client-key: give both (a client certificate and \
+                        its private key) or neither"
+                    .into(),
+            );
+        }
+    };
+    match (&remote.ca_cert, client) {
+        (Some(ca), client) => client::ClientTls::from_files(ca, client).map(Some),
+        (None, Some(_)) => Err(
+            "--client-cert: client certificates are sent over TLS; give \
+                                --ca-cert (or STRONGROOM_CA_CERT) and an https:// address"
+                .into(),
+        ),
+        (None, None) => Ok(None),
+    }
 }
 
 fn status_text(s: &tonic::Status) -> String {

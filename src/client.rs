@@ -1,10 +1,13 @@
-//! The gRPC client the command line uses to talk to a running server: connection, bearer token,
-//! and the calls. Knows nothing of how answers are printed.
+//! The gRPC client the command line uses to talk to a running server: connection (plaintext, or
+//! TLS with a CA and optionally a client certificate), bearer token, and the calls. Knows nothing
+//! of how answers are printed.
+
+use std::path::Path;
 
 use tonic::{
     metadata::MetadataValue,
     service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::api::pb::{
@@ -52,22 +55,119 @@ pub struct Client {
     pub keys: KeysClient<Authed>,
 }
 
-/// Connects to `addr` (`http://host:port`, or `host:port`) with `token`.
+/// The largest private key file read.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// How a client reaches a TLS listener: the CA that signed the server's certificate, and for
+/// mTLS the client's certificate and key. No `Debug` of the key.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: ClientTlsConfig,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls(..)")
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA certificate (`ca_cert`, PEM), and for mTLS the client certificate and key
+    /// (`client`: certificate PEM, key PEM; the key a file of ours, mode 0600).
+    ///
+    /// # Errors
+    /// A message naming the flag and the file that cannot be used.
+    pub fn from_files(ca_cert: &Path, client: Option<(&Path, &Path)>) -> Result<Self, String> {
+        let read = |path: &Path, flag: &str| {
+            std::fs::read(path).map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))
+        };
+        let ca = read(ca_cert, "--ca-cert")?;
+        crate::tls::check_certificates_pem(&ca)
+            .map_err(|e| format!("--ca-cert: {} {e}", ca_cert.display()))?;
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert_path, key_path)) = client {
+            let cert = read(cert_path, "--client-cert")?;
+            crate::tls::check_certificates_pem(&cert)
+                .map_err(|e| format!("--client-cert: {} {e}", cert_path.display()))?;
+            let key = crate::files::read_secret(key_path, "--client-key", MAX_KEY_FILE_BYTES)?;
+            config = config.identity(Identity::from_pem(cert, &*key));
+        }
+        Ok(Self { config })
+    }
+}
+
+/// The URL of `addr`, checked against `tls`: `https://` needs a CA, a CA needs `https://`, and
+/// a bare `host:port` is `https://` with a CA and `http://` without.
+fn url_of(addr: &str, tls: bool) -> Result<String, String> {
+    match (addr.split_once("://").map(|(scheme, _)| scheme), tls) {
+        (Some("https"), true) | (Some("http"), false) => Ok(addr.to_owned()),
+        (None, true) => Ok(format!("https://{addr}")),
+        (None, false) => Ok(format!("http://{addr}")),
+        (Some("https"), false) => Err(format!(
+            "{addr} is an https:// address, but no CA certificate was given to check the \
+             server's: pass --ca-cert (or set STRONGROOM_CA_CERT), e.g. ca.pem from \
+             `strongroom tls init`"
+        )),
+        (Some("http"), true) => Err(format!(
+            "{addr} is a plaintext http:// address, but a CA certificate was given for TLS: \
+             use https://"
+        )),
+        (Some(other), _) => Err(format!(
+            "{addr}: unknown scheme {other:?}; use http:// (loopback) or https://"
+        )),
+    }
+}
+
+/// A channel to `addr` (`http://host:port`, `https://host:port`, or `host:port`), over TLS when
+/// `tls` is given (the bench and the CLI share it).
+///
+/// # Errors
+/// A message saying why the address or TLS settings are unusable, or the connection failed.
+pub async fn channel(addr: &str, tls: Option<&ClientTls>) -> Result<Channel, String> {
+    let url = url_of(addr, tls.is_some())?;
+    let mut endpoint =
+        Endpoint::from_shared(url.clone()).map_err(|e| format!("bad address {url}: {e}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.config.clone())
+            .map_err(|e| format!("TLS settings for {url}: {}", chain(&e)))?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {}", chain(&e)))
+}
+
+/// An error and its sources on one line (a failed handshake's reason is in a source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Connects to `addr` (`http://host:port`, or `host:port`) with `token`, in plaintext.
 ///
 /// # Errors
 /// A message saying why the address or token is unusable, or the connection failed.
 pub async fn connect(addr: &str, token: &str) -> Result<Client, String> {
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint =
-        Endpoint::from_shared(url.clone()).map_err(|e| format!("bad address {url}: {e}"))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    connect_with(addr, token, None).await
+}
+
+/// Connects to `addr` with `token`, over TLS when `tls` is given (`https://` addresses).
+///
+/// # Errors
+/// As `connect`, and a message if the address and `tls` disagree (see `channel`).
+pub async fn connect_with(
+    addr: &str,
+    token: &str,
+    tls: Option<&ClientTls>,
+) -> Result<Client, String> {
+    let channel = channel(addr, tls).await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {token}")
         .parse()
         .map_err(|_| "the token holds characters not allowed in a header".to_owned())?;

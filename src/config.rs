@@ -51,9 +51,27 @@ pub struct Config {
     /// hidden flag of `serve`) on the throwaway vault it starts to measure what auditing costs.
     /// A start with it set is recorded in the audit log, warned about, and shown by health.
     pub danger_disable_read_audit: bool,
+    /// TLS on the listener (`tls_cert_file`, `tls_key_file`), and mTLS with `client_ca_file`.
+    /// `None`: plaintext, allowed on a loopback address only.
+    pub tls: Option<Tls>,
     /// The clock tokens expire and limit windows turn by. Not a config file key: always the
     /// system clock, except in tests, which set a manual one to move time without sleeping.
     pub clock: crate::domain::Clock,
+}
+
+/// TLS settings of the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The server's certificate chain (PEM), from `tls_cert_file`.
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM; a file of ours, mode 0600), from `tls_key_file`.
+    pub key_file: PathBuf,
+    /// With mTLS: the CA (PEM) client certificates must chain to, from `client_ca_file`. Every
+    /// call but health then needs a client certificate whose identity is the token's subject.
+    pub client_ca_file: Option<PathBuf>,
+    /// How client certificate identities map to subjects (`[tls_identities]`, exact URI ->
+    /// subject, over the default `spiffe://DOMAIN/NAMESPACE/NAME` -> `NAMESPACE:NAME`).
+    pub identities: crate::tls::Identities,
 }
 
 /// Limits on what one connection and one request may hold, so that a caller (authenticated or
@@ -117,6 +135,10 @@ pub struct ConfigFile {
     max_header_list_bytes: Option<u32>,
     audit_retention_days: Option<u32>,
     audit_checkpoint_every: Option<u64>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    tls_identities: Option<std::collections::BTreeMap<String, String>>,
     pkcs11: Option<Pkcs11File>,
 }
 
@@ -189,6 +211,65 @@ fn pkcs11(file: Pkcs11File, data_dir: &Path) -> Result<crate::crypto::Pkcs11Conf
         token_label,
         pin_file,
     })
+}
+
+/// The TLS keys of the file checked into a `Tls`: both files or neither, mTLS and identity
+/// mappings only with TLS, each mapping onto a subject, the key outside the data dir.
+fn tls(
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    identities: Option<std::collections::BTreeMap<String, String>>,
+    data_dir: &Path,
+) -> Result<Option<Tls>, String> {
+    let (cert_file, key_file) = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            if client_ca_file.is_some() {
+                return Err("client_ca_file: client certificates are checked by TLS; set                             tls_cert_file and tls_key_file too"
+                    .into());
+            }
+            if identities.is_some() {
+                return Err("tls_identities: maps client certificates, which need                             client_ca_file and TLS"
+                    .into());
+            }
+            return Ok(None);
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err("tls_cert_file and tls_key_file: set both (the server's certificate                         and its private key, PEM; `strongroom tls init` writes them) or neither"
+                .into());
+        }
+    };
+    if crate::files::is_within(&key_file, data_dir)? {
+        return Err(format!(
+            "tls_key_file: {} is inside the data dir {}: a copy of the data dir would carry              the server's private key; keep it apart from the data",
+            key_file.display(),
+            data_dir.display()
+        ));
+    }
+    if identities.is_some() && client_ca_file.is_none() {
+        return Err("tls_identities: maps client certificates, which need client_ca_file".into());
+    }
+    let mut exact = std::collections::BTreeMap::new();
+    for (uri, subject) in identities.unwrap_or_default() {
+        if uri.is_empty() || uri.contains(char::is_whitespace) || !uri.contains(':') {
+            return Err(format!(
+                "tls_identities: {uri:?} is not a URI (a client certificate's SAN URI, e.g.                  spiffe://example/svc/crm)"
+            ));
+        }
+        let parsed = crate::domain::Subject::parse(&subject, "tls_identities").map_err(|_| {
+            format!(
+                "tls_identities: {uri:?} maps to {subject:?}, which is not a subject (svc:NAME,                  user:NAME or app:NAME, lowercase)"
+            )
+        })?;
+        exact.insert(uri, parsed);
+    }
+    Ok(Some(Tls {
+        cert_file,
+        key_file,
+        client_ca_file,
+        identities: crate::tls::Identities::new(exact),
+    }))
 }
 
 /// Values from the command line, which win over the file.
@@ -345,6 +426,13 @@ impl Config {
             Some(table) => Some(pkcs11(table, &data_dir)?),
             None => None,
         };
+        let tls = tls(
+            file.tls_cert_file,
+            file.tls_key_file,
+            file.client_ca_file,
+            file.tls_identities,
+            &data_dir,
+        )?;
         let keyring_file = file
             .keyring_file
             .unwrap_or_else(|| crate::crypto::default_keyring_path(&keys_dir));
@@ -405,8 +493,9 @@ impl Config {
                 "audit_retention_days and audit_checkpoint_every: must be at least 1".into(),
             );
         }
-        Ok(Self {
+        let config = Self {
             listen,
+            tls,
             audit,
             danger_disable_read_audit: false,
             clock: crate::domain::Clock::system(),
@@ -421,7 +510,24 @@ impl Config {
             max_message_bytes,
             max_concurrent_streams,
             transport,
-        })
+        };
+        config.check_listener()?;
+        Ok(config)
+    }
+
+    /// Refuses plaintext on an address other machines can reach: bearer tokens and customer
+    /// data would cross the network in the clear. Loopback may stay plaintext.
+    ///
+    /// # Errors
+    /// A message saying why, and what to set.
+    pub fn check_listener(&self) -> Result<(), String> {
+        if self.tls.is_none() && !self.listen.ip().to_canonical().is_loopback() {
+            return Err(format!(
+                "listen: {} is not a loopback address and TLS is off: bearer tokens and                  customer data would cross the network in the clear. Set tls_cert_file and                  tls_key_file (`strongroom tls init DIR` writes a CA and certificates), or                  listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        Ok(())
     }
 
     /// Reads a config file's text with `overrides` (used by tests and bench).
@@ -563,6 +669,79 @@ mod tests {
             };
             let err = Config::from_toml(inside, over).err().unwrap_or_default();
             assert!(err.contains("inside the data dir"), "{inside}: {err}");
+        }
+    }
+
+    #[test]
+    fn plaintext_is_refused_off_loopback_and_tls_keys_are_checked() {
+        let over = |listen: &str| Overrides {
+            listen: Some(listen.into()),
+            data_dir: Some("/srv/data".into()),
+            ..Overrides::default()
+        };
+        let tls = "tls_cert_file = \"/etc/sr/server.pem\"\ntls_key_file = \"/etc/sr/server.key\"\n";
+        for listen in ["0.0.0.0:7700", "10.0.0.5:7700", "[::]:7700"] {
+            let err = Config::from_toml("", over(listen))
+                .err()
+                .unwrap_or_default();
+            assert!(
+                err.starts_with("listen:") && err.contains("TLS is off"),
+                "{listen}: {err}"
+            );
+            let config = Config::from_toml(tls, over(listen)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(config.tls.is_some());
+        }
+        for listen in ["127.0.0.1:7700", "127.8.0.1:1", "[::1]:7700"] {
+            let config = Config::from_toml("", over(listen)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(config.tls, None);
+        }
+        // A config built and then moved off loopback is refused at start too.
+        let mut config =
+            Config::from_toml("", over("127.0.0.1:0")).unwrap_or_else(|e| panic!("{e}"));
+        config.listen = "0.0.0.0:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.check_listener().is_err());
+
+        let mtls = format!(
+            "{tls}client_ca_file = \"/etc/sr/ca.pem\"\n[tls_identities]\n\
+             \"urn:example:billing\" = \"app:billing\"\n"
+        );
+        let config =
+            Config::from_toml(&mtls, over("127.0.0.1:1")).unwrap_or_else(|e| panic!("{e}"));
+        let tls_config = config.tls.unwrap_or_else(|| panic!("TLS"));
+        assert_eq!(tls_config.client_ca_file, Some("/etc/sr/ca.pem".into()));
+        assert_eq!(
+            tls_config
+                .identities
+                .subject_of("urn:example:billing")
+                .map(|s| s.to_string()),
+            Some("app:billing".into())
+        );
+        for (text, want) in [
+            (
+                "tls_cert_file = \"/etc/sr/server.pem\"\n".to_owned(),
+                "tls_cert_file and tls_key_file: set both",
+            ),
+            (
+                "client_ca_file = \"/etc/sr/ca.pem\"\n".to_owned(),
+                "client_ca_file: client certificates are checked by TLS",
+            ),
+            (
+                format!("{tls}[tls_identities]\n\"urn:x\" = \"svc:x\"\n"),
+                "tls_identities: maps client certificates, which need client_ca_file",
+            ),
+            (
+                mtls.replace("app:billing", "role:admin"),
+                "which is not a subject",
+            ),
+            (
+                tls.replace("/etc/sr/server.key", "/srv/data/server.key"),
+                "tls_key_file: /srv/data/server.key is inside the data dir",
+            ),
+        ] {
+            let err = Config::from_toml(&text, over("127.0.0.1:1"))
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(want), "{text}: wanted {want:?} in {err:?}");
         }
     }
 

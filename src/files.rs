@@ -80,6 +80,64 @@ pub fn private_dir(dir: &Path, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads a file holding a secret (a private key): a regular file, not a symbolic link, owned by
+/// this user, unreadable by group and others (0600 or stricter), at most `max` bytes. `what`
+/// names it in messages (`tls_key_file`); its content never appears in them.
+///
+/// # Errors
+/// A message naming `what`, the file and the problem.
+pub fn read_secret(
+    path: &Path,
+    what: &str,
+    max: u64,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = path.display();
+    // O_NOFOLLOW is a small positive flag on every Unix; the conversion cannot fail.
+    let no_follow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow)
+        .open(path)
+        .map_err(|e| format!("{what}: cannot open {shown}: {e}"))?;
+    // Checks are made on the opened file, so it cannot be swapped after them.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{what}: cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{what}: {shown} is not a regular file"));
+    }
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(format!(
+            "{what}: {shown} is owned by uid {}, not by uid {me} that strongroom runs as: \
+             `chown` it to this user",
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{what}: {shown} has mode {mode:04o}: group or others can read it; run \
+             `chmod 600 {shown}` and start again"
+        ));
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "{what}: {shown} is {} bytes, more than {max}",
+            meta.len()
+        ));
+    }
+    // Room for all of it up front: a growing buffer would leave copies of the secret behind.
+    let capacity = usize::try_from(meta.len()).unwrap_or(0) + 1;
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(capacity));
+    file.take(max)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{what}: cannot read {shown}: {e}"))?;
+    Ok(bytes)
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 pub fn parent_of(path: &Path) -> Option<PathBuf> {
     match path.parent() {
@@ -159,6 +217,31 @@ mod tests {
                 .unwrap_err()
                 .contains("not a directory")
         );
+    }
+
+    #[test]
+    fn a_secret_file_must_be_ours_private_and_regular() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("k");
+        fs::write(&key, "secret-bytes").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret(&key, "tls_key_file", 100).unwrap_err();
+        assert!(
+            err.starts_with("tls_key_file:") && err.contains("0644"),
+            "{err}"
+        );
+        assert!(!err.contains("secret-bytes"));
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(&read_secret(&key, "k", 100).unwrap()[..], b"secret-bytes");
+        assert!(
+            read_secret(&key, "k", 4)
+                .unwrap_err()
+                .contains("more than 4")
+        );
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        assert!(read_secret(&link, "k", 100).is_err());
+        assert!(read_secret(tmp.path(), "k", 100).is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod files;
 pub mod policy;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod vault;
 
 #[cfg(test)]

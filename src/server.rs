@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -110,6 +110,55 @@ fn client_errors_as_client_codes(
             .insert("grpc-status", http::HeaderValue::from_static(code));
     }
     response
+}
+
+/// How long a TLS handshake may take before the connection is dropped, so a client that stalls
+/// mid-handshake holds its connection slot only this long.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The largest private key file read (a PEM key is a few hundred bytes; RSA 8192 under 7 KiB).
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// An error and its sources, on one line (tonic's transport errors say little at the top).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Reads a PEM file of certificates, checked, naming the config key and file on a problem.
+fn read_certificates(path: &std::path::Path, key: &str) -> Result<Vec<u8>, ServerError> {
+    let shown = path.display();
+    let pem =
+        std::fs::read(path).map_err(|e| ServerError(format!("{key}: cannot read {shown}: {e}")))?;
+    crate::tls::check_certificates_pem(&pem)
+        .map_err(|e| ServerError(format!("{key}: {shown} {e}")))?;
+    Ok(pem)
+}
+
+/// The listener's TLS settings from the files the config names. With a client CA, client
+/// certificates are verified against it at the handshake but not demanded there: tonic cannot
+/// demand them per service, and health stays open; the authenticator refuses every other call
+/// that came without one.
+fn server_tls(tls: &crate::config::Tls) -> Result<ServerTlsConfig, ServerError> {
+    let cert = read_certificates(&tls.cert_file, "tls_cert_file")?;
+    let key = files::read_secret(&tls.key_file, "tls_key_file", MAX_KEY_FILE_BYTES)
+        .map_err(ServerError)?;
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&cert, &*key))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &tls.client_ca_file {
+        let pem = read_certificates(ca, "client_ca_file")?;
+        config = config
+            .client_ca_root(Certificate::from_pem(pem))
+            .client_auth_optional(true);
+    }
+    Ok(config)
 }
 
 /// The key store's directory in the keys dir.
@@ -238,6 +287,9 @@ pub async fn start_with_stores(
     key_store: Arc<dyn Store>,
 ) -> Result<Running, ServerError> {
     let fail = |e: &dyn std::fmt::Display| ServerError(e.to_string());
+    config.check_listener().map_err(ServerError)?;
+    // Read first: a wrong certificate or key file fails the start before anything is opened.
+    let tls = config.tls.as_ref().map(server_tls).transpose()?;
     files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
     check_key_placement(&config)?;
     let (provider, key_source) = open_provider(&config)?;
@@ -343,7 +395,10 @@ pub async fn start_with_stores(
         .local_addr()
         .map_err(|e| ServerError(format!("cannot read the bound address: {e}")))?;
 
-    let auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit));
+    let mut auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit));
+    if let Some(tls) = config.tls.as_ref().filter(|t| t.client_ca_file.is_some()) {
+        auth = auth.with_client_certificates(tls.identities.clone());
+    }
     let max = config.max_message_bytes;
     let keys_svc = KeysServer::new(KeysApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(max)
@@ -438,8 +493,21 @@ pub async fn start_with_stores(
 
     let (tx, rx) = oneshot::channel::<()>();
     let limits = config.transport;
+    let mut builder = Server::builder();
+    if let Some((tls, files)) = tls.zip(config.tls.as_ref()) {
+        // The certificates parsed; what is left to fail is the key, or the pair.
+        builder = builder.tls_config(tls).map_err(|e| {
+            ServerError(format!(
+                "tls_key_file: {} is not a PEM private key (PKCS#8, PKCS#1 or SEC1) matching \
+                 the certificate in tls_cert_file {}: {}",
+                files.key_file.display(),
+                files.cert_file.display(),
+                chain(&e)
+            ))
+        })?;
+    }
     // Every service, health included, is under the same connection, stream and time limits.
-    let router = Server::builder()
+    let router = builder
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .concurrency_limit_per_connection(limits.max_requests_per_connection)
         .timeout(limits.request_timeout)
@@ -487,7 +555,12 @@ pub async fn start_with_stores(
         drop(health_reporter);
         result
     });
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), keys_dir = %config.keys_dir.display(), "strongroom serving");
+    let transport = match &config.tls {
+        None => "plaintext (loopback only)",
+        Some(t) if t.client_ca_file.is_some() => "TLS, client certificates required (mTLS)",
+        Some(_) => "TLS",
+    };
+    tracing::info!(%addr, transport, data_dir = %config.data_dir.display(), keys_dir = %config.keys_dir.display(), "strongroom serving");
     Ok(Running {
         addr,
         first_admin_token,

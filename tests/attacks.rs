@@ -27,3 +27,5 @@ mod fuzz;
 mod backups;
 #[path = "attacks/rotation.rs"]
 mod rotation;
+#[path = "attacks/transport.rs"]
+mod transport;

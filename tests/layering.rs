@@ -36,6 +36,8 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("prost::", &["src/api", "src/bench"]),
+    ("rcgen::", &["src/tls"]),
+    ("x509_parser::", &["src/tls"]),
 ];
 
 #[test]

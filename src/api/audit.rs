@@ -89,6 +89,7 @@ fn to_pb(e: &Event) -> pb::AuditEvent {
         policy_version: e.policy_version,
         result: e.result.clone(),
         detail: e.detail.clone(),
+        certificate: e.certificate.clone(),
     }
 }
 

@@ -4,6 +4,11 @@
 //! method it tried when that is one we serve (from the generated descriptors), else as
 //! `(unknown)`: the caller's text is never written. Refusals are counted, not written one by
 //! one, so a flood costs bounded memory and log space and never waits for the disk.
+//!
+//! With mTLS (a client CA configured), a call must also come over a connection whose client
+//! certificate (verified against that CA by the TLS layer) names a subject, and its token must
+//! belong to that same subject: a token stolen from one service is useless from another. The
+//! certificate's identity goes into the principal, and from there into the audit events.
 
 use std::{
     convert::Infallible,
@@ -15,37 +20,61 @@ use std::{
 };
 
 use prost::Message as _;
-use tonic::{Request, Status, body::Body, server::NamedService, transport::server::TcpConnectInfo};
+use tonic::{
+    Request, Status,
+    body::Body,
+    server::NamedService,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 use tower::Service;
 
 use crate::{
     api::pb,
     audit::Audit,
     domain::Principal,
+    tls::Identities,
     vault::tokens::{Credential, TokenRegistry},
 };
 
 /// Why a call was refused: a short reason for the audit log, and the status for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
+    CertificateMismatch,
     Malformed,
     Missing,
+    NoCertificate,
+    UnidentifiedCertificate,
     UnknownToken,
 }
 
 impl Refusal {
     fn reason(self) -> &'static str {
         match self {
+            Self::CertificateMismatch => "token of another subject than the client certificate",
             Self::Malformed => "malformed authorization metadata",
             Self::Missing => "missing authorization metadata",
+            Self::NoCertificate => "no client certificate",
+            Self::UnidentifiedCertificate => "client certificate names no subject",
             Self::UnknownToken => "unknown or revoked token",
         }
     }
 
     fn status(self) -> Status {
         Status::unauthenticated(match self {
+            Self::CertificateMismatch => {
+                "the token does not belong to the client certificate's subject: present the \
+                 token issued to the subject your certificate names"
+            }
             Self::Malformed => "authorization metadata must be `Bearer <token>`",
             Self::Missing => "missing authorization metadata: send `authorization: Bearer <token>`",
+            Self::NoCertificate => {
+                "this vault requires a client certificate (mTLS): connect with one issued by \
+                 its client CA"
+            }
+            Self::UnidentifiedCertificate => {
+                "the client certificate names no single subject: it needs a SAN URI \
+                 spiffe://DOMAIN/NAMESPACE/NAME (or one the vault maps in [tls_identities])"
+            }
             Self::UnknownToken => "unknown or revoked token",
         })
     }
@@ -92,11 +121,13 @@ fn methods_of(service: &str) -> Methods {
     methods.into()
 }
 
-/// What authenticates calls: the token registry, and the audit log for refusals.
+/// What authenticates calls: the token registry, the audit log for refusals, and with mTLS how
+/// client certificates map to subjects.
 #[derive(Clone)]
 pub struct Authenticator {
     tokens: Arc<TokenRegistry>,
     audit: Arc<Audit>,
+    certificates: Option<Arc<Identities>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -108,7 +139,20 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator over `tokens`, auditing refusals to `audit`.
     pub fn new(tokens: Arc<TokenRegistry>, audit: Arc<Audit>) -> Self {
-        Self { tokens, audit }
+        Self {
+            tokens,
+            audit,
+            certificates: None,
+        }
+    }
+
+    /// Requires every call to come with a client certificate naming, through `identities`, the
+    /// subject of its token (mTLS: the TLS layer has verified the certificate against the
+    /// client CA).
+    #[must_use]
+    pub fn with_client_certificates(mut self, identities: Identities) -> Self {
+        self.certificates = Some(Arc::new(identities));
+        self
     }
 
     /// Wraps a service so that only authenticated calls reach it.
@@ -120,16 +164,44 @@ impl Authenticator {
         }
     }
 
-    fn check(&self, headers: &http::HeaderMap) -> Result<(Principal, Credential), Refusal> {
-        let header = headers.get("authorization").ok_or(Refusal::Missing)?;
+    fn check(&self, request: &http::Request<Body>) -> Result<(Principal, Credential), Refusal> {
+        let certified = match &self.certificates {
+            None => None,
+            Some(identities) => {
+                let certs = request
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(TlsConnectInfo::peer_certs)
+                    .ok_or(Refusal::NoCertificate)?;
+                // The first is the client's own; the rest (if any) its chain to the CA.
+                let leaf = certs.first().ok_or(Refusal::NoCertificate)?;
+                Some(
+                    identities
+                        .identify(leaf)
+                        .map_err(|_| Refusal::UnidentifiedCertificate)?,
+                )
+            }
+        };
+        let header = request
+            .headers()
+            .get("authorization")
+            .ok_or(Refusal::Missing)?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(Refusal::Malformed)?;
-        self.tokens
+        let (mut principal, credential) = self
+            .tokens
             .authenticate(token.trim())
-            .ok_or(Refusal::UnknownToken)
+            .ok_or(Refusal::UnknownToken)?;
+        if let Some(identity) = certified {
+            if identity.subject != principal.subject {
+                return Err(Refusal::CertificateMismatch);
+            }
+            principal.certificate = Some(identity.uri);
+        }
+        Ok((principal, credential))
     }
 }
 
@@ -175,7 +247,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        match self.auth.check(request.headers()) {
+        match self.auth.check(&request) {
             Ok((principal, credential)) => {
                 request.extensions_mut().insert(principal);
                 request.extensions_mut().insert(credential);

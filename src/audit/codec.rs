@@ -1,10 +1,15 @@
 //! The stored form of an event: a compact, versioned binary encoding (cheaper than JSON on the
 //! hot path of every read; JSON is produced only for export). Strings are length-prefixed, so
 //! no value can be confused with a delimiter. An unknown version does not decode.
+//!
+//! Version 2 is version 1 followed by the client certificate's identity; an event without one
+//! is written as version 1, so that events written before it keep their bytes and chain hashes,
+//! and each event has exactly one encoding.
 
 use super::{Event, FieldOutcome};
 
 const EVENT_V1: u8 = 0x01;
+const EVENT_V2: u8 = 0x02;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     // Event strings are names, ids and short messages: far below 4 GiB.
@@ -14,7 +19,11 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Encodes an event.
 pub(super) fn encode(e: &Event, out: &mut Vec<u8>) {
-    out.push(EVENT_V1);
+    out.push(if e.certificate.is_empty() {
+        EVENT_V1
+    } else {
+        EVENT_V2
+    });
     out.extend_from_slice(&e.seq.to_be_bytes());
     out.extend_from_slice(&e.time_ms.to_be_bytes());
     out.extend_from_slice(&e.policy_version.to_be_bytes());
@@ -46,6 +55,9 @@ pub(super) fn encode(e: &Event, out: &mut Vec<u8>) {
     for f in &e.fields {
         put_str(out, &f.field);
         put_str(out, &f.outcome);
+    }
+    if !e.certificate.is_empty() {
+        put_str(out, &e.certificate);
     }
 }
 
@@ -84,7 +96,8 @@ impl Reader<'_> {
 /// Decodes an event; `None` if the bytes are not exactly one event of a known version.
 pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
     let mut r = Reader(bytes);
-    if r.take(1)? != [EVENT_V1] {
+    let version = *r.take(1)?.first()?;
+    if version != EVENT_V1 && version != EVENT_V2 {
         return None;
     }
     let seq = r.u64()?;
@@ -117,6 +130,12 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
             })
         })
         .collect::<Option<Vec<_>>>()?;
+    let certificate = if version == EVENT_V2 {
+        // Written only when there is one: an empty one is not this event's encoding.
+        Some(r.string()?).filter(|c| !c.is_empty())?
+    } else {
+        String::new()
+    };
     if !r.0.is_empty() {
         return None;
     }
@@ -134,6 +153,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
         policy_version,
         result,
         detail,
+        certificate,
     })
 }
 
@@ -146,7 +166,7 @@ pub(super) mod tests {
     pub(in crate::audit) fn events() -> impl Strategy<Value = Vec<u8>> + Clone {
         (
             any::<(u64, i64, u64)>(),
-            proptest::collection::vec("\\PC{0,12}", 8),
+            proptest::collection::vec("\\PC{0,12}", 9),
             proptest::collection::vec("[a-z:]{0,12}", 0..4),
             proptest::collection::vec(("[a-z_]{1,12}", "[a-z]{1,9}"), 0..9),
         )
@@ -163,6 +183,7 @@ pub(super) mod tests {
                     purpose: s[5].clone(),
                     result: s[6].clone(),
                     detail: s[7].clone(),
+                    certificate: s[8].clone(),
                     roles,
                     fields: fields
                         .into_iter()
@@ -187,6 +208,34 @@ pub(super) mod tests {
             }
             Ok(())
         });
+    }
+
+    #[test]
+    fn an_event_without_a_certificate_keeps_the_first_encoding() {
+        let plain = Event {
+            subject: "svc:crm".into(),
+            ..Event::default()
+        };
+        let mut v1 = Vec::new();
+        encode(&plain, &mut v1);
+        assert_eq!(v1.first(), Some(&EVENT_V1));
+        let with = Event {
+            certificate: "spiffe://strongroom/svc/crm".into(),
+            ..plain.clone()
+        };
+        let mut v2 = Vec::new();
+        encode(&with, &mut v2);
+        assert_eq!(v2.first(), Some(&EVENT_V2));
+        assert_eq!(decode(&v2), Some(with));
+        // Version 2 with an empty certificate is not an encoding of any event.
+        let mut empty = v1.clone();
+        empty[0] = EVENT_V2;
+        empty.extend_from_slice(&0u32.to_be_bytes());
+        assert_eq!(decode(&empty), None);
+        // Version 1 bytes with a certificate appended do not decode either.
+        let mut tail = v2.clone();
+        tail[0] = EVENT_V1;
+        assert_eq!(decode(&tail), None);
     }
 
     #[test]
@@ -218,7 +267,7 @@ pub(super) mod tests {
         #[test]
         fn round_trips(
             seq in any::<u64>(), time in any::<i64>(), v in any::<u64>(),
-            strings in proptest::collection::vec("\\PC{0,20}", 8),
+            strings in proptest::collection::vec("\\PC{0,20}", 9),
             roles in proptest::collection::vec("[a-z:]{0,12}", 0..4),
             fields in proptest::collection::vec(("[a-z_]{1,12}", "[a-z]{1,9}"), 0..9),
         ) {
@@ -226,7 +275,8 @@ pub(super) mod tests {
                 seq, time_ms: time, policy_version: v,
                 request_id: strings[0].clone(), subject: strings[1].clone(), method: strings[2].clone(),
                 collection: strings[3].clone(), record_id: strings[4].clone(), purpose: strings[5].clone(),
-                result: strings[6].clone(), detail: strings[7].clone(), roles,
+                result: strings[6].clone(), detail: strings[7].clone(),
+                certificate: strings[8].clone(), roles,
                 fields: fields.into_iter().map(|(field, outcome)| FieldOutcome { field, outcome }).collect(),
             };
             let mut bytes = Vec::new();

@@ -105,6 +105,9 @@ pub struct Principal {
     pub subject: Subject,
     /// With which roles (sorted, no duplicates, at least one).
     pub roles: Vec<Role>,
+    /// The identity (SAN URI) of the client certificate the call came over, when the vault
+    /// requires client certificates (mTLS); set by the authenticator, recorded in audit events.
+    pub certificate: Option<String>,
 }
 
 impl Principal {
@@ -112,7 +115,11 @@ impl Principal {
     pub fn new(subject: Subject, mut roles: Vec<Role>) -> Self {
         roles.sort();
         roles.dedup();
-        Self { subject, roles }
+        Self {
+            subject,
+            roles,
+            certificate: None,
+        }
     }
 
     /// Whether the principal holds any of `roles`.
