@@ -22,7 +22,11 @@ use crate::{
     api::pb,
     audit::Audit,
     domain::Principal,
-    vault::tokens::{Credential, TokenRegistry},
+    storage::Batch,
+    vault::{
+        limits::Limiter,
+        tokens::{Credential, TokenRegistry},
+    },
 };
 
 /// Why a call was refused: a short reason for the audit log, and the status for the caller.
@@ -97,6 +101,8 @@ fn methods_of(service: &str) -> Methods {
 pub struct Authenticator {
     tokens: Arc<TokenRegistry>,
     audit: Arc<Audit>,
+    /// Per-subject request limits, checked once the caller is known.
+    limits: Option<Arc<Limiter>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -108,7 +114,18 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator over `tokens`, auditing refusals to `audit`.
     pub fn new(tokens: Arc<TokenRegistry>, audit: Arc<Audit>) -> Self {
-        Self { tokens, audit }
+        Self {
+            tokens,
+            audit,
+            limits: None,
+        }
+    }
+
+    /// Holds authenticated callers to the per-subject request limits of `limiter`.
+    #[must_use]
+    pub fn with_limits(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limits = Some(limiter);
+        self
     }
 
     /// Wraps a service so that only authenticated calls reach it.
@@ -177,6 +194,9 @@ where
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         match self.auth.check(request.headers()) {
             Ok((principal, credential)) => {
+                if let Some(refused) = self.limited(&principal, request.uri().path()) {
+                    return refused;
+                }
                 request.extensions_mut().insert(principal);
                 request.extensions_mut().insert(credential);
                 // The ready service handles this call; a fresh clone waits for the next one.
@@ -198,6 +218,30 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+impl<S: NamedService> Authenticated<S> {
+    /// The answer to a call of `principal` past its request limit, with the window's one
+    /// alert written first; `None` when the call is within its limit.
+    fn limited(
+        &self,
+        principal: &Principal,
+        path: &str,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>>
+    {
+        let method = known_method(&self.methods, S::NAME, path)
+            .map_or(crate::audit::UNKNOWN_METHOD, |m| &**m);
+        let mut refused = self.auth.limits.as_ref()?.admit(principal, method).err()?;
+        let audit = Arc::clone(&self.auth.audit);
+        Some(Box::pin(async move {
+            if let Some(alert) = refused.alert.take()
+                && let Err(e) = audit.commit(Batch::new(), vec![alert]).await
+            {
+                tracing::error!(error = %e, "the alert of a request limit was not recorded");
+            }
+            Ok(Status::resource_exhausted(refused.message()).into_http())
+        }))
     }
 }
 
