@@ -729,7 +729,8 @@ mod tests {
                     [rate_limits.\"role:support\"]\nrequests_per_second = 20\n\
                     sensitive_disclosures_per_hour = 50\n\
                     [rate_limits.\"svc:crm\"]\nsensitive_disclosures_per_hour = 5000\n";
-        let config = Config::from_toml(text, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            Config::from_toml(text, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
         let limits = &config.rate_limits;
         assert_eq!(
             limits.default,
@@ -741,11 +742,17 @@ mod tests {
         let support = Role::parse("role:support", "r").unwrap_or_else(|e| panic!("{e}"));
         let crm = Subject::parse("svc:crm", "s").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            limits.roles.get(&support).and_then(|r| r.sensitive_disclosures_per_hour),
+            limits
+                .roles
+                .get(&support)
+                .and_then(|r| r.sensitive_disclosures_per_hour),
             Some(50)
         );
         assert_eq!(
-            limits.subjects.get(&crm).and_then(|r| r.sensitive_disclosures_per_hour),
+            limits
+                .subjects
+                .get(&crm)
+                .and_then(|r| r.sensitive_disclosures_per_hour),
             Some(5000)
         );
         let none = Config::from_toml("", Overrides::default()).unwrap_or_else(|e| panic!("{e}"));

@@ -27,3 +27,6 @@ mod fuzz;
 mod backups;
 #[path = "attacks/rotation.rs"]
 mod rotation;
+
+#[path = "attacks/limits.rs"]
+mod limits;
