@@ -221,22 +221,20 @@ where
     }
 }
 
+/// A call's answer, to come.
+type Answer = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
 impl<S: NamedService> Authenticated<S> {
     /// The answer to a call of `principal` past its request limit, with the window's one
     /// alert written first; `None` when the call is within its limit.
-    fn limited(
-        &self,
-        principal: &Principal,
-        path: &str,
-    ) -> Option<Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>>
-    {
+    fn limited(&self, principal: &Principal, path: &str) -> Option<Answer> {
         let method = known_method(&self.methods, S::NAME, path)
             .map_or(crate::audit::UNKNOWN_METHOD, |m| &**m);
         let mut refused = self.auth.limits.as_ref()?.admit(principal, method).err()?;
         let audit = Arc::clone(&self.auth.audit);
         Some(Box::pin(async move {
             if let Some(alert) = refused.alert.take()
-                && let Err(e) = audit.commit(Batch::new(), vec![alert]).await
+                && let Err(e) = audit.commit(Batch::new(), vec![*alert]).await
             {
                 tracing::error!(error = %e, "the alert of a request limit was not recorded");
             }

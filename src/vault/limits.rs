@@ -120,7 +120,7 @@ struct Counters {
 pub struct RequestLimited {
     limit: u32,
     /// The window's one alert, for the audit log; `None` after the first refusal of a window.
-    pub alert: Option<Event>,
+    pub alert: Option<Box<Event>>,
 }
 
 impl RequestLimited {
@@ -205,7 +205,7 @@ impl Limiter {
                 method,
                 "request limit reached: calls refused until the second ends (one warning per subject per window)"
             );
-            Event {
+            Box::new(Event {
                 subject: principal.subject.as_str().to_owned(),
                 roles: principal.role_names(),
                 method: REQUEST_LIMIT_METHOD.to_owned(),
@@ -217,7 +217,7 @@ impl Limiter {
                     start.saturating_add(REQUEST_WINDOW_MS)
                 ),
                 ..Event::default()
-            }
+            })
         });
         Err(RequestLimited { limit, alert })
     }
