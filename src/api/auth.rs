@@ -228,9 +228,10 @@ impl<S: NamedService> Authenticated<S> {
     /// The answer to a call of `principal` past its request limit, with the window's one
     /// alert written first; `None` when the call is within its limit.
     fn limited(&self, principal: &Principal, path: &str) -> Option<Answer> {
+        let limiter = self.auth.limits.as_ref()?;
         let method = known_method(&self.methods, S::NAME, path)
             .map_or(crate::audit::UNKNOWN_METHOD, |m| &**m);
-        let mut refused = self.auth.limits.as_ref()?.admit(principal, method).err()?;
+        let mut refused = limiter.admit(principal, method).err()?;
         let audit = Arc::clone(&self.auth.audit);
         Some(Box::pin(async move {
             if let Some(alert) = refused.alert.take()
