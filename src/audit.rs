@@ -41,7 +41,8 @@ pub use verify::VerifyReport;
 pub struct FieldOutcome {
     /// The field name.
     pub field: String,
-    /// `plain`, `masked`, `withheld` (reads); `written`, `cleared` (writes); `destroyed`.
+    /// `plain`, `masked`, `withheld`, `disclosure limit` (reads); `written`, `cleared`
+    /// (writes); `destroyed`.
     pub outcome: String,
 }
 

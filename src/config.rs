@@ -9,7 +9,13 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::vault::Limits;
+use crate::{
+    domain::{Role, Subject},
+    vault::{
+        Limits,
+        limits::{LimitRule, SubjectLimits},
+    },
+};
 
 /// The validated configuration of `strongroom serve`.
 #[derive(Debug, Clone)]
@@ -39,6 +45,9 @@ pub struct Config {
     pub rotation: crate::vault::rotation::RotationOptions,
     /// Per-request limits.
     pub limits: Limits,
+    /// Per-subject limits (`[rate_limits]`): requests per second, and plaintext disclosures
+    /// of sensitive fields per hour, by subject, role, or `default`; none by default.
+    pub rate_limits: SubjectLimits,
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: usize,
     /// Most concurrent streams per connection.
@@ -140,6 +149,78 @@ pub struct ConfigFile {
     client_ca_file: Option<PathBuf>,
     tls_identities: Option<std::collections::BTreeMap<String, String>>,
     pkcs11: Option<Pkcs11File>,
+    rate_limits: Option<std::collections::BTreeMap<String, RateLimitFile>>,
+}
+
+/// One entry of the `[rate_limits]` table (`[rate_limits."role:support"]`), as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    requests_per_second: Option<u32>,
+    sensitive_disclosures_per_hour: Option<u32>,
+}
+
+/// The highest `requests_per_second` accepted.
+const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000;
+/// The highest `sensitive_disclosures_per_hour` accepted.
+const MAX_DISCLOSURES_PER_HOUR: u32 = 1_000_000_000;
+
+/// The `[rate_limits]` table checked: each entry `default`, a role or a subject, setting at
+/// least one limit, each limit within its range.
+fn rate_limits(
+    table: std::collections::BTreeMap<String, RateLimitFile>,
+) -> Result<SubjectLimits, String> {
+    let mut limits = SubjectLimits::default();
+    for (name, entry) in table {
+        let RateLimitFile {
+            requests_per_second,
+            sensitive_disclosures_per_hour,
+        } = entry;
+        let at = format!("rate_limits.{name:?}");
+        if requests_per_second.is_none() && sensitive_disclosures_per_hour.is_none() {
+            return Err(format!(
+                "{at}: sets no limit; give requests_per_second or \
+                 sensitive_disclosures_per_hour (or remove the entry)"
+            ));
+        }
+        for (key, value, max) in [
+            (
+                "requests_per_second",
+                requests_per_second,
+                MAX_REQUESTS_PER_SECOND,
+            ),
+            (
+                "sensitive_disclosures_per_hour",
+                sensitive_disclosures_per_hour,
+                MAX_DISCLOSURES_PER_HOUR,
+            ),
+        ] {
+            if value.is_some_and(|v| !(1..=max).contains(&v)) {
+                return Err(format!(
+                    "{at}.{key}: must be between 1 and {max} (leave it out for no limit)"
+                ));
+            }
+        }
+        let rule = LimitRule {
+            requests_per_second,
+            sensitive_disclosures_per_hour,
+        };
+        if name == "default" {
+            limits.default = Some(rule);
+        } else if name.starts_with("role:") {
+            let role = Role::parse(&name, &at).map_err(|e| e.to_string())?;
+            limits.roles.insert(role, rule);
+        } else {
+            let subject = Subject::parse(&name, &at).map_err(|_| {
+                format!(
+                    "{at}: not `default`, a role (role:NAME) or a subject (svc:NAME, \
+                     user:NAME, app:NAME)"
+                )
+            })?;
+            limits.subjects.insert(subject, rule);
+        }
+    }
+    Ok(limits)
 }
 
 /// The `[pkcs11]` table, as written.
@@ -388,6 +469,7 @@ impl Config {
     /// A message naming the setting that is invalid.
     pub fn resolve(file: ConfigFile, over: Overrides) -> Result<Self, String> {
         let transport = transport(&file)?;
+        let rate_limits = rate_limits(file.rate_limits.unwrap_or_default())?;
         let listen_text = over
             .listen
             .or(file.listen)
@@ -507,6 +589,7 @@ impl Config {
             pkcs11,
             rotation,
             limits,
+            rate_limits,
             max_message_bytes,
             max_concurrent_streams,
             transport,
@@ -817,6 +900,74 @@ mod tests {
         // 32 bytes is the most a token label holds.
         let longest = table.replace("vault", &"v".repeat(32));
         assert!(Config::from_toml(&longest, over()).is_ok());
+    }
+
+    #[test]
+    fn rate_limits_name_who_they_hold_and_each_mistake_is_named() {
+        let text = "[rate_limits.default]\nrequests_per_second = 100\n\
+                    [rate_limits.\"role:support\"]\nrequests_per_second = 20\n\
+                    sensitive_disclosures_per_hour = 50\n\
+                    [rate_limits.\"svc:crm\"]\nsensitive_disclosures_per_hour = 5000\n";
+        let config =
+            Config::from_toml(text, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        let limits = &config.rate_limits;
+        assert_eq!(
+            limits.default,
+            Some(LimitRule {
+                requests_per_second: Some(100),
+                sensitive_disclosures_per_hour: None,
+            })
+        );
+        let support = Role::parse("role:support", "r").unwrap_or_else(|e| panic!("{e}"));
+        let crm = Subject::parse("svc:crm", "s").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            limits
+                .roles
+                .get(&support)
+                .and_then(|r| r.sensitive_disclosures_per_hour),
+            Some(50)
+        );
+        assert_eq!(
+            limits
+                .subjects
+                .get(&crm)
+                .and_then(|r| r.sensitive_disclosures_per_hour),
+            Some(5000)
+        );
+        let none = Config::from_toml("", Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(none.rate_limits, SubjectLimits::default());
+        for (text, want) in [
+            (
+                "[rate_limits.\"role:support\"]\nrequests_per_minute = 3\n",
+                "unknown field `requests_per_minute`",
+            ),
+            (
+                "[rate_limits.\"role:support\"]\n",
+                "rate_limits.\"role:support\": sets no limit",
+            ),
+            (
+                "[rate_limits.\"role:support\"]\nrequests_per_second = 0\n",
+                "rate_limits.\"role:support\".requests_per_second: must be between 1",
+            ),
+            (
+                "[rate_limits.default]\nsensitive_disclosures_per_hour = 0\n",
+                "rate_limits.\"default\".sensitive_disclosures_per_hour: must be between 1",
+            ),
+            (
+                "[rate_limits.support]\nrequests_per_second = 3\n",
+                "rate_limits.\"support\": not `default`, a role",
+            ),
+            (
+                "[rate_limits.\"role:Support\"]\nrequests_per_second = 3\n",
+                "must be a namespaced role",
+            ),
+            ("[rate_limits]\nrequests_per_second = 3\n", "invalid type"),
+        ] {
+            let err = Config::from_toml(text, Overrides::default())
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(want), "{text}: wanted {want:?} in {err:?}");
+        }
     }
 
     #[test]

@@ -27,7 +27,10 @@ use crate::{
     domain::{Principal, Role, Schema, Subject},
     files,
     storage::{self, Batch, Store},
-    vault::{ADMIN_ROLE, Keys, Vault, governance::Governance, now_ms, tokens::TokenRegistry},
+    vault::{
+        ADMIN_ROLE, Keys, Vault, governance::Governance, limits::Limiter, now_ms,
+        tokens::TokenRegistry,
+    },
 };
 
 /// How long refused unauthenticated calls are counted before their events are written.
@@ -360,6 +363,11 @@ pub async fn start_with_stores(
         Arc::clone(&policy),
         config.limits,
     );
+    let limiter = Arc::new(Limiter::new(
+        config.rate_limits.clone(),
+        config.clock.clone(),
+    ));
+    vault = vault.with_limiter(Arc::clone(&limiter));
     if let Err(e) = vault.reconcile().await {
         // Its background tasks hold the stores: stop them, so the stores close with the error.
         vault.stop().await;
@@ -395,7 +403,7 @@ pub async fn start_with_stores(
         .local_addr()
         .map_err(|e| ServerError(format!("cannot read the bound address: {e}")))?;
 
-    let mut auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit));
+    let mut auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit)).with_limits(limiter);
     if let Some(tls) = config.tls.as_ref().filter(|t| t.client_ca_file.is_some()) {
         auth = auth.with_client_certificates(tls.identities.clone());
     }

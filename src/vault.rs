@@ -10,6 +10,7 @@ mod access;
 pub mod governance;
 mod header;
 mod keystore;
+pub mod limits;
 mod locks;
 mod purger;
 pub mod receipt;
@@ -35,6 +36,7 @@ use crate::{
 };
 pub use access::{ADMIN_ROLE, Privilege, require};
 use keystore::KeyStore;
+use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;
@@ -134,6 +136,10 @@ pub struct FieldView {
     pub decision: Decision,
     /// The plaintext or masked value; `None` when denied.
     pub value: Option<FieldValue>,
+    /// Why the vault withheld a field the policy lets the caller read in plaintext (its
+    /// subject's disclosure limit is spent; `decision` is then `Denied`): `None` for a field
+    /// decided by the policy alone.
+    pub withheld_reason: Option<String>,
 }
 
 /// A read's answer.
@@ -191,6 +197,7 @@ pub struct Vault {
     schema: Arc<Schema>,
     policy: Arc<PolicyEngine>,
     limits: Limits,
+    limiter: Arc<Limiter>,
     locks: RecordLocks,
     purger: Purger,
     rotator: Arc<rotation::Rotator>,
@@ -256,6 +263,7 @@ impl Vault {
             schema,
             policy,
             limits,
+            limiter: Arc::default(),
             locks: RecordLocks::new(256),
             purger,
         }
@@ -266,6 +274,13 @@ impl Vault {
     #[must_use]
     pub fn danger_without_read_audit(mut self) -> Self {
         self.audit_reads = false;
+        self
+    }
+
+    /// Holds reads to the per-subject disclosure limits of `limiter` (none by default).
+    #[must_use]
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = limiter;
         self
     }
 
@@ -422,16 +437,46 @@ impl Vault {
             }
         };
         let collection = loaded.collection;
+        // Plaintext disclosures of sensitive fields count against the subject's limit: reserved
+        // here, before anything is decrypted, so that racing reads never pass it together.
+        let sensitive_plain: Vec<usize> = permit
+            .decisions()
+            .iter()
+            .filter(|&&(f, d)| {
+                d == Decision::Plain && collection.is_sensitive(f) && ciphertexts.contains_key(&f)
+            })
+            .map(|&(f, _)| f)
+            .collect();
+        let mut allowance = self
+            .limiter
+            .disclose(principal, call, sensitive_plain.len());
+        let mut limited = Vec::new();
         let mut shown = Vec::new();
         let mut withheld = Vec::new();
         for &(field, decision) in permit.decisions() {
             let (name, ty) = &collection.fields()[field];
+            if sensitive_plain.contains(&field) {
+                if allowance.granted == 0 {
+                    // Withheld and never decrypted, like a field the policy denies.
+                    ciphertexts.remove(&field);
+                    limited.push(field);
+                    withheld.push(FieldView {
+                        name: name.as_str().to_owned(),
+                        decision: Decision::Denied,
+                        value: None,
+                        withheld_reason: Some(allowance.reason.clone()),
+                    });
+                    continue;
+                }
+                allowance.granted -= 1;
+            }
             let envelope = match decision {
                 Decision::Denied => {
                     withheld.push(FieldView {
                         name: name.as_str().to_owned(),
                         decision,
                         value: None,
+                        withheld_reason: None,
                     });
                     continue;
                 }
@@ -449,28 +494,34 @@ impl Vault {
                 name: name.as_str().to_owned(),
                 decision,
                 value: Some(value),
+                withheld_reason: None,
             });
         }
         shown.extend(withheld);
+        // The limit's one alert of the window goes with the read that tripped it.
+        let mut events: Vec<Event> = allowance.alert.take().into_iter().collect();
         if self.audit_reads {
             let decided = permit.decisions().iter().map(|&(f, d)| {
                 let outcome = match d {
+                    Decision::Plain if limited.contains(&f) => limits::DISCLOSURE_LIMIT_OUTCOME,
                     Decision::Denied => "withheld",
                     Decision::Masked => "masked",
                     Decision::Plain => "plain",
                 };
                 (f, outcome)
             });
-            let event = Event {
+            events.push(Event {
                 collection: collection.name().as_str().to_owned(),
                 record_id: id.to_string(),
                 fields: outcomes(collection, decided),
                 purpose: purpose.as_str().to_owned(),
                 policy_version: permit.policy_version(),
                 ..call.event(principal)
-            };
+            });
+        }
+        if !events.is_empty() {
             // Fail closed: no data leaves unless its event is durable.
-            self.audit.commit(Batch::new(), vec![event]).await?;
+            self.audit.commit(Batch::new(), events).await?;
         }
         Ok(RecordView {
             id: *id,

@@ -25,6 +25,8 @@ mod fuzz;
 
 #[path = "attacks/backups.rs"]
 mod backups;
+#[path = "attacks/limits.rs"]
+mod limits;
 #[path = "attacks/rotation.rs"]
 mod rotation;
 #[path = "attacks/transport.rs"]

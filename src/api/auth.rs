@@ -32,8 +32,12 @@ use crate::{
     api::pb,
     audit::Audit,
     domain::Principal,
+    storage::Batch,
     tls::Identities,
-    vault::tokens::{Credential, TokenRegistry},
+    vault::{
+        limits::Limiter,
+        tokens::{Credential, TokenRegistry},
+    },
 };
 
 /// Why a call was refused: a short reason for the audit log, and the status for the caller.
@@ -128,6 +132,8 @@ pub struct Authenticator {
     tokens: Arc<TokenRegistry>,
     audit: Arc<Audit>,
     certificates: Option<Arc<Identities>>,
+    /// Per-subject request limits, checked once the caller is known.
+    limits: Option<Arc<Limiter>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -143,6 +149,7 @@ impl Authenticator {
             tokens,
             audit,
             certificates: None,
+            limits: None,
         }
     }
 
@@ -152,6 +159,13 @@ impl Authenticator {
     #[must_use]
     pub fn with_client_certificates(mut self, identities: Identities) -> Self {
         self.certificates = Some(Arc::new(identities));
+        self
+    }
+
+    /// Holds authenticated callers to the per-subject request limits of `limiter`.
+    #[must_use]
+    pub fn with_limits(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limits = Some(limiter);
         self
     }
 
@@ -249,6 +263,9 @@ where
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         match self.auth.check(&request) {
             Ok((principal, credential)) => {
+                if let Some(refused) = self.limited(&principal, request.uri().path()) {
+                    return refused;
+                }
                 request.extensions_mut().insert(principal);
                 request.extensions_mut().insert(credential);
                 // The ready service handles this call; a fresh clone waits for the next one.
@@ -270,6 +287,29 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+/// A call's answer, to come.
+type Answer = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+impl<S: NamedService> Authenticated<S> {
+    /// The answer to a call of `principal` past its request limit, with the window's one
+    /// alert written first; `None` when the call is within its limit.
+    fn limited(&self, principal: &Principal, path: &str) -> Option<Answer> {
+        let limiter = self.auth.limits.as_ref()?;
+        let method = known_method(&self.methods, S::NAME, path)
+            .map_or(crate::audit::UNKNOWN_METHOD, |m| &**m);
+        let mut refused = limiter.admit(principal, method).err()?;
+        let audit = Arc::clone(&self.auth.audit);
+        Some(Box::pin(async move {
+            if let Some(alert) = refused.alert.take()
+                && let Err(e) = audit.commit(Batch::new(), vec![*alert]).await
+            {
+                tracing::error!(error = %e, "the alert of a request limit was not recorded");
+            }
+            Ok(Status::resource_exhausted(refused.message()).into_http())
+        }))
     }
 }
 

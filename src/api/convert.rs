@@ -89,12 +89,13 @@ pub(super) fn field_result(
     roles: &str,
     purpose: &str,
 ) -> pb::FieldResult {
-    let reason = match view.decision {
-        Decision::Denied => format!(
+    let reason = match (view.decision, view.withheld_reason) {
+        (Decision::Denied, Some(reason)) => reason,
+        (Decision::Denied, None) => format!(
             "withheld: no rule lets {roles} read {collection}.{} for purpose {purpose}",
             view.name
         ),
-        Decision::Masked | Decision::Plain => String::new(),
+        (Decision::Masked | Decision::Plain, _) => String::new(),
     };
     pb::FieldResult {
         name: view.name,

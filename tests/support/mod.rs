@@ -15,6 +15,7 @@ use strongroom::{
     api::pb::{self, records_client::RecordsClient},
     client::{self, Client},
     config::{Config, Overrides},
+    domain::Clock,
     server::{self, Running},
     storage::{Batch, KeyValue, Keyspace, RocksStore, Snapshot, Store, StoreError},
 };
@@ -46,6 +47,37 @@ impl Vault {
             .take()
             .expect("first start creates an admin token")
             .to_string();
+        Self {
+            dir,
+            running: Some(running),
+            admin_token,
+            shared: None,
+            shared_keys: None,
+        }
+    }
+
+    /// Starts a fresh vault with extra config file lines, extra lines at the end of the
+    /// starting policy (in a copy of the policies dir), and `clock` as its clock.
+    pub async fn start_configured(config: &str, extra_policy: &str, clock: Clock) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        for name in ["model.conf", "policy.csv", "schema.toml"] {
+            std::fs::copy(policies_dir().join(name), policies.join(name)).unwrap();
+        }
+        let mut policy = std::fs::read_to_string(policies.join("policy.csv")).unwrap();
+        policy.push_str(extra_policy);
+        std::fs::write(policies.join("policy.csv"), policy).unwrap();
+        let over = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(dir.path().join("data")),
+            keys_dir: None,
+            policies_dir: Some(policies),
+        };
+        let mut config = Config::from_toml(config, over).unwrap();
+        config.clock = clock;
+        let mut running = server::start(config).await.unwrap();
+        let admin_token = running.first_admin_token.take().unwrap().to_string();
         Self {
             dir,
             running: Some(running),
