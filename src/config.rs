@@ -54,6 +54,9 @@ pub struct Config {
     /// The clock tokens expire and limit windows turn by. Not a config file key: always the
     /// system clock, except in tests, which set a manual one to move time without sleeping.
     pub clock: crate::domain::Clock,
+    /// The longest lifetime of a `vendor:` subject's token (`max_vendor_token_hours`, default
+    /// 168: a week); such tokens must expire.
+    pub max_vendor_token_lifetime: Duration,
 }
 
 /// Limits on what one connection and one request may hold, so that a caller (authenticated or
@@ -117,6 +120,7 @@ pub struct ConfigFile {
     max_header_list_bytes: Option<u32>,
     audit_retention_days: Option<u32>,
     audit_checkpoint_every: Option<u64>,
+    max_vendor_token_hours: Option<u64>,
     pkcs11: Option<Pkcs11File>,
 }
 
@@ -405,9 +409,14 @@ impl Config {
                 "audit_retention_days and audit_checkpoint_every: must be at least 1".into(),
             );
         }
+        let vendor_hours = file.max_vendor_token_hours.unwrap_or(168);
+        if !(1..=24 * 366).contains(&vendor_hours) {
+            return Err("max_vendor_token_hours: must be between 1 and 8784 (a year)".into());
+        }
         Ok(Self {
             listen,
             audit,
+            max_vendor_token_lifetime: Duration::from_secs(vendor_hours * 3600),
             danger_disable_read_audit: false,
             clock: crate::domain::Clock::system(),
             data_dir,

@@ -27,7 +27,12 @@ use crate::{
     domain::{Principal, Role, Schema, Subject},
     files,
     storage::{self, Batch, Store},
-    vault::{ADMIN_ROLE, Keys, Vault, governance::Governance, now_ms, tokens::TokenRegistry},
+    vault::{
+        ADMIN_ROLE, Keys, Vault,
+        governance::Governance,
+        now_ms,
+        tokens::{TokenOptions, TokenRegistry},
+    },
 };
 
 /// How long refused unauthenticated calls are counted before their events are written.
@@ -264,7 +269,13 @@ pub async fn start_with_stores(
         .await
         .map_err(|e| fail(&e))?;
 
-    let tokens = Arc::new(TokenRegistry::load(Arc::clone(&store)).map_err(|e| fail(&e))?);
+    let token_options = TokenOptions {
+        clock: config.clock.clone(),
+        max_vendor_lifetime: config.max_vendor_token_lifetime,
+    };
+    let tokens = Arc::new(
+        TokenRegistry::load(Arc::clone(&store), &schema, token_options).map_err(|e| fail(&e))?,
+    );
     let mut first_admin_token = None;
     if tokens.is_empty() {
         let admin = Principal::new(
@@ -278,7 +289,7 @@ pub async fn start_with_stores(
         };
         first_admin_token = Some(
             tokens
-                .bootstrap(&admin, now_ms(), &audit, event)
+                .bootstrap(&admin, &audit, event)
                 .await
                 .map_err(|e| fail(&e))?,
         );
@@ -304,7 +315,7 @@ pub async fn start_with_stores(
             rotation: config.rotation,
         },
         Arc::clone(&audit),
-        schema,
+        Arc::clone(&schema),
         Arc::clone(&policy),
         config.limits,
     );
@@ -355,6 +366,7 @@ pub async fn start_with_stores(
         Arc::clone(&tokens),
         Arc::clone(&policy),
         Arc::clone(&audit),
+        schema,
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);

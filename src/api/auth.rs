@@ -22,12 +22,13 @@ use crate::{
     api::pb,
     audit::Audit,
     domain::Principal,
-    vault::tokens::{Credential, TokenRegistry},
+    vault::tokens::{Credential, Rejection, TokenRegistry},
 };
 
 /// Why a call was refused: a short reason for the audit log, and the status for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
+    Expired,
     Malformed,
     Missing,
     UnknownToken,
@@ -36,6 +37,7 @@ enum Refusal {
 impl Refusal {
     fn reason(self) -> &'static str {
         match self {
+            Self::Expired => "expired token",
             Self::Malformed => "malformed authorization metadata",
             Self::Missing => "missing authorization metadata",
             Self::UnknownToken => "unknown or revoked token",
@@ -44,10 +46,20 @@ impl Refusal {
 
     fn status(self) -> Status {
         Status::unauthenticated(match self {
+            Self::Expired => "the token has expired: ask for a new one",
             Self::Malformed => "authorization metadata must be `Bearer <token>`",
             Self::Missing => "missing authorization metadata: send `authorization: Bearer <token>`",
             Self::UnknownToken => "unknown or revoked token",
         })
+    }
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Expired => Self::Expired,
+            Rejection::Unknown => Self::UnknownToken,
+        }
     }
 }
 
@@ -129,7 +141,7 @@ impl Authenticator {
             .ok_or(Refusal::Malformed)?;
         self.tokens
             .authenticate(token.trim())
-            .ok_or(Refusal::UnknownToken)
+            .map_err(Refusal::from)
     }
 }
 
@@ -207,11 +219,11 @@ where
 ///
 /// # Errors
 /// `UNAUTHENTICATED` if the request carries no principal (fail closed: a service wired without
-/// the authenticator serves nothing) or its token has been revoked since.
+/// the authenticator serves nothing) or its token has been revoked or has expired since.
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    if !credential(request)?.is_valid() {
-        return Err(Refusal::UnknownToken.status());
-    }
+    credential(request)?
+        .check()
+        .map_err(|r| Refusal::from(r).status())?;
     request
         .extensions()
         .get::<Principal>()

@@ -140,6 +140,7 @@ impl Vault {
             .create_token(pb::CreateTokenRequest {
                 subject: subject.into(),
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                ..pb::CreateTokenRequest::default()
             })
             .await
             .unwrap()
