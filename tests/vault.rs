@@ -5,6 +5,9 @@
 
 mod support;
 
+#[path = "vault/tokens.rs"]
+mod tokens;
+
 use strongroom::{
     api::pb::{self, Disclosure},
     storage::{Batch, Keyspace, Store},

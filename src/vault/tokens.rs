@@ -937,6 +937,41 @@ mod tests {
         assert_eq!(live, [x_marketing, root]);
     }
 
+    #[test]
+    fn tokens_stored_before_expiry_and_purposes_load_unbound_and_never_expiring() {
+        let store = MemoryStore::new();
+        let mut batch = Batch::new();
+        let old = br#"{"subject":"svc:old","roles":["role:support"],"created_at_ms":5}"#;
+        batch.put(Keyspace::Meta, token_key(&hash("sr_old")), old.to_vec());
+        // A purpose the schema no longer declares is dropped: the token may not declare it.
+        let gone = br#"{"subject":"svc:b","roles":["role:support"],"created_at_ms":5,
+            "expires_at_ms":100,"purposes":["support","retired"]}"#;
+        batch.put(Keyspace::Meta, token_key(&hash("sr_gone")), gone.to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let clock = Clock::manual(50);
+        let options = TokenOptions {
+            clock: clock.clone(),
+            ..TokenOptions::default()
+        };
+        let registry = Arc::new(
+            TokenRegistry::load(Arc::new(store), &schema(), options)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (old, credential) = registry
+            .authenticate("sr_old")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(old.purposes, None);
+        let (bound, _) = registry
+            .authenticate("sr_gone")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(bound.purposes_text(), "support");
+        clock.advance(Duration::from_millis(50));
+        assert_eq!(registry.authenticate("sr_gone").err(), Some(Rejection::Expired));
+        clock.advance(Duration::from_secs(100 * 365 * 24 * 3600));
+        assert!(credential.is_valid());
+        assert_eq!(registry.authenticate("sr_nope").err(), Some(Rejection::Unknown));
+    }
+
     #[tokio::test]
     async fn fuzz_presented_tokens() {
         use crate::testing::{fuzz, inputs};
