@@ -216,11 +216,11 @@ mod tests {
         assert_eq!(expiry_text(0, false), "never expires");
         assert_eq!(
             expiry_text(1_795_000_000_000, false),
-            "expires 2026-11-18 08:26:40Z"
+            "expires 2026-11-18 11:06:40Z"
         );
         assert_eq!(
             expiry_text(1_795_000_000_000, true),
-            "expired 2026-11-18 08:26:40Z"
+            "expired 2026-11-18 11:06:40Z"
         );
         assert_eq!(purposes_text(&[]), "any purpose");
         assert_eq!(
