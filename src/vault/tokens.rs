@@ -966,10 +966,16 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(bound.purposes_text(), "support");
         clock.advance(Duration::from_millis(50));
-        assert_eq!(registry.authenticate("sr_gone").err(), Some(Rejection::Expired));
+        assert_eq!(
+            registry.authenticate("sr_gone").err(),
+            Some(Rejection::Expired)
+        );
         clock.advance(Duration::from_secs(100 * 365 * 24 * 3600));
         assert!(credential.is_valid());
-        assert_eq!(registry.authenticate("sr_nope").err(), Some(Rejection::Unknown));
+        assert_eq!(
+            registry.authenticate("sr_nope").err(),
+            Some(Rejection::Unknown)
+        );
     }
 
     #[tokio::test]

@@ -304,9 +304,7 @@ async fn a_rotated_token_works_through_its_grace_then_only_the_new_one_does() {
     let mut after = vault.client(&new.token).await;
     get(&mut before, &id, "support").await.unwrap();
     get(&mut after, &id, "support").await.unwrap();
-    vault
-        .clock
-        .advance(Duration::from_secs(1800));
+    vault.clock.advance(Duration::from_secs(1800));
     assert_expired(get(&mut before, &id, "support").await);
     get(&mut after, &id, "support").await.unwrap();
     // The same rights: still bound to its purpose, and it expires when the old one would have.
@@ -316,9 +314,7 @@ async fn a_rotated_token_works_through_its_grace_then_only_the_new_one_does() {
     );
     let status = assert_code(rotate(&mut admin, &old.id, "").await, Code::InvalidArgument);
     assert!(status.message().contains("expired"), "{}", status.message());
-    vault
-        .clock
-        .advance(71 * HOUR - Duration::from_secs(1800));
+    vault.clock.advance(71 * HOUR - Duration::from_secs(1800));
     assert_expired(get(&mut after, &id, "support").await);
 
     let rotations = events_of(&mut admin, "Tokens/RotateToken").await;
