@@ -502,6 +502,33 @@ mod tests {
     }
 
     #[test]
+    fn vendor_tokens_live_a_week_unless_configured() {
+        let config = Config::resolve(ConfigFile::default(), Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.max_vendor_token_lifetime,
+            Duration::from_secs(168 * 3600)
+        );
+        let config = Config::from_toml("max_vendor_token_hours = 24\n", Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.max_vendor_token_lifetime,
+            Duration::from_secs(24 * 3600)
+        );
+        for bad in [
+            "max_vendor_token_hours = 0\n",
+            "max_vendor_token_hours = 9000\n",
+        ] {
+            let err = Config::from_toml(bad, Overrides::default()).err();
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.starts_with("max_vendor_token_hours")),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn transport_limits_have_defaults_and_are_checked() {
         let config = Config::resolve(ConfigFile::default(), Overrides::default())
             .unwrap_or_else(|e| panic!("{e}"));

@@ -254,6 +254,29 @@ async fn vendor_tokens_must_expire_within_the_limit_and_be_bound_to_a_purpose() 
 }
 
 #[tokio::test]
+async fn the_longest_vendor_lifetime_is_the_configs() {
+    let store: std::sync::Arc<dyn strongroom::storage::Store> =
+        std::sync::Arc::new(strongroom::storage::MemoryStore::new());
+    let (_dir, running, token) = Vault::start_over(store, "max_vendor_token_hours = 24\n").await;
+    let mut admin = strongroom::client::connect(&format!("http://{}", running.addr), &token)
+        .await
+        .unwrap();
+    let vendor = |expires_in: &str| pb::CreateTokenRequest {
+        subject: "vendor:acme".into(),
+        roles: vec!["role:support".into()],
+        expires_in: expires_in.into(),
+        purposes: vec!["support".into()],
+    };
+    let status = assert_code(
+        admin.tokens.create_token(vendor("25h")).await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().contains("24h"), "{}", status.message());
+    admin.tokens.create_token(vendor("24h")).await.unwrap();
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_rotated_token_works_through_its_grace_then_only_the_new_one_does() {
     let vault = manual().await;
     let mut admin = vault.admin().await;
