@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             ".strongroom.v1.Field",
             ".strongroom.v1.FieldResult",
             ".strongroom.v1.CreateTokenResponse",
+            ".strongroom.v1.RotateTokenResponse",
         ])
         .compile_fds(file_descriptors)?;
     Ok(())

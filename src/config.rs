@@ -66,6 +66,9 @@ pub struct Config {
     /// The clock tokens expire and limit windows turn by. Not a config file key: always the
     /// system clock, except in tests, which set a manual one to move time without sleeping.
     pub clock: crate::domain::Clock,
+    /// The longest lifetime of a `vendor:` subject's token (`max_vendor_token_hours`, default
+    /// 168: a week); such tokens must expire.
+    pub max_vendor_token_lifetime: Duration,
 }
 
 /// TLS settings of the listener.
@@ -148,6 +151,7 @@ pub struct ConfigFile {
     tls_key_file: Option<PathBuf>,
     client_ca_file: Option<PathBuf>,
     tls_identities: Option<std::collections::BTreeMap<String, String>>,
+    max_vendor_token_hours: Option<u64>,
     pkcs11: Option<Pkcs11File>,
     rate_limits: Option<std::collections::BTreeMap<String, RateLimitFile>>,
 }
@@ -575,10 +579,15 @@ impl Config {
                 "audit_retention_days and audit_checkpoint_every: must be at least 1".into(),
             );
         }
+        let vendor_hours = file.max_vendor_token_hours.unwrap_or(168);
+        if !(1..=24 * 366).contains(&vendor_hours) {
+            return Err("max_vendor_token_hours: must be between 1 and 8784 (a year)".into());
+        }
         let config = Self {
             listen,
             tls,
             audit,
+            max_vendor_token_lifetime: Duration::from_secs(vendor_hours * 3600),
             danger_disable_read_audit: false,
             clock: crate::domain::Clock::system(),
             data_dir,
@@ -679,6 +688,33 @@ mod tests {
         assert_eq!(config.limits.max_fields, 10);
         let bad: ConfigFile = toml::from_str("max_value_bytes = 0\n").unwrap_or_default();
         assert!(Config::resolve(bad, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn vendor_tokens_live_a_week_unless_configured() {
+        let config = Config::resolve(ConfigFile::default(), Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.max_vendor_token_lifetime,
+            Duration::from_secs(168 * 3600)
+        );
+        let config = Config::from_toml("max_vendor_token_hours = 24\n", Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.max_vendor_token_lifetime,
+            Duration::from_secs(24 * 3600)
+        );
+        for bad in [
+            "max_vendor_token_hours = 0\n",
+            "max_vendor_token_hours = 9000\n",
+        ] {
+            let err = Config::from_toml(bad, Overrides::default()).err();
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.starts_with("max_vendor_token_hours")),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

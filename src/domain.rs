@@ -4,12 +4,14 @@
 //! No I/O here, and no dependency on tonic, RocksDB, casbin or the cipher.
 
 mod clock;
+mod duration;
 mod field;
 mod ids;
 mod principal;
 mod schema;
 
 pub use clock::Clock;
+pub use duration::{friendly, parse_duration};
 pub use field::{FieldName, FieldType, FieldValue};
 pub use ids::RecordId;
 pub use principal::{Principal, Role, Subject};

@@ -28,8 +28,11 @@ use crate::{
     files,
     storage::{self, Batch, Store},
     vault::{
-        ADMIN_ROLE, Keys, Vault, governance::Governance, limits::Limiter, now_ms,
-        tokens::TokenRegistry,
+        ADMIN_ROLE, Keys, Vault,
+        governance::Governance,
+        limits::Limiter,
+        now_ms,
+        tokens::{TokenOptions, TokenRegistry},
     },
 };
 
@@ -319,7 +322,13 @@ pub async fn start_with_stores(
         .await
         .map_err(|e| fail(&e))?;
 
-    let tokens = Arc::new(TokenRegistry::load(Arc::clone(&store)).map_err(|e| fail(&e))?);
+    let token_options = TokenOptions {
+        clock: config.clock.clone(),
+        max_vendor_lifetime: config.max_vendor_token_lifetime,
+    };
+    let tokens = Arc::new(
+        TokenRegistry::load(Arc::clone(&store), &schema, token_options).map_err(|e| fail(&e))?,
+    );
     let mut first_admin_token = None;
     if tokens.is_empty() {
         let admin = Principal::new(
@@ -333,7 +342,7 @@ pub async fn start_with_stores(
         };
         first_admin_token = Some(
             tokens
-                .bootstrap(&admin, now_ms(), &audit, event)
+                .bootstrap(&admin, &audit, event)
                 .await
                 .map_err(|e| fail(&e))?,
         );
@@ -359,7 +368,7 @@ pub async fn start_with_stores(
             rotation: config.rotation,
         },
         Arc::clone(&audit),
-        schema,
+        Arc::clone(&schema),
         Arc::clone(&policy),
         config.limits,
     );
@@ -418,6 +427,7 @@ pub async fn start_with_stores(
         Arc::clone(&tokens),
         Arc::clone(&policy),
         Arc::clone(&audit),
+        schema,
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);

@@ -113,6 +113,19 @@ fn refused(principal: &Principal, r: Refusal) -> Error {
     ))
 }
 
+/// Checks that `principal`'s token may declare `purpose` (a token bound to purposes declares
+/// only those). The purpose is a declared one, so naming it echoes nothing of the caller's.
+fn check_purpose(principal: &Principal, purpose: &Purpose) -> Result<(), Error> {
+    if principal.may_declare(purpose) {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "{}'s token is bound to purposes {}: it may not declare purpose {purpose}",
+        principal.subject,
+        principal.purposes_text()
+    )))
+}
+
 /// A field value to write: where it came from (for errors), its field name and raw value.
 #[derive(Debug)]
 pub struct FieldInput<'a> {
@@ -388,6 +401,7 @@ impl Vault {
     /// decided by the policy for `purpose`; denied fields are never decrypted.
     ///
     /// # Errors
+    /// `PermissionDenied` if the caller's token is bound to other purposes,
     /// `InvalidArgument` for unknown fields, `NotFound` for an unknown or shredded id,
     /// `DataLoss` if stored data fails its integrity check.
     pub async fn get(
@@ -398,6 +412,7 @@ impl Vault {
         fields: &[String],
         purpose: &Purpose,
     ) -> Result<RecordView, Error> {
+        check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
         let mut attempts = 0;
         let (loaded, permit, dek, mut ciphertexts) = loop {

@@ -5,6 +5,9 @@
 
 mod support;
 
+#[path = "vault/tokens.rs"]
+mod tokens;
+
 use strongroom::{
     api::pb::{self, Disclosure},
     storage::{Batch, Keyspace, Store},
@@ -320,6 +323,7 @@ async fn calls_without_a_valid_token_never_reach_a_handler() {
             .create_token(pb::CreateTokenRequest {
                 subject: "svc:x".into(),
                 roles: vec!["role:admin".into()],
+                ..pb::CreateTokenRequest::default()
             })
             .await,
         Code::Unauthenticated,
@@ -351,6 +355,7 @@ async fn calls_without_a_valid_token_never_reach_a_handler() {
         .create_token(pb::CreateTokenRequest {
             subject: "svc:evil".into(),
             roles: vec!["role:admin".into()],
+            ..pb::CreateTokenRequest::default()
         })
         .await;
     assert_code(issue, Code::PermissionDenied);
@@ -393,6 +398,7 @@ async fn a_subject_named_like_a_role_is_refused() {
         .create_token(pb::CreateTokenRequest {
             subject: "role:admin".into(),
             roles: vec!["role:support".into()],
+            ..pb::CreateTokenRequest::default()
         })
         .await;
     let status = assert_code(refused, Code::InvalidArgument);

@@ -16,7 +16,10 @@ use crate::{
     audit::{self, Audit, Call, Event, Filter},
     domain::Principal,
     policy::PolicyEngine,
-    vault::{Privilege, require, tokens::Credential},
+    vault::{
+        Privilege, require,
+        tokens::{Credential, Rejection},
+    },
 };
 
 /// The `Audit` gRPC service.
@@ -325,7 +328,7 @@ async fn query(
 }
 
 /// A stream fed by a task: the task gets the sending half of a small channel. The stream ends
-/// as soon as the caller's token is revoked: with UNAUTHENTICATED, or (if the client has let
+/// as soon as the caller's token is revoked or expires: with UNAUTHENTICATED, or (if the client has let
 /// the channel fill) right after the events already queued.
 fn async_stream<T, F, Fut>(
     token: Credential,
@@ -342,7 +345,11 @@ where
         tokio::select! {
             () = feed => {}
             () = token.revoked() => {
-                let _ = tx.try_send(Err(Status::unauthenticated("the caller's token was revoked")));
+                let why = match token.check() {
+                    Err(Rejection::Expired) => "the caller's token has expired",
+                    Err(Rejection::Unknown) | Ok(()) => "the caller's token was revoked",
+                };
+                let _ = tx.try_send(Err(Status::unauthenticated(why)));
             }
         }
     });

@@ -36,7 +36,7 @@ use crate::{
     tls::Identities,
     vault::{
         limits::Limiter,
-        tokens::{Credential, TokenRegistry},
+        tokens::{Credential, Rejection, TokenRegistry},
     },
 };
 
@@ -44,6 +44,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     CertificateMismatch,
+    Expired,
     Malformed,
     Missing,
     NoCertificate,
@@ -55,6 +56,7 @@ impl Refusal {
     fn reason(self) -> &'static str {
         match self {
             Self::CertificateMismatch => "token of another subject than the client certificate",
+            Self::Expired => "expired token",
             Self::Malformed => "malformed authorization metadata",
             Self::Missing => "missing authorization metadata",
             Self::NoCertificate => "no client certificate",
@@ -69,6 +71,7 @@ impl Refusal {
                 "the token does not belong to the client certificate's subject: present the \
                  token issued to the subject your certificate names"
             }
+            Self::Expired => "the token has expired: ask for a new one",
             Self::Malformed => "authorization metadata must be `Bearer <token>`",
             Self::Missing => "missing authorization metadata: send `authorization: Bearer <token>`",
             Self::NoCertificate => {
@@ -81,6 +84,15 @@ impl Refusal {
             }
             Self::UnknownToken => "unknown or revoked token",
         })
+    }
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Expired => Self::Expired,
+            Rejection::Unknown => Self::UnknownToken,
+        }
     }
 }
 
@@ -208,7 +220,7 @@ impl Authenticator {
         let (mut principal, credential) = self
             .tokens
             .authenticate(token.trim())
-            .ok_or(Refusal::UnknownToken)?;
+            .map_err(Refusal::from)?;
         if let Some(identity) = certified {
             if identity.subject != principal.subject {
                 return Err(Refusal::CertificateMismatch);
@@ -319,11 +331,11 @@ impl<S: NamedService> Authenticated<S> {
 ///
 /// # Errors
 /// `UNAUTHENTICATED` if the request carries no principal (fail closed: a service wired without
-/// the authenticator serves nothing) or its token has been revoked since.
+/// the authenticator serves nothing) or its token has been revoked or has expired since.
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    if !credential(request)?.is_valid() {
-        return Err(Refusal::UnknownToken.status());
-    }
+    credential(request)?
+        .check()
+        .map_err(|r| Refusal::from(r).status())?;
     request
         .extensions()
         .get::<Principal>()

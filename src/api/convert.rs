@@ -35,6 +35,24 @@ impl fmt::Debug for pb::CreateTokenResponse {
             .field("token", &"<redacted>")
             .field("subject", &self.subject)
             .field("roles", &self.roles)
+            .field("expires_at_unix_ms", &self.expires_at_unix_ms)
+            .field("purposes", &self.purposes)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::RotateTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateTokenResponse")
+            .field("token", &"<redacted>")
+            .field("id", &self.id)
+            .field("subject", &self.subject)
+            .field("roles", &self.roles)
+            .field("purposes", &self.purposes)
+            .field("expires_at_unix_ms", &self.expires_at_unix_ms)
+            .field("old_id", &self.old_id)
+            .field("old_expires_at_unix_ms", &self.old_expires_at_unix_ms)
             .finish()
     }
 }

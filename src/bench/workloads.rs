@@ -43,6 +43,7 @@ impl Clients {
                     .create_token(pb::CreateTokenRequest {
                         subject,
                         roles: vec![role],
+                        ..pb::CreateTokenRequest::default()
                     })
                     .await
                     .map(|r| r.into_inner().token)

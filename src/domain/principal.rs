@@ -1,14 +1,17 @@
-//! Who is calling: a namespaced subject (`svc:crm`, `user:alice`) and its roles (`role:support`).
+//! Who is calling: a namespaced subject (`svc:crm`, `user:alice`, `vendor:acme`), its roles
+//! (`role:support`), and the purposes its token is bound to, if any.
 //!
 //! Subjects and roles live in different namespaces so that a subject named like a role gains
-//! nothing: `role:` is reserved for roles and refused as a subject.
+//! nothing: `role:` is reserved for roles and refused as a subject. `vendor:` subjects are third
+//! parties: their tokens must expire and be bound to purposes (enforced where tokens are issued).
 
 use std::fmt;
 
-use super::InvalidInput;
+use super::{InvalidInput, Purpose};
 
 /// The namespaces a subject may use.
-const SUBJECT_NAMESPACES: [&str; 3] = ["svc:", "user:", "app:"];
+const SUBJECT_NAMESPACES: [&str; 4] = ["svc:", "user:", "app:", "vendor:"];
+const VENDOR_NAMESPACE: &str = "vendor:";
 const ROLE_NAMESPACE: &str = "role:";
 
 /// A namespaced caller identity, e.g. `svc:crm`.
@@ -31,7 +34,7 @@ impl Subject {
     /// Parses a subject.
     ///
     /// # Errors
-    /// `InvalidInput` unless `s` is `svc:NAME`, `user:NAME` or `app:NAME`.
+    /// `InvalidInput` unless `s` is `svc:NAME`, `user:NAME`, `app:NAME` or `vendor:NAME`.
     pub fn parse(s: &str, field: &str) -> Result<Self, InvalidInput> {
         let ok = SUBJECT_NAMESPACES
             .iter()
@@ -41,7 +44,8 @@ impl Subject {
         } else {
             Err(InvalidInput::new(
                 field,
-                "must be a namespaced subject: svc:NAME, user:NAME or app:NAME (lowercase)",
+                "must be a namespaced subject: svc:NAME, user:NAME, app:NAME or vendor:NAME \
+                 (lowercase)",
             ))
         }
     }
@@ -49,6 +53,12 @@ impl Subject {
     /// The subject as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether it is a third party (`vendor:NAME`), whose tokens must expire and be bound to
+    /// purposes.
+    pub fn is_vendor(&self) -> bool {
+        self.0.starts_with(VENDOR_NAMESPACE)
     }
 }
 
@@ -105,21 +115,51 @@ pub struct Principal {
     pub subject: Subject,
     /// With which roles (sorted, no duplicates, at least one).
     pub roles: Vec<Role>,
+    /// The only purposes its token may declare (sorted, no duplicates); `None`: any purpose
+    /// the policy allows its roles. Not part of the policy: checked where a purpose is declared.
+    pub purposes: Option<Vec<Purpose>>,
     /// The identity (SAN URI) of the client certificate the call came over, when the vault
     /// requires client certificates (mTLS); set by the authenticator, recorded in audit events.
     pub certificate: Option<String>,
 }
 
 impl Principal {
-    /// Makes a principal; roles are sorted and deduplicated.
+    /// Makes a principal bound to no purpose; roles are sorted and deduplicated.
     pub fn new(subject: Subject, mut roles: Vec<Role>) -> Self {
         roles.sort();
         roles.dedup();
         Self {
             subject,
             roles,
+            purposes: None,
             certificate: None,
         }
+    }
+
+    /// The same principal bound to `purposes` (sorted and deduplicated; `None`: unbound).
+    #[must_use]
+    pub fn with_purposes(mut self, purposes: Option<Vec<Purpose>>) -> Self {
+        self.purposes = purposes.map(|mut p| {
+            p.sort();
+            p.dedup();
+            p
+        });
+        self
+    }
+
+    /// Whether its token may declare `purpose`.
+    pub fn may_declare(&self, purpose: &Purpose) -> bool {
+        self.purposes.as_ref().is_none_or(|p| p.contains(purpose))
+    }
+
+    /// The purposes it is bound to, joined with commas (empty when unbound).
+    pub fn purposes_text(&self) -> String {
+        self.purposes
+            .iter()
+            .flatten()
+            .map(Purpose::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Whether the principal holds any of `roles`.
@@ -150,6 +190,8 @@ mod tests {
     fn namespaces_are_enforced() {
         assert!(Subject::parse("svc:crm", "s").is_ok());
         assert!(Subject::parse("user:alice.smith", "s").is_ok());
+        assert!(Subject::parse("vendor:acme", "s").is_ok_and(|s| s.is_vendor()));
+        assert!(Subject::parse("svc:vendor", "s").is_ok_and(|s| !s.is_vendor()));
         assert!(Subject::parse("role:admin", "s").is_err());
         assert!(Subject::parse("admin", "s").is_err());
         assert!(Subject::parse("svc:", "s").is_err());

@@ -1,17 +1,26 @@
 //! Bearer tokens: issued once, stored only as SHA-256 hashes in the `meta` keyspace, compared in
-//! constant time, each mapped to a subject and its roles.
+//! constant time, each mapped to a subject and its roles, optionally bound to purposes and
+//! expiring at an instant of the vault's clock.
 //!
 //! Tokens are 256 random bits, so a fast hash is enough: there is nothing to brute-force.
 //!
-//! The registry is the one source of the live principals: every issue and revocation is one
-//! change (check, store commit, registry update, policy recompile for the registry's live
+//! The registry is the one source of the live principals: every issue, rotation and revocation
+//! is one change (check, store commit, registry update, policy recompile for the registry's live
 //! principals) under one lock, so concurrent changes cannot merge rights or revoke the last
 //! admin, and a failed issue leaves nothing behind.
+//!
+//! An expired token is refused like a revoked one, but says so, and stays listed (as expired)
+//! until its subject's tokens are revoked. Expiry is read from the configured `Clock` at every
+//! check, so a call or stream that outlives its token ends like one whose token was revoked.
+//! A `vendor:` subject's token must expire (within the configured longest lifetime) and be bound
+//! to at least one purpose. A rotation issues a new secret with the same subject, roles,
+//! purposes and expiry, and moves the old one's expiry to the end of a grace period.
 
 use std::{
     collections::HashMap,
     convert::Infallible,
     sync::{Arc, PoisonError, RwLock},
+    time::Duration,
 };
 
 use rand::{RngCore, rngs::OsRng};
@@ -23,7 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, Event},
-    domain::{InvalidInput, Principal, Role, Subject},
+    domain::{Clock, InvalidInput, Principal, Role, Schema, Subject, friendly},
     policy::{PolicyEngine, ReplaceError},
     storage::{Batch, Keyspace, Store},
     vault::{
@@ -35,31 +44,117 @@ use crate::{
 const PREFIX: &[u8] = b"token/";
 const TOKEN_PREFIX: &str = "sr_";
 
+/// The longest lifetime a token may be given (ten years): beyond it, give none.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// How long a rotated token keeps working unless told otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// The longest a rotated token may keep working.
+pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest lifetime of a `vendor:` token unless the config says otherwise (a week).
+pub const DEFAULT_MAX_VENDOR_LIFETIME: Duration = Duration::from_secs(168 * 3600);
+/// How often a long-lived call re-reads the clock while its token has an expiry: the clock
+/// may be moved (a manual clock in tests, the wall clock by an operator), so a call never
+/// sleeps to the computed instant in one go.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+
 #[derive(Serialize, Deserialize)]
 struct StoredToken {
     subject: String,
     roles: Vec<String>,
     created_at_ms: i64,
+    /// When it stops working (ms since the epoch). Absent (tokens stored before expiry
+    /// existed, or issued without one): never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<i64>,
+    /// The only purposes it may declare. Absent: any purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purposes: Option<Vec<String>>,
+}
+
+impl StoredToken {
+    fn of(issued: &Issued) -> Self {
+        Self {
+            subject: issued.principal.subject.as_str().to_owned(),
+            roles: issued.principal.role_names(),
+            created_at_ms: issued.created_at_ms,
+            expires_at_ms: issued.expires_at_ms,
+            purposes: issued
+                .principal
+                .purposes
+                .as_ref()
+                .map(|p| p.iter().map(|p| p.as_str().to_owned()).collect()),
+        }
+    }
 }
 
 /// An issued token, as the registry knows it (never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
-    /// Whom it authenticates.
+    /// Whom it authenticates, with the purposes it is bound to.
     pub principal: Principal,
     /// When it was issued (ms since the epoch).
     pub created_at_ms: i64,
+    /// When it stops working (ms since the epoch); `None`: never.
+    pub expires_at_ms: Option<i64>,
     /// The first 8 hex digits of its hash: enough to tell tokens apart, useless to forge one.
     pub id: String,
+}
+
+impl Issued {
+    /// Whether it has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+}
+
+/// Why a presented token is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// It was issued, but its expiry has passed.
+    Expired,
+    /// It was never issued, or has been revoked.
+    Unknown,
+}
+
+/// What the registry is configured with.
+#[derive(Debug, Clone)]
+pub struct TokenOptions {
+    /// The clock expiries are read against.
+    pub clock: Clock,
+    /// The longest lifetime a `vendor:` token may be given.
+    pub max_vendor_lifetime: Duration,
+}
+
+impl Default for TokenOptions {
+    fn default() -> Self {
+        Self {
+            clock: Clock::system(),
+            max_vendor_lifetime: DEFAULT_MAX_VENDOR_LIFETIME,
+        }
+    }
+}
+
+/// A rotation's outcome: the new token (shown once) and when the old one stops working.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The new token.
+    pub token: Zeroizing<String>,
+    /// The new token, as the registry knows it.
+    pub issued: Issued,
+    /// The old token's id.
+    pub old_id: String,
+    /// When the old token stops working (ms since the epoch).
+    pub old_expires_at_ms: i64,
 }
 
 /// The registry of issued tokens, held in memory and in the store.
 pub struct TokenRegistry {
     by_hash: RwLock<HashMap<[u8; 32], Issued>>,
-    /// Serializes issues and revocations, from the checks to the policy recompile.
+    /// Serializes issues, rotations and revocations, from the checks to the policy recompile.
     changes: Mutex<()>,
-    /// Bumped after every revocation, so long-lived calls notice theirs at once.
+    /// Bumped after every revocation and rotation, so long-lived calls notice theirs at once.
     revocations: watch::Sender<u64>,
+    options: TokenOptions,
 }
 
 impl std::fmt::Debug for TokenRegistry {
@@ -76,7 +171,7 @@ impl std::fmt::Debug for TokenRegistry {
 }
 
 /// The token a call was authenticated with, as a handle (its hash, never the token): a
-/// long-lived call holds it to notice the token's revocation.
+/// long-lived call holds it to notice the token's revocation or expiry.
 #[derive(Clone)]
 pub struct Credential {
     registry: Arc<TokenRegistry>,
@@ -92,21 +187,37 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    /// Whether the token is still valid (issued and not revoked).
-    pub fn is_valid(&self) -> bool {
-        self.registry
-            .by_hash
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&self.hash)
+    /// Whether the token is still accepted, now.
+    ///
+    /// # Errors
+    /// `Rejection::Unknown` if it has been revoked, `Rejection::Expired` if it has expired.
+    pub fn check(&self) -> Result<(), Rejection> {
+        self.registry.expiry_of(&self.hash).map(|_| ())
     }
 
-    /// Resolves once the token is no longer valid (at once if it already is not).
+    /// Whether the token is still valid (issued, not revoked, not expired).
+    pub fn is_valid(&self) -> bool {
+        self.check().is_ok()
+    }
+
+    /// Resolves once the token is no longer valid (at once if it already is not): revoked, or
+    /// expired by the registry's clock (noticed within `EXPIRY_TICK`).
     pub async fn revoked(&self) {
         // Subscribe before checking: a revocation between the check and the wait is seen.
         let mut revocations = self.registry.revocations.subscribe();
-        while self.is_valid() {
-            if revocations.changed().await.is_err() {
+        while let Ok(expiry) = self.registry.expiry_of(&self.hash) {
+            let changed = match expiry {
+                None => revocations.changed().await,
+                Some(at) => {
+                    let left = at.saturating_sub(self.registry.options.clock.now_ms());
+                    let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                    tokio::select! {
+                        changed = revocations.changed() => changed,
+                        () = tokio::time::sleep(left.min(EXPIRY_TICK)) => Ok(()),
+                    }
+                }
+            };
+            if changed.is_err() {
                 // The registry is gone: nothing vouches for the token any more.
                 return;
             }
@@ -124,6 +235,24 @@ fn token_key(hash: &[u8; 32]) -> Vec<u8> {
     key
 }
 
+/// An instant for messages and audit details: `2026-11-22T21:19:14Z`.
+fn utc(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| format!("{ms} ms"), |t| t.to_string())
+}
+
+/// `ms` as whole milliseconds, saturating (lifetimes are bounded far below).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The principal as the policy is compiled for it: purposes are checked where a purpose is
+/// declared, not by the decision table.
+fn policy_form(principal: &Principal) -> Principal {
+    let mut p = principal.clone();
+    p.purposes = None;
+    p
+}
+
 /// A new token, made but not yet committed.
 struct Minted {
     token: Zeroizing<String>,
@@ -134,11 +263,17 @@ struct Minted {
 }
 
 impl TokenRegistry {
-    /// Loads every stored token.
+    /// Loads every stored token. Purposes are resolved against `schema`: a stored purpose the
+    /// schema no longer declares is dropped from its token (logged), which then may declare only
+    /// its remaining ones (fail closed: none if none remain).
     ///
     /// # Errors
     /// `Unavailable` if the store fails, `DataLoss` if a stored token is malformed.
-    pub fn load(store: Arc<dyn Store>) -> Result<Self, Error> {
+    pub fn load(
+        store: Arc<dyn Store>,
+        schema: &Schema,
+        options: TokenOptions,
+    ) -> Result<Self, Error> {
         // Tokens are read once here; new ones are written through the audit log.
         let mut by_hash = HashMap::new();
         for (key, value) in store.scan_prefix(Keyspace::Meta, PREFIX)? {
@@ -155,13 +290,26 @@ impl TokenRegistry {
                 .map(|r| Role::parse(r, "role"))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| Error::DataLoss)?;
-            let principal = Principal::new(subject, roles);
             let id = hex::encode(&hash[..4]);
+            let purposes = stored.purposes.map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| match schema.purpose(name, "purpose") {
+                        Ok((_, purpose)) => Some(purpose),
+                        Err(_) => {
+                            tracing::warn!(token = %id, "a token's purpose is no longer declared; the token may not declare it");
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            let principal = Principal::new(subject, roles).with_purposes(purposes);
             by_hash.insert(
                 hash,
                 Issued {
                     principal,
                     created_at_ms: stored.created_at_ms,
+                    expires_at_ms: stored.expires_at_ms,
                     id,
                 },
             );
@@ -170,16 +318,19 @@ impl TokenRegistry {
             by_hash: RwLock::new(by_hash),
             changes: Mutex::new(()),
             revocations: watch::Sender::new(0),
+            options,
         })
     }
 
-    /// Every distinct principal that holds a valid token: the set the policy is compiled for.
+    /// Every distinct principal that holds a token: the set the policy is compiled for
+    /// (without purposes, which the policy does not decide).
     pub fn principals(&self) -> Vec<Principal> {
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<Principal> = Vec::new();
         for issued in map.values() {
-            if !out.contains(&issued.principal) {
-                out.push(issued.principal.clone());
+            let p = policy_form(&issued.principal);
+            if !out.contains(&p) {
+                out.push(p);
             }
         }
         out
@@ -193,35 +344,83 @@ impl TokenRegistry {
             .is_empty()
     }
 
-    /// The principal a presented token stands for, if it is one we issued, with a handle on
-    /// the token that tells when it is revoked.
-    pub fn authenticate(self: &Arc<Self>, presented: &str) -> Option<(Principal, Credential)> {
+    /// The expiry of a live token (`None`: never), now.
+    fn expiry_of(&self, hash: &[u8; 32]) -> Result<Option<i64>, Rejection> {
+        let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+        let issued = map.get(hash).ok_or(Rejection::Unknown)?;
+        if issued.is_expired(self.options.clock.now_ms()) {
+            return Err(Rejection::Expired);
+        }
+        Ok(issued.expires_at_ms)
+    }
+
+    /// The principal a presented token stands for, if it is one we issued and it has not
+    /// expired, with a handle on the token that tells when it is revoked or expires.
+    ///
+    /// # Errors
+    /// `Rejection::Unknown` if it was never issued or has been revoked, `Rejection::Expired`
+    /// if it has expired.
+    pub fn authenticate(
+        self: &Arc<Self>,
+        presented: &str,
+    ) -> Result<(Principal, Credential), Rejection> {
         let h = hash(presented);
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         // The map is keyed by the hash; the final comparison is constant-time all the same.
-        map.get_key_value(&h)
+        let (_, issued) = map
+            .get_key_value(&h)
             .filter(|(k, _)| bool::from(k.ct_eq(&h)))
-            .map(|(_, issued)| {
-                let credential = Credential {
-                    registry: Arc::clone(self),
-                    hash: h,
-                };
-                (issued.principal.clone(), credential)
-            })
+            .ok_or(Rejection::Unknown)?;
+        if issued.is_expired(self.options.clock.now_ms()) {
+            return Err(Rejection::Expired);
+        }
+        let credential = Credential {
+            registry: Arc::clone(self),
+            hash: h,
+        };
+        Ok((issued.principal.clone(), credential))
     }
 
-    /// Checks that `by` may issue tokens and that `subject` keeps one set of roles.
+    /// Checks that `by` may issue tokens, that `subject` keeps one set of roles, and that a
+    /// `vendor:` subject's token expires within the configured longest lifetime and is bound
+    /// to purposes.
     ///
     /// # Errors
     /// `PermissionDenied` unless `by` holds the admin role; `InvalidArgument` if the subject
-    /// already holds tokens with other roles.
+    /// already holds tokens with other roles, naming `expires_in` for a zero lifetime or a
+    /// vendor token without one or with a longer one, and `purposes` for a vendor token bound
+    /// to none.
     pub fn check_issue(
         &self,
         policy: &PolicyEngine,
         by: &Principal,
         principal: &Principal,
+        lifetime: Option<Duration>,
     ) -> Result<(), Error> {
         require(policy, by, Privilege::ManageTokens)?;
+        if lifetime == Some(Duration::ZERO) {
+            return Err(InvalidInput::new("expires_in", "must be longer than zero").into());
+        }
+        if principal.subject.is_vendor() {
+            let max = self.options.max_vendor_lifetime;
+            if lifetime.is_none_or(|l| l > max) {
+                return Err(InvalidInput::new(
+                    "expires_in",
+                    format!(
+                        "a vendor: token must expire within {} (max_vendor_token_hours)",
+                        friendly(max)
+                    ),
+                )
+                .into());
+            }
+            if principal.purposes.as_ref().is_none_or(Vec::is_empty) {
+                return Err(InvalidInput::new(
+                    "purposes",
+                    "a vendor: token must be bound to at least one purpose",
+                )
+                .into());
+            }
+        }
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(other) = map
             .values()
@@ -241,10 +440,11 @@ impl TokenRegistry {
         Ok(())
     }
 
-    /// Issues a token for `principal` on behalf of `by`, as one change: the checks of
-    /// `check_issue`, the policy compiled aside for the live principals plus this one, the token
-    /// committed with its audit `event`, then the new table swapped in. The token is returned
-    /// once; only its hash is stored.
+    /// Issues a token for `principal` (bound to its purposes, expiring after `lifetime` if
+    /// given) on behalf of `by`, as one change: the checks of `check_issue`, the policy
+    /// compiled aside for the live principals plus this one, the token committed with its audit
+    /// `event`, then the new table swapped in. The token is returned once; only its hash is
+    /// stored.
     ///
     /// # Errors
     /// As `check_issue`; `PermissionDenied` if `by` no longer holds a valid token; `Internal` if
@@ -255,19 +455,22 @@ impl TokenRegistry {
         &self,
         by: &Principal,
         principal: &Principal,
-        now_ms: i64,
+        lifetime: Option<Duration>,
         audit: &Audit,
         policy: &PolicyEngine,
         event: Event,
-    ) -> Result<Zeroizing<String>, Error> {
+    ) -> Result<(Zeroizing<String>, Issued), Error> {
         let _change = self.changes.lock().await;
-        self.check_issue(policy, by, principal)?;
+        self.check_issue(policy, by, principal, lifetime)?;
         self.check_live(by)?;
         let mut live = self.principals();
-        if !live.contains(principal) {
-            live.push(principal.clone());
+        let compiled = policy_form(principal);
+        if !live.contains(&compiled) {
+            live.push(compiled);
         }
-        let minted = Self::mint(principal, now_ms, event)?;
+        let now = self.options.clock.now_ms();
+        let expires_at_ms = lifetime.map(|l| now.saturating_add(millis(l)));
+        let minted = Self::mint(principal, now, expires_at_ms, event)?;
         let Minted {
             token,
             hash,
@@ -275,6 +478,7 @@ impl TokenRegistry {
             event,
             issued,
         } = minted;
+        let out = issued.clone();
         let commit = || async {
             audit.commit(batch, vec![event]).await?;
             self.by_hash
@@ -293,11 +497,11 @@ impl TokenRegistry {
                     principal.subject
                 )),
             })?;
-        Ok(token)
+        Ok((token, out))
     }
 
     /// Issues the first admin token of an empty registry, before any policy is compiled (the
-    /// policy is then compiled from `principals`).
+    /// policy is then compiled from `principals`). It never expires.
     ///
     /// # Errors
     /// `Internal` if the registry already holds tokens; `Unavailable` if the store or the
@@ -305,7 +509,6 @@ impl TokenRegistry {
     pub async fn bootstrap(
         &self,
         admin: &Principal,
-        now_ms: i64,
         audit: &Audit,
         event: Event,
     ) -> Result<Zeroizing<String>, Error> {
@@ -321,7 +524,7 @@ impl TokenRegistry {
             batch,
             event,
             issued,
-        } = Self::mint(admin, now_ms, event)?;
+        } = Self::mint(admin, self.options.clock.now_ms(), None, event)?;
         audit.commit(batch, vec![event]).await?;
         self.by_hash
             .write()
@@ -330,32 +533,39 @@ impl TokenRegistry {
         Ok(token)
     }
 
-    fn mint(principal: &Principal, now_ms: i64, event: Event) -> Result<Minted, Error> {
+    fn mint(
+        principal: &Principal,
+        now_ms: i64,
+        expires_at_ms: Option<i64>,
+        event: Event,
+    ) -> Result<Minted, Error> {
         let mut secret = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(secret.as_mut());
         let token = Zeroizing::new(format!("{TOKEN_PREFIX}{}", hex::encode(secret.as_ref())));
         let h = hash(&token);
-        let stored = StoredToken {
-            subject: principal.subject.as_str().to_owned(),
-            roles: principal.role_names(),
-            created_at_ms: now_ms,
-        };
-        let value = serde_json::to_vec(&stored).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut batch = Batch::new();
-        batch.put(Keyspace::Meta, token_key(&h), value);
-        let event = Event {
-            detail: format!(
-                "token issued to {} with roles {}",
-                principal.subject,
-                principal.roles_text()
-            ),
-            ..event
-        };
         let issued = Issued {
             principal: principal.clone(),
             created_at_ms: now_ms,
+            expires_at_ms,
             id: hex::encode(&h[..4]),
         };
+        let value = serde_json::to_vec(&StoredToken::of(&issued))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Meta, token_key(&h), value);
+        let mut detail = format!(
+            "token {} issued to {} with roles {}",
+            issued.id,
+            principal.subject,
+            principal.roles_text()
+        );
+        if let Some(at) = expires_at_ms {
+            detail.push_str(&format!(", expiring {}", utc(at)));
+        }
+        if principal.purposes.is_some() {
+            detail.push_str(&format!(", for purposes {}", principal.purposes_text()));
+        }
+        let event = Event { detail, ..event };
         Ok(Minted {
             token,
             hash: h,
@@ -366,12 +576,16 @@ impl TokenRegistry {
     }
 
     /// Checks that `by` still holds a valid token, so that a call authenticated just before
-    /// its caller's revocation changes nothing (run under the change lock).
+    /// its caller's revocation or expiry changes nothing (run under the change lock).
     fn check_live(&self, by: &Principal) -> Result<(), Error> {
+        let now = self.options.clock.now_ms();
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
-        // Subject and roles: the certificate a call came over is no part of the token.
+        // Subject, roles and purposes: the certificate a call came over is no part of the token.
         if map.values().any(|issued| {
-            issued.principal.subject == by.subject && issued.principal.roles == by.roles
+            issued.principal.subject == by.subject
+                && issued.principal.roles == by.roles
+                && issued.principal.purposes == by.purposes
+                && !issued.is_expired(now)
         }) {
             Ok(())
         } else {
@@ -382,7 +596,7 @@ impl TokenRegistry {
         }
     }
 
-    /// Every issued token (never the token itself), oldest first.
+    /// Every issued token (never the token itself), oldest first, expired ones included.
     ///
     /// # Errors
     /// `PermissionDenied` unless `by` holds the admin role.
@@ -394,14 +608,104 @@ impl TokenRegistry {
         Ok(out)
     }
 
+    /// The current time by the registry's clock (ms since the epoch).
+    pub fn now_ms(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    /// Rotates the token `id` (8 hex digits, as `list` shows): a new token with the same
+    /// subject, roles, purposes and expiry, committed with its audit `event`; the old one
+    /// keeps working for `grace` (never past its own expiry), then is refused as expired.
+    /// Calls and streams holding the old token end when its grace does.
+    ///
+    /// # Errors
+    /// `PermissionDenied` unless `by` holds `tokens manage` in `policy` and still a valid token;
+    /// `InvalidArgument` naming `id` if no live token (or more than one) has that id;
+    /// `Unavailable`.
+    pub async fn rotate(
+        &self,
+        policy: &PolicyEngine,
+        by: &Principal,
+        id: &str,
+        grace: Duration,
+        audit: &Audit,
+        event: Event,
+    ) -> Result<Rotated, Error> {
+        let _change = self.changes.lock().await;
+        require(policy, by, Privilege::ManageTokens)?;
+        self.check_live(by)?;
+        let now = self.options.clock.now_ms();
+        let (old_hash, mut old) = {
+            let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+            let mut found = map.iter().filter(|(_, issued)| issued.id == id);
+            match (found.next(), found.next()) {
+                (Some((h, issued)), None) => (*h, issued.clone()),
+                (Some(_), Some(_)) => {
+                    return Err(InvalidInput::new(
+                        "id",
+                        "more than one token has this id: revoke the subject's tokens instead",
+                    )
+                    .into());
+                }
+                (None, _) => {
+                    return Err(InvalidInput::new(
+                        "id",
+                        "no token has this id (see `strongroom token list`)",
+                    )
+                    .into());
+                }
+            }
+        };
+        if old.is_expired(now) {
+            return Err(InvalidInput::new("id", "this token has expired: issue a new one").into());
+        }
+        let Minted {
+            token,
+            hash,
+            mut batch,
+            event,
+            issued,
+        } = Self::mint(&old.principal, now, old.expires_at_ms, event)?;
+        let grace_end = now.saturating_add(millis(grace));
+        let old_expires_at_ms = old.expires_at_ms.map_or(grace_end, |at| at.min(grace_end));
+        old.expires_at_ms = Some(old_expires_at_ms);
+        let value = serde_json::to_vec(&StoredToken::of(&old))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        batch.put(Keyspace::Meta, token_key(&old_hash), value);
+        let event = Event {
+            detail: format!(
+                "token {} of {} rotated: {}; the old one works until {}",
+                old.id,
+                old.principal.subject,
+                event.detail,
+                utc(old_expires_at_ms)
+            ),
+            ..event
+        };
+        audit.commit(batch, vec![event]).await?;
+        {
+            let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
+            map.insert(hash, issued.clone());
+            map.insert(old_hash, old.clone());
+        }
+        // Long-lived calls on the old token re-read its (now earlier) expiry.
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Rotated {
+            token,
+            issued,
+            old_id: old.id,
+            old_expires_at_ms,
+        })
+    }
+
     /// Revokes every token of `subject`, committed with its audit `event`, then recompiles
     /// `policy` for the live principals; returns how many. Calls with a revoked token fail
     /// UNAUTHENTICATED from then on, and long-lived calls holding its `Credential` are told.
     ///
     /// # Errors
     /// `PermissionDenied` unless `by` holds the admin role and still a valid token;
-    /// `InvalidArgument` if it would leave no token with the admin role (nobody could issue
-    /// tokens again); `Unavailable`.
+    /// `InvalidArgument` if it would leave no token with the admin role that never expires
+    /// (nobody could issue tokens again, now or once the rest expire); `Unavailable`.
     pub async fn revoke_subject(
         &self,
         by: &Principal,
@@ -420,13 +724,18 @@ impl TokenRegistry {
                 .filter(|(_, i)| i.principal.subject == *subject)
                 .map(|(h, _)| *h)
                 .collect();
-            let admin_left = map
-                .iter()
-                .any(|(h, i)| !doomed.contains(h) && i.principal.has_any_role(&[ADMIN_ROLE]));
+            let admin_left = map.iter().any(|(h, i)| {
+                !doomed.contains(h)
+                    && i.expires_at_ms.is_none()
+                    && i.principal.has_any_role(&[ADMIN_ROLE])
+            });
             if !admin_left {
                 return Err(InvalidInput::new(
                     "subject",
-                    format!("revoking {subject} would leave no token with {ADMIN_ROLE}"),
+                    format!(
+                        "revoking {subject} would leave no token with {ADMIN_ROLE} that never \
+                         expires"
+                    ),
                 )
                 .into());
             }
@@ -470,7 +779,7 @@ impl TokenRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{audit::AuditOptions, domain::Schema, storage::MemoryStore};
+    use crate::{audit::AuditOptions, storage::MemoryStore};
 
     fn audit(store: &Arc<dyn Store>) -> Audit {
         Audit::open(
@@ -481,11 +790,13 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn schema() -> Schema {
+        Schema::parse(include_str!("../../policies/schema.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     async fn engine(principals: Vec<Principal>) -> PolicyEngine {
-        let schema = Schema::parse(include_str!("../../policies/schema.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
         PolicyEngine::new(
-            Arc::new(schema),
+            Arc::new(schema()),
             include_str!("../../policies/model.conf").into(),
             include_str!("../../policies/policy.csv"),
             1,
@@ -505,20 +816,29 @@ mod tests {
     #[tokio::test]
     async fn issues_authenticates_and_reloads_storing_only_hashes() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry =
-            Arc::new(TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}")));
+        let registry = Arc::new(
+            TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         let log = audit(&store);
         let admin = principal("user:root", ADMIN_ROLE);
         registry
-            .bootstrap(&admin, 0, &log, Event::default())
+            .bootstrap(&admin, &log, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let p = principal("svc:crm", "role:writer");
-        let token = registry
-            .issue(&admin, &p, 0, &log, &engine(vec![]).await, Event::default())
+        let (token, _) = registry
+            .issue(
+                &admin,
+                &p,
+                None,
+                &log,
+                &engine(vec![]).await,
+                Event::default(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let who = |r: &Arc<TokenRegistry>, t: &str| r.authenticate(t).map(|(p, _)| p);
+        let who = |r: &Arc<TokenRegistry>, t: &str| r.authenticate(t).ok().map(|(p, _)| p);
         assert_eq!(who(&registry, &token), Some(p.clone()));
         assert_eq!(who(&registry, "sr_wrong"), None);
         for (key, value) in store.scan_prefix(Keyspace::Meta, b"").unwrap_or_default() {
@@ -526,27 +846,35 @@ mod tests {
             assert!(!key.windows(raw.len()).any(|w| w == raw));
             assert!(!value.windows(raw.len()).any(|w| w == raw));
         }
-        let reloaded = Arc::new(TokenRegistry::load(store).unwrap_or_else(|e| panic!("{e}")));
+        let reloaded = Arc::new(
+            TokenRegistry::load(store, &schema(), TokenOptions::default())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         assert_eq!(who(&reloaded, &token), Some(p));
     }
 
     #[tokio::test]
     async fn only_admins_issue_and_subjects_keep_their_roles() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
+        let registry = TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
         let log = audit(&store);
         let writer = principal("svc:crm", "role:writer");
         let admin = principal("user:root", ADMIN_ROLE);
         let policy = engine(vec![]).await;
-        assert!(registry.check_issue(&policy, &writer, &writer).is_err());
-        assert!(registry.check_issue(&policy, &admin, &writer).is_ok());
+        assert!(
+            registry
+                .check_issue(&policy, &writer, &writer, None)
+                .is_err()
+        );
+        assert!(registry.check_issue(&policy, &admin, &writer, None).is_ok());
         registry
-            .bootstrap(&admin, 0, &log, Event::default())
+            .bootstrap(&admin, &log, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             registry
-                .issue(&writer, &writer, 0, &log, &policy, Event::default())
+                .issue(&writer, &writer, None, &log, &policy, Event::default())
                 .await
                 .is_err()
         );
@@ -556,25 +884,26 @@ mod tests {
             "a refused issue leaves no token"
         );
         registry
-            .issue(&admin, &writer, 0, &log, &policy, Event::default())
+            .issue(&admin, &writer, None, &log, &policy, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             registry
-                .check_issue(&policy, &admin, &principal("svc:crm", "role:admin"))
+                .check_issue(&policy, &admin, &principal("svc:crm", "role:admin"), None)
                 .is_err()
         );
-        assert!(registry.check_issue(&policy, &admin, &writer).is_ok());
+        assert!(registry.check_issue(&policy, &admin, &writer, None).is_ok());
     }
 
     #[tokio::test]
     async fn the_policy_follows_issues_and_revocations() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry = TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
+        let registry = TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
         let log = audit(&store);
         let root = principal("user:root", ADMIN_ROLE);
         registry
-            .bootstrap(&root, 0, &log, Event::default())
+            .bootstrap(&root, &log, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let policy = engine(registry.principals()).await;
@@ -587,7 +916,7 @@ mod tests {
             .issue(
                 &root,
                 &principal("svc:x", ADMIN_ROLE),
-                0,
+                None,
                 &log,
                 &policy,
                 Event::default(),
@@ -605,7 +934,7 @@ mod tests {
         assert!(policy.table().check_delete(&x_admin, coll).is_err());
         let x_marketing = principal("svc:x", "role:marketing");
         registry
-            .issue(&root, &x_marketing, 0, &log, &policy, Event::default())
+            .issue(&root, &x_marketing, None, &log, &policy, Event::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let table = policy.table();
@@ -617,17 +946,59 @@ mod tests {
         assert_eq!(live, [x_marketing, root]);
     }
 
+    #[test]
+    fn tokens_stored_before_expiry_and_purposes_load_unbound_and_never_expiring() {
+        let store = MemoryStore::new();
+        let mut batch = Batch::new();
+        let old = br#"{"subject":"svc:old","roles":["role:support"],"created_at_ms":5}"#;
+        batch.put(Keyspace::Meta, token_key(&hash("sr_old")), old.to_vec());
+        // A purpose the schema no longer declares is dropped: the token may not declare it.
+        let gone = br#"{"subject":"svc:b","roles":["role:support"],"created_at_ms":5,
+            "expires_at_ms":100,"purposes":["support","retired"]}"#;
+        batch.put(Keyspace::Meta, token_key(&hash("sr_gone")), gone.to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let clock = Clock::manual(50);
+        let options = TokenOptions {
+            clock: clock.clone(),
+            ..TokenOptions::default()
+        };
+        let registry = Arc::new(
+            TokenRegistry::load(Arc::new(store), &schema(), options)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (old, credential) = registry
+            .authenticate("sr_old")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(old.purposes, None);
+        let (bound, _) = registry
+            .authenticate("sr_gone")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(bound.purposes_text(), "support");
+        clock.advance(Duration::from_millis(50));
+        assert_eq!(
+            registry.authenticate("sr_gone").err(),
+            Some(Rejection::Expired)
+        );
+        clock.advance(Duration::from_secs(100 * 365 * 24 * 3600));
+        assert!(credential.is_valid());
+        assert_eq!(
+            registry.authenticate("sr_nope").err(),
+            Some(Rejection::Unknown)
+        );
+    }
+
     #[tokio::test]
     async fn fuzz_presented_tokens() {
         use crate::testing::{fuzz, inputs};
         use proptest::prelude::*;
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry =
-            Arc::new(TokenRegistry::load(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}")));
+        let registry = Arc::new(
+            TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         let token = registry
             .bootstrap(
                 &principal("user:root", ADMIN_ROLE),
-                0,
                 &audit(&store),
                 Event::default(),
             )
@@ -643,7 +1014,7 @@ mod tests {
         let dict = &["sr_", "Bearer ", " ", "\0", "0", "f"];
         fuzz("presented token", 256, inputs(valid, dict), |input| {
             let presented = input.text();
-            let known = registry.authenticate(&presented).is_some();
+            let known = registry.authenticate(&presented).is_ok();
             prop_assert_eq!(known, presented == *token);
             Ok(())
         });
@@ -663,6 +1034,8 @@ mod tests {
                     subject,
                     roles,
                     created_at_ms,
+                    expires_at_ms: None,
+                    purposes: None,
                 })
                 .unwrap_or_else(|e| panic!("{e}"))
             });
@@ -686,7 +1059,7 @@ mod tests {
                     input.bytes,
                 );
                 store.write(batch).unwrap_or_else(|e| panic!("{e}"));
-                match TokenRegistry::load(Arc::new(store)) {
+                match TokenRegistry::load(Arc::new(store), &schema(), TokenOptions::default()) {
                     Ok(registry) => prop_assert!(registry.principals().len() <= 1),
                     Err(e) => prop_assert!(matches!(e, Error::DataLoss), "{e}"),
                 }

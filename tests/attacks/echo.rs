@@ -221,6 +221,7 @@ async fn send(admin: &mut Client, id: &str, c: &str, identifier: bool, seen: &mu
         t.create_token(pb::CreateTokenRequest {
             subject: c.into(),
             roles: vec!["role:support".into()],
+            ..pb::CreateTokenRequest::default()
         })
         .await,
     );
@@ -228,6 +229,7 @@ async fn send(admin: &mut Client, id: &str, c: &str, identifier: bool, seen: &mu
         t.create_token(pb::CreateTokenRequest {
             subject: "svc:echo".into(),
             roles: vec!["role:support".into(), c.into()],
+            ..pb::CreateTokenRequest::default()
         })
         .await,
     );

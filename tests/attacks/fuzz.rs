@@ -95,7 +95,7 @@ enum Kind {
 }
 
 /// Every RPC of the vault, health and reflection included: (path, kind).
-const METHODS: [(&str, Kind); 21] = [
+const METHODS: [(&str, Kind); 22] = [
     ("/strongroom.v1.Records/CreateRecord", Kind::Unary),
     ("/strongroom.v1.Records/GetRecord", Kind::Unary),
     ("/strongroom.v1.Records/UpdateRecord", Kind::Unary),
@@ -120,6 +120,7 @@ const METHODS: [(&str, Kind); 21] = [
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         Kind::Bidi,
     ),
+    ("/strongroom.v1.Tokens/RotateToken", Kind::Unary),
 ];
 
 /// Strings a request field may hold: arbitrary text, and values that mean something to the
@@ -257,7 +258,13 @@ fn message(m: usize, t: &BoxedStrategy<String>, policy: &str) -> BoxedStrategy<V
             })
             .boxed(),
         4 => (t.clone(), strings())
-            .prop_map(move |(subject, roles)| enc(&pb::CreateTokenRequest { subject, roles }))
+            .prop_map(move |(subject, roles)| {
+                enc(&pb::CreateTokenRequest {
+                    subject,
+                    roles,
+                    ..Default::default()
+                })
+            })
             .boxed(),
         5 | 9 => Just(Vec::new()).boxed(),
         6 => t
@@ -333,6 +340,9 @@ fn message(m: usize, t: &BoxedStrategy<String>, policy: &str) -> BoxedStrategy<V
         18 | 19 => t
             .clone()
             .prop_map(|service| enc(&tonic_health::pb::HealthCheckRequest { service }))
+            .boxed(),
+        21 => (t.clone(), t.clone())
+            .prop_map(|(id, grace)| enc(&pb::RotateTokenRequest { id, grace }))
             .boxed(),
         _ => (t.clone(), 0..5u8, t.clone())
             .prop_map(|(host, which, name)| {

@@ -25,6 +25,7 @@ async fn issue(admin: &mut Client, subject: &str, roles: &[&str]) -> Result<Stri
         .create_token(pb::CreateTokenRequest {
             subject: subject.into(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..pb::CreateTokenRequest::default()
         })
         .await
         .map(|r| r.into_inner().token)

@@ -677,6 +677,7 @@ async fn rotation_under_load_survives_a_kill_and_finishes_by_itself() {
         .create_token(pb::CreateTokenRequest {
             subject: "svc:rotation-auditor".into(),
             roles: vec!["role:auditor".into()],
+            ..pb::CreateTokenRequest::default()
         })
         .await
         .unwrap()

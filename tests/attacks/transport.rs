@@ -84,6 +84,7 @@ async fn token(admin: &mut client::Client, subject: &str, roles: &[&str]) -> Str
         .create_token(pb::CreateTokenRequest {
             subject: subject.into(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -149,6 +149,7 @@ async fn token(admin: &mut Client, subject: &str, roles: &[&str]) -> String {
         .create_token(pb::CreateTokenRequest {
             subject: subject.into(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..pb::CreateTokenRequest::default()
         })
         .await
         .unwrap()

@@ -348,6 +348,7 @@ async fn privileges_follow_the_live_policy() {
             .create_token(pb::CreateTokenRequest {
                 subject: "svc:x".into(),
                 roles: vec!["role:support".into()],
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,

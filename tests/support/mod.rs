@@ -35,13 +35,22 @@ pub struct Vault {
     pub shared: Option<Arc<RocksStore>>,
     /// The key store, likewise.
     pub shared_keys: Option<Arc<RocksStore>>,
+    /// The server's clock, kept across restarts: a manual one (`start_with_clock`) moves only
+    /// when the test advances it.
+    pub clock: Clock,
 }
 
 impl Vault {
     /// Starts a fresh vault and keeps its first admin token.
     pub async fn start() -> Self {
+        Self::start_with_clock(Clock::system()).await
+    }
+
+    /// Starts a fresh vault whose server reads time from `clock` (a manual one lets a test move
+    /// time, e.g. past a token's expiry, without sleeping), and keeps its first admin token.
+    pub async fn start_with_clock(clock: Clock) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut running = start_in(dir.path()).await;
+        let mut running = start_in(dir.path(), &clock).await;
         let admin_token = running
             .first_admin_token
             .take()
@@ -53,6 +62,7 @@ impl Vault {
             admin_token,
             shared: None,
             shared_keys: None,
+            clock,
         }
     }
 
@@ -75,7 +85,7 @@ impl Vault {
             policies_dir: Some(policies),
         };
         let mut config = Config::from_toml(config, over).unwrap();
-        config.clock = clock;
+        config.clock = clock.clone();
         let mut running = server::start(config).await.unwrap();
         let admin_token = running.first_admin_token.take().unwrap().to_string();
         Self {
@@ -84,6 +94,7 @@ impl Vault {
             admin_token,
             shared: None,
             shared_keys: None,
+            clock,
         }
     }
 
@@ -108,6 +119,7 @@ impl Vault {
             admin_token,
             shared: Some(store),
             shared_keys: Some(keys),
+            clock: Clock::system(),
         }
     }
 
@@ -166,17 +178,32 @@ impl Vault {
 
     /// A token for `subject` with `roles`, issued by the admin.
     pub async fn token(&self, subject: &str, roles: &[&str]) -> String {
+        self.token_with(subject, roles, "", &[])
+            .await
+            .unwrap()
+            .token
+    }
+
+    /// Issues a token for `subject` with `roles`, expiring after `expires_in` (empty: never),
+    /// bound to `purposes` (empty: any), as the admin.
+    pub async fn token_with(
+        &self,
+        subject: &str,
+        roles: &[&str],
+        expires_in: &str,
+        purposes: &[&str],
+    ) -> Result<pb::CreateTokenResponse, tonic::Status> {
         let mut admin = self.admin().await;
         admin
             .tokens
             .create_token(pb::CreateTokenRequest {
                 subject: subject.into(),
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                expires_in: expires_in.into(),
+                purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
             })
             .await
-            .unwrap()
-            .into_inner()
-            .token
+            .map(tonic::Response::into_inner)
     }
 
     /// A client with a new token for `role` (subject `svc:<role name>`).
@@ -199,7 +226,7 @@ impl Vault {
 
     pub async fn restart(&mut self) {
         self.stop().await;
-        let running = start_in(self.dir.path()).await;
+        let running = start_in(self.dir.path(), &self.clock).await;
         assert!(
             running.first_admin_token.is_none(),
             "a restart must not create another admin token"
@@ -329,8 +356,9 @@ impl<S: Store> Store for Faulty<S> {
     }
 }
 
-async fn start_in(dir: &Path) -> Running {
-    let config = Config::with(&dir.join("data"), "127.0.0.1:0", &policies_dir()).unwrap();
+async fn start_in(dir: &Path, clock: &Clock) -> Running {
+    let mut config = Config::with(&dir.join("data"), "127.0.0.1:0", &policies_dir()).unwrap();
+    config.clock = clock.clone();
     server::start(config).await.unwrap()
 }
 
