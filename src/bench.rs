@@ -9,6 +9,7 @@ mod load;
 mod policy;
 mod process;
 mod rotation;
+mod tls;
 mod workloads;
 mod zipf;
 
@@ -69,6 +70,9 @@ pub struct BenchOptions {
     pub json: bool,
     /// The started vault's `rewrap_per_second` (its default if `None`).
     pub rewrap_per_second: Option<u32>,
+    /// Also run get-masked and put against a second vault serving TLS, back to back with the
+    /// plaintext one, and report what TLS costs.
+    pub tls: bool,
 }
 
 /// Every workload, in the default order (shred last: it destroys records). `rotation` is not
@@ -124,6 +128,13 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             "the audit-cost workload compares reads against a second vault with read \
                     auditing off that the bench starts itself, so it cannot run with --addr; \
                     leave it out of --workload"
+                .into(),
+        );
+    }
+    if opts.addr.is_some() && opts.tls {
+        return Err(
+            "--tls compares the vault the bench starts with a second one serving TLS, so it \
+             cannot run with --addr"
                 .into(),
         );
     }
@@ -319,6 +330,15 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             server_cpu_us: on_cpu,
         });
     }
+    // The same reads and writes over TLS, against plaintext right before.
+    let mut tls_cost = if opts.tls {
+        Some(tls::run(dir.path(), &opts, &clients, &ids, server.as_ref()).await?)
+    } else {
+        None
+    };
+    if let Some(cost) = &mut tls_cost {
+        rows.append(&mut cost.rows);
+    }
     drop(server);
 
     // The echo ceiling, same concurrency and message sizes, server pinned the same way.
@@ -388,6 +408,9 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     "rocksdb_synced_batches_per_second": rocks_put, "rocksdb_gets_per_second": rocks_get,
                 },
                 "audit_on_over_off": audit_ratio,
+                "tls_over_plaintext": tls_cost.as_ref().map(|c| json!({
+                    "get_masked": c.read_ratio, "put": c.write_ratio,
+                })),
                 "rotation": rotation_figures.as_ref().map(|f| json!({
                     "rewrap_alone": {"keys": f.alone.keys, "server_ms": f.alone.server_ms,
                                      "wall_ms": f.alone.wall.as_millis(), "per_second": f.alone.per_second()},
@@ -452,6 +475,13 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         println!(
             "  reads with auditing on reach {:.0}% of reads with auditing off",
             r * 100.0
+        );
+    }
+    if let Some(c) = &tls_cost {
+        println!(
+            "  over TLS, get-masked reaches {:.0}% and put {:.0}% of the same over plaintext",
+            c.read_ratio * 100.0,
+            c.write_ratio * 100.0
         );
     }
     if let Some(f) = &rotation_figures {

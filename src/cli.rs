@@ -213,6 +213,10 @@ struct BenchArgs {
     /// The started vault's key rewrap rate limit (keys/s), for the rotation workload.
     #[arg(long)]
     rewrap_per_second: Option<u32>,
+    /// Also measure get-masked and put over TLS, against a second vault the bench starts with
+    /// a certificate from `tls init`, back to back with the same over plaintext.
+    #[arg(long)]
+    tls: bool,
 }
 
 async fn bench(args: BenchArgs) -> Result<(), String> {
@@ -244,6 +248,7 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
         pin: !args.no_pin,
         json: args.json,
         rewrap_per_second: args.rewrap_per_second,
+        tls: args.tls,
     })
     .await
 }

@@ -30,10 +30,20 @@ impl Clients {
         admin_token: &str,
         connections: usize,
     ) -> Result<Self, String> {
+        Self::connect_with(addr, admin_token, connections, None).await
+    }
+
+    /// As `connect`, over TLS with `tls`.
+    pub(super) async fn connect_with(
+        addr: &str,
+        admin_token: &str,
+        connections: usize,
+        tls: Option<&client::ClientTls>,
+    ) -> Result<Self, String> {
         let connections = connections.max(1);
         let mut admin = Vec::new();
         for _ in 0..connections {
-            admin.push(client::connect(addr, admin_token).await?);
+            admin.push(client::connect_with(addr, admin_token, tls).await?);
         }
         let issue = |subject: &str, role: &str| {
             let mut c = admin[0].clone();
@@ -54,8 +64,8 @@ impl Clients {
         let marketing_token = issue("svc:bench-marketing", "role:marketing").await?;
         let (mut support, mut marketing) = (Vec::new(), Vec::new());
         for _ in 0..connections {
-            support.push(client::connect(addr, &support_token).await?);
-            marketing.push(client::connect(addr, &marketing_token).await?);
+            support.push(client::connect_with(addr, &support_token, tls).await?);
+            marketing.push(client::connect_with(addr, &marketing_token, tls).await?);
         }
         Ok(Self {
             admin,

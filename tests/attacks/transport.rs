@@ -407,3 +407,84 @@ async fn the_cli_inits_certificates_and_talks_tls() {
     assert!(!ok && err.contains("--ca-cert"), "{err}");
     running.shutdown().await.unwrap();
 }
+
+/// The Python gRPC client (grpcio, from the virtualenv `scripts/python-env.sh` makes) with TLS
+/// credentials: `tests/python/get_record.py` generates its stubs from our proto, trusts the
+/// private CA, presents svc:crm's client certificate and reads a record over mTLS, as a service
+/// in another language would. Without the client certificate it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_client_reads_over_mtls() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let env = std::process::Command::new(root.join("scripts/python-env.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        env.status.success(),
+        "scripts/python-env.sh failed: {}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    let python = PathBuf::from(String::from_utf8(env.stdout).unwrap().trim());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    certificates(&certs, &["user:admin", "svc:crm"]);
+    let mut running = start(tmp.path(), &tls_config(&certs, true)).await.unwrap();
+    let admin_token = running.first_admin_token.take().unwrap().to_string();
+    let mut admin = client::connect_with(
+        &https(&running),
+        &admin_token,
+        Some(&trust(&certs, Some("client-user-admin"))),
+    )
+    .await
+    .unwrap();
+    let id = create(&mut admin).await;
+    let crm_token = token(&mut admin, "svc:crm", &["role:support"]).await;
+
+    let read = |client_cert: bool| {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(root.join("tests/python/get_record.py"))
+            .args(["--addr", &format!("localhost:{}", running.addr.port())])
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .args(["--id", &id, "--purpose", "support"])
+            .env("STRONGROOM_TOKEN", &crm_token);
+        if client_cert {
+            cmd.arg("--cert")
+                .arg(certs.join("client-svc-crm.pem"))
+                .arg("--key")
+                .arg(certs.join("client-svc-crm.key"));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "python client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let answer = tokio::task::block_in_place(|| read(true));
+    assert_eq!(answer["id"], id.as_str(), "{answer}");
+    let fields = answer["fields"].as_array().unwrap();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {answer}"))
+    };
+    // role:support as shipped: the name in plaintext, the email masked, the SSN withheld.
+    assert_eq!(field("name")["disclosure"], "DISCLOSURE_PLAIN", "{answer}");
+    assert_eq!(
+        field("email")["disclosure"],
+        "DISCLOSURE_MASKED",
+        "{answer}"
+    );
+    assert_eq!(
+        field("ssn")["disclosure"],
+        "DISCLOSURE_WITHHELD",
+        "{answer}"
+    );
+    assert!(!field("name")["value"].as_str().unwrap().is_empty());
+
+    let refused = tokio::task::block_in_place(|| read(false));
+    assert_eq!(refused["error"], "UNAUTHENTICATED", "{refused}");
+}

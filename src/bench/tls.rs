@@ -1,0 +1,107 @@
+//! What TLS costs (`strongroom bench --tls`): the same get-masked and put, at the same load,
+//! against the plaintext loopback vault the bench started and against a second vault serving
+//! TLS (rustls) with a certificate `tls init` writes, back to back in one run.
+
+use std::{
+    path::Path,
+    sync::{Arc, atomic::AtomicUsize},
+};
+
+use super::{BenchOptions, Row, cpu_us, drive, op, preload, process::Child, zipf::Picker};
+use crate::{
+    bench::workloads::Clients,
+    client::ClientTls,
+    tls::{InitOptions, init},
+};
+
+/// The rows of the comparison, and TLS over plaintext throughput for reads and writes.
+pub(super) struct TlsCost {
+    pub(super) rows: Vec<Row>,
+    pub(super) read_ratio: f64,
+    pub(super) write_ratio: f64,
+}
+
+/// Starts a TLS vault in `dir`, preloads it as the plaintext one was, and runs get-masked then
+/// put on each, plaintext first. `plain` are the clients of the plaintext vault, `ids` its
+/// records, `server` its process (for CPU time).
+pub(super) async fn run(
+    dir: &Path,
+    opts: &BenchOptions,
+    plain: &Clients,
+    ids: &Arc<Vec<String>>,
+    server: Option<&Child>,
+) -> Result<TlsCost, String> {
+    let certs = dir.join("tls");
+    init(&InitOptions {
+        dir: certs.clone(),
+        names: vec![],
+        clients: vec![],
+    })?;
+    let config = format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        certs.join("server.pem").display().to_string(),
+        certs.join("server.key").display().to_string(),
+    );
+    let (secure, token) = Child::vault(
+        &dir.join("vault-tls"),
+        &opts.policies,
+        opts.pin,
+        true,
+        &config,
+    )?;
+    let port = secure
+        .addr
+        .rsplit(':')
+        .next()
+        .ok_or("the TLS vault printed no port")?;
+    let trust = ClientTls::from_files(&certs.join("ca.pem"), None)?;
+    let secure_clients = Clients::connect_with(
+        &format!("https://localhost:{port}"),
+        token.trim(),
+        opts.connections,
+        Some(&trust),
+    )
+    .await?;
+    let secure_ids = Arc::new(
+        preload(
+            &secure_clients,
+            ids.len(),
+            opts.in_flight,
+            "preloading (TLS)",
+        )
+        .await?,
+    );
+    let no_shreds = Arc::new((Vec::new(), AtomicUsize::new(0)));
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+    for workload in ["get-masked", "put"] {
+        let mut rates = Vec::new();
+        for (label, clients, ids, child) in [
+            ("tls off", plain, ids, server),
+            ("tls on", &secure_clients, &secure_ids, Some(&secure)),
+        ] {
+            let f = op(
+                workload,
+                clients,
+                Arc::clone(ids),
+                Arc::new(Picker::uniform(ids.len())),
+                Arc::clone(&no_shreds),
+            )?;
+            let cpu_before = child.and_then(Child::cpu_ticks);
+            let stats = drive(opts.in_flight, opts.duration, opts.requests, f).await;
+            let cpu = cpu_us(cpu_before, child.and_then(Child::cpu_ticks), stats.requests);
+            rates.push(stats.per_second());
+            rows.push(Row {
+                name: format!("{workload} ({label})"),
+                stats,
+                server_cpu_us: cpu,
+            });
+        }
+        ratios.push(rates[1] / rates[0].max(1e-9));
+    }
+    Ok(TlsCost {
+        rows,
+        read_ratio: ratios[0],
+        write_ratio: ratios[1],
+    })
+}
