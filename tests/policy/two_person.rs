@@ -472,3 +472,24 @@ async fn a_policy_that_leaves_nobody_managing_tokens_is_refused() {
         Code::Unauthenticated,
     );
 }
+
+// Review finding: the lockout check counted every principal the table was compiled for,
+// expired tokens included, so a change could leave `policies manage` only with a subject whose
+// token had expired: nobody live could administer policies again (and, as a token manager may
+// not mint a privilege it lacks, nobody could mint a new policy admin either).
+#[tokio::test]
+async fn an_expired_token_does_not_keep_policy_administration_alive() {
+    let vault = Vault::start_with_clock(strongroom::domain::Clock::manual(1_800_000_000_000)).await;
+    let mut admin = vault.admin().await;
+    vault
+        .token_with("user:sec", &["role:security_admin"], "1h", &[])
+        .await
+        .unwrap();
+    vault
+        .clock
+        .advance(std::time::Duration::from_secs(2 * 3600));
+    let only_sec = DEFAULT_POLICY.replace("p, role:admin, policies, manage, *, allow\n", "");
+    let e = assert_code(propose(&mut admin, &only_sec).await, Code::InvalidArgument);
+    assert!(e.message().contains("no token holder"), "{}", e.message());
+    assert_eq!(current(&mut admin).await.info.unwrap().version, 1);
+}
