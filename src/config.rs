@@ -218,7 +218,7 @@ fn rate_limits(
             let subject = Subject::parse(&name, &at).map_err(|_| {
                 format!(
                     "{at}: not `default`, a role (role:NAME) or a subject (svc:NAME, \
-                     user:NAME, app:NAME)"
+                     user:NAME, app:NAME, vendor:NAME)"
                 )
             })?;
             limits.subjects.insert(subject, rule);
@@ -311,23 +311,25 @@ fn tls(
         (Some(cert), Some(key)) => (cert, key),
         (None, None) => {
             if client_ca_file.is_some() {
-                return Err("client_ca_file: client certificates are checked by TLS; set                             tls_cert_file and tls_key_file too"
+                return Err("client_ca_file: client certificates are checked by TLS; set tls_cert_file and tls_key_file too"
                     .into());
             }
             if identities.is_some() {
-                return Err("tls_identities: maps client certificates, which need                             client_ca_file and TLS"
-                    .into());
+                return Err(
+                    "tls_identities: maps client certificates, which need client_ca_file and TLS"
+                        .into(),
+                );
             }
             return Ok(None);
         }
         (Some(_), None) | (None, Some(_)) => {
-            return Err("tls_cert_file and tls_key_file: set both (the server's certificate                         and its private key, PEM; `strongroom tls init` writes them) or neither"
+            return Err("tls_cert_file and tls_key_file: set both (the server's certificate and its private key, PEM; `strongroom tls init` writes them) or neither"
                 .into());
         }
     };
     if crate::files::is_within(&key_file, data_dir)? {
         return Err(format!(
-            "tls_key_file: {} is inside the data dir {}: a copy of the data dir would carry              the server's private key; keep it apart from the data",
+            "tls_key_file: {} is inside the data dir {}: a copy of the data dir would carry the server's private key; keep it apart from the data",
             key_file.display(),
             data_dir.display()
         ));
@@ -339,12 +341,12 @@ fn tls(
     for (uri, subject) in identities.unwrap_or_default() {
         if uri.is_empty() || uri.contains(char::is_whitespace) || !uri.contains(':') {
             return Err(format!(
-                "tls_identities: {uri:?} is not a URI (a client certificate's SAN URI, e.g.                  spiffe://example/svc/crm)"
+                "tls_identities: {uri:?} is not a URI (a client certificate's SAN URI, e.g. spiffe://example/svc/crm)"
             ));
         }
         let parsed = crate::domain::Subject::parse(&subject, "tls_identities").map_err(|_| {
             format!(
-                "tls_identities: {uri:?} maps to {subject:?}, which is not a subject (svc:NAME,                  user:NAME or app:NAME, lowercase)"
+                "tls_identities: {uri:?} maps to {subject:?}, which is not a subject (svc:NAME, user:NAME, app:NAME or vendor:NAME, lowercase)"
             )
         })?;
         exact.insert(uri, parsed);
@@ -615,7 +617,7 @@ impl Config {
     pub fn check_listener(&self) -> Result<(), String> {
         if self.tls.is_none() && !self.listen.ip().to_canonical().is_loopback() {
             return Err(format!(
-                "listen: {} is not a loopback address and TLS is off: bearer tokens and                  customer data would cross the network in the clear. Set tls_cert_file and                  tls_key_file (`strongroom tls init DIR` writes a CA and certificates), or                  listen on 127.0.0.1",
+                "listen: {} is not a loopback address and TLS is off: bearer tokens and customer data would cross the network in the clear. Set tls_cert_file and tls_key_file (`strongroom tls init DIR` writes a CA and certificates), or listen on 127.0.0.1",
                 self.listen
             ));
         }
@@ -861,6 +863,45 @@ mod tests {
                 .err()
                 .unwrap_or_default();
             assert!(err.contains(want), "{text}: wanted {want:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn tls_refusals_read_as_one_sentence() {
+        // Review finding: these messages had lost their line continuations and carried runs
+        // of spaces into the operator's terminal.
+        let over = |listen: &str| Overrides {
+            listen: Some(listen.into()),
+            data_dir: Some("/srv/data".into()),
+            ..Overrides::default()
+        };
+        let tls = "tls_cert_file = \"/etc/sr/server.pem\"\ntls_key_file = \"/etc/sr/server.key\"\n";
+        let mtls = format!("{tls}client_ca_file = \"/etc/sr/ca.pem\"\n[tls_identities]\n");
+        for (text, listen) in [
+            (String::new(), "0.0.0.0:1"),
+            (
+                "client_ca_file = \"/etc/sr/ca.pem\"\n".to_owned(),
+                "127.0.0.1:1",
+            ),
+            (
+                "[tls_identities]\n\"urn:x\" = \"svc:x\"\n".to_owned(),
+                "127.0.0.1:1",
+            ),
+            (
+                "tls_cert_file = \"/etc/sr/server.pem\"\n".to_owned(),
+                "127.0.0.1:1",
+            ),
+            (
+                tls.replace("/etc/sr/server.key", "/srv/data/k"),
+                "127.0.0.1:1",
+            ),
+            (format!("{mtls}\"nouri\" = \"svc:x\"\n"), "127.0.0.1:1"),
+            (format!("{mtls}\"urn:x\" = \"role:x\"\n"), "127.0.0.1:1"),
+        ] {
+            let err = Config::from_toml(&text, over(listen))
+                .err()
+                .unwrap_or_default();
+            assert!(!err.is_empty() && !err.contains("  "), "{text}: {err:?}");
         }
     }
 

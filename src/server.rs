@@ -357,7 +357,8 @@ pub async fn start_with_stores(
             tokens.principals(),
         )
         .await
-        .map_err(ServerError)?,
+        .map_err(ServerError)?
+        .with_tokens(Arc::clone(&tokens)),
     );
     let policy = governance.engine();
     let mut vault = Vault::new(

@@ -1379,7 +1379,9 @@ async fn revoked_tokens_stop_working_and_the_last_admin_cannot_be_revoked() {
         .await;
     let status = assert_code(last, Code::InvalidArgument);
     assert!(
-        status.message().contains("no token with role:admin"),
+        status
+            .message()
+            .contains("no token that holds `tokens manage`"),
         "{}",
         status.message()
     );

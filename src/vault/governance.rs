@@ -25,6 +25,7 @@ use crate::{
         Error,
         access::{ADMIN_ROLE, Privilege, require},
         now_ms,
+        tokens::TokenRegistry,
     },
 };
 
@@ -89,6 +90,8 @@ pub struct Governance {
     engine: Arc<PolicyEngine>,
     /// Serializes changes, so `expected_version` checks and version numbers never race.
     changes: tokio::sync::Mutex<()>,
+    /// The token registry, so the lockout check counts only tokens that have not expired.
+    tokens: Option<Arc<TokenRegistry>>,
 }
 
 impl std::fmt::Debug for Governance {
@@ -162,6 +165,7 @@ impl Governance {
             audit,
             engine: Arc::new(engine),
             changes: tokio::sync::Mutex::new(()),
+            tokens: None,
         };
         if !governance.engine.text().has_privilege_rules() {
             governance
@@ -226,6 +230,14 @@ impl Governance {
             Err(ReplaceError::Policy(e)) => Err(policy_input(e)),
             Err(ReplaceError::Persist(e)) => Err(e.into()),
         }
+    }
+
+    /// Counts only the live tokens of `tokens` in the lockout check (without it, every
+    /// principal the table was compiled for counts, expired tokens included).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: Arc<TokenRegistry>) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// The audit log policy changes are recorded in.
@@ -329,10 +341,11 @@ impl Governance {
             None => proposal::next_id(self.store.as_ref())?,
         };
         let audit = &self.audit;
+        let live = self.tokens.as_ref().map(|t| t.live_principals());
         let result = self
             .engine
             .replace(text, next, |c: Candidate<'_>| {
-                let lockout = lockout(c.after);
+                let lockout = lockout(c.after, live.as_deref());
                 let escalations: Vec<String> = c
                     .before
                     .escalations_to(c.after)
@@ -615,23 +628,37 @@ pub enum Outcome {
     Pending(Proposal, Vec<DecisionChange>),
 }
 
-/// Why `after` would lock the vault's policy administration, if it would.
-fn lockout(after: &DecisionTable) -> Option<String> {
-    let p = Privilege::AdministerPolicies;
-    if after.holders(p).is_empty() {
-        Some(format!(
-            "no role would hold `{}`: nobody could administer policies again (keep a line such as `p, {ADMIN_ROLE}, policies, manage, *, allow`)",
-            p.name()
-        ))
-    } else if !after.any_principal_holds(p) {
-        Some(format!(
-            "no token holder would hold `{}` (held by {}): nobody could administer policies again",
-            p.name(),
-            after.holders(p).join(", ")
-        ))
-    } else {
-        None
-    }
+/// Why `after` would lock the vault's policy or token administration, if it would. Tokens
+/// count too: with nobody holding `tokens manage`, no stolen token could be revoked, and giving
+/// it back is an escalation needing a second policy admin whom nobody could mint.
+/// `live`: the principals whose tokens have not expired, if known.
+fn lockout(after: &DecisionTable, live: Option<&[Principal]>) -> Option<String> {
+    [
+        (Privilege::AdministerPolicies, "administer policies"),
+        (Privilege::ManageTokens, "issue or revoke tokens"),
+    ]
+    .into_iter()
+    .find_map(|(p, what)| {
+        if after.holders(p).is_empty() {
+            Some(format!(
+                "no role would hold `{}`: nobody could {what} again (keep a line such as `p, {ADMIN_ROLE}, {}, {}, *, allow`)",
+                p.name(),
+                p.object(),
+                p.action()
+            ))
+        } else if !live.map_or_else(
+            || after.any_principal_holds(p),
+            |live| live.iter().any(|l| after.holds(l, p)),
+        ) {
+            Some(format!(
+                "no token holder would hold `{}` (held by {}): nobody could {what} again",
+                p.name(),
+                after.holders(p).join(", ")
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// The batch storing a policy version.

@@ -336,6 +336,21 @@ impl TokenRegistry {
         out
     }
 
+    /// Every distinct principal that holds a token that has not expired (without purposes):
+    /// who could still act, for checks that must not count expired tokens.
+    pub fn live_principals(&self) -> Vec<Principal> {
+        let now = self.options.clock.now_ms();
+        let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<Principal> = Vec::new();
+        for issued in map.values().filter(|i| !i.is_expired(now)) {
+            let p = policy_form(&issued.principal);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
     /// Whether any token exists.
     pub fn is_empty(&self) -> bool {
         self.by_hash
@@ -470,6 +485,7 @@ impl TokenRegistry {
         }
         let now = self.options.clock.now_ms();
         let expires_at_ms = lifetime.map(|l| now.saturating_add(millis(l)));
+        self.check_within(policy, by, principal, expires_at_ms)?;
         let minted = Self::mint(principal, now, expires_at_ms, event)?;
         let Minted {
             token,
@@ -575,6 +591,80 @@ impl TokenRegistry {
         })
     }
 
+    /// Checks that a token for `principal` expiring at `expires_at_ms` (`None`: never) stays
+    /// within what `by` holds itself, so a token manager delegates no more than it has: no
+    /// privilege `by` lacks in the live policy (else `tokens manage` alone could mint a policy
+    /// admin, past the two-person rule), no later expiry than `by`'s own live token, and only
+    /// purposes `by`'s token may declare (else a vendor's weekend token could mint one that
+    /// never ends).
+    ///
+    /// # Errors
+    /// `PermissionDenied` naming what `by` lacks.
+    fn check_within(
+        &self,
+        policy: &PolicyEngine,
+        by: &Principal,
+        principal: &Principal,
+        expires_at_ms: Option<i64>,
+    ) -> Result<(), Error> {
+        let table = policy.table();
+        if let Some(p) = Privilege::ALL
+            .into_iter()
+            .find(|&p| table.holds(principal, p) && !table.holds(by, p))
+        {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not issue a token for {} that holds `{}`, which {} does not hold",
+                by.subject,
+                principal.subject,
+                p.name(),
+                by.subject
+            )));
+        }
+        if let Some(bound) = &by.purposes {
+            let within = principal
+                .purposes
+                .as_ref()
+                .is_some_and(|p| p.iter().all(|x| bound.contains(x)));
+            if !within {
+                return Err(Error::PermissionDenied(format!(
+                    "{}'s token is bound to purposes {}: a token it issues must be bound to some \
+                     of them",
+                    by.subject,
+                    by.purposes_text()
+                )));
+            }
+        }
+        // The latest expiry among `by`'s live tokens; `None` if one never expires.
+        let now = self.options.clock.now_ms();
+        let limit = {
+            let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
+            let mut limit: Option<Option<i64>> = None;
+            for issued in map.values().filter(|i| {
+                i.principal.subject == by.subject
+                    && i.principal.roles == by.roles
+                    && i.principal.purposes == by.purposes
+                    && !i.is_expired(now)
+            }) {
+                limit = Some(match (limit, issued.expires_at_ms) {
+                    (Some(None), _) | (_, None) => None,
+                    (Some(Some(a)), Some(b)) => Some(a.max(b)),
+                    (None, Some(b)) => Some(b),
+                });
+            }
+            limit
+        };
+        if let Some(Some(until)) = limit
+            && expires_at_ms.is_none_or(|at| at > until)
+        {
+            return Err(Error::PermissionDenied(format!(
+                "{}'s token expires {}: a token it issues or rotates must expire by then",
+                by.subject,
+                utc(until)
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks that `by` still holds a valid token, so that a call authenticated just before
     /// its caller's revocation or expiry changes nothing (run under the change lock).
     fn check_live(&self, by: &Principal) -> Result<(), Error> {
@@ -659,6 +749,7 @@ impl TokenRegistry {
         if old.is_expired(now) {
             return Err(InvalidInput::new("id", "this token has expired: issue a new one").into());
         }
+        self.check_within(policy, by, &old.principal, old.expires_at_ms)?;
         let Minted {
             token,
             hash,
@@ -724,17 +815,20 @@ impl TokenRegistry {
                 .filter(|(_, i)| i.principal.subject == *subject)
                 .map(|(h, _)| *h)
                 .collect();
-            let admin_left = map.iter().any(|(h, i)| {
+            // Whoever holds `tokens manage` in the live policy, not a role name: the policy
+            // may give it to any role.
+            let table = policy.table();
+            let manager_left = map.iter().any(|(h, i)| {
                 !doomed.contains(h)
                     && i.expires_at_ms.is_none()
-                    && i.principal.has_any_role(&[ADMIN_ROLE])
+                    && table.holds(&i.principal, Privilege::ManageTokens)
             });
-            if !admin_left {
+            if !manager_left {
                 return Err(InvalidInput::new(
                     "subject",
                     format!(
-                        "revoking {subject} would leave no token with {ADMIN_ROLE} that never \
-                         expires"
+                        "revoking {subject} would leave no token that holds `tokens manage` \
+                         (as {ADMIN_ROLE} does as shipped) and never expires"
                     ),
                 )
                 .into());

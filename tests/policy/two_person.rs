@@ -439,3 +439,57 @@ async fn a_stored_policy_without_privilege_lines_is_migrated() {
     let mut admin = vault.admin().await;
     assert_eq!(current(&mut admin).await.info.unwrap().version, 3);
 }
+
+// Review finding: the lockout check covered `policies manage` only. A narrowing (applied at
+// once, no second admin) could take `tokens manage` from every token holder: from then on no
+// stolen token can be revoked, and giving the privilege back is an escalation that needs a
+// second policy admin whom nobody can mint any more.
+#[tokio::test]
+async fn a_policy_that_leaves_nobody_managing_tokens_is_refused() {
+    let vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let no_tokens = DEFAULT_POLICY.replace("p, role:admin, tokens, manage, *, allow\n", "");
+    assert_ne!(no_tokens, DEFAULT_POLICY);
+    let e = assert_code(propose(&mut admin, &no_tokens).await, Code::InvalidArgument);
+    assert!(e.message().contains("tokens manage"), "{}", e.message());
+    assert_eq!(current(&mut admin).await.info.unwrap().version, 1);
+    // The admin can still revoke a token.
+    let x = vault.token("svc:x", &["role:support"]).await;
+    admin
+        .tokens
+        .revoke_tokens(pb::RevokeTokensRequest {
+            subject: "svc:x".into(),
+        })
+        .await
+        .unwrap();
+    assert_code(
+        get(
+            &mut vault.client(&x).await,
+            "00000000000000000000000000000000",
+            "support",
+        )
+        .await,
+        Code::Unauthenticated,
+    );
+}
+
+// Review finding: the lockout check counted every principal the table was compiled for,
+// expired tokens included, so a change could leave `policies manage` only with a subject whose
+// token had expired: nobody live could administer policies again (and, as a token manager may
+// not mint a privilege it lacks, nobody could mint a new policy admin either).
+#[tokio::test]
+async fn an_expired_token_does_not_keep_policy_administration_alive() {
+    let vault = Vault::start_with_clock(strongroom::domain::Clock::manual(1_800_000_000_000)).await;
+    let mut admin = vault.admin().await;
+    vault
+        .token_with("user:sec", &["role:security_admin"], "1h", &[])
+        .await
+        .unwrap();
+    vault
+        .clock
+        .advance(std::time::Duration::from_secs(2 * 3600));
+    let only_sec = DEFAULT_POLICY.replace("p, role:admin, policies, manage, *, allow\n", "");
+    let e = assert_code(propose(&mut admin, &only_sec).await, Code::InvalidArgument);
+    assert!(e.message().contains("no token holder"), "{}", e.message());
+    assert_eq!(current(&mut admin).await.info.unwrap().version, 1);
+}

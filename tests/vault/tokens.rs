@@ -438,3 +438,182 @@ async fn the_admin_token_that_never_expires_cannot_be_revoked_while_others_expir
     assert_expired(ops.tokens.list_tokens(pb::ListTokensRequest {}).await);
     list(&mut admin).await;
 }
+
+/// Issues a token as `by`, returning the whole response.
+async fn issue_as(
+    by: &mut Client,
+    subject: &str,
+    roles: &[&str],
+    expires_in: &str,
+    purposes: &[&str],
+) -> Result<pb::CreateTokenResponse, tonic::Status> {
+    by.tokens
+        .create_token(pb::CreateTokenRequest {
+            subject: subject.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            expires_in: expires_in.into(),
+            purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The id `token list` shows for the first admin's token.
+async fn admin_token_id(admin: &mut Client) -> String {
+    list(admin)
+        .await
+        .into_iter()
+        .find(|t| t.subject == "user:admin")
+        .unwrap()
+        .id
+}
+
+// Review finding: `tokens manage` alone let its holder mint (or rotate into) a token with any
+// role, so a token desk could make itself role:admin, or a second policy admin, without the
+// two-person rule ever seeing it: keeping `tokens manage` and `policies manage` apart (as the
+// README advises) did not help.
+#[tokio::test]
+async fn a_token_manager_cannot_issue_or_rotate_into_privileges_it_lacks() {
+    let vault = Vault::start_configured(
+        "",
+        "p, role:token_desk, tokens, manage, *, allow\n",
+        Clock::manual(T0),
+    )
+    .await;
+    let mut admin = vault.admin().await;
+    let desk = vault.token("user:desk", &["role:token_desk"]).await;
+    let mut desk = vault.client(&desk).await;
+    // Its job: tokens for roles that hold no privilege it lacks.
+    issue_as(&mut desk, "svc:helpdesk", &["role:support"], "", &[])
+        .await
+        .unwrap();
+    for role in ["role:admin", "role:security_admin", "role:auditor"] {
+        let status = assert_code(
+            issue_as(&mut desk, "user:mallory", &[role], "", &[]).await,
+            Code::PermissionDenied,
+        );
+        assert!(
+            status.message().contains("user:desk"),
+            "{}",
+            status.message()
+        );
+    }
+    let admin_id = admin_token_id(&mut admin).await;
+    assert_code(
+        rotate(&mut desk, &admin_id, "").await,
+        Code::PermissionDenied,
+    );
+    assert!(
+        list(&mut admin)
+            .await
+            .iter()
+            .all(|t| t.subject != "user:mallory"),
+        "no token was minted"
+    );
+}
+
+// Review finding: a token that expires, or is bound to purposes (a vendor's, say), could issue
+// or rotate into tokens that never expire and declare any purpose: access given for a weekend
+// lasted forever through a token it minted.
+#[tokio::test]
+async fn an_expiring_purpose_bound_issuer_cannot_issue_or_rotate_past_its_own_bounds() {
+    let vault = manual().await;
+    let mut admin = vault.admin().await;
+    let acme = vault
+        .token_with("vendor:acme", &["role:admin"], "72h", &["support"])
+        .await
+        .unwrap();
+    let mut acme = vault.client(&acme.token).await;
+    for (expires_in, purposes) in [
+        ("", &["support"][..]),
+        ("100h", &["support"][..]),
+        ("24h", &[][..]),
+        ("24h", &["support", "billing"][..]),
+    ] {
+        assert_code(
+            issue_as(
+                &mut acme,
+                "svc:backdoor",
+                &["role:support"],
+                expires_in,
+                purposes,
+            )
+            .await,
+            Code::PermissionDenied,
+        );
+    }
+    let admin_id = admin_token_id(&mut admin).await;
+    assert_code(
+        rotate(&mut acme, &admin_id, "").await,
+        Code::PermissionDenied,
+    );
+    // Within its own bounds it may still issue.
+    issue_as(
+        &mut acme,
+        "svc:helper",
+        &["role:support"],
+        "24h",
+        &["support"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        list(&mut admin)
+            .await
+            .iter()
+            .all(|t| t.subject != "svc:backdoor"
+                && (t.subject == "user:admin" || t.expires_at_unix_ms != 0)),
+        "no unbounded token was minted"
+    );
+}
+
+// Review finding: the "last admin" guard counted tokens with role:admin, not the holders of
+// `tokens manage` in the live policy, so once the policy moved token management to another
+// role, its last holder could be revoked and nobody could issue or revoke tokens again
+// (re-granting it needs a second policy admin, whom nobody can now mint).
+#[tokio::test]
+async fn the_last_token_manager_that_never_expires_cannot_be_revoked() {
+    let vault = Vault::start_configured(
+        "",
+        "p, role:token_desk, tokens, manage, *, allow\n",
+        Clock::manual(T0),
+    )
+    .await;
+    let mut admin = vault.admin().await;
+    let desk = vault.token("user:desk", &["role:token_desk"]).await;
+    let mut desk = vault.client(&desk).await;
+    // Narrowing: role:admin no longer manages tokens (applied at once).
+    let text = admin
+        .policies
+        .get_policy(pb::GetPolicyRequest { version: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .text
+        .replace("p, role:admin, tokens, manage, *, allow\n", "");
+    let applied = admin
+        .policies
+        .apply_policy(pb::ApplyPolicyRequest {
+            text,
+            comment: "token desk only".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(applied.version.is_some(), "{applied:?}");
+    let status = assert_code(
+        desk.tokens
+            .revoke_tokens(pb::RevokeTokensRequest {
+                subject: "user:desk".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        status.message().contains("tokens manage"),
+        "{}",
+        status.message()
+    );
+    list(&mut desk).await;
+}
