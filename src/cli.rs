@@ -213,8 +213,8 @@ struct BenchArgs {
     /// The started vault's key rewrap rate limit (keys/s), for the rotation workload.
     #[arg(long)]
     rewrap_per_second: Option<u32>,
-    /// Also measure get-masked and put over TLS, against a second vault the bench starts with
-    /// a certificate from `tls init`, back to back with the same over plaintext.
+    /// Also measure get-masked and put over TLS and over plaintext, on two fresh vaults the
+    /// bench starts (the TLS one with a certificate from `tls init`), back to back.
     #[arg(long)]
     tls: bool,
 }

@@ -1,5 +1,5 @@
 //! What TLS costs (`strongroom bench --tls`): the same get-masked and put, at the same load,
-//! against the plaintext loopback vault the bench started and against a second vault serving
+//! against two fresh vaults with the same history, one on plaintext loopback and one serving
 //! TLS (rustls) with a certificate `tls init` writes, back to back in one run.
 
 use std::{
@@ -21,16 +21,9 @@ pub(super) struct TlsCost {
     pub(super) write_ratio: f64,
 }
 
-/// Starts a TLS vault in `dir`, preloads it as the plaintext one was, and runs get-masked then
-/// put on each, in the order plaintext, TLS, TLS, plaintext; the ratios are of the summed rates. `plain` are the clients of the plaintext vault, `ids` its
-/// records, `server` its process (for CPU time).
-pub(super) async fn run(
-    dir: &Path,
-    opts: &BenchOptions,
-    plain: &Clients,
-    ids: &Arc<Vec<String>>,
-    server: Option<&Child>,
-) -> Result<TlsCost, String> {
+/// Starts a plaintext and a TLS vault in `dir`, preloads both alike, and runs get-masked then
+/// put on each, in the order plaintext, TLS, TLS, plaintext; the ratios are of the summed rates.
+pub(super) async fn run(dir: &Path, opts: &BenchOptions) -> Result<TlsCost, String> {
     let certs = dir.join("tls");
     init(&InitOptions {
         dir: certs.clone(),
@@ -65,14 +58,26 @@ pub(super) async fn run(
     let secure_ids = Arc::new(
         preload(
             &secure_clients,
-            ids.len(),
+            opts.records,
             opts.in_flight,
             "preloading (TLS)",
         )
         .await?,
     );
+    let (plain_server, token) =
+        Child::vault(&dir.join("vault-plain"), &opts.policies, opts.pin, true, "")?;
+    let plain = Clients::connect(&plain_server.addr, token.trim(), opts.connections).await?;
+    let ids = Arc::new(
+        preload(
+            &plain,
+            opts.records,
+            opts.in_flight,
+            "preloading (plaintext)",
+        )
+        .await?,
+    );
     let no_shreds = Arc::new((Vec::new(), AtomicUsize::new(0)));
-    let plain_side = ("tls off", plain, ids, server);
+    let plain_side = ("tls off", &plain, &ids, Some(&plain_server));
     let secure_side = ("tls on", &secure_clients, &secure_ids, Some(&secure));
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
