@@ -656,13 +656,21 @@ async fn cross_check(
         }
         i += step;
     }
-    for name in &table.names {
+    for (row, name) in table.names.iter().enumerate() {
         // casbin sees a subject's every token grant, as `holds_with` does.
         let roles: Vec<&str> = principals
             .iter()
             .filter(|p| p.subject.as_str() == name)
             .flat_map(|p| p.roles.iter().map(Role::as_str))
             .collect();
+        // Every holder of a privilege is checked; of the large policies' other rows, a spread
+        // sample (each enforce scans every rule: all rows of a 15,000-rule policy cost a minute).
+        let holds_any = Privilege::ALL
+            .iter()
+            .any(|&privilege| table.privileges.holds_with(name, &roles, privilege));
+        if total > FULL_CHECK_CELLS && !holds_any && row % 64 != 0 {
+            continue;
+        }
         for privilege in Privilege::ALL {
             let ours = table.privileges.holds_with(name, &roles, privilege);
             if enforce(name, privilege.object(), privilege.action(), "*") != ours {
