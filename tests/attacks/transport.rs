@@ -280,6 +280,13 @@ async fn mtls_binds_each_token_to_its_certificates_subject() {
         );
     }
     assert!(refused.iter().all(|e| !e.detail.contains(&crm_token)));
+    // Refusals over TLS name where they came from, as over plaintext.
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.detail.contains("refused from 127.0.0.1 ")),
+        "{refused:?}"
+    );
     let verified = admin
         .audit
         .verify_log(pb::VerifyLogRequest::default())
