@@ -55,9 +55,6 @@ pub struct Client {
     pub keys: KeysClient<Authed>,
 }
 
-/// The largest private key file read.
-const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
-
 /// How a client reaches a TLS listener: the CA that signed the server's certificate, and for
 /// mTLS the client's certificate and key. No `Debug` of the key.
 #[derive(Clone)]
@@ -78,18 +75,15 @@ impl ClientTls {
     /// # Errors
     /// A message naming the flag and the file that cannot be used.
     pub fn from_files(ca_cert: &Path, client: Option<(&Path, &Path)>) -> Result<Self, String> {
-        let read = |path: &Path, flag: &str| {
-            std::fs::read(path).map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))
-        };
-        let ca = read(ca_cert, "--ca-cert")?;
-        crate::tls::check_certificates_pem(&ca)
-            .map_err(|e| format!("--ca-cert: {} {e}", ca_cert.display()))?;
+        let ca = crate::tls::read_certificates(ca_cert, "--ca-cert")?;
         let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
         if let Some((cert_path, key_path)) = client {
-            let cert = read(cert_path, "--client-cert")?;
-            crate::tls::check_certificates_pem(&cert)
-                .map_err(|e| format!("--client-cert: {} {e}", cert_path.display()))?;
-            let key = crate::files::read_secret(key_path, "--client-key", MAX_KEY_FILE_BYTES)?;
+            let cert = crate::tls::read_certificates(cert_path, "--client-cert")?;
+            let key = crate::files::read_secret(
+                key_path,
+                "--client-key",
+                crate::tls::MAX_KEY_FILE_BYTES,
+            )?;
             config = config.identity(Identity::from_pem(cert, &*key));
         }
         Ok(Self { config })
@@ -130,24 +124,12 @@ pub async fn channel(addr: &str, tls: Option<&ClientTls>) -> Result<Channel, Str
     if let Some(tls) = tls {
         endpoint = endpoint
             .tls_config(tls.config.clone())
-            .map_err(|e| format!("TLS settings for {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("TLS settings for {url}: {}", crate::tls::error_chain(&e)))?;
     }
     endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {url}: {}", chain(&e)))
-}
-
-/// An error and its sources on one line (a failed handshake's reason is in a source).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
+        .map_err(|e| format!("cannot connect to {url}: {}", crate::tls::error_chain(&e)))
 }
 
 /// Connects to `addr` (`http://host:port`, or `host:port`) with `token`, in plaintext.

@@ -30,7 +30,7 @@ use crate::{
     vault::{
         ADMIN_ROLE, Keys, Vault,
         governance::Governance,
-        limits::Limiter,
+        limits::{Limiter, SubjectLimits},
         now_ms,
         tokens::{TokenOptions, TokenRegistry},
     },
@@ -122,44 +122,24 @@ fn client_errors_as_client_codes(
 /// mid-handshake holds its connection slot only this long.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The largest private key file read (a PEM key is a few hundred bytes; RSA 8192 under 7 KiB).
-const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
-
-/// An error and its sources, on one line (tonic's transport errors say little at the top).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
-/// Reads a PEM file of certificates, checked, naming the config key and file on a problem.
-fn read_certificates(path: &std::path::Path, key: &str) -> Result<Vec<u8>, ServerError> {
-    let shown = path.display();
-    let pem =
-        std::fs::read(path).map_err(|e| ServerError(format!("{key}: cannot read {shown}: {e}")))?;
-    crate::tls::check_certificates_pem(&pem)
-        .map_err(|e| ServerError(format!("{key}: {shown} {e}")))?;
-    Ok(pem)
-}
-
 /// The listener's TLS settings from the files the config names. With a client CA, client
 /// certificates are verified against it at the handshake but not demanded there: tonic cannot
 /// demand them per service, and health stays open; the authenticator refuses every other call
 /// that came without one.
 fn server_tls(tls: &crate::config::Tls) -> Result<ServerTlsConfig, ServerError> {
-    let cert = read_certificates(&tls.cert_file, "tls_cert_file")?;
-    let key = files::read_secret(&tls.key_file, "tls_key_file", MAX_KEY_FILE_BYTES)
-        .map_err(ServerError)?;
+    let cert =
+        crate::tls::read_certificates(&tls.cert_file, "tls_cert_file").map_err(ServerError)?;
+    let key = files::read_secret(
+        &tls.key_file,
+        "tls_key_file",
+        crate::tls::MAX_KEY_FILE_BYTES,
+    )
+    .map_err(ServerError)?;
     let mut config = ServerTlsConfig::new()
         .identity(Identity::from_pem(&cert, &*key))
         .timeout(TLS_HANDSHAKE_TIMEOUT);
     if let Some(ca) = &tls.client_ca_file {
-        let pem = read_certificates(ca, "client_ca_file")?;
+        let pem = crate::tls::read_certificates(ca, "client_ca_file").map_err(ServerError)?;
         config = config
             .client_ca_root(Certificate::from_pem(pem))
             .client_auth_optional(true);
@@ -354,11 +334,10 @@ pub async fn start_with_stores(
             Arc::clone(&schema),
             model,
             &policy_text,
-            tokens.principals(),
+            Arc::clone(&tokens),
         )
         .await
-        .map_err(ServerError)?
-        .with_tokens(Arc::clone(&tokens)),
+        .map_err(ServerError)?,
     );
     let policy = governance.engine();
     let mut vault = Vault::new(
@@ -413,7 +392,11 @@ pub async fn start_with_stores(
         .local_addr()
         .map_err(|e| ServerError(format!("cannot read the bound address: {e}")))?;
 
-    let mut auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit)).with_limits(limiter);
+    let mut auth = Authenticator::new(Arc::clone(&tokens), Arc::clone(&audit));
+    // Without a `[rate_limits]` entry the authenticator has no limit to check on each call.
+    if config.rate_limits != SubjectLimits::default() {
+        auth = auth.with_limits(limiter);
+    }
     if let Some(tls) = config.tls.as_ref().filter(|t| t.client_ca_file.is_some()) {
         auth = auth.with_client_certificates(tls.identities.clone());
     }
@@ -521,7 +504,7 @@ pub async fn start_with_stores(
                  the certificate in tls_cert_file {}: {}",
                 files.key_file.display(),
                 files.cert_file.display(),
-                chain(&e)
+                crate::tls::error_chain(&e)
             ))
         })?;
     }

@@ -121,6 +121,33 @@ impl Identities {
     }
 }
 
+/// The largest private key file read (a PEM key is a few hundred bytes).
+pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a PEM file of certificates and checks it, naming `label` (a config key or a flag) and
+/// the file on a problem.
+///
+/// # Errors
+/// A message naming `label` and the file: unreadable, or not certificates.
+pub fn read_certificates(path: &std::path::Path, label: &str) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("{label}: cannot read {shown}: {e}"))?;
+    check_certificates_pem(&pem).map_err(|e| format!("{label}: {shown} {e}"))?;
+    Ok(pem)
+}
+
+/// An error and its sources, on one line (tonic's transport errors say little at the top).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// Checks that `pem` holds one or more X.509 certificates and nothing else that claims to be
 /// one; returns how many.
 ///

@@ -22,7 +22,6 @@ pub mod tokens;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use zeroize::Zeroizing;
@@ -195,9 +194,7 @@ pub struct ShredReceipt {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::domain::Clock::system().now_ms()
 }
 
 /// The vault: the use cases over a data store, a key store and its key provider, a schema and

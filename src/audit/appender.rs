@@ -2,10 +2,7 @@
 //! adds their data writes and a checkpoint, and commits all of it in one synced batch. Many
 //! concurrent requests share one fsync; the chain order is the commit order.
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -130,9 +127,7 @@ pub(super) struct Appender {
 }
 
 pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::domain::Clock::system().now_ms()
 }
 
 impl Appender {

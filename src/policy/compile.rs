@@ -267,22 +267,11 @@ impl DecisionTable {
         self.privileges.role_holders(privilege)
     }
 
-    /// Whether any token holder the table was compiled for holds `privilege`.
-    pub fn any_principal_holds(&self, privilege: Privilege) -> bool {
-        self.names
-            .iter()
-            .zip(&self.row_roles)
-            .filter_map(|(n, r)| r.as_ref().map(|r| (n, r)))
-            .any(|(name, roles)| {
-                let roles: Vec<&str> = roles.iter().map(Role::as_str).collect();
-                self.privileges.holds_with(name, &roles, privilege)
-            })
-    }
-
     /// What moving from `self` to `after` would escalate: every privilege a role, subject or
-    /// token holder would gain, and every read of a sensitive field that would widen. Both
+    /// token holder would gain, and every read of a sensitive field that would widen among
+    /// `changes` (`self.changes_to(after)`, which the caller has already worked out). Both
     /// tables must come from the same schema and principals.
-    pub fn escalations_to(&self, after: &Self) -> Vec<Escalation> {
+    pub fn escalations_to(&self, after: &Self, changes: &[DecisionChange]) -> Vec<Escalation> {
         let mut out = Vec::new();
         for (name, roles) in after.names.iter().zip(&after.row_roles) {
             let roles: Vec<&str> = roles.iter().flatten().map(Role::as_str).collect();
@@ -303,13 +292,14 @@ impl DecisionTable {
             _ => 0,
         };
         out.extend(
-            self.changes_to(after)
-                .into_iter()
+            changes
+                .iter()
                 .filter(|c| {
                     c.action == Action::Read
                         && after.sensitive.contains(&c.object)
                         && rank(c.after) > rank(c.before)
                 })
+                .cloned()
                 .map(Escalation::SensitiveRead),
         );
         out
@@ -656,23 +646,24 @@ async fn cross_check(
         }
         i += step;
     }
+    // casbin sees a subject's every token grant, as `holds_with` does.
+    let mut grants: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in principals {
+        grants
+            .entry(p.subject.as_str())
+            .or_default()
+            .extend(p.roles.iter().map(Role::as_str));
+    }
     for (row, name) in table.names.iter().enumerate() {
-        // casbin sees a subject's every token grant, as `holds_with` does.
-        let roles: Vec<&str> = principals
-            .iter()
-            .filter(|p| p.subject.as_str() == name)
-            .flat_map(|p| p.roles.iter().map(Role::as_str))
-            .collect();
+        let roles = grants.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+        let held =
+            Privilege::ALL.map(|privilege| table.privileges.holds_with(name, roles, privilege));
         // Every holder of a privilege is checked; of the large policies' other rows, a spread
         // sample (each enforce scans every rule: all rows of a 15,000-rule policy cost a minute).
-        let holds_any = Privilege::ALL
-            .iter()
-            .any(|&privilege| table.privileges.holds_with(name, &roles, privilege));
-        if total > FULL_CHECK_CELLS && !holds_any && row % 64 != 0 {
+        if total > FULL_CHECK_CELLS && !held.contains(&true) && row % 64 != 0 {
             continue;
         }
-        for privilege in Privilege::ALL {
-            let ours = table.privileges.holds_with(name, &roles, privilege);
+        for (privilege, ours) in Privilege::ALL.into_iter().zip(held) {
             if enforce(name, privilege.object(), privilege.action(), "*") != ours {
                 return Err(PolicyError::Model(format!(
                     "the compiled table disagrees with casbin for {name} on `{}`; refusing the policy",

@@ -91,7 +91,7 @@ pub struct Governance {
     /// Serializes changes, so `expected_version` checks and version numbers never race.
     changes: tokio::sync::Mutex<()>,
     /// The token registry, so the lockout check counts only tokens that have not expired.
-    tokens: Option<Arc<TokenRegistry>>,
+    tokens: Arc<TokenRegistry>,
 }
 
 impl std::fmt::Debug for Governance {
@@ -123,14 +123,14 @@ impl Governance {
         schema: Arc<Schema>,
         model: String,
         seed: &str,
-        principals: Vec<Principal>,
+        tokens: Arc<TokenRegistry>,
     ) -> Result<Self, String> {
         let versions = load_versions(store.as_ref()).map_err(|e| e.to_string())?;
         let (text, version, seeded) = match versions.last() {
             Some(v) => (v.text.clone(), v.version, false),
             None => (seed.to_owned(), 1, true),
         };
-        let engine = PolicyEngine::new(schema, model, &text, version, principals)
+        let engine = PolicyEngine::new(schema, model, &text, version, tokens.principals())
             .await
             .map_err(|e| match seeded {
                 true => format!("policies/policy.csv: {e}"),
@@ -165,7 +165,7 @@ impl Governance {
             audit,
             engine: Arc::new(engine),
             changes: tokio::sync::Mutex::new(()),
-            tokens: None,
+            tokens,
         };
         if !governance.engine.text().has_privilege_rules() {
             governance
@@ -230,14 +230,6 @@ impl Governance {
             Err(ReplaceError::Policy(e)) => Err(policy_input(e)),
             Err(ReplaceError::Persist(e)) => Err(e.into()),
         }
-    }
-
-    /// Counts only the live tokens of `tokens` in the lockout check (without it, every
-    /// principal the table was compiled for counts, expired tokens included).
-    #[must_use]
-    pub fn with_tokens(mut self, tokens: Arc<TokenRegistry>) -> Self {
-        self.tokens = Some(tokens);
-        self
     }
 
     /// The audit log policy changes are recorded in.
@@ -341,14 +333,14 @@ impl Governance {
             None => proposal::next_id(self.store.as_ref())?,
         };
         let audit = &self.audit;
-        let live = self.tokens.as_ref().map(|t| t.live_principals());
+        let live = self.tokens.live_principals();
         let result = self
             .engine
             .replace(text, next, |c: Candidate<'_>| {
-                let lockout = lockout(c.after, live.as_deref());
+                let lockout = lockout(c.after, &live);
                 let escalations: Vec<String> = c
                     .before
-                    .escalations_to(c.after)
+                    .escalations_to(c.after, c.changes)
                     .iter()
                     .map(ToString::to_string)
                     .collect();
@@ -631,8 +623,8 @@ pub enum Outcome {
 /// Why `after` would lock the vault's policy or token administration, if it would. Tokens
 /// count too: with nobody holding `tokens manage`, no stolen token could be revoked, and giving
 /// it back is an escalation needing a second policy admin whom nobody could mint.
-/// `live`: the principals whose tokens have not expired, if known.
-fn lockout(after: &DecisionTable, live: Option<&[Principal]>) -> Option<String> {
+/// `live`: the principals whose tokens have not expired.
+fn lockout(after: &DecisionTable, live: &[Principal]) -> Option<String> {
     [
         (Privilege::AdministerPolicies, "administer policies"),
         (Privilege::ManageTokens, "issue or revoke tokens"),
@@ -646,10 +638,7 @@ fn lockout(after: &DecisionTable, live: Option<&[Principal]>) -> Option<String> 
                 p.object(),
                 p.action()
             ))
-        } else if !live.map_or_else(
-            || after.any_principal_holds(p),
-            |live| live.iter().any(|l| after.holds(l, p)),
-        ) {
+        } else if !live.iter().any(|l| after.holds(l, p)) {
             Some(format!(
                 "no token holder would hold `{}` (held by {}): nobody could {what} again",
                 p.name(),

@@ -248,7 +248,8 @@ impl Limiter {
             let alert = granted < wanted as u64 && w.first_alert();
             (granted, w.used, w.start_ms.unwrap_or(now), alert)
         });
-        let granted = usize::try_from(granted).unwrap_or(wanted);
+        // `granted <= wanted`, a usize: the conversion cannot fail, and would grant none if it did.
+        let granted = usize::try_from(granted).unwrap_or(0);
         let end = start.saturating_add(DISCLOSURE_WINDOW_MS);
         let alert = alert.then(|| {
             tracing::warn!(
