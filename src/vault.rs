@@ -18,6 +18,7 @@ mod reconcile;
 pub mod rotation;
 mod sealed;
 pub mod tokens;
+mod tripwire;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -39,6 +40,7 @@ use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;
+pub use tripwire::HONEYTOKEN_ALERT_METHOD;
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,18 +347,25 @@ impl Vault {
         Ok(())
     }
 
-    /// Creates a record; returns its id and version (1).
+    /// Creates a record; returns its id and version (1). A `honeytoken` is a decoy, stored like
+    /// any other record but flagged in its header: every read of it raises an alert
+    /// (`tripwire`). Creating one takes `honeytokens manage`.
     ///
     /// # Errors
     /// `InvalidArgument` for an unknown collection or field or an invalid value,
-    /// `PermissionDenied` if a field may not be written, `Unavailable` if the write fails.
+    /// `PermissionDenied` if a field may not be written (or a honeytoken may not be created),
+    /// `Unavailable` if the write fails.
     pub async fn create(
         &self,
         principal: &Principal,
         call: &Call,
         collection: &str,
         fields: &[FieldInput<'_>],
+        honeytoken: bool,
     ) -> Result<(RecordId, u64), Error> {
+        if honeytoken {
+            require(&self.policy, principal, Privilege::ManageHoneytokens)?;
+        }
         let collection = self.schema.collection(collection, "collection")?;
         if fields.is_empty() {
             return Err(InvalidInput::new("fields", "a record needs at least one field").into());
@@ -375,6 +384,12 @@ impl Vault {
             record_id: id.to_string(),
             fields: outcomes(collection, indices.iter().map(|&i| (i, "written"))),
             policy_version: permit.policy_version(),
+            // Seen only by holders of `audit read`, like every event.
+            detail: if honeytoken {
+                "honeytoken: a decoy record; every read of it raises an alert".into()
+            } else {
+                String::new()
+            },
             ..call.event(principal)
         };
         let dek = Dek::generate();
@@ -384,7 +399,7 @@ impl Vault {
             &id,
             collection,
             &dek,
-            1,
+            (1, honeytoken),
             &values.into_iter().collect(),
         )
         .await?;
@@ -531,6 +546,8 @@ impl Vault {
                 ..call.event(principal)
             });
         }
+        // A honeytoken's alert too, whether reads are audited or not.
+        events.extend(self.tripwire(principal, call, id, &loaded, purpose));
         if !events.is_empty() {
             // Fail closed: no data leaves unless its event is durable.
             self.audit.commit(Batch::new(), events).await?;
@@ -634,8 +651,15 @@ impl Vault {
         // durable, so replaced and cleared values are shredded too.
         drop(dek);
         let dek = Dek::generate();
-        self.seal_record(&mut batch, id, collection, &dek, version, &current)
-            .await?;
+        self.seal_record(
+            &mut batch,
+            id,
+            collection,
+            &dek,
+            (version, loaded.header.honeytoken),
+            &current,
+        )
+        .await?;
         let changed = values_idx(&touched, &cleared);
         let event = Event {
             collection: collection.name().as_str().to_owned(),
