@@ -6,6 +6,9 @@
 
 mod support;
 
+#[path = "audit/breach.rs"]
+mod breach;
+
 use std::sync::{Arc, atomic::Ordering};
 
 use strongroom::{
