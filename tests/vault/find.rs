@@ -417,3 +417,22 @@ fn the_debug_of_a_find_request_does_not_print_the_value() {
     assert!(!printed.contains("secret.person"), "{printed}");
     assert!(printed.contains("email"));
 }
+
+#[tokio::test]
+async fn index_entries_cost_a_fixed_number_of_bytes_per_record() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let records = 20;
+    for i in 0..records {
+        create(&mut admin, customer(&format!("bytes{i}"))).await;
+    }
+    let entries = vault
+        .with_store(|store| store.scan_prefix(Keyspace::Index, b"").unwrap())
+        .await;
+    assert_eq!(entries.len(), records * 6, "a forward and a reverse entry per field");
+    let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+    // Per record: forward keys `f|9|customers|len|field|digest|id` (60 + field name bytes:
+    // 65 + 65 + 63), reverse keys `r|id|field` (22 + 22 + 20) holding a 32-byte digest each.
+    assert_eq!(bytes / records, 193 + 64 + 96);
+    eprintln!("blind index: {} key+value bytes per record", bytes / records);
+}
