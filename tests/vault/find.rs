@@ -424,7 +424,11 @@ async fn index_entries_cost_a_fixed_number_of_bytes_per_record() {
     let mut admin = vault.admin().await;
     let records = 20;
     for i in 0..records {
-        create(&mut admin, customer(&format!("bytes{i}"))).await;
+        let tag: String = format!("{i:02}")
+            .bytes()
+            .map(|b| char::from(b'a' + (b - b'0')))
+            .collect();
+        create(&mut admin, customer(&tag)).await;
     }
     let entries = vault
         .with_store(|store| store.scan_prefix(Keyspace::Index, b"").unwrap())
