@@ -412,7 +412,9 @@ impl Vault {
     ) -> Result<RecordView, Error> {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
-        let (view, events) = self.read_record(principal, call, id, fields, purpose).await?;
+        let (view, events) = self
+            .read_record(principal, call, id, fields, purpose)
+            .await?;
         if !events.is_empty() {
             // Fail closed: no data leaves unless its event is durable.
             self.audit.commit(Batch::new(), events).await?;

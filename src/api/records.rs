@@ -104,7 +104,10 @@ impl Records for RecordsApi {
         let mut known = Known::default();
         let result = async {
             check_count(req.fields.len(), self.vault.limits().max_fields, "fields")?;
-            let collection = self.vault.schema().collection(&req.collection, "collection")?;
+            let collection = self
+                .vault
+                .schema()
+                .collection(&req.collection, "collection")?;
             known.collection = collection.name().as_str().to_owned();
             let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
             known.purpose = purpose.as_str().to_owned();
@@ -121,7 +124,8 @@ impl Records for RecordsApi {
             Ok((found, purpose))
         }
         .await;
-        let (found, purpose) = audited(self.vault.audit(), &principal, &call, known, result).await?;
+        let (found, purpose) =
+            audited(self.vault.audit(), &principal, &call, known, result).await?;
         let roles = principal.roles_text();
         Ok(Response::new(pb::FindRecordsResponse {
             records: found

@@ -38,8 +38,8 @@ pub fn index_label(collection: &str, field: &str) -> String {
 /// HMAC-SHA256 of `message` under `key`.
 fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> IndexDigest {
     #[allow(clippy::expect_used)]
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-        .expect("HMAC accepts a key of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts a key of any length");
     mac.update(message);
     mac.finalize().into_bytes().into()
 }
@@ -115,19 +115,30 @@ mod tests {
     #[test]
     fn digests_are_per_field_and_stable() {
         let index = BlindIndex::new(Arc::new(crate::crypto::throwaway_keyring()));
-        let a = index.digest("customers", "email", "ada@example.com").unwrap();
+        let a = index
+            .digest("customers", "email", "ada@example.com")
+            .unwrap();
         assert_eq!(
             a,
-            index.digest("customers", "email", "ada@example.com").unwrap()
+            index
+                .digest("customers", "email", "ada@example.com")
+                .unwrap()
         );
         assert_ne!(
             a,
-            index.digest("customers", "phone", "ada@example.com").unwrap()
+            index
+                .digest("customers", "phone", "ada@example.com")
+                .unwrap()
         );
-        assert_ne!(a, index.digest("vendors", "email", "ada@example.com").unwrap());
         assert_ne!(
             a,
-            index.digest("customers", "email", "bob@example.com").unwrap()
+            index.digest("vendors", "email", "ada@example.com").unwrap()
+        );
+        assert_ne!(
+            a,
+            index
+                .digest("customers", "email", "bob@example.com")
+                .unwrap()
         );
         assert!(!format!("{index:?}").contains(&hex::encode(a)));
     }
