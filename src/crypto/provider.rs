@@ -105,18 +105,6 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
 
     /// The signing key's public half.
     fn public_key(&self) -> PublicKey;
-
-    /// TEMPORARY stand-in (branch `index`) for main's "crypto: KeyProvider::derive_key": a
-    /// 256-bit key for `label`, from the deterministic Ed25519 signature of the label. Replaced
-    /// by main's version at merge.
-    ///
-    /// # Errors
-    /// `Provider` if the signer failed.
-    fn derive_key(&self, label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-        use sha2::Digest;
-        let signature = self.sign(label.as_bytes())?;
-        Ok(Zeroizing::new(sha2::Sha256::digest(signature.0).into()))
-    }
 }
 
 /// Checks an Ed25519 signature: what an auditor runs, offline, with the public key alone.
