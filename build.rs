@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .skip_debug([
             ".strongroom.v1.Field",
             ".strongroom.v1.FieldResult",
+            ".strongroom.v1.FindRecordsRequest",
             ".strongroom.v1.CreateTokenResponse",
             ".strongroom.v1.RotateTokenResponse",
         ])

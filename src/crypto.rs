@@ -5,6 +5,7 @@
 //!
 //! The only module that names the cipher crate. Depends on `domain` for ids and names only.
 
+mod blind_index;
 mod envelope;
 mod keyring;
 mod keys;
@@ -12,6 +13,7 @@ mod pkcs11;
 mod provider;
 mod public;
 
+pub use blind_index::{BlindIndex, IndexDigest, index_label};
 pub use envelope::{DekContext, FieldContext, open_field, seal_field, unwrap_dek, wrap_dek};
 #[cfg(test)]
 pub(crate) use keyring::throwaway as throwaway_keyring;

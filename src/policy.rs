@@ -304,7 +304,7 @@ impl PolicyEngine {
         };
         let purpose = match action {
             Action::Delete | Action::Write => "*",
-            Action::Read | Action::ReadMasked => {
+            Action::Find | Action::Read | Action::ReadMasked => {
                 self.schema
                     .purpose(purpose, "purpose")
                     .map_err(|e| bad(e.problem))?;
@@ -316,6 +316,7 @@ impl PolicyEngine {
         let actions: &[Action] = match action {
             Action::Read | Action::ReadMasked => &[Action::Read, Action::ReadMasked],
             Action::Delete => &[Action::Delete],
+            Action::Find => &[Action::Find],
             Action::Write => &[Action::Write],
         };
         let matched =
@@ -326,6 +327,13 @@ impl PolicyEngine {
                     Decision::Denied => "denied",
                     Decision::Masked => "masked",
                     Decision::Plain => "plain",
+                }
+            }
+            (Action::Find, Some(f)) => {
+                if current.table.find_by_name(name, coll, f, purpose) {
+                    "allowed"
+                } else {
+                    "denied"
                 }
             }
             (Action::Write, Some(f)) => {
@@ -404,6 +412,30 @@ impl DecisionTable {
         Ok(WritePermit {
             policy_version: self.version(),
         })
+    }
+
+    /// Checks that `principal` may find records of `collection` by `field` for `purpose`.
+    ///
+    /// # Errors
+    /// A refusal naming the field.
+    pub fn check_find(
+        &self,
+        principal: &Principal,
+        collection: &Collection,
+        field: usize,
+        purpose: &Purpose,
+    ) -> Result<WritePermit, Refusal> {
+        if self.may_find(principal, collection, field, purpose) {
+            Ok(WritePermit {
+                policy_version: self.version(),
+            })
+        } else {
+            let name = collection.fields()[field].0.as_str();
+            Err(Refusal {
+                object: format!("{}.{name}", collection.name()),
+                action: Action::Find,
+            })
+        }
     }
 
     /// Checks that `principal` may delete (shred) records of `collection`.

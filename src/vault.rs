@@ -7,8 +7,10 @@
 //! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
 mod access;
+mod find;
 pub mod governance;
 mod header;
+mod index;
 mod keystore;
 pub mod limits;
 mod locks;
@@ -28,12 +30,13 @@ use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, AuditError, Call, Event, FieldOutcome},
-    crypto::{Dek, KeyProvider},
+    crypto::{BlindIndex, Dek, KeyProvider},
     domain::{FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
 pub use access::{ADMIN_ROLE, Privilege, require};
+pub use find::{FIND_LIMIT, FindQuery, Found, LOOKUP_LIMIT};
 use keystore::KeyStore;
 use limits::Limiter;
 use locks::RecordLocks;
@@ -204,6 +207,7 @@ pub struct Vault {
     audit: Arc<Audit>,
     audit_reads: bool,
     keys: Arc<KeyStore>,
+    index: BlindIndex,
     schema: Arc<Schema>,
     policy: Arc<PolicyEngine>,
     limits: Limits,
@@ -262,6 +266,7 @@ impl Vault {
             Arc::clone(&key_store),
             Arc::clone(&audit),
         );
+        let index = BlindIndex::new(Arc::clone(&provider));
         let keys = Arc::new(KeyStore::new(key_store, provider));
         let rotator = rotation::Rotator::start(Arc::clone(&keys), Arc::clone(&audit), rotation);
         Self {
@@ -269,6 +274,7 @@ impl Vault {
             audit,
             audit_reads: true,
             keys,
+            index,
             rotator,
             schema,
             policy,
@@ -379,15 +385,10 @@ impl Vault {
         };
         let dek = Dek::generate();
         let mut batch = Batch::new();
-        self.seal_record(
-            &mut batch,
-            &id,
-            collection,
-            &dek,
-            1,
-            &values.into_iter().collect(),
-        )
-        .await?;
+        let values: BTreeMap<usize, FieldValue> = values.into_iter().collect();
+        self.seal_record(&mut batch, &id, collection, &dek, 1, &values)
+            .await?;
+        index::put_entries(&mut batch, &self.index, &id, collection, &values)?;
         // On an error the batch may still have reached the disk (an fsync that failed after
         // the write): the key stays, and the next start removes it if no header names it.
         self.audit.commit(batch, vec![event]).await?;
@@ -411,6 +412,26 @@ impl Vault {
     ) -> Result<RecordView, Error> {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
+        let (view, events) = self
+            .read_record(principal, call, id, fields, purpose)
+            .await?;
+        if !events.is_empty() {
+            // Fail closed: no data leaves unless its event is durable.
+            self.audit.commit(Batch::new(), events).await?;
+        }
+        Ok(view)
+    }
+
+    /// One record's read, as `get` does it, with the audit events it owes (the caller commits
+    /// them before anything leaves).
+    async fn read_record(
+        &self,
+        principal: &Principal,
+        call: &Call,
+        id: &RecordId,
+        fields: &[String],
+        purpose: &Purpose,
+    ) -> Result<(RecordView, Vec<Event>), Error> {
         let mut attempts = 0;
         let (loaded, permit, dek, mut ciphertexts) = loop {
             // Header and ciphertexts come from one snapshot: a concurrent update or shred is
@@ -531,17 +552,14 @@ impl Vault {
                 ..call.event(principal)
             });
         }
-        if !events.is_empty() {
-            // Fail closed: no data leaves unless its event is durable.
-            self.audit.commit(Batch::new(), events).await?;
-        }
-        Ok(RecordView {
+        let view = RecordView {
             id: *id,
             collection: collection.name().as_str().to_owned(),
             version: loaded.header.version,
             fields: shown,
             policy_version: permit.policy_version(),
-        })
+        };
+        Ok((view, events))
     }
 
     /// Sets and clears fields; with `expected_version`, only if the record is at that version.
@@ -608,12 +626,14 @@ impl Vault {
         let mut current = BTreeMap::new();
         let envelopes =
             self.ciphertexts(snapshot.as_ref(), id, &loaded, 0..collection.fields().len())?;
+        let mut batch = Batch::new();
+        // The old version's index entries go; the new version's are written below.
+        index::delete_entries(&mut batch, snapshot.as_ref(), id, &loaded.header.collection)?;
         drop(snapshot);
         for (field, envelope) in envelopes {
             current.insert(field, self.open(id, &loaded, &dek, field, &envelope)?);
         }
         let version = loaded.header.version + 1;
-        let mut batch = Batch::new();
         for &i in &cleared {
             if current.remove(&i).is_some() {
                 batch.delete(
@@ -636,6 +656,7 @@ impl Vault {
         let dek = Dek::generate();
         self.seal_record(&mut batch, id, collection, &dek, version, &current)
             .await?;
+        index::put_entries(&mut batch, &self.index, id, collection, &current)?;
         let changed = values_idx(&touched, &cleared);
         let event = Event {
             collection: collection.name().as_str().to_owned(),
@@ -683,6 +704,13 @@ impl Vault {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
+        let mut index_entries = Batch::new();
+        index::delete_entries(
+            &mut index_entries,
+            snapshot.as_ref(),
+            id,
+            &loaded.header.collection,
+        )?;
         drop(snapshot);
         // The data key goes first: from here on the record is unreadable, whatever happens to
         // the batch below (a crash before it is finished at the next start).
@@ -693,6 +721,7 @@ impl Vault {
         for key in keys {
             batch.delete(Keyspace::Records, key);
         }
+        batch.append(index_entries);
         batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
         batch.put(
             Keyspace::Tombstones,

@@ -8,6 +8,9 @@ mod support;
 #[path = "vault/tokens.rs"]
 mod tokens;
 
+#[path = "vault/find.rs"]
+mod find;
+
 use strongroom::{
     api::pb::{self, Disclosure},
     storage::{Batch, Keyspace, Store},

@@ -29,6 +29,18 @@ impl fmt::Debug for pb::FieldResult {
     }
 }
 
+impl fmt::Debug for pb::FindRecordsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FindRecordsRequest")
+            .field("collection", &self.collection)
+            .field("field", &self.field)
+            .field("value", &"<redacted>")
+            .field("purpose", &self.purpose)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
 impl fmt::Debug for pb::CreateTokenResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreateTokenResponse")

@@ -11,7 +11,11 @@ use super::{
     pb::{self, records_server::Records},
     status::{Known, audited},
 };
-use crate::{audit::Call, domain::RecordId, vault::Vault};
+use crate::{
+    audit::Call,
+    domain::RecordId,
+    vault::{FindQuery, RecordView, Vault},
+};
 
 /// The `Records` gRPC service.
 #[derive(Debug, Clone)]
@@ -83,19 +87,53 @@ impl Records for RecordsApi {
         }
         .await;
         let (view, purpose) = audited(self.vault.audit(), &principal, &call, known, result).await?;
+        Ok(Response::new(record_response(
+            view,
+            &principal.roles_text(),
+            purpose.as_str(),
+        )))
+    }
+
+    async fn find_records(
+        &self,
+        request: Request<pb::FindRecordsRequest>,
+    ) -> Result<Response<pb::FindRecordsResponse>, Status> {
+        let principal = principal(&request)?;
+        let call = Call::new("Records/FindRecords");
+        let req = request.into_inner();
+        let mut known = Known::default();
+        let result = async {
+            check_count(req.fields.len(), self.vault.limits().max_fields, "fields")?;
+            let collection = self
+                .vault
+                .schema()
+                .collection(&req.collection, "collection")?;
+            known.collection = collection.name().as_str().to_owned();
+            let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
+            known.purpose = purpose.as_str().to_owned();
+            let query = FindQuery {
+                collection: &req.collection,
+                field: &req.field,
+                value: &req.value,
+                purpose: &purpose,
+            };
+            let found = self
+                .vault
+                .find(&principal, &call, &query, &req.fields)
+                .await?;
+            Ok((found, purpose))
+        }
+        .await;
+        let (found, purpose) =
+            audited(self.vault.audit(), &principal, &call, known, result).await?;
         let roles = principal.roles_text();
-        let collection = view.collection.clone();
-        let fields = view
-            .fields
-            .into_iter()
-            .map(|f| field_result(f, &collection, &roles, purpose.as_str()))
-            .collect();
-        Ok(Response::new(pb::GetRecordResponse {
-            id: view.id.to_string(),
-            collection: view.collection,
-            version: view.version,
-            fields,
-            policy_version: view.policy_version,
+        Ok(Response::new(pb::FindRecordsResponse {
+            records: found
+                .records
+                .into_iter()
+                .map(|view| record_response(view, &roles, purpose.as_str()))
+                .collect(),
+            truncated: found.truncated,
         }))
     }
 
@@ -155,5 +193,22 @@ impl Records for RecordsApi {
         Ok(Response::new(pb::DeleteRecordResponse {
             receipt: Some(receipt.into()),
         }))
+    }
+}
+
+/// A read's answer as `GetRecordResponse` (also each match of a find).
+fn record_response(view: RecordView, roles: &str, purpose: &str) -> pb::GetRecordResponse {
+    let collection = view.collection.clone();
+    let fields = view
+        .fields
+        .into_iter()
+        .map(|f| field_result(f, &collection, roles, purpose))
+        .collect();
+    pb::GetRecordResponse {
+        id: view.id.to_string(),
+        collection: view.collection,
+        version: view.version,
+        fields,
+        policy_version: view.policy_version,
     }
 }

@@ -91,6 +91,8 @@ pub struct DecisionTable {
     reads: Vec<Decision>,
     writes: Vec<bool>,
     deletes: Vec<bool>,
+    /// Per (row, field, purpose), like `reads`: may the row find records by the field.
+    finds: Vec<bool>,
     /// `collection.field` of each field the schema marks sensitive.
     sensitive: HashSet<String>,
     /// Who holds which privilege outside the record policy.
@@ -135,7 +137,7 @@ pub struct DecisionChange {
     pub principal: String,
     /// `collection.field` (or `collection.*` for deletes).
     pub object: String,
-    /// The action: `read` (plain/masked/denied), `write` or `delete` (allowed/denied).
+    /// The action: `read` (plain/masked/denied), `write`, `delete` or `find` (allowed/denied).
     pub action: Action,
     /// The purpose, `*` for writes and deletes.
     pub purpose: String,
@@ -197,6 +199,47 @@ impl DecisionTable {
         row.and_then(|row| self.field_slot(row, collection, field))
             .and_then(|slot| self.writes.get(slot).copied())
             .unwrap_or(false)
+    }
+
+    fn find_row(
+        &self,
+        row: Option<usize>,
+        collection: &Collection,
+        field: usize,
+        purpose: &str,
+    ) -> bool {
+        let n_purposes = self.purposes.len();
+        row.and_then(|row| self.field_slot(row, collection, field))
+            .zip(self.purpose_index.get(purpose))
+            .and_then(|(slot, &p)| self.finds.get(slot * n_purposes + p).copied())
+            .unwrap_or(false)
+    }
+
+    /// Whether a subject or role may find records by a field for a purpose; unknown names,
+    /// fields and purposes deny.
+    pub fn find_by_name(
+        &self,
+        name: &str,
+        collection: &Collection,
+        field: usize,
+        purpose: &str,
+    ) -> bool {
+        self.find_row(self.row(name), collection, field, purpose)
+    }
+
+    pub(super) fn may_find(
+        &self,
+        principal: &Principal,
+        collection: &Collection,
+        field: usize,
+        purpose: &Purpose,
+    ) -> bool {
+        self.find_row(
+            self.principal_row(principal),
+            collection,
+            field,
+            purpose.as_str(),
+        )
     }
 
     fn delete_row(&self, row: Option<usize>, collection: &Collection) -> bool {
@@ -302,6 +345,19 @@ impl DecisionTable {
                 .cloned()
                 .map(Escalation::SensitiveRead),
         );
+        // Finding records by a sensitive field (an SSN) tells who is a customer: a new grant
+        // of it is a widening like a read.
+        out.extend(
+            changes
+                .iter()
+                .filter(|c| {
+                    c.action == Action::Find
+                        && after.sensitive.contains(&c.object)
+                        && c.after == "allowed"
+                })
+                .cloned()
+                .map(Escalation::SensitiveRead),
+        );
         out
     }
 
@@ -333,6 +389,23 @@ impl DecisionTable {
                 .copied()
                 .unwrap_or(false);
             out.push((object.clone(), Action::Write, "*".into(), allowed_name(w)));
+        }
+        for (f, object) in self.objects.iter().enumerate() {
+            for (p, purpose) in self.purposes.iter().enumerate() {
+                let allowed = row
+                    .and_then(|r| {
+                        self.finds
+                            .get((r * self.objects.len() + f) * n_purposes + p)
+                    })
+                    .copied()
+                    .unwrap_or(false);
+                out.push((
+                    object.clone(),
+                    Action::Find,
+                    purpose.clone(),
+                    allowed_name(allowed),
+                ));
+            }
         }
         let n = self.collection_names.len();
         for (c, coll) in self.collection_names.iter().enumerate() {
@@ -498,16 +571,22 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
     let mut reads = vec![Decision::Denied; names.len() * n_objects * n_purposes];
     let mut writes = vec![false; names.len() * n_objects];
     let mut deletes = vec![false; names.len() * n_collections];
+    let mut finds = vec![false; names.len() * n_objects * n_purposes];
     // Per row: allow and deny marks per (action, object, purpose) cell.
     let cells = n_objects * n_purposes;
     for (row, name) in names.iter().enumerate() {
         let mut allow = vec![false; 4 * cells + n_collections * 2];
         let mut deny = allow.clone();
+        // Find marks per (object, purpose) cell, apart from the other actions'.
+        let mut find_allow = vec![false; cells];
+        let mut find_deny = find_allow.clone();
         let act_index = |a: Action| match a {
             Action::Read => 0,
             Action::ReadMasked => 1,
             Action::Write => 2,
             Action::Delete => 3,
+            // Find has marks of its own (`find_allow`, `find_deny`).
+            Action::Find => 4,
         };
         for (member, _) in reachable(name, &edges) {
             for rule in by_subject
@@ -525,6 +604,24 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                 else {
                     continue;
                 };
+                if *action == Action::Find {
+                    let marks = if *eft {
+                        &mut find_allow
+                    } else {
+                        &mut find_deny
+                    };
+                    for (o, obj) in objects.iter().enumerate() {
+                        if !object_matches(object, obj) {
+                            continue;
+                        }
+                        for (p, pur) in purposes.iter().enumerate() {
+                            if purpose == "*" || purpose == pur {
+                                marks[o * n_purposes + p] = true;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let marks = if *eft { &mut allow } else { &mut deny };
                 if *action == Action::Delete {
                     for (c, coll) in collection_names.iter().enumerate() {
@@ -542,7 +639,9 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                         let applies = match action {
                             // Writes are requested with purpose `*`: only `*` rules match.
                             Action::Write | Action::Delete => purpose == "*",
-                            Action::Read | Action::ReadMasked => purpose == "*" || purpose == pur,
+                            Action::Find | Action::Read | Action::ReadMasked => {
+                                purpose == "*" || purpose == pur
+                            }
                         };
                         if applies {
                             marks[act_index(*action) * cells + o * n_purposes + p] = true;
@@ -573,6 +672,9 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
             let i = 4 * cells + c;
             deletes[row * n_collections + c] = allow[i] && !deny[i];
         }
+        for cell in 0..cells {
+            finds[row * cells + cell] = find_allow[cell] && !find_deny[cell];
+        }
     }
     DecisionTable {
         version: text.version(),
@@ -587,6 +689,7 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
         reads,
         writes,
         deletes,
+        finds,
         sensitive,
         privileges: Privileges::compile(text),
     }
@@ -639,7 +742,9 @@ async fn cross_check(
         let ours = table.reads[row * cells_per_row + cell];
         let write_ours = table.writes[row * table.objects.len() + o];
         let write_casbin = p != 0 || allowed(name, object, Action::Write, "*") == write_ours;
-        if casbin != ours || !write_casbin {
+        let find_casbin =
+            allowed(name, object, Action::Find, purpose) == table.finds[row * cells_per_row + cell];
+        if casbin != ours || !write_casbin || !find_casbin {
             return Err(PolicyError::Model(format!(
                 "the compiled table disagrees with casbin for {name} on {object} for {purpose}; refusing the policy"
             )));
