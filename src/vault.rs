@@ -7,6 +7,7 @@
 //! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
 mod access;
+mod export;
 pub mod governance;
 mod header;
 mod keystore;
@@ -28,8 +29,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, AuditError, Call, Event, FieldOutcome},
-    crypto::{Dek, KeyProvider},
-    domain::{FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
+    crypto::{Dek, KeyProvider, Pseudonymizer},
+    domain::{FieldType, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
@@ -39,6 +40,8 @@ use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;
+
+pub use export::{ExportBatch, ExportEnd, RecordExport};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +149,7 @@ pub struct FieldView {
     pub name: String,
     /// How it is disclosed.
     pub decision: Decision,
-    /// The plaintext or masked value; `None` when denied.
+    /// The plaintext, masked or pseudonymized value; `None` when denied.
     pub value: Option<FieldValue>,
     /// Why the vault withheld a field the policy lets the caller read in plaintext (its
     /// subject's disclosure limit is spent; `decision` is then `Denied`): `None` for a field
@@ -211,6 +214,7 @@ pub struct Vault {
     locks: RecordLocks,
     purger: Purger,
     rotator: Arc<rotation::Rotator>,
+    pseudonyms: Pseudonymizer,
 }
 
 impl std::fmt::Debug for Vault {
@@ -262,6 +266,7 @@ impl Vault {
             Arc::clone(&key_store),
             Arc::clone(&audit),
         );
+        let pseudonyms = Pseudonymizer::new(Arc::clone(&provider));
         let keys = Arc::new(KeyStore::new(key_store, provider));
         let rotator = rotation::Rotator::start(Arc::clone(&keys), Arc::clone(&audit), rotation);
         Self {
@@ -276,6 +281,7 @@ impl Vault {
             limiter: Arc::default(),
             locks: RecordLocks::new(256),
             purger,
+            pseudonyms,
         }
     }
 
@@ -411,6 +417,24 @@ impl Vault {
     ) -> Result<RecordView, Error> {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
+        let (view, events) = self.read_record(principal, call, id, fields, purpose)?;
+        if !events.is_empty() {
+            // Fail closed: no data leaves unless its event is durable.
+            self.audit.commit(Batch::new(), events).await?;
+        }
+        Ok(view)
+    }
+
+    /// A read's answer and the audit events that must be durable before it is returned (the
+    /// caller commits them): `get` one record at a time, an export many in one commit.
+    fn read_record(
+        &self,
+        principal: &Principal,
+        call: &Call,
+        id: &RecordId,
+        fields: &[String],
+        purpose: &Purpose,
+    ) -> Result<(RecordView, Vec<Event>), Error> {
         let mut attempts = 0;
         let (loaded, permit, dek, mut ciphertexts) = loop {
             // Header and ciphertexts come from one snapshot: a concurrent update or shred is
@@ -492,7 +516,9 @@ impl Vault {
                     });
                     continue;
                 }
-                Decision::Masked | Decision::Plain => ciphertexts.remove(&field),
+                Decision::Masked | Decision::Plain | Decision::Pseudonym => {
+                    ciphertexts.remove(&field)
+                }
             };
             let (Some(dek), Some(envelope)) = (&dek, envelope) else {
                 continue;
@@ -500,6 +526,7 @@ impl Vault {
             let value = self.open(id, &loaded, dek, field, &envelope)?;
             let value = match decision {
                 Decision::Masked => FieldValue::from_stored(Zeroizing::new(value.mask(*ty))),
+                Decision::Pseudonym => self.pseudonym(collection, field, &value, purpose)?,
                 Decision::Denied | Decision::Plain => value,
             };
             shown.push(FieldView {
@@ -519,6 +546,7 @@ impl Vault {
                     Decision::Denied => "withheld",
                     Decision::Masked => "masked",
                     Decision::Plain => "plain",
+                    Decision::Pseudonym => "pseudonym",
                 };
                 (f, outcome)
             });
@@ -531,17 +559,60 @@ impl Vault {
                 ..call.event(principal)
             });
         }
-        if !events.is_empty() {
-            // Fail closed: no data leaves unless its event is durable.
-            self.audit.commit(Batch::new(), events).await?;
-        }
-        Ok(RecordView {
+        let view = RecordView {
             id: *id,
             collection: collection.name().as_str().to_owned(),
             version: loaded.header.version,
             fields: shown,
             policy_version: permit.policy_version(),
-        })
+        };
+        Ok((view, events))
+    }
+
+    /// The pseudonym of a field's value for `purpose`: a date generalized to its year, any
+    /// other type a keyed token over its normalized form (an email lowercased whole, so that
+    /// spellings of one address join).
+    fn pseudonym(
+        &self,
+        collection: &crate::domain::Collection,
+        field: usize,
+        value: &FieldValue,
+        purpose: &Purpose,
+    ) -> Result<FieldValue, Error> {
+        let (name, ty) = &collection.fields()[field];
+        let out = match ty {
+            FieldType::Date => value.expose().get(..4).unwrap_or_default().to_owned(),
+            FieldType::Email => {
+                let lower = Zeroizing::new(value.expose().to_lowercase());
+                self.token(collection, name.as_str(), &lower, purpose)?
+            }
+            FieldType::Address
+            | FieldType::CardNumber
+            | FieldType::Name
+            | FieldType::Phone
+            | FieldType::Ssn
+            | FieldType::String => {
+                self.token(collection, name.as_str(), value.expose(), purpose)?
+            }
+        };
+        Ok(FieldValue::from_stored(Zeroizing::new(out)))
+    }
+
+    fn token(
+        &self,
+        collection: &crate::domain::Collection,
+        field: &str,
+        value: &str,
+        purpose: &Purpose,
+    ) -> Result<String, Error> {
+        self.pseudonyms
+            .pseudonym(
+                purpose.as_str(),
+                collection.name().as_str(),
+                field,
+                value.as_bytes(),
+            )
+            .map_err(|e| Error::Unavailable(format!("the pseudonym key: {e}")))
     }
 
     /// Sets and clears fields; with `expected_version`, only if the record is at that version.

@@ -1,7 +1,7 @@
 //! The policy text: casbin CSV lines, parsed and validated before anything is applied.
 //!
 //! ```text
-//! p, <role or subject>, <collection>.<field | *>, <read | read_masked | write | delete>, <purpose | *>, <allow | deny>
+//! p, <role or subject>, <collection>.<field | *>, <read | read_masked | read_pseudonym | write | delete>, <purpose | *>, <allow | deny>
 //! p, <role or subject>, <policies | tokens | keys | audit>, <manage | read>, *, <allow | deny>
 //! g, <role or subject>, <role>
 //! ```
@@ -29,13 +29,21 @@ pub enum Action {
     Read,
     /// Read a field masked.
     ReadMasked,
+    /// Read a field as a pseudonym: a keyed token per purpose (a date: its year only).
+    ReadPseudonym,
     /// Set or clear a field.
     Write,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 4] = [Self::Delete, Self::Read, Self::ReadMasked, Self::Write];
+    pub const ALL: [Self; 5] = [
+        Self::Delete,
+        Self::Read,
+        Self::ReadMasked,
+        Self::ReadPseudonym,
+        Self::Write,
+    ];
 
     /// The action as written in policy lines.
     pub fn as_str(self) -> &'static str {
@@ -43,6 +51,7 @@ impl Action {
             Self::Delete => "delete",
             Self::Read => "read",
             Self::ReadMasked => "read_masked",
+            Self::ReadPseudonym => "read_pseudonym",
             Self::Write => "write",
         }
     }
@@ -287,7 +296,9 @@ fn parse_permission(
     let action = Action::parse(action).ok_or_else(|| {
         line_err(
             line,
-            format!("unknown action {action:?}: use read, read_masked, write or delete"),
+            format!(
+                "unknown action {action:?}: use read, read_masked, read_pseudonym, write or delete"
+            ),
         )
     })?;
     let (collection, field) = object.split_once('.').ok_or_else(|| {

@@ -598,7 +598,10 @@ impl Governance {
     ) -> Result<Explanation, Error> {
         require(&self.engine, by, Privilege::AdministerPolicies)?;
         let action = Action::parse(action)
-            .ok_or_else(|| InvalidInput::new("action", "use read, read_masked, write or delete"))?;
+            .ok_or_else(|| InvalidInput::new(
+                "action",
+                "use read, read_masked, read_pseudonym, write or delete",
+            ))?;
         self.engine
             .explain(name, action, object, purpose)
             .await
