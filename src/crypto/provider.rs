@@ -105,19 +105,6 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
 
     /// The signing key's public half.
     fn public_key(&self) -> PublicKey;
-
-    /// TEMPORARY stand-in for main's `derive_key` (reverted once "crypto: KeyProvider::derive_key"
-    /// is merged): a key for `label` from the signature of the label, so this branch builds.
-    ///
-    /// # Errors
-    /// `Provider` if the signer failed.
-    fn derive_key(&self, label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-        use sha2::Digest;
-        let sig = self.sign(label.as_bytes())?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(&sha2::Sha256::digest(sig.0));
-        Ok(key)
-    }
 }
 
 /// Checks an Ed25519 signature: what an auditor runs, offline, with the public key alone.
