@@ -371,6 +371,7 @@ mod tests {
                 "Records/GetRecord",
                 "Records/UpdateRecord",
                 "Records/DeleteRecord",
+                "Records/ExportRecords",
             ]
         );
         for service in [

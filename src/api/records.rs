@@ -27,12 +27,23 @@ type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportedRecord, Status>
 #[derive(Debug, Clone)]
 pub struct RecordsApi {
     vault: Arc<Vault>,
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RecordsApi {
     /// The service over a vault.
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+        Self {
+            vault,
+            stopping: None,
+        }
+    }
+
+    /// Exports end when `stopping` turns true, so that one never holds up shutdown.
+    #[must_use]
+    pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 }
 
@@ -191,8 +202,18 @@ impl Records for RecordsApi {
         let mut export = audited(self.vault.audit(), &principal, &call, known.clone(), begun).await?;
         let vault = Arc::clone(&self.vault);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Without a shutdown signal, one that never fires.
+        let (_never, never) = tokio::sync::watch::channel(false);
+        let mut stopping = self.stopping.clone().unwrap_or(never);
         tokio::spawn(async move {
+            let _never = _never;
             let end = loop {
+                if *stopping.borrow() {
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "the server is shutting down; the export stopped",
+                    )));
+                    break ExportEnd::ServerStopping;
+                }
                 // A token revoked (or expired) during a long export ends it between batches.
                 if token.check().is_err() {
                     let _ = tx
@@ -217,7 +238,7 @@ impl Records for RecordsApi {
                         return;
                     }
                 };
-                let mut gone = false;
+                let mut gone = None;
                 for (scanned, view) in batch.records {
                     let record = pb::ExportedRecord {
                         id: view.id.to_string(),
@@ -227,13 +248,23 @@ impl Records for RecordsApi {
                         scanned,
                         policy_version: view.policy_version,
                     };
-                    if tx.send(Ok(record)).await.is_err() {
-                        gone = true;
+                    tokio::select! {
+                        sent = tx.send(Ok(record)) => if sent.is_err() {
+                            gone = Some(ExportEnd::ClientGone);
+                        },
+                        _ = stopping.wait_for(|s| *s) => {
+                            let _ = tx.try_send(Err(Status::unavailable(
+                                "the server is shutting down; the export stopped",
+                            )));
+                            gone = Some(ExportEnd::ServerStopping);
+                        }
+                    }
+                    if gone.is_some() {
                         break;
                     }
                 }
-                if gone {
-                    break ExportEnd::ClientGone;
+                if let Some(end) = gone {
+                    break end;
                 }
                 if batch.done {
                     break ExportEnd::Completed;

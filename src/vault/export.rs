@@ -68,6 +68,8 @@ pub enum ExportEnd {
     Completed,
     /// The client went away (cancelled, disconnected) before the end.
     ClientGone,
+    /// The server began shutting down.
+    ServerStopping,
     /// The caller's token was revoked or expired during the export.
     TokenRevoked,
 }
@@ -241,6 +243,7 @@ impl Vault {
         let (result, how) = match end {
             ExportEnd::ClientGone => ("CANCELLED", "stopped: the client went away"),
             ExportEnd::Completed => ("OK", "completed"),
+            ExportEnd::ServerStopping => ("UNAVAILABLE", "stopped: the server is shutting down"),
             ExportEnd::TokenRevoked => ("UNAUTHENTICATED", "stopped: the token was revoked"),
         };
         let counts: Vec<String> = export
