@@ -405,11 +405,10 @@ pub async fn start_with_stores(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let records = RecordsServer::new(
-        RecordsApi::new(Arc::clone(&vault)).with_stopping(stopping.clone()),
-    )
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let records =
+        RecordsServer::new(RecordsApi::new(Arc::clone(&vault)).with_stopping(stopping.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let tokens_svc = TokensServer::new(TokensApi::new(
         Arc::clone(&tokens),
         Arc::clone(&policy),

@@ -191,7 +191,10 @@ impl Records for RecordsApi {
         let mut known = Known::default();
         let begun = async {
             check_count(req.fields.len(), self.vault.limits().max_fields, "fields")?;
-            let coll = self.vault.schema().collection(&req.collection, "collection")?;
+            let coll = self
+                .vault
+                .schema()
+                .collection(&req.collection, "collection")?;
             known.collection = coll.name().as_str().to_owned();
             let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
             known.purpose = purpose.as_str().to_owned();
@@ -199,7 +202,8 @@ impl Records for RecordsApi {
                 .begin_export(&principal, &req.collection, &req.fields, &purpose)
         }
         .await;
-        let mut export = audited(self.vault.audit(), &principal, &call, known.clone(), begun).await?;
+        let mut export =
+            audited(self.vault.audit(), &principal, &call, known.clone(), begun).await?;
         let vault = Arc::clone(&self.vault);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         // Without a shutdown signal, one that never fires.
@@ -229,11 +233,16 @@ impl Records for RecordsApi {
                 let batch = match batch {
                     Ok(batch) => batch,
                     Err(e) => {
-                        let status =
-                            audited(vault.audit(), &principal, &call, known.clone(), Err::<(), _>(e))
-                                .await
-                                .err()
-                                .unwrap_or_else(|| Status::internal("the export failed"));
+                        let status = audited(
+                            vault.audit(),
+                            &principal,
+                            &call,
+                            known.clone(),
+                            Err::<(), _>(e),
+                        )
+                        .await
+                        .err()
+                        .unwrap_or_else(|| Status::internal("the export failed"));
                         let _ = tx.send(Err(status)).await;
                         return;
                     }

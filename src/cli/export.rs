@@ -119,8 +119,13 @@ pub(super) async fn export(args: ExportArgs) -> Result<(), String> {
         .map_err(|e| write_err(e.into_error()))?
         .sync_all()
         .map_err(write_err)?;
-    std::fs::rename(&partial, &out)
-        .map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), out.display()))?;
+    std::fs::rename(&partial, &out).map_err(|e| {
+        format!(
+            "cannot rename {} to {}: {e}",
+            partial.display(),
+            out.display()
+        )
+    })?;
     let secs = started.elapsed().as_secs_f64();
     let by_field: Vec<String> = outcomes
         .iter()

@@ -175,7 +175,7 @@ impl Vault {
         };
         let mut events = Vec::with_capacity(page.len());
         for (key, header) in &page {
-            if !Header::decode(header).is_some_and(|h| h.collection == export.collection) {
+            if Header::decode(header).is_none_or(|h| h.collection != export.collection) {
                 continue;
             }
             let Ok(bytes) = <[u8; 16]>::try_from(key.as_slice()) else {

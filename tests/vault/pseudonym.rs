@@ -32,7 +32,10 @@ fn field_of<'a>(fields: &'a [pb::FieldResult], name: &str) -> (&'a str, Disclosu
         .iter()
         .find(|f| f.name == name)
         .unwrap_or_else(|| panic!("no field {name}"));
-    (f.value.as_str(), Disclosure::try_from(f.disclosure).unwrap())
+    (
+        f.value.as_str(),
+        Disclosure::try_from(f.disclosure).unwrap(),
+    )
 }
 
 async fn export(
@@ -68,11 +71,7 @@ async fn pseudonyms_are_stable_within_a_purpose_and_unlinkable_across_purposes_a
         ("address", "12 St James's Square, London"),
         ("notes", "ada.l@example.com"),
     ];
-    let a = create(
-        &mut admin,
-        plain.iter().map(|(n, v)| field(n, v)).collect(),
-    )
-    .await;
+    let a = create(&mut admin, plain.iter().map(|(n, v)| field(n, v)).collect()).await;
     // Another customer with the same address spelled otherwise: the same email token.
     let b = create(
         &mut admin,
@@ -97,7 +96,10 @@ async fn pseudonyms_are_stable_within_a_purpose_and_unlinkable_across_purposes_a
         field_of(&first.fields, "date_of_birth"),
         ("1987", Disclosure::Pseudonym)
     );
-    assert_eq!(field_of(&first.fields, "address"), ("", Disclosure::Withheld));
+    assert_eq!(
+        field_of(&first.fields, "address"),
+        ("", Disclosure::Withheld)
+    );
     assert_eq!(
         field_of(&first.fields, "card_number"),
         ("", Disclosure::Withheld)
@@ -116,7 +118,11 @@ async fn pseudonyms_are_stable_within_a_purpose_and_unlinkable_across_purposes_a
 
     let email = field_of(&first.fields, "email").0;
     let b_view = get(&mut analyst, &b, "analytics").await.unwrap();
-    assert_eq!(field_of(&b_view.fields, "email").0, email, "same email, same token");
+    assert_eq!(
+        field_of(&b_view.fields, "email").0,
+        email,
+        "same email, same token"
+    );
     assert_ne!(
         field_of(&b_view.fields, "name").0,
         field_of(&first.fields, "name").0
@@ -129,7 +135,10 @@ async fn pseudonyms_are_stable_within_a_purpose_and_unlinkable_across_purposes_a
     let (other, d) = field_of(&marketing.fields, "email");
     assert_eq!(d, Disclosure::Pseudonym);
     assert!(is_token(other) && other != email);
-    assert_eq!(field_of(&marketing.fields, "name"), ("", Disclosure::Withheld));
+    assert_eq!(
+        field_of(&marketing.fields, "name"),
+        ("", Disclosure::Withheld)
+    );
 
     // The export gives what the reads gave.
     let exported = export(&mut analyst, "analytics").await.unwrap();
@@ -175,7 +184,12 @@ async fn pseudonyms_are_stable_within_a_purpose_and_unlinkable_across_purposes_a
 }
 
 /// Runs `strongroom export` against the vault with `token`: (success, stdout + stderr).
-async fn cli_export(vault: &Vault, token: &str, purpose: &str, out: &std::path::Path) -> (bool, String) {
+async fn cli_export(
+    vault: &Vault,
+    token: &str,
+    purpose: &str,
+    out: &std::path::Path,
+) -> (bool, String) {
     let (addr, token, purpose, out) = (
         vault.addr(),
         token.to_owned(),
@@ -184,7 +198,14 @@ async fn cli_export(vault: &Vault, token: &str, purpose: &str, out: &std::path::
     );
     tokio::task::spawn_blocking(move || {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
-            .args(["export", "--collection", "customers", "--purpose", &purpose, "--out"])
+            .args([
+                "export",
+                "--collection",
+                "customers",
+                "--purpose",
+                &purpose,
+                "--out",
+            ])
             .arg(&out)
             .env("STRONGROOM_ADDR", addr)
             .env("STRONGROOM_TOKEN", token)
@@ -212,7 +233,10 @@ async fn the_cli_export_writes_what_the_policy_allows_and_the_audit_holds_no_val
     // Nothing of it is the analyst's to see: skipped.
     let hidden = create(
         &mut admin,
-        vec![field("address", "1 Hidden Lane, Leeds"), field("notes", "hidden note")],
+        vec![
+            field("address", "1 Hidden Lane, Leeds"),
+            field("notes", "hidden note"),
+        ],
     )
     .await;
     let token = vault.token("svc:analyst", &["role:analyst"]).await;
@@ -247,7 +271,9 @@ async fn the_cli_export_writes_what_the_policy_allows_and_the_audit_holds_no_val
             match d {
                 Disclosure::Pseudonym => assert_eq!(value.as_str(), Some(want), "{name}"),
                 Disclosure::Withheld => assert!(value.is_null(), "{name}"),
-                other => panic!("{name}: {other:?}"),
+                other @ (Disclosure::Masked | Disclosure::Plain | Disclosure::Unspecified) => {
+                    panic!("{name}: {other:?}")
+                }
             }
         }
         for name in ["name", "email", "phone", "ssn"] {
@@ -273,9 +299,15 @@ async fn the_cli_export_writes_what_the_policy_allows_and_the_audit_holds_no_val
         assert_eq!(field_of(&r.fields, "email").1, Disclosure::Plain);
         assert_eq!(field_of(&r.fields, "ssn"), ("", Disclosure::Withheld));
     }
-    assert_code(export(&mut marketing, "analytics").await, Code::PermissionDenied);
+    assert_code(
+        export(&mut marketing, "analytics").await,
+        Code::PermissionDenied,
+    );
     let mut writer = vault.as_role("role:writer").await;
-    assert_code(export(&mut writer, "analytics").await, Code::PermissionDenied);
+    assert_code(
+        export(&mut writer, "analytics").await,
+        Code::PermissionDenied,
+    );
     let analyst_token_for_support = cli_export(&vault, &token, "support", &out).await;
     assert!(!analyst_token_for_support.0);
     assert!(
@@ -308,7 +340,11 @@ async fn the_cli_export_writes_what_the_policy_allows_and_the_audit_holds_no_val
         "{}",
         summary[0].detail
     );
-    assert!(summary[0].detail.contains("email pseudonym 2"), "{}", summary[0].detail);
+    assert!(
+        summary[0].detail.contains("email pseudonym 2"),
+        "{}",
+        summary[0].detail
+    );
 
     // The raw audit log holds no value of an exported record and no token.
     let mut needles: Vec<String> = tokens;
@@ -321,7 +357,13 @@ async fn the_cli_export_writes_what_the_policy_allows_and_the_audit_holds_no_val
         ]);
     }
     needles.extend(
-        ["+442079460958", "123-45-6789", "1815-12-10", "4242424242424242"].map(String::from),
+        [
+            "+442079460958",
+            "123-45-6789",
+            "1815-12-10",
+            "4242424242424242",
+        ]
+        .map(String::from),
     );
     let audit: Vec<Vec<u8>> = vault
         .with_store(|store| {
@@ -344,7 +386,10 @@ async fn the_cli_export_writes_what_the_policy_allows_and_the_audit_holds_no_val
             found.insert(needle.clone(), hits);
         }
     }
-    assert!(found.is_empty(), "values or tokens in the audit log: {found:?}");
+    assert!(
+        found.is_empty(),
+        "values or tokens in the audit log: {found:?}"
+    );
 }
 
 /// A client that stops reading and goes away ends the export: the summary says so, and the
@@ -402,7 +447,11 @@ async fn an_export_stops_when_the_client_goes_away() {
     .await
     .expect("the export's summary event");
     assert_eq!(summary.result, "CANCELLED", "{}", summary.detail);
-    assert!(summary.detail.contains("the client went away"), "{}", summary.detail);
+    assert!(
+        summary.detail.contains("the client went away"),
+        "{}",
+        summary.detail
+    );
     let exported: u64 = summary
         .detail
         .split("stopped: the client went away: ")
