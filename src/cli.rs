@@ -1,12 +1,13 @@
-//! The command line: `serve`, the client commands (`token`, `record`, `policy`, `audit`, `keys`)
-//! that talk to a running server, and the offline checks (`audit verify --file`, `receipt
-//! verify`) that need only the public key. Readable output by default, `--json` for scripts.
+//! The command line: `serve`, the client commands (`token`, `record`, `export`, `policy`,
+//! `audit`, `keys`) that talk to a running server, and the offline checks (`audit verify
+//! --file`, `receipt verify`) that need only the public key. Readable output by default, `--json` for scripts.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
 mod audit;
+mod export;
 mod keys;
 mod policy;
 mod receipt;
@@ -20,6 +21,7 @@ use crate::{
     server,
 };
 use audit::{AuditCommand, audit};
+use export::{ExportArgs, export};
 use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
@@ -84,6 +86,9 @@ enum Command {
         #[command(subcommand)]
         command: RecordCommand,
     },
+    /// Export every record of a collection for a purpose to a JSON Lines file (e.g.
+    /// pseudonyms for analytics), with a progress bar.
+    Export(ExportArgs),
     /// Show, apply, diff, dry-run, explain and roll back role policies (security admins).
     Policy {
         #[command(subcommand)]
@@ -259,6 +264,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Token { command } => token(command).await,
         Command::Record { command } => record(command).await,
+        Command::Export(args) => export(args).await,
         Command::Policy { command } => policy(command).await,
         Command::Audit { command } => audit(command).await,
         Command::Keys { command } => keys(command).await,

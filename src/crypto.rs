@@ -11,6 +11,7 @@ mod keyring;
 mod keys;
 mod pkcs11;
 mod provider;
+mod pseudonym;
 mod public;
 
 pub use blind_index::{BlindIndex, IndexDigest, index_label};
@@ -21,6 +22,7 @@ pub use keyring::{KEYRING_FILE_NAME, Keyring, default_keyring_path};
 pub use keys::{Dek, DekId, WrappedDek};
 pub use pkcs11::{Pkcs11Config, Pkcs11Provider};
 pub use provider::{EpochId, KeyError, KeyProvider, PublicKey, Signature, verify_signature};
+pub use pseudonym::{PSEUDONYM_PREFIX, Pseudonymizer};
 
 /// A crypto failure. Deliberately opaque: it says nothing about which check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

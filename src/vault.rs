@@ -7,6 +7,7 @@
 //! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
 mod access;
+mod export;
 mod find;
 pub mod governance;
 mod header;
@@ -30,8 +31,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, AuditError, Call, Event, FieldOutcome},
-    crypto::{BlindIndex, Dek, KeyProvider},
-    domain::{FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
+    crypto::{BlindIndex, Dek, KeyProvider, Pseudonymizer},
+    domain::{FieldType, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
@@ -42,6 +43,8 @@ use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;
+
+pub use export::{ExportBatch, ExportEnd, RecordExport};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +152,7 @@ pub struct FieldView {
     pub name: String,
     /// How it is disclosed.
     pub decision: Decision,
-    /// The plaintext or masked value; `None` when denied.
+    /// The plaintext, masked or pseudonymized value; `None` when denied.
     pub value: Option<FieldValue>,
     /// Why the vault withheld a field the policy lets the caller read in plaintext (its
     /// subject's disclosure limit is spent; `decision` is then `Denied`): `None` for a field
@@ -215,6 +218,7 @@ pub struct Vault {
     locks: RecordLocks,
     purger: Purger,
     rotator: Arc<rotation::Rotator>,
+    pseudonyms: Pseudonymizer,
 }
 
 impl std::fmt::Debug for Vault {
@@ -267,6 +271,7 @@ impl Vault {
             Arc::clone(&audit),
         );
         let index = BlindIndex::new(Arc::clone(&provider));
+        let pseudonyms = Pseudonymizer::new(Arc::clone(&provider));
         let keys = Arc::new(KeyStore::new(key_store, provider));
         let rotator = rotation::Rotator::start(Arc::clone(&keys), Arc::clone(&audit), rotation);
         Self {
@@ -282,6 +287,7 @@ impl Vault {
             limiter: Arc::default(),
             locks: RecordLocks::new(256),
             purger,
+            pseudonyms,
         }
     }
 
@@ -412,9 +418,7 @@ impl Vault {
     ) -> Result<RecordView, Error> {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
-        let (view, events) = self
-            .read_record(principal, call, id, fields, purpose)
-            .await?;
+        let (view, events) = self.read_record(principal, call, id, fields, purpose)?;
         if !events.is_empty() {
             // Fail closed: no data leaves unless its event is durable.
             self.audit.commit(Batch::new(), events).await?;
@@ -422,9 +426,9 @@ impl Vault {
         Ok(view)
     }
 
-    /// One record's read, as `get` does it, with the audit events it owes (the caller commits
-    /// them before anything leaves).
-    async fn read_record(
+    /// A read's answer and the audit events that must be durable before it is returned (the
+    /// caller commits them): `get` one record at a time, an export many in one commit.
+    fn read_record(
         &self,
         principal: &Principal,
         call: &Call,
@@ -513,7 +517,9 @@ impl Vault {
                     });
                     continue;
                 }
-                Decision::Masked | Decision::Plain => ciphertexts.remove(&field),
+                Decision::Masked | Decision::Plain | Decision::Pseudonym => {
+                    ciphertexts.remove(&field)
+                }
             };
             let (Some(dek), Some(envelope)) = (&dek, envelope) else {
                 continue;
@@ -521,6 +527,7 @@ impl Vault {
             let value = self.open(id, &loaded, dek, field, &envelope)?;
             let value = match decision {
                 Decision::Masked => FieldValue::from_stored(Zeroizing::new(value.mask(*ty))),
+                Decision::Pseudonym => self.pseudonym(collection, field, &value, purpose)?,
                 Decision::Denied | Decision::Plain => value,
             };
             shown.push(FieldView {
@@ -540,6 +547,7 @@ impl Vault {
                     Decision::Denied => "withheld",
                     Decision::Masked => "masked",
                     Decision::Plain => "plain",
+                    Decision::Pseudonym => "pseudonym",
                 };
                 (f, outcome)
             });
@@ -560,6 +568,52 @@ impl Vault {
             policy_version: permit.policy_version(),
         };
         Ok((view, events))
+    }
+
+    /// The pseudonym of a field's value for `purpose`: a date generalized to its year, any
+    /// other type a keyed token over its normalized form (an email lowercased whole, so that
+    /// spellings of one address join).
+    fn pseudonym(
+        &self,
+        collection: &crate::domain::Collection,
+        field: usize,
+        value: &FieldValue,
+        purpose: &Purpose,
+    ) -> Result<FieldValue, Error> {
+        let (name, ty) = &collection.fields()[field];
+        let out = match ty {
+            FieldType::Date => value.expose().get(..4).unwrap_or_default().to_owned(),
+            FieldType::Email => {
+                let lower = Zeroizing::new(value.expose().to_lowercase());
+                self.token(collection, name.as_str(), &lower, purpose)?
+            }
+            FieldType::Address
+            | FieldType::CardNumber
+            | FieldType::Name
+            | FieldType::Phone
+            | FieldType::Ssn
+            | FieldType::String => {
+                self.token(collection, name.as_str(), value.expose(), purpose)?
+            }
+        };
+        Ok(FieldValue::from_stored(Zeroizing::new(out)))
+    }
+
+    fn token(
+        &self,
+        collection: &crate::domain::Collection,
+        field: &str,
+        value: &str,
+        purpose: &Purpose,
+    ) -> Result<String, Error> {
+        self.pseudonyms
+            .pseudonym(
+                purpose.as_str(),
+                collection.name().as_str(),
+                field,
+                value.as_bytes(),
+            )
+            .map_err(|e| Error::Unavailable(format!("the pseudonym key: {e}")))
     }
 
     /// Sets and clears fields; with `expected_version`, only if the record is at that version.

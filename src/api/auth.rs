@@ -372,6 +372,7 @@ mod tests {
                 "Records/UpdateRecord",
                 "Records/DeleteRecord",
                 "Records/FindRecords",
+                "Records/ExportRecords",
             ]
         );
         for service in [

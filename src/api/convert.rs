@@ -108,6 +108,7 @@ impl From<Decision> for pb::Disclosure {
             Decision::Denied => Self::Withheld,
             Decision::Masked => Self::Masked,
             Decision::Plain => Self::Plain,
+            Decision::Pseudonym => Self::Pseudonym,
         }
     }
 }
@@ -125,7 +126,7 @@ pub(super) fn field_result(
             "withheld: no rule lets {roles} read {collection}.{} for purpose {purpose}",
             view.name
         ),
-        (Decision::Masked | Decision::Plain, _) => String::new(),
+        (Decision::Masked | Decision::Plain | Decision::Pseudonym, _) => String::new(),
     };
     pb::FieldResult {
         name: view.name,
@@ -135,6 +136,20 @@ pub(super) fn field_result(
             .map(|v| v.expose().to_owned())
             .unwrap_or_default(),
         reason,
+    }
+}
+
+/// One field of an exported record: as `field_result`, but a field the policy withholds (from
+/// every record alike) carries no per-record reason.
+pub(super) fn exported_field(view: FieldView) -> pb::FieldResult {
+    pb::FieldResult {
+        name: view.name,
+        disclosure: pb::Disclosure::from(view.decision).into(),
+        value: view
+            .value
+            .map(|v| v.expose().to_owned())
+            .unwrap_or_default(),
+        reason: view.withheld_reason.unwrap_or_default(),
     }
 }
 

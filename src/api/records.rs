@@ -1,37 +1,56 @@
 //! The `Records` service: parses requests, calls the vault, shapes responses. Every call ends
 //! in exactly one audit event: the vault's on success, a failure event otherwise.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    auth::principal,
-    convert::{check_count, field_inputs, field_result},
+    auth::{credential, principal},
+    convert::{check_count, exported_field, field_inputs, field_result},
     pb::{self, records_server::Records},
     status::{Known, audited},
 };
 use crate::{
     audit::Call,
     domain::RecordId,
-    vault::{FindQuery, RecordView, Vault},
+    vault::{ExportEnd, FindQuery, RecordView, Vault},
 };
+
+/// Records read per batch of an export: one audit commit (one fsync) per batch.
+const EXPORT_BATCH: usize = 256;
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportedRecord, Status>> + Send>>;
 
 /// The `Records` gRPC service.
 #[derive(Debug, Clone)]
 pub struct RecordsApi {
     vault: Arc<Vault>,
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RecordsApi {
     /// The service over a vault.
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+        Self {
+            vault,
+            stopping: None,
+        }
+    }
+
+    /// Exports end when `stopping` turns true, so that one never holds up shutdown.
+    #[must_use]
+    pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 }
 
 #[tonic::async_trait]
 impl Records for RecordsApi {
+    type ExportRecordsStream = ExportStream;
+
     async fn create_record(
         &self,
         request: Request<pb::CreateRecordRequest>,
@@ -193,6 +212,114 @@ impl Records for RecordsApi {
         Ok(Response::new(pb::DeleteRecordResponse {
             receipt: Some(receipt.into()),
         }))
+    }
+
+    async fn export_records(
+        &self,
+        request: Request<pb::ExportRecordsRequest>,
+    ) -> Result<Response<Self::ExportRecordsStream>, Status> {
+        let principal = principal(&request)?;
+        let token = credential(&request)?;
+        let call = Call::new("Records/ExportRecords");
+        let req = request.into_inner();
+        let mut known = Known::default();
+        let begun = async {
+            check_count(req.fields.len(), self.vault.limits().max_fields, "fields")?;
+            let coll = self
+                .vault
+                .schema()
+                .collection(&req.collection, "collection")?;
+            known.collection = coll.name().as_str().to_owned();
+            let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
+            known.purpose = purpose.as_str().to_owned();
+            self.vault
+                .begin_export(&principal, &req.collection, &req.fields, &purpose)
+        }
+        .await;
+        let mut export =
+            audited(self.vault.audit(), &principal, &call, known.clone(), begun).await?;
+        let vault = Arc::clone(&self.vault);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Without a shutdown signal, one that never fires.
+        let (_never, never) = tokio::sync::watch::channel(false);
+        let mut stopping = self.stopping.clone().unwrap_or(never);
+        tokio::spawn(async move {
+            let _never = _never;
+            let end = loop {
+                if *stopping.borrow() {
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "the server is shutting down; the export stopped",
+                    )));
+                    break ExportEnd::ServerStopping;
+                }
+                // A token revoked (or expired) during a long export ends it between batches.
+                if token.check().is_err() {
+                    let _ = tx
+                        .send(Err(Status::unauthenticated(
+                            "the caller's token was revoked or has expired",
+                        )))
+                        .await;
+                    break ExportEnd::TokenRevoked;
+                }
+                let batch = vault
+                    .export_batch(&principal, &call, &mut export, EXPORT_BATCH)
+                    .await;
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let status = audited(
+                            vault.audit(),
+                            &principal,
+                            &call,
+                            known.clone(),
+                            Err::<(), _>(e),
+                        )
+                        .await
+                        .err()
+                        .unwrap_or_else(|| Status::internal("the export failed"));
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let mut gone = None;
+                for (scanned, view) in batch.records {
+                    let record = pb::ExportedRecord {
+                        id: view.id.to_string(),
+                        version: view.version,
+                        fields: view.fields.into_iter().map(exported_field).collect(),
+                        total: export.total(),
+                        scanned,
+                        policy_version: view.policy_version,
+                    };
+                    tokio::select! {
+                        sent = tx.send(Ok(record)) => if sent.is_err() {
+                            gone = Some(ExportEnd::ClientGone);
+                        },
+                        _ = stopping.wait_for(|s| *s) => {
+                            let _ = tx.try_send(Err(Status::unavailable(
+                                "the server is shutting down; the export stopped",
+                            )));
+                            gone = Some(ExportEnd::ServerStopping);
+                        }
+                    }
+                    if gone.is_some() {
+                        break;
+                    }
+                }
+                if let Some(end) = gone {
+                    break end;
+                }
+                if batch.done {
+                    break ExportEnd::Completed;
+                }
+            };
+            if let Err(e) = vault.finish_export(&principal, &call, &export, end).await {
+                tracing::error!(request_id = %call.request_id, error = %e, "the summary event of an export was not recorded");
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 

@@ -113,11 +113,12 @@ fn pairs(items: &[String], flag: &str) -> Result<Vec<pb::Field>, String> {
         .collect()
 }
 
-fn disclosure_name(d: i32) -> &'static str {
+pub(super) fn disclosure_name(d: i32) -> &'static str {
     match pb::Disclosure::try_from(d) {
         Ok(pb::Disclosure::Plain) => "plain",
         Ok(pb::Disclosure::Masked) => "masked",
         Ok(pb::Disclosure::Withheld) => "withheld",
+        Ok(pb::Disclosure::Pseudonym) => "pseudonym",
         Ok(pb::Disclosure::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -144,6 +145,9 @@ fn print_record(reply: &pb::GetRecordResponse) {
             Ok(pb::Disclosure::Plain) => println!("  {:width$}  {}", f.name, f.value),
             Ok(pb::Disclosure::Masked) => {
                 println!("  {:width$}  {}  (masked)", f.name, f.value)
+            }
+            Ok(pb::Disclosure::Pseudonym) => {
+                println!("  {:width$}  {}  (pseudonym)", f.name, f.value)
             }
             Ok(pb::Disclosure::Withheld | pb::Disclosure::Unspecified) | Err(_) => {
                 println!("  {:width$}  -  ({})", f.name, f.reason);

@@ -36,6 +36,10 @@ m = g(r.sub, p.sub) && keyMatch(r.obj, p.obj) && r.act == p.act && (p.pur == \"*
 const FULL_CHECK_CELLS: usize = 4096;
 /// How many cells the sample holds.
 const SAMPLE_CELLS: usize = 48;
+/// Blocks of per-cell allow/deny marks in a row's scratch: one per action that has cells
+/// (read, read_masked, write, delete's unused block, read_pseudonym, find); the per-collection
+/// delete marks follow them.
+const ACTION_BLOCKS: usize = 6;
 
 fn normalized(model: &str) -> Vec<String> {
     model
@@ -110,7 +114,7 @@ pub enum Escalation {
         /// The privilege it would gain.
         privilege: Privilege,
     },
-    /// A read of a sensitive field would move up Denied -> Masked -> Plain.
+    /// A read of a sensitive field would move up Denied -> Pseudonym -> Masked -> Plain.
     SensitiveRead(DecisionChange),
 }
 
@@ -137,7 +141,8 @@ pub struct DecisionChange {
     pub principal: String,
     /// `collection.field` (or `collection.*` for deletes).
     pub object: String,
-    /// The action: `read` (plain/masked/denied), `write`, `delete` or `find` (allowed/denied).
+    /// The action: `read` (plain/masked/pseudonym/denied), `write`, `delete` or `find`
+    /// (allowed/denied).
     pub action: Action,
     /// The purpose, `*` for writes and deletes.
     pub purpose: String,
@@ -148,11 +153,21 @@ pub struct DecisionChange {
 }
 
 fn decision_name(d: Decision) -> &'static str {
-    match d {
-        Decision::Denied => "denied",
-        Decision::Masked => "masked",
-        Decision::Plain => "plain",
-    }
+    d.name()
+}
+
+/// How much a read decision named in a `DecisionChange` discloses (`Decision::rank`); write and
+/// delete names rank 0.
+fn rank_of_name(name: &str) -> u8 {
+    [
+        Decision::Denied,
+        Decision::Masked,
+        Decision::Plain,
+        Decision::Pseudonym,
+    ]
+    .into_iter()
+    .find(|d| d.name() == name)
+    .map_or(0, Decision::rank)
 }
 
 fn allowed_name(b: bool) -> &'static str {
@@ -329,18 +344,13 @@ impl DecisionTable {
                 }
             }
         }
-        let rank = |d: &str| match d {
-            "plain" => 2,
-            "masked" => 1,
-            _ => 0,
-        };
         out.extend(
             changes
                 .iter()
                 .filter(|c| {
                     c.action == Action::Read
                         && after.sensitive.contains(&c.object)
-                        && rank(c.after) > rank(c.before)
+                        && rank_of_name(c.after) > rank_of_name(c.before)
                 })
                 .cloned()
                 .map(Escalation::SensitiveRead),
@@ -575,18 +585,15 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
     // Per row: allow and deny marks per (action, object, purpose) cell.
     let cells = n_objects * n_purposes;
     for (row, name) in names.iter().enumerate() {
-        let mut allow = vec![false; 4 * cells + n_collections * 2];
+        let mut allow = vec![false; ACTION_BLOCKS * cells + n_collections * 2];
         let mut deny = allow.clone();
-        // Find marks per (object, purpose) cell, apart from the other actions'.
-        let mut find_allow = vec![false; cells];
-        let mut find_deny = find_allow.clone();
         let act_index = |a: Action| match a {
             Action::Read => 0,
             Action::ReadMasked => 1,
             Action::Write => 2,
             Action::Delete => 3,
-            // Find has marks of its own (`find_allow`, `find_deny`).
-            Action::Find => 4,
+            Action::ReadPseudonym => 4,
+            Action::Find => 5,
         };
         for (member, _) in reachable(name, &edges) {
             for rule in by_subject
@@ -604,29 +611,11 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                 else {
                     continue;
                 };
-                if *action == Action::Find {
-                    let marks = if *eft {
-                        &mut find_allow
-                    } else {
-                        &mut find_deny
-                    };
-                    for (o, obj) in objects.iter().enumerate() {
-                        if !object_matches(object, obj) {
-                            continue;
-                        }
-                        for (p, pur) in purposes.iter().enumerate() {
-                            if purpose == "*" || purpose == pur {
-                                marks[o * n_purposes + p] = true;
-                            }
-                        }
-                    }
-                    continue;
-                }
                 let marks = if *eft { &mut allow } else { &mut deny };
                 if *action == Action::Delete {
                     for (c, coll) in collection_names.iter().enumerate() {
                         if object_matches(object, &format!("{coll}.*")) {
-                            marks[4 * cells + c] = true;
+                            marks[ACTION_BLOCKS * cells + c] = true;
                         }
                     }
                     continue;
@@ -639,9 +628,10 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                         let applies = match action {
                             // Writes are requested with purpose `*`: only `*` rules match.
                             Action::Write | Action::Delete => purpose == "*",
-                            Action::Find | Action::Read | Action::ReadMasked => {
-                                purpose == "*" || purpose == pur
-                            }
+                            Action::Find
+                            | Action::Read
+                            | Action::ReadMasked
+                            | Action::ReadPseudonym => purpose == "*" || purpose == pur,
                         };
                         if applies {
                             marks[act_index(*action) * cells + o * n_purposes + p] = true;
@@ -661,6 +651,8 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                     Decision::Plain
                 } else if granted(Action::ReadMasked, cell) {
                     Decision::Masked
+                } else if granted(Action::ReadPseudonym, cell) {
+                    Decision::Pseudonym
                 } else {
                     Decision::Denied
                 };
@@ -669,11 +661,11 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
             writes[row * n_objects + o] = n_purposes > 0 && granted(Action::Write, o * n_purposes);
         }
         for c in 0..n_collections {
-            let i = 4 * cells + c;
+            let i = ACTION_BLOCKS * cells + c;
             deletes[row * n_collections + c] = allow[i] && !deny[i];
         }
         for cell in 0..cells {
-            finds[row * cells + cell] = find_allow[cell] && !find_deny[cell];
+            finds[row * cells + cell] = granted(Action::Find, cell);
         }
     }
     DecisionTable {
@@ -736,6 +728,8 @@ async fn cross_check(
             Decision::Plain
         } else if allowed(name, object, Action::ReadMasked, purpose) {
             Decision::Masked
+        } else if allowed(name, object, Action::ReadPseudonym, purpose) {
+            Decision::Pseudonym
         } else {
             Decision::Denied
         };
@@ -808,6 +802,56 @@ mod tests {
         assert!(check_model(&allow_by_default).is_err());
         let any_object = shipped.replace("keyMatch(r.obj, p.obj)", "true");
         assert!(check_model(&any_object).is_err());
+    }
+
+    /// A sensitive read that widens along Denied < Pseudonym < Masked < Plain needs a second
+    /// approver; one that narrows does not.
+    #[test]
+    fn pseudonym_ranks_between_denied_and_masked_in_escalations() {
+        let schema = Schema::parse(
+            r#"purposes = ["analytics"]
+[collections.customers]
+fields = [{ name = "ssn", type = "ssn", sensitive = true }]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let table = |action: &str| {
+            let text = if action.is_empty() {
+                "g, role:a, role:b\n".to_owned()
+            } else {
+                format!("p, role:a, customers.ssn, {action}, analytics, allow\n")
+            };
+            let text = PolicyText::parse(&text, &schema, 1).unwrap_or_else(|e| panic!("{e}"));
+            build(&text, &schema, &[])
+        };
+        let order = ["", "read_pseudonym", "read_masked", "read"];
+        let coll = schema
+            .collection("customers", "c")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let decisions: Vec<Decision> = order
+            .iter()
+            .map(|a| table(a).read_by_name("role:a", coll, 0, "analytics"))
+            .collect();
+        assert_eq!(
+            decisions,
+            [
+                Decision::Denied,
+                Decision::Pseudonym,
+                Decision::Masked,
+                Decision::Plain
+            ]
+        );
+        assert!(decisions.windows(2).all(|w| w[0] < w[1]));
+        for (i, before) in order.iter().enumerate() {
+            for (j, after) in order.iter().enumerate() {
+                let (before, after) = (table(before), table(after));
+                let changes = before.changes_to(&after);
+                let escalates = before
+                    .escalations_to(&after, &changes)
+                    .iter()
+                    .any(|e| matches!(e, Escalation::SensitiveRead(_)));
+                assert_eq!(escalates, j > i, "{} -> {}", order[i], order[j]);
+            }
+        }
     }
 
     #[test]

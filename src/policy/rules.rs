@@ -1,7 +1,7 @@
 //! The policy text: casbin CSV lines, parsed and validated before anything is applied.
 //!
 //! ```text
-//! p, <role or subject>, <collection>.<field | *>, <read | read_masked | write | delete | find>, <purpose | *>, <allow | deny>
+//! p, <role or subject>, <collection>.<field | *>, <read | read_masked | read_pseudonym | write | delete | find>, <purpose | *>, <allow | deny>
 //! p, <role or subject>, <policies | tokens | keys | audit>, <manage | read>, *, <allow | deny>
 //! g, <role or subject>, <role>
 //! ```
@@ -31,17 +31,20 @@ pub enum Action {
     Read,
     /// Read a field masked.
     ReadMasked,
+    /// Read a field as a pseudonym: a keyed token per purpose (a date: its year only).
+    ReadPseudonym,
     /// Set or clear a field.
     Write,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Delete,
         Self::Find,
         Self::Read,
         Self::ReadMasked,
+        Self::ReadPseudonym,
         Self::Write,
     ];
 
@@ -52,6 +55,7 @@ impl Action {
             Self::Find => "find",
             Self::Read => "read",
             Self::ReadMasked => "read_masked",
+            Self::ReadPseudonym => "read_pseudonym",
             Self::Write => "write",
         }
     }
@@ -296,7 +300,10 @@ fn parse_permission(
     let action = Action::parse(action).ok_or_else(|| {
         line_err(
             line,
-            format!("unknown action {action:?}: use read, read_masked, write, delete or find"),
+            format!(
+                "unknown action {action:?}: use read, read_masked, read_pseudonym, write, delete \
+                 or find"
+            ),
         )
     })?;
     let (collection, field) = object.split_once('.').ok_or_else(|| {

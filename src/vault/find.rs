@@ -81,7 +81,7 @@ impl Vault {
         let mut records = Vec::with_capacity(found.ids.len());
         let mut events = Vec::new();
         for id in &found.ids {
-            match self.read_record(principal, call, id, fields, purpose).await {
+            match self.read_record(principal, call, id, fields, purpose) {
                 Ok((view, owed)) => {
                     records.push(view);
                     events.extend(owed);
