@@ -17,6 +17,7 @@ pub mod receipt;
 mod reconcile;
 pub mod rotation;
 mod sealed;
+pub mod subject;
 pub mod tokens;
 
 use std::{
@@ -88,6 +89,9 @@ pub enum Error {
     /// Storage failed; nothing was acknowledged.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The request needs something this build does not have yet.
+    #[error("unimplemented: {0}")]
+    Unimplemented(&'static str),
 }
 
 impl From<StoreError> for Error {

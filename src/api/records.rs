@@ -11,7 +11,11 @@ use super::{
     pb::{self, records_server::Records},
     status::{Known, audited},
 };
-use crate::{audit::Call, domain::RecordId, vault::Vault};
+use crate::{
+    audit::Call,
+    domain::{InvalidInput, Principal, RecordId},
+    vault::{Error, Vault, subject},
+};
 
 /// The `Records` gRPC service.
 #[derive(Debug, Clone)]
@@ -23,6 +27,57 @@ impl RecordsApi {
     /// The service over a vault.
     pub fn new(vault: Arc<Vault>) -> Self {
         Self { vault }
+    }
+}
+
+/// Whose records a subject request names.
+enum SubjectRef {
+    Id(String),
+    Lookup(pb::Lookup),
+}
+
+impl From<pb::export_subject_request::Subject> for SubjectRef {
+    fn from(s: pb::export_subject_request::Subject) -> Self {
+        match s {
+            pb::export_subject_request::Subject::Lookup(l) => Self::Lookup(l),
+            pb::export_subject_request::Subject::RecordId(id) => Self::Id(id),
+        }
+    }
+}
+
+impl From<pb::erase_subject_request::Subject> for SubjectRef {
+    fn from(s: pb::erase_subject_request::Subject) -> Self {
+        match s {
+            pb::erase_subject_request::Subject::Lookup(l) => Self::Lookup(l),
+            pb::erase_subject_request::Subject::RecordId(id) => Self::Id(id),
+        }
+    }
+}
+
+impl RecordsApi {
+    /// The record ids a subject request names: the one id given, or every record a lookup
+    /// finds.
+    ///
+    /// THE ONE PLACE a lookup is resolved. Until the blind index is merged it answers
+    /// UNIMPLEMENTED; the lead wires it to `Vault::lookup_ids(principal, collection, field,
+    /// value, subject_access)`.
+    async fn resolve_subject(
+        &self,
+        _principal: &Principal,
+        subject: Option<SubjectRef>,
+        known: &mut Known,
+    ) -> Result<Vec<RecordId>, Error> {
+        match subject {
+            Some(SubjectRef::Id(id)) => {
+                let id = RecordId::parse(&id, "record_id")?;
+                known.record_id = id.to_string();
+                Ok(vec![id])
+            }
+            Some(SubjectRef::Lookup(_lookup)) => {
+                Err(Error::Unimplemented("lookup needs the blind index"))
+            }
+            None => Err(InvalidInput::new("subject", "give a record_id or a lookup").into()),
+        }
     }
 }
 
@@ -154,6 +209,77 @@ impl Records for RecordsApi {
         let receipt = audited(self.vault.audit(), &principal, &call, known, result).await?;
         Ok(Response::new(pb::DeleteRecordResponse {
             receipt: Some(receipt.into()),
+        }))
+    }
+
+    async fn export_subject(
+        &self,
+        request: Request<pb::ExportSubjectRequest>,
+    ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
+        let principal = principal(&request)?;
+        let call = Call::new("Records/ExportSubject");
+        let req = request.into_inner();
+        let mut known = Known {
+            purpose: subject::SUBJECT_ACCESS.to_owned(),
+            ..Known::default()
+        };
+        let result = async {
+            let ids = self
+                .resolve_subject(&principal, req.subject.map(SubjectRef::from), &mut known)
+                .await?;
+            self.vault.export_subject(&principal, &call, &ids).await
+        }
+        .await;
+        let export = audited(self.vault.audit(), &principal, &call, known, result).await?;
+        Ok(Response::new(pb::ExportSubjectResponse {
+            document: export.signed.document,
+            signature: export.signed.signature,
+            record_ids: export.ids.iter().map(RecordId::to_string).collect(),
+        }))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<pb::EraseSubjectRequest>,
+    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+        let principal = principal(&request)?;
+        let call = Call::new("Records/EraseSubject");
+        let req = request.into_inner();
+        let mut known = Known::default();
+        let result = async {
+            let ids = self
+                .resolve_subject(&principal, req.subject.map(SubjectRef::from), &mut known)
+                .await?;
+            self.vault
+                .erase_subject(&principal, &call, &ids, req.wait_for_purge)
+                .await
+        }
+        .await;
+        let erasure = audited(self.vault.audit(), &principal, &call, known, result).await?;
+        let mut not_erased = Vec::with_capacity(erasure.not_erased.len());
+        for (id, e) in erasure.not_erased {
+            let reason = subject::not_erased_reason(&e);
+            // Each id not erased gets the event of a failed call, like a failed DeleteRecord.
+            let known = Known {
+                record_id: id.to_string(),
+                ..Known::default()
+            };
+            let _refused =
+                audited::<()>(self.vault.audit(), &principal, &call, known, Err(e)).await;
+            not_erased.push(pb::NotErased {
+                id: id.to_string(),
+                reason,
+            });
+        }
+        let (signed_document, signature) = erasure
+            .signed
+            .map(|s| (s.document, s.signature))
+            .unwrap_or_default();
+        Ok(Response::new(pb::EraseSubjectResponse {
+            erased: erasure.erased.into_iter().map(Into::into).collect(),
+            not_erased,
+            signed_document,
+            signature,
         }))
     }
 }

@@ -36,6 +36,7 @@ pub fn to_status(e: Error, request_id: &str) -> Status {
                 "storage or audit log unavailable; nothing was returned or written (request id {request_id})"
             ))
         }
+        Error::Unimplemented(what) => Status::unimplemented(what),
     }
 }
 
