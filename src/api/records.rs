@@ -33,6 +33,7 @@ impl RecordsApi {
 /// Whose records a subject request names.
 enum SubjectRef {
     Id(String),
+    Ids(Vec<String>),
     Lookup(pb::Lookup),
 }
 
@@ -41,6 +42,7 @@ impl From<pb::export_subject_request::Subject> for SubjectRef {
         match s {
             pb::export_subject_request::Subject::Lookup(l) => Self::Lookup(l),
             pb::export_subject_request::Subject::RecordId(id) => Self::Id(id),
+            pb::export_subject_request::Subject::RecordIds(ids) => Self::Ids(ids.ids),
         }
     }
 }
@@ -50,13 +52,13 @@ impl From<pb::erase_subject_request::Subject> for SubjectRef {
         match s {
             pb::erase_subject_request::Subject::Lookup(l) => Self::Lookup(l),
             pb::erase_subject_request::Subject::RecordId(id) => Self::Id(id),
+            pb::erase_subject_request::Subject::RecordIds(ids) => Self::Ids(ids.ids),
         }
     }
 }
 
 impl RecordsApi {
-    /// The record ids a subject request names: the one id given, or every record a lookup
-    /// finds.
+    /// The record ids a subject request names: the ids given, or every record a lookup finds.
     ///
     /// THE ONE PLACE a lookup is resolved. Until the blind index is merged it answers
     /// UNIMPLEMENTED; the lead wires it to `Vault::lookup_ids(principal, collection, field,
@@ -73,10 +75,19 @@ impl RecordsApi {
                 known.record_id = id.to_string();
                 Ok(vec![id])
             }
+            Some(SubjectRef::Ids(ids)) => {
+                check_count(ids.len(), self.vault.limits().max_fields, "record_ids")?;
+                ids.iter()
+                    .enumerate()
+                    .map(|(i, id)| Ok(RecordId::parse(id, &format!("record_ids[{i}]"))?))
+                    .collect()
+            }
             Some(SubjectRef::Lookup(_lookup)) => {
                 Err(Error::Unimplemented("lookup needs the blind index"))
             }
-            None => Err(InvalidInput::new("subject", "give a record_id or a lookup").into()),
+            None => {
+                Err(InvalidInput::new("subject", "give a record_id, record_ids or a lookup").into())
+            }
         }
     }
 }

@@ -20,9 +20,9 @@ use crate::{
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub(super) struct Who {
-    /// A record id.
+    /// A record id (repeat for several).
     #[arg(long)]
-    id: Option<String>,
+    id: Vec<String>,
     /// The subject's email address (looked up through the blind index).
     #[arg(long)]
     email: Option<String>,
@@ -84,20 +84,23 @@ pub(super) enum SubjectCommand {
 }
 
 /// The request's `subject`, as the parts both requests share.
-fn subject_of(who: Who, collection: String) -> (Option<String>, Option<pb::Lookup>) {
+fn subject_of(who: Who, collection: String) -> (Vec<String>, Option<pb::Lookup>) {
     let lookup = |field: &str, value: String| pb::Lookup {
         collection: collection.clone(),
         field: field.to_owned(),
         value,
     };
-    match who {
-        Who { id: Some(id), .. } => (Some(id), None),
-        Who { email: Some(v), .. } => (None, Some(lookup("email", v))),
-        Who { phone: Some(v), .. } => (None, Some(lookup("phone", v))),
-        Who { ssn: Some(v), .. } => (None, Some(lookup("ssn", v))),
-        // clap requires exactly one; an empty lookup is refused by the server.
-        Who { .. } => (None, None),
-    }
+    let Who {
+        id,
+        email,
+        phone,
+        ssn,
+    } = who;
+    // clap lets exactly one through.
+    let found = [("email", email), ("phone", phone), ("ssn", ssn)]
+        .into_iter()
+        .find_map(|(field, v)| v.map(|v| lookup(field, v)));
+    (id, found)
 }
 
 /// Writes `text` to a new file private to this user.
@@ -124,9 +127,13 @@ pub(super) async fn subject(command: SubjectCommand) -> Result<(), String> {
             remote,
         } => {
             let subject = match subject_of(who, collection) {
-                (Some(id), _) => Some(pb::export_subject_request::Subject::RecordId(id)),
-                (None, Some(l)) => Some(pb::export_subject_request::Subject::Lookup(l)),
-                (None, None) => None,
+                (_, Some(l)) => Some(pb::export_subject_request::Subject::Lookup(l)),
+                (mut ids, None) if ids.len() == 1 => {
+                    Some(pb::export_subject_request::Subject::RecordId(ids.remove(0)))
+                }
+                (ids, None) => Some(pb::export_subject_request::Subject::RecordIds(
+                    pb::RecordIds { ids },
+                )),
             };
             let mut client = connect(&remote).await?;
             let reply = client
@@ -163,9 +170,13 @@ pub(super) async fn subject(command: SubjectCommand) -> Result<(), String> {
             remote,
         } => {
             let subject = match subject_of(who, collection) {
-                (Some(id), _) => Some(pb::erase_subject_request::Subject::RecordId(id)),
-                (None, Some(l)) => Some(pb::erase_subject_request::Subject::Lookup(l)),
-                (None, None) => None,
+                (_, Some(l)) => Some(pb::erase_subject_request::Subject::Lookup(l)),
+                (mut ids, None) if ids.len() == 1 => {
+                    Some(pb::erase_subject_request::Subject::RecordId(ids.remove(0)))
+                }
+                (ids, None) => Some(pb::erase_subject_request::Subject::RecordIds(
+                    pb::RecordIds { ids },
+                )),
             };
             let mut client = connect(&remote).await?;
             let reply = client
