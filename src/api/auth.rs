@@ -371,6 +371,8 @@ mod tests {
                 "Records/GetRecord",
                 "Records/UpdateRecord",
                 "Records/DeleteRecord",
+                "Records/ExportSubject",
+                "Records/EraseSubject",
             ]
         );
         for service in [
