@@ -524,3 +524,63 @@ fn place(event: Event, history: &mut Vec<HistoryEntry>, accesses: &mut Vec<Acces
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KeyProvider, throwaway_keyring};
+
+    fn document(value: &str, signing_key: String) -> ExportDocument {
+        ExportDocument {
+            format: EXPORT_FORMAT.into(),
+            generated_at_ms: 1_700_000_000_000,
+            exported_by: "user:dpo".into(),
+            purpose: SUBJECT_ACCESS.into(),
+            audit_through_seq: 7,
+            public_key: String::new(),
+            signing_key,
+            records: vec![ExportedRecord {
+                id: "00".repeat(16),
+                collection: "customers".into(),
+                version: 1,
+                fields: vec![ExportedField {
+                    name: "notes".into(),
+                    value: value.into(),
+                }],
+                history: Vec::new(),
+                accesses: Vec::new(),
+                consents: Vec::new(),
+                holds: Vec::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn any_plaintext_round_trips_byte_for_byte_and_any_change_is_rejected() {
+        let ring = throwaway_keyring();
+        let public = ring.public_key();
+        for value in [
+            "plain",
+            "quote \" backslash \\ slash / tab \t newline \n nul \u{0} del \u{7f}",
+            "Zoë Ørsted, 東京, 🎉, \u{2028}",
+        ] {
+            let doc = document(value, public.fingerprint());
+            let signed = receipt::sign(&doc, &ring).unwrap_or_else(|e| panic!("{e}"));
+            let file = signed.file_text_for::<ExportDocument>().into_bytes();
+            let back = receipt::verify_document::<ExportDocument>(&file, &public)
+                .unwrap_or_else(|e| panic!("{value:?}: {e}"));
+            assert_eq!(back, doc);
+            for i in 0..file.len() {
+                let mut bad = file.clone();
+                bad[i] ^= 0x01;
+                assert!(
+                    receipt::verify_document::<ExportDocument>(&bad, &public).is_err(),
+                    "byte {i} of {value:?}"
+                );
+            }
+            // An export signature does not make an erasure receipt, nor a shred receipt.
+            let as_receipt = signed.file_text();
+            assert!(receipt::verify(as_receipt.as_bytes(), &public).is_err());
+        }
+    }
+}
