@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             ".strongroom.v1.FindRecordsRequest",
             ".strongroom.v1.CreateTokenResponse",
             ".strongroom.v1.RotateTokenResponse",
+            ".strongroom.v1.Lookup",
+            ".strongroom.v1.ExportSubjectResponse",
         ])
         .compile_fds(file_descriptors)?;
     Ok(())

@@ -12,6 +12,7 @@ mod keys;
 mod policy;
 mod receipt;
 mod record;
+mod subject;
 mod tls;
 mod token;
 
@@ -26,6 +27,7 @@ use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
 use record::{RecordCommand, record};
+use subject::{SubjectCommand, subject};
 use tls::{TlsCommand, tls};
 use token::{TokenCommand, token};
 
@@ -113,6 +115,12 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// A data subject's rights: the signed subject-access export, erasure of every record,
+    /// and offline verification of both.
+    Subject {
+        #[command(subcommand)]
+        command: SubjectCommand,
     },
     /// Verify a shred receipt offline, with the public key alone.
     Receipt {
@@ -268,6 +276,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Policy { command } => policy(command).await,
         Command::Audit { command } => audit(command).await,
         Command::Keys { command } => keys(command).await,
+        Command::Subject { command } => subject(command).await,
         Command::Receipt { command } => receipt(command),
         Command::Tls { command } => tls(command),
         Command::Bench(args) => bench(args).await,

@@ -20,6 +20,7 @@ pub mod receipt;
 mod reconcile;
 pub mod rotation;
 mod sealed;
+pub mod subject;
 pub mod tokens;
 
 use std::{

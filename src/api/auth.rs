@@ -373,6 +373,8 @@ mod tests {
                 "Records/DeleteRecord",
                 "Records/FindRecords",
                 "Records/ExportRecords",
+                "Records/ExportSubject",
+                "Records/EraseSubject",
             ]
         );
         for service in [

@@ -41,6 +41,26 @@ impl fmt::Debug for pb::FindRecordsRequest {
     }
 }
 
+impl fmt::Debug for pb::Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lookup")
+            .field("collection", &self.collection)
+            .field("field", &self.field)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::ExportSubjectResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportSubjectResponse")
+            .field("document", &"<redacted>")
+            .field("signature", &self.signature)
+            .field("record_ids", &self.record_ids)
+            .finish()
+    }
+}
+
 impl fmt::Debug for pb::CreateTokenResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreateTokenResponse")

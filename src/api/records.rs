@@ -14,8 +14,8 @@ use super::{
 };
 use crate::{
     audit::Call,
-    domain::RecordId,
-    vault::{ExportEnd, FindQuery, RecordView, Vault},
+    domain::{InvalidInput, Principal, RecordId},
+    vault::{Error, ExportEnd, FindQuery, RecordView, Vault, subject},
 };
 
 /// Records read per batch of an export: one audit commit (one fsync) per batch.
@@ -44,6 +44,85 @@ impl RecordsApi {
     pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stopping = Some(stopping);
         self
+    }
+}
+
+/// Whose records a subject request names.
+enum SubjectRef {
+    Id(String),
+    Ids(Vec<String>),
+    Lookup(pb::Lookup),
+}
+
+impl From<pb::export_subject_request::Subject> for SubjectRef {
+    fn from(s: pb::export_subject_request::Subject) -> Self {
+        match s {
+            pb::export_subject_request::Subject::Lookup(l) => Self::Lookup(l),
+            pb::export_subject_request::Subject::RecordId(id) => Self::Id(id),
+            pb::export_subject_request::Subject::RecordIds(ids) => Self::Ids(ids.ids),
+        }
+    }
+}
+
+impl From<pb::erase_subject_request::Subject> for SubjectRef {
+    fn from(s: pb::erase_subject_request::Subject) -> Self {
+        match s {
+            pb::erase_subject_request::Subject::Lookup(l) => Self::Lookup(l),
+            pb::erase_subject_request::Subject::RecordId(id) => Self::Id(id),
+            pb::erase_subject_request::Subject::RecordIds(ids) => Self::Ids(ids.ids),
+        }
+    }
+}
+
+impl RecordsApi {
+    /// The record ids a subject request names: the ids given, or every record a lookup finds
+    /// through the blind index (the caller needs `find` on the field for `subject_access`).
+    async fn resolve_subject(
+        &self,
+        principal: &Principal,
+        subject: Option<SubjectRef>,
+        known: &mut Known,
+    ) -> Result<Vec<RecordId>, Error> {
+        match subject {
+            Some(SubjectRef::Id(id)) => {
+                let id = RecordId::parse(&id, "record_id")?;
+                known.record_id = id.to_string();
+                Ok(vec![id])
+            }
+            Some(SubjectRef::Ids(ids)) => {
+                check_count(ids.len(), self.vault.limits().max_fields, "record_ids")?;
+                ids.iter()
+                    .enumerate()
+                    .map(|(i, id)| Ok(RecordId::parse(id, &format!("record_ids[{i}]"))?))
+                    .collect()
+            }
+            Some(SubjectRef::Lookup(lookup)) => {
+                let collection = self
+                    .vault
+                    .schema()
+                    .collection(&lookup.collection, "lookup.collection")?;
+                known.collection = collection.name().as_str().to_owned();
+                let (_, purpose) = self
+                    .vault
+                    .schema()
+                    .purpose(subject::SUBJECT_ACCESS, "purpose")?;
+                let ids = self.vault.lookup_ids(
+                    principal,
+                    &lookup.collection,
+                    &lookup.field,
+                    &lookup.value,
+                    &purpose,
+                )?;
+                if ids.is_empty() {
+                    // Nothing of the subject is held: the same answer as an unknown id.
+                    return Err(Error::NotFound);
+                }
+                Ok(ids)
+            }
+            None => {
+                Err(InvalidInput::new("subject", "give a record_id, record_ids or a lookup").into())
+            }
+        }
     }
 }
 
@@ -211,6 +290,77 @@ impl Records for RecordsApi {
         let receipt = audited(self.vault.audit(), &principal, &call, known, result).await?;
         Ok(Response::new(pb::DeleteRecordResponse {
             receipt: Some(receipt.into()),
+        }))
+    }
+
+    async fn export_subject(
+        &self,
+        request: Request<pb::ExportSubjectRequest>,
+    ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
+        let principal = principal(&request)?;
+        let call = Call::new("Records/ExportSubject");
+        let req = request.into_inner();
+        let mut known = Known {
+            purpose: subject::SUBJECT_ACCESS.to_owned(),
+            ..Known::default()
+        };
+        let result = async {
+            let ids = self
+                .resolve_subject(&principal, req.subject.map(SubjectRef::from), &mut known)
+                .await?;
+            self.vault.export_subject(&principal, &call, &ids).await
+        }
+        .await;
+        let export = audited(self.vault.audit(), &principal, &call, known, result).await?;
+        Ok(Response::new(pb::ExportSubjectResponse {
+            document: export.signed.document,
+            signature: export.signed.signature,
+            record_ids: export.ids.iter().map(RecordId::to_string).collect(),
+        }))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<pb::EraseSubjectRequest>,
+    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+        let principal = principal(&request)?;
+        let call = Call::new("Records/EraseSubject");
+        let req = request.into_inner();
+        let mut known = Known::default();
+        let result = async {
+            let ids = self
+                .resolve_subject(&principal, req.subject.map(SubjectRef::from), &mut known)
+                .await?;
+            self.vault
+                .erase_subject(&principal, &call, &ids, req.wait_for_purge)
+                .await
+        }
+        .await;
+        let erasure = audited(self.vault.audit(), &principal, &call, known, result).await?;
+        let mut not_erased = Vec::with_capacity(erasure.not_erased.len());
+        for (id, e) in erasure.not_erased {
+            let reason = subject::not_erased_reason(&e);
+            // Each id not erased gets the event of a failed call, like a failed DeleteRecord.
+            let known = Known {
+                record_id: id.to_string(),
+                ..Known::default()
+            };
+            let _refused =
+                audited::<()>(self.vault.audit(), &principal, &call, known, Err(e)).await;
+            not_erased.push(pb::NotErased {
+                id: id.to_string(),
+                reason,
+            });
+        }
+        let (signed_document, signature) = erasure
+            .signed
+            .map(|s| (s.document, s.signature))
+            .unwrap_or_default();
+        Ok(Response::new(pb::EraseSubjectResponse {
+            erased: erasure.erased.into_iter().map(Into::into).collect(),
+            not_erased,
+            signed_document,
+            signature,
         }))
     }
 
