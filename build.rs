@@ -25,8 +25,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         .skip_debug([
             ".strongroom.v1.Field",
             ".strongroom.v1.FieldResult",
+            ".strongroom.v1.FindRecordsRequest",
             ".strongroom.v1.CreateTokenResponse",
             ".strongroom.v1.RotateTokenResponse",
+            ".strongroom.v1.Lookup",
+            ".strongroom.v1.ExportSubjectResponse",
         ])
         .compile_fds(file_descriptors)?;
     Ok(())

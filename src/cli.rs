@@ -1,6 +1,6 @@
-//! The command line: `serve`, the client commands (`token`, `record`, `policy`, `audit`, `keys`)
-//! that talk to a running server, and the offline checks (`audit verify --file`, `receipt
-//! verify`) that need only the public key. Readable output by default, `--json` for scripts.
+//! The command line: `serve`, the client commands (`token`, `record`, `export`, `policy`,
+//! `audit`, `keys`) that talk to a running server, and the offline checks (`audit verify
+//! --file`, `receipt verify`) that need only the public key. Readable output by default, `--json` for scripts.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -8,10 +8,12 @@ use clap::{Args, Parser, Subcommand};
 
 mod audit;
 mod breach;
+mod export;
 mod keys;
 mod policy;
 mod receipt;
 mod record;
+mod subject;
 mod tls;
 mod token;
 
@@ -21,10 +23,12 @@ use crate::{
     server,
 };
 use audit::{AuditCommand, audit};
+use export::{ExportArgs, export};
 use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
 use record::{RecordCommand, record};
+use subject::{SubjectCommand, subject};
 use tls::{TlsCommand, tls};
 use token::{TokenCommand, token};
 
@@ -85,6 +89,9 @@ enum Command {
         #[command(subcommand)]
         command: RecordCommand,
     },
+    /// Export every record of a collection for a purpose to a JSON Lines file (e.g.
+    /// pseudonyms for analytics), with a progress bar.
+    Export(ExportArgs),
     /// Show, apply, diff, dry-run, explain and roll back role policies (security admins).
     Policy {
         #[command(subcommand)]
@@ -109,6 +116,12 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// A data subject's rights: the signed subject-access export, erasure of every record,
+    /// and offline verification of both.
+    Subject {
+        #[command(subcommand)]
+        command: SubjectCommand,
     },
     /// Verify a shred receipt offline, with the public key alone.
     Receipt {
@@ -260,9 +273,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Token { command } => token(command).await,
         Command::Record { command } => record(command).await,
+        Command::Export(args) => export(args).await,
         Command::Policy { command } => policy(command).await,
         Command::Audit { command } => audit(command).await,
         Command::Keys { command } => keys(command).await,
+        Command::Subject { command } => subject(command).await,
         Command::Receipt { command } => receipt(command),
         Command::Tls { command } => tls(command),
         Command::Bench(args) => bench(args).await,

@@ -23,8 +23,9 @@ pub use explain::MatchedRule;
 pub use privilege::Privilege;
 pub use rules::{Action, MAX_ROLE_DEPTH, PolicyError, PolicyText};
 
-/// What a caller may see of one field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// What a caller may see of one field. Ordered by how much it discloses (not by variant
+/// order): Denied < Pseudonym < Masked < Plain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// Not returned, and never decrypted.
     Denied,
@@ -32,6 +33,43 @@ pub enum Decision {
     Masked,
     /// Returned in plaintext.
     Plain,
+    /// Returned as a pseudonym: a keyed token, stable within one purpose and unlinkable
+    /// across purposes (a date: its year only).
+    Pseudonym,
+}
+
+impl Decision {
+    /// How much the decision discloses: 0 for Denied up to 3 for Plain.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Denied => 0,
+            Self::Masked => 2,
+            Self::Plain => 3,
+            Self::Pseudonym => 1,
+        }
+    }
+
+    /// The decision as named in explanations, diffs and audit outcomes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Denied => "denied",
+            Self::Masked => "masked",
+            Self::Plain => "plain",
+            Self::Pseudonym => "pseudonym",
+        }
+    }
+}
+
+impl PartialOrd for Decision {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Decision {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
 }
 
 /// The per-field decisions of one read, for one record's collection. Only the policy module can
@@ -84,7 +122,8 @@ struct Current {
 /// The answer to "may S do A on F for P, and why?".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
-    /// `plain`, `masked` or `denied` for reads; `allowed` or `denied` for writes and deletes.
+    /// `plain`, `masked`, `pseudonym` or `denied` for reads; `allowed` or `denied` for writes
+    /// and deletes.
     pub outcome: &'static str,
     /// Every rule that matched, allow and deny alike, in policy order.
     pub matched: Vec<MatchedRule>,
@@ -304,7 +343,7 @@ impl PolicyEngine {
         };
         let purpose = match action {
             Action::Delete | Action::Write => "*",
-            Action::Read | Action::ReadMasked => {
+            Action::Find | Action::Read | Action::ReadMasked | Action::ReadPseudonym => {
                 self.schema
                     .purpose(purpose, "purpose")
                     .map_err(|e| bad(e.problem))?;
@@ -314,18 +353,24 @@ impl PolicyEngine {
         let principals = self.principals.lock().await.clone();
         let current = self.current();
         let actions: &[Action] = match action {
-            Action::Read | Action::ReadMasked => &[Action::Read, Action::ReadMasked],
+            Action::Read | Action::ReadMasked | Action::ReadPseudonym => {
+                &[Action::Read, Action::ReadMasked, Action::ReadPseudonym]
+            }
             Action::Delete => &[Action::Delete],
+            Action::Find => &[Action::Find],
             Action::Write => &[Action::Write],
         };
         let matched =
             explain::matching_rules(&current.text, &principals, name, actions, object, purpose);
         let outcome = match (action, field_index) {
-            (Action::Read | Action::ReadMasked, Some(f)) => {
-                match current.table.read_by_name(name, coll, f, purpose) {
-                    Decision::Denied => "denied",
-                    Decision::Masked => "masked",
-                    Decision::Plain => "plain",
+            (Action::Read | Action::ReadMasked | Action::ReadPseudonym, Some(f)) => {
+                current.table.read_by_name(name, coll, f, purpose).name()
+            }
+            (Action::Find, Some(f)) => {
+                if current.table.find_by_name(name, coll, f, purpose) {
+                    "allowed"
+                } else {
+                    "denied"
                 }
             }
             (Action::Write, Some(f)) => {
@@ -404,6 +449,30 @@ impl DecisionTable {
         Ok(WritePermit {
             policy_version: self.version(),
         })
+    }
+
+    /// Checks that `principal` may find records of `collection` by `field` for `purpose`.
+    ///
+    /// # Errors
+    /// A refusal naming the field.
+    pub fn check_find(
+        &self,
+        principal: &Principal,
+        collection: &Collection,
+        field: usize,
+        purpose: &Purpose,
+    ) -> Result<WritePermit, Refusal> {
+        if self.may_find(principal, collection, field, purpose) {
+            Ok(WritePermit {
+                policy_version: self.version(),
+            })
+        } else {
+            let name = collection.fields()[field].0.as_str();
+            Err(Refusal {
+                object: format!("{}.{name}", collection.name()),
+                action: Action::Find,
+            })
+        }
     }
 
     /// Checks that `principal` may delete (shred) records of `collection`.

@@ -404,9 +404,11 @@ pub async fn start_with_stores(
     let keys_svc = KeysServer::new(KeysApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let records = RecordsServer::new(RecordsApi::new(Arc::clone(&vault)))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let records =
+        RecordsServer::new(RecordsApi::new(Arc::clone(&vault)).with_stopping(stopping.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let tokens_svc = TokensServer::new(TokensApi::new(
         Arc::clone(&tokens),
         Arc::clone(&policy),
@@ -418,7 +420,6 @@ pub async fn start_with_stores(
     let policies = PoliciesServer::new(PoliciesApi::new(Arc::clone(&governance)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let audit_svc = AuditServer::new(AuditApi::new(
         Arc::clone(&audit),
         Arc::clone(&policy),

@@ -7,8 +7,11 @@
 //! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
 mod access;
+mod export;
+mod find;
 pub mod governance;
 mod header;
+mod index;
 mod keystore;
 pub mod limits;
 mod locks;
@@ -17,6 +20,7 @@ pub mod receipt;
 mod reconcile;
 pub mod rotation;
 mod sealed;
+pub mod subject;
 pub mod tokens;
 mod tripwire;
 
@@ -29,18 +33,21 @@ use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, AuditError, Call, Event, FieldOutcome},
-    crypto::{Dek, KeyProvider},
-    domain::{FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
+    crypto::{BlindIndex, Dek, KeyProvider, Pseudonymizer},
+    domain::{FieldType, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
 pub use access::{ADMIN_ROLE, Privilege, require};
+pub use find::{FIND_LIMIT, FindQuery, Found, LOOKUP_LIMIT};
 use keystore::KeyStore;
 use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;
 pub use tripwire::HONEYTOKEN_ALERT_METHOD;
+
+pub use export::{ExportBatch, ExportEnd, RecordExport};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +155,7 @@ pub struct FieldView {
     pub name: String,
     /// How it is disclosed.
     pub decision: Decision,
-    /// The plaintext or masked value; `None` when denied.
+    /// The plaintext, masked or pseudonymized value; `None` when denied.
     pub value: Option<FieldValue>,
     /// Why the vault withheld a field the policy lets the caller read in plaintext (its
     /// subject's disclosure limit is spent; `decision` is then `Denied`): `None` for a field
@@ -206,6 +213,7 @@ pub struct Vault {
     audit: Arc<Audit>,
     audit_reads: bool,
     keys: Arc<KeyStore>,
+    index: BlindIndex,
     schema: Arc<Schema>,
     policy: Arc<PolicyEngine>,
     limits: Limits,
@@ -213,6 +221,7 @@ pub struct Vault {
     locks: RecordLocks,
     purger: Purger,
     rotator: Arc<rotation::Rotator>,
+    pseudonyms: Pseudonymizer,
 }
 
 impl std::fmt::Debug for Vault {
@@ -264,6 +273,8 @@ impl Vault {
             Arc::clone(&key_store),
             Arc::clone(&audit),
         );
+        let index = BlindIndex::new(Arc::clone(&provider));
+        let pseudonyms = Pseudonymizer::new(Arc::clone(&provider));
         let keys = Arc::new(KeyStore::new(key_store, provider));
         let rotator = rotation::Rotator::start(Arc::clone(&keys), Arc::clone(&audit), rotation);
         Self {
@@ -271,6 +282,7 @@ impl Vault {
             audit,
             audit_reads: true,
             keys,
+            index,
             rotator,
             schema,
             policy,
@@ -278,6 +290,7 @@ impl Vault {
             limiter: Arc::default(),
             locks: RecordLocks::new(256),
             purger,
+            pseudonyms,
         }
     }
 
@@ -394,15 +407,10 @@ impl Vault {
         };
         let dek = Dek::generate();
         let mut batch = Batch::new();
-        self.seal_record(
-            &mut batch,
-            &id,
-            collection,
-            &dek,
-            (1, honeytoken),
-            &values.into_iter().collect(),
-        )
-        .await?;
+        let values: BTreeMap<usize, FieldValue> = values.into_iter().collect();
+        self.seal_record(&mut batch, &id, collection, &dek, (1, honeytoken), &values)
+            .await?;
+        index::put_entries(&mut batch, &self.index, &id, collection, &values)?;
         // On an error the batch may still have reached the disk (an fsync that failed after
         // the write): the key stays, and the next start removes it if no header names it.
         self.audit.commit(batch, vec![event]).await?;
@@ -426,6 +434,24 @@ impl Vault {
     ) -> Result<RecordView, Error> {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
+        let (view, events) = self.read_record(principal, call, id, fields, purpose)?;
+        if !events.is_empty() {
+            // Fail closed: no data leaves unless its event is durable.
+            self.audit.commit(Batch::new(), events).await?;
+        }
+        Ok(view)
+    }
+
+    /// A read's answer and the audit events that must be durable before it is returned (the
+    /// caller commits them): `get` one record at a time, an export many in one commit.
+    fn read_record(
+        &self,
+        principal: &Principal,
+        call: &Call,
+        id: &RecordId,
+        fields: &[String],
+        purpose: &Purpose,
+    ) -> Result<(RecordView, Vec<Event>), Error> {
         let mut attempts = 0;
         let (loaded, permit, dek, mut ciphertexts) = loop {
             // Header and ciphertexts come from one snapshot: a concurrent update or shred is
@@ -507,7 +533,9 @@ impl Vault {
                     });
                     continue;
                 }
-                Decision::Masked | Decision::Plain => ciphertexts.remove(&field),
+                Decision::Masked | Decision::Plain | Decision::Pseudonym => {
+                    ciphertexts.remove(&field)
+                }
             };
             let (Some(dek), Some(envelope)) = (&dek, envelope) else {
                 continue;
@@ -515,6 +543,7 @@ impl Vault {
             let value = self.open(id, &loaded, dek, field, &envelope)?;
             let value = match decision {
                 Decision::Masked => FieldValue::from_stored(Zeroizing::new(value.mask(*ty))),
+                Decision::Pseudonym => self.pseudonym(collection, field, &value, purpose)?,
                 Decision::Denied | Decision::Plain => value,
             };
             shown.push(FieldView {
@@ -534,6 +563,7 @@ impl Vault {
                     Decision::Denied => "withheld",
                     Decision::Masked => "masked",
                     Decision::Plain => "plain",
+                    Decision::Pseudonym => "pseudonym",
                 };
                 (f, outcome)
             });
@@ -546,19 +576,63 @@ impl Vault {
                 ..call.event(principal)
             });
         }
-        // A honeytoken's alert too, whether reads are audited or not.
+        // A honeytoken's alert too, whether reads are audited or not: one per record a read,
+        // a find or an export touches.
         events.extend(self.tripwire(principal, call, id, &loaded, purpose));
-        if !events.is_empty() {
-            // Fail closed: no data leaves unless its event is durable.
-            self.audit.commit(Batch::new(), events).await?;
-        }
-        Ok(RecordView {
+        let view = RecordView {
             id: *id,
             collection: collection.name().as_str().to_owned(),
             version: loaded.header.version,
             fields: shown,
             policy_version: permit.policy_version(),
-        })
+        };
+        Ok((view, events))
+    }
+
+    /// The pseudonym of a field's value for `purpose`: a date generalized to its year, any
+    /// other type a keyed token over its normalized form (an email lowercased whole, so that
+    /// spellings of one address join).
+    fn pseudonym(
+        &self,
+        collection: &crate::domain::Collection,
+        field: usize,
+        value: &FieldValue,
+        purpose: &Purpose,
+    ) -> Result<FieldValue, Error> {
+        let (name, ty) = &collection.fields()[field];
+        let out = match ty {
+            FieldType::Date => value.expose().get(..4).unwrap_or_default().to_owned(),
+            FieldType::Email => {
+                let lower = Zeroizing::new(value.expose().to_lowercase());
+                self.token(collection, name.as_str(), &lower, purpose)?
+            }
+            FieldType::Address
+            | FieldType::CardNumber
+            | FieldType::Name
+            | FieldType::Phone
+            | FieldType::Ssn
+            | FieldType::String => {
+                self.token(collection, name.as_str(), value.expose(), purpose)?
+            }
+        };
+        Ok(FieldValue::from_stored(Zeroizing::new(out)))
+    }
+
+    fn token(
+        &self,
+        collection: &crate::domain::Collection,
+        field: &str,
+        value: &str,
+        purpose: &Purpose,
+    ) -> Result<String, Error> {
+        self.pseudonyms
+            .pseudonym(
+                purpose.as_str(),
+                collection.name().as_str(),
+                field,
+                value.as_bytes(),
+            )
+            .map_err(|e| Error::Unavailable(format!("the pseudonym key: {e}")))
     }
 
     /// Sets and clears fields; with `expected_version`, only if the record is at that version.
@@ -625,12 +699,14 @@ impl Vault {
         let mut current = BTreeMap::new();
         let envelopes =
             self.ciphertexts(snapshot.as_ref(), id, &loaded, 0..collection.fields().len())?;
+        let mut batch = Batch::new();
+        // The old version's index entries go; the new version's are written below.
+        index::delete_entries(&mut batch, snapshot.as_ref(), id, &loaded.header.collection)?;
         drop(snapshot);
         for (field, envelope) in envelopes {
             current.insert(field, self.open(id, &loaded, &dek, field, &envelope)?);
         }
         let version = loaded.header.version + 1;
-        let mut batch = Batch::new();
         for &i in &cleared {
             if current.remove(&i).is_some() {
                 batch.delete(
@@ -660,6 +736,7 @@ impl Vault {
             &current,
         )
         .await?;
+        index::put_entries(&mut batch, &self.index, id, collection, &current)?;
         let changed = values_idx(&touched, &cleared);
         let event = Event {
             collection: collection.name().as_str().to_owned(),
@@ -707,6 +784,13 @@ impl Vault {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
+        let mut index_entries = Batch::new();
+        index::delete_entries(
+            &mut index_entries,
+            snapshot.as_ref(),
+            id,
+            &loaded.header.collection,
+        )?;
         drop(snapshot);
         // The data key goes first: from here on the record is unreadable, whatever happens to
         // the batch below (a crash before it is finished at the next start).
@@ -717,6 +801,7 @@ impl Vault {
         for key in keys {
             batch.delete(Keyspace::Records, key);
         }
+        batch.append(index_entries);
         batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
         batch.put(
             Keyspace::Tombstones,

@@ -85,6 +85,8 @@ impl World {
             Decision::Plain
         } else if self.allowed(name, obj, "read_masked", pur) {
             Decision::Masked
+        } else if self.allowed(name, obj, "read_pseudonym", pur) {
+            Decision::Pseudonym
         } else {
             Decision::Denied
         }
@@ -171,7 +173,7 @@ fn world() -> impl Strategy<Value = World> {
                 0..ROLES + SUBJECTS,
                 0..colls.len(),
                 0..6usize,
-                0..4usize,
+                0..5usize,
                 0..=purps.len(),
                 any::<bool>(),
                 any::<u8>(),
@@ -183,7 +185,7 @@ fn world() -> impl Strategy<Value = World> {
                         format!("svc:s{}", s - ROLES)
                     };
                     let (cname, fields) = &colls[c];
-                    let act = ["read", "read_masked", "write", "delete"][a];
+                    let act = ["read", "read_masked", "write", "delete", "read_pseudonym"][a];
                     let obj = if act == "delete" || f >= fields.len() {
                         format!("{cname}.*")
                     } else {

@@ -5,8 +5,15 @@
 
 mod support;
 
+#[path = "vault/subject.rs"]
+mod subject;
 #[path = "vault/tokens.rs"]
 mod tokens;
+
+#[path = "vault/find.rs"]
+mod find;
+#[path = "vault/pseudonym.rs"]
+mod pseudonym;
 
 use strongroom::{
     api::pb::{self, Disclosure},
@@ -119,7 +126,7 @@ async fn each_starting_role_reads_what_its_policy_says() {
     let vault = Vault::start().await;
     let mut admin = vault.admin().await;
     let id = create(&mut admin, customer("roles")).await;
-    use Disclosure::{Masked as M, Plain as P, Withheld as W};
+    use Disclosure::{Masked as M, Plain as P, Pseudonym as N, Withheld as W};
     let all = [
         "name",
         "email",
@@ -130,7 +137,7 @@ async fn each_starting_role_reads_what_its_policy_says() {
         "card_number",
         "notes",
     ];
-    let cases: [(&str, &str, [Disclosure; 8]); 9] = [
+    let cases: [(&str, &str, [Disclosure; 8]); 11] = [
         ("role:admin", "marketing", [P, P, P, P, P, P, P, P]),
         ("role:support", "support", [P, M, M, M, W, W, W, P]),
         ("role:support", "marketing", [W, W, W, W, W, W, W, W]),
@@ -142,6 +149,8 @@ async fn each_starting_role_reads_what_its_policy_says() {
             "subject_access",
             [P, P, P, P, P, P, P, P],
         ),
+        ("role:analyst", "analytics", [N, N, N, W, N, N, W, W]),
+        ("role:analyst", "support", [W, W, W, W, W, W, W, W]),
         ("role:writer", "support", [W, W, W, W, W, W, W, W]),
         ("role:auditor", "legal", [W, W, W, W, W, W, W, W]),
     ];
@@ -172,6 +181,8 @@ async fn each_starting_role_reads_what_its_policy_says() {
                     assert!(f.reason.contains("withheld"), "{}", f.reason);
                 }
                 M => assert!(f.value.contains('*'), "{role} {name}: {}", f.value),
+                N if *name == "date_of_birth" => assert_eq!(f.value, "1815"),
+                N => assert!(f.value.starts_with("pn_"), "{role} {name}: {}", f.value),
                 P | Disclosure::Unspecified => {}
             }
         }

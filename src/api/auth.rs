@@ -371,6 +371,10 @@ mod tests {
                 "Records/GetRecord",
                 "Records/UpdateRecord",
                 "Records/DeleteRecord",
+                "Records/FindRecords",
+                "Records/ExportRecords",
+                "Records/ExportSubject",
+                "Records/EraseSubject",
             ]
         );
         for service in [

@@ -29,6 +29,38 @@ impl fmt::Debug for pb::FieldResult {
     }
 }
 
+impl fmt::Debug for pb::FindRecordsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FindRecordsRequest")
+            .field("collection", &self.collection)
+            .field("field", &self.field)
+            .field("value", &"<redacted>")
+            .field("purpose", &self.purpose)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lookup")
+            .field("collection", &self.collection)
+            .field("field", &self.field)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::ExportSubjectResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportSubjectResponse")
+            .field("document", &"<redacted>")
+            .field("signature", &self.signature)
+            .field("record_ids", &self.record_ids)
+            .finish()
+    }
+}
+
 impl fmt::Debug for pb::CreateTokenResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreateTokenResponse")
@@ -96,6 +128,7 @@ impl From<Decision> for pb::Disclosure {
             Decision::Denied => Self::Withheld,
             Decision::Masked => Self::Masked,
             Decision::Plain => Self::Plain,
+            Decision::Pseudonym => Self::Pseudonym,
         }
     }
 }
@@ -113,7 +146,7 @@ pub(super) fn field_result(
             "withheld: no rule lets {roles} read {collection}.{} for purpose {purpose}",
             view.name
         ),
-        (Decision::Masked | Decision::Plain, _) => String::new(),
+        (Decision::Masked | Decision::Plain | Decision::Pseudonym, _) => String::new(),
     };
     pb::FieldResult {
         name: view.name,
@@ -123,6 +156,20 @@ pub(super) fn field_result(
             .map(|v| v.expose().to_owned())
             .unwrap_or_default(),
         reason,
+    }
+}
+
+/// One field of an exported record: as `field_result`, but a field the policy withholds (from
+/// every record alike) carries no per-record reason.
+pub(super) fn exported_field(view: FieldView) -> pb::FieldResult {
+    pb::FieldResult {
+        name: view.name,
+        disclosure: pb::Disclosure::from(view.decision).into(),
+        value: view
+            .value
+            .map(|v| v.expose().to_owned())
+            .unwrap_or_default(),
+        reason: view.withheld_reason.unwrap_or_default(),
     }
 }
 

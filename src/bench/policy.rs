@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn generated_policies_have_the_asked_rule_count() {
-        for n in [30, 500] {
+        for n in [50, 500] {
             let text = generated_policy(n);
             let rules = text
                 .lines()

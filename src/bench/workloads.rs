@@ -179,6 +179,7 @@ pub(super) fn op(
     #[derive(Clone, Copy)]
     enum Kind {
         Denied,
+        Find,
         Full,
         Masked,
         Put,
@@ -192,6 +193,7 @@ pub(super) fn op(
         "get-full" => Kind::Full,
         "get-masked" | "mix" => Kind::Masked,
         "get-denied" => Kind::Denied,
+        "find" => Kind::Find,
         "update" => Kind::Update,
         "shred" | "shred-wait" => Kind::Shred,
         other => {
@@ -222,9 +224,8 @@ pub(super) fn op(
         };
         let conn = n as usize;
         // No records are preloaded for a workload that only creates (`put`).
-        let id = ids
-            .get(picker.pick(&mut rand::thread_rng()) % ids.len().max(1))
-            .cloned();
+        let picked = picker.pick(&mut rand::thread_rng()) % ids.len().max(1);
+        let id = ids.get(picked).cloned();
         let (mut a, mut s, mut m) = (
             admin[conn % admin.len()].clone(),
             support[conn % support.len()].clone(),
@@ -247,6 +248,19 @@ pub(super) fn op(
                 Kind::Denied => m.records.get_record(get("support")).await.map(|_| ()),
                 Kind::Full => a.records.get_record(get("support")).await.map(|_| ()),
                 Kind::Masked => s.records.get_record(get("support")).await.map(|_| ()),
+                // Preloaded record `i` has the email `ada.{i}@example.com` (unless an update
+                // workload replaced it: then the find matches nothing, and still costs a lookup).
+                Kind::Find => s
+                    .records
+                    .find_records(pb::FindRecordsRequest {
+                        collection: "customers".into(),
+                        field: "email".into(),
+                        value: format!("ada.{picked}@example.com"),
+                        purpose: "support".into(),
+                        fields: vec![],
+                    })
+                    .await
+                    .map(|_| ()),
                 Kind::Put => a
                     .records
                     .create_record(pb::CreateRecordRequest {

@@ -59,7 +59,7 @@ pub(super) enum PolicyCommand {
         /// A role, e.g. role:support.
         #[arg(long)]
         role: Option<String>,
-        /// read, read_masked, write or delete.
+        /// read, read_masked, read_pseudonym, write or delete.
         #[arg(long, default_value = "read")]
         action: String,
         /// The field, as collection.field (collection.* for delete).

@@ -1,4 +1,4 @@
-//! `strongroom record ...`: create, read, update and crypto-shred records.
+//! `strongroom record ...`: create, read, find, update and crypto-shred records.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -32,6 +32,41 @@ pub(super) enum RecordCommand {
         purpose: String,
         /// Only these fields (repeat); all by default.
         #[arg(long = "field")]
+        fields: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Find records by an indexed field's value (--email, --phone, --ssn, or --field with
+    /// --value), for a declared purpose; prints each match as `record get` does.
+    #[command(group(
+        clap::ArgGroup::new("by")
+            .required(true)
+            .args(["email", "phone", "ssn", "field"])
+    ))]
+    Find {
+        /// Find by email (any case, surrounding spaces ignored).
+        #[arg(long)]
+        email: Option<String>,
+        /// Find by phone (any punctuation; 10 digits are a US number).
+        #[arg(long)]
+        phone: Option<String>,
+        /// Find by SSN (with or without dashes).
+        #[arg(long)]
+        ssn: Option<String>,
+        /// Find by this indexed field (with --value).
+        #[arg(long, requires = "value")]
+        field: Option<String>,
+        /// The value of --field.
+        #[arg(long, requires = "field")]
+        value: Option<String>,
+        /// Collection.
+        #[arg(long, default_value = "customers")]
+        collection: String,
+        /// Why you search, e.g. support, subject_access.
+        #[arg(long)]
+        purpose: String,
+        /// Only these fields of each match (repeat); all by default.
+        #[arg(long = "show")]
         fields: Vec<String>,
         #[command(flatten)]
         remote: Remote,
@@ -82,12 +117,46 @@ fn pairs(items: &[String], flag: &str) -> Result<Vec<pb::Field>, String> {
         .collect()
 }
 
-fn disclosure_name(d: i32) -> &'static str {
+pub(super) fn disclosure_name(d: i32) -> &'static str {
     match pb::Disclosure::try_from(d) {
         Ok(pb::Disclosure::Plain) => "plain",
         Ok(pb::Disclosure::Masked) => "masked",
         Ok(pb::Disclosure::Withheld) => "withheld",
+        Ok(pb::Disclosure::Pseudonym) => "pseudonym",
         Ok(pb::Disclosure::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// A read's answer as JSON (`record get --json`, and each match of `record find --json`).
+fn record_json(reply: &pb::GetRecordResponse) -> serde_json::Value {
+    let fields: Vec<_> = reply
+        .fields
+        .iter()
+        .map(|f| json!({"name": f.name, "disclosure": disclosure_name(f.disclosure), "value": f.value, "reason": f.reason}))
+        .collect();
+    json!({"id": reply.id, "collection": reply.collection, "version": reply.version, "policy_version": reply.policy_version, "fields": fields})
+}
+
+/// A read's answer as text, one field a line.
+fn print_record(reply: &pb::GetRecordResponse) {
+    println!(
+        "record {} ({}, version {}, policy version {})",
+        reply.id, reply.collection, reply.version, reply.policy_version
+    );
+    let width = reply.fields.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    for f in &reply.fields {
+        match pb::Disclosure::try_from(f.disclosure) {
+            Ok(pb::Disclosure::Plain) => println!("  {:width$}  {}", f.name, f.value),
+            Ok(pb::Disclosure::Masked) => {
+                println!("  {:width$}  {}  (masked)", f.name, f.value)
+            }
+            Ok(pb::Disclosure::Pseudonym) => {
+                println!("  {:width$}  {}  (pseudonym)", f.name, f.value)
+            }
+            Ok(pb::Disclosure::Withheld | pb::Disclosure::Unspecified) | Err(_) => {
+                println!("  {:width$}  -  ({})", f.name, f.reason);
+            }
+        }
     }
 }
 
@@ -135,31 +204,61 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
                 .map_err(|s| status_text(&s))?
                 .into_inner();
             if remote.json {
-                let fields: Vec<_> = reply
-                    .fields
-                    .iter()
-                    .map(|f| json!({"name": f.name, "disclosure": disclosure_name(f.disclosure), "value": f.value, "reason": f.reason}))
-                    .collect();
+                println!("{}", record_json(&reply));
+            } else {
+                print_record(&reply);
+            }
+        }
+        RecordCommand::Find {
+            email,
+            phone,
+            ssn,
+            field,
+            value,
+            collection,
+            purpose,
+            fields,
+            remote,
+        } => {
+            let (field, value) = match (email, phone, ssn, field, value) {
+                (Some(v), ..) => ("email".to_owned(), v),
+                (_, Some(v), ..) => ("phone".to_owned(), v),
+                (_, _, Some(v), ..) => ("ssn".to_owned(), v),
+                (_, _, _, Some(f), Some(v)) => (f, v),
+                _ => return Err("give --email, --phone, --ssn, or --field with --value".into()),
+            };
+            let mut client = connect(&remote).await?;
+            let reply = client
+                .records
+                .find_records(pb::FindRecordsRequest {
+                    collection,
+                    field,
+                    value,
+                    purpose,
+                    fields,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if remote.json {
+                let records: Vec<_> = reply.records.iter().map(record_json).collect();
                 println!(
                     "{}",
-                    json!({"id": reply.id, "collection": reply.collection, "version": reply.version, "policy_version": reply.policy_version, "fields": fields})
+                    json!({"records": records, "truncated": reply.truncated})
                 );
             } else {
                 println!(
-                    "record {} ({}, version {}, policy version {})",
-                    reply.id, reply.collection, reply.version, reply.policy_version
-                );
-                let width = reply.fields.iter().map(|f| f.name.len()).max().unwrap_or(0);
-                for f in &reply.fields {
-                    match pb::Disclosure::try_from(f.disclosure) {
-                        Ok(pb::Disclosure::Plain) => println!("  {:width$}  {}", f.name, f.value),
-                        Ok(pb::Disclosure::Masked) => {
-                            println!("  {:width$}  {}  (masked)", f.name, f.value)
-                        }
-                        Ok(pb::Disclosure::Withheld | pb::Disclosure::Unspecified) | Err(_) => {
-                            println!("  {:width$}  -  ({})", f.name, f.reason);
-                        }
+                    "{} record{} found{}",
+                    reply.records.len(),
+                    if reply.records.len() == 1 { "" } else { "s" },
+                    if reply.truncated {
+                        " (more matched; only these are shown)"
+                    } else {
+                        ""
                     }
+                );
+                for r in &reply.records {
+                    print_record(r);
                 }
             }
         }

@@ -3,8 +3,9 @@
 //! `env` it is sealed (XChaCha20-Poly1305) under a 256-bit key taken from an environment
 //! variable, so a copy of the keys dir alone opens nothing.
 //!
-//! Text: `strongroom-keyring-v1`, then `signing <64 hex>` and one `epoch <n> <64 hex>` per live
-//! epoch. Every change (first creation, a new epoch, a destroyed epoch) writes a whole new file
+//! Text: `strongroom-keyring-v1`, then `signing <64 hex>`, `derive <64 hex>` (the secret lookup
+//! and pseudonym keys are derived from; added to a keyring written before it existed at its
+//! next open) and one `epoch <n> <64 hex>` per live epoch. Every change (first creation, a new epoch, a destroyed epoch) writes a whole new file
 //! beside the old one, fsyncs it, renames it over the old one and fsyncs the directory, so the
 //! keyring on disk is always either the old or the new one, never half of each, and a destroyed
 //! epoch is in no file the keyring leaves behind. The vault refuses a keyring file that is a
@@ -25,7 +26,7 @@ use zeroize::Zeroizing;
 
 use super::{
     envelope::{open_with, seal_with},
-    provider::{EpochId, KeyError, KeyProvider, PublicKey, Signature},
+    provider::{EpochId, KeyError, KeyProvider, PublicKey, Signature, derive_with},
 };
 use crate::files;
 
@@ -49,6 +50,8 @@ pub fn default_keyring_path(keys_dir: &Path) -> PathBuf {
 struct State {
     epochs: BTreeMap<EpochId, Zeroizing<[u8; 32]>>,
     signing: SigningKey,
+    /// The derivation secret (`KeyProvider::derive_key`).
+    derive: Zeroizing<[u8; 32]>,
 }
 
 /// The `file` and `env` providers.
@@ -120,15 +123,22 @@ impl Keyring {
             state: RwLock::new(State {
                 epochs: BTreeMap::new(),
                 signing: SigningKey::from_bytes(&random_key()),
+                derive: random_key(),
             }),
             writing: Mutex::new(()),
         };
         match ring.read_file()? {
-            Some(state) => ring.state = RwLock::new(state),
+            Some((state, true)) => ring.state = RwLock::new(state),
+            Some((state, false)) => {
+                // Written before keyrings held a derivation secret: it gets one now, once.
+                ring.write_file(&state)?;
+                ring.state = RwLock::new(state);
+            }
             None => {
                 let first = State {
                     epochs: BTreeMap::from([(EpochId(1), random_key())]),
                     signing: SigningKey::from_bytes(&random_key()),
+                    derive: random_key(),
                 };
                 ring.write_file(&first)?;
                 ring.state = RwLock::new(first);
@@ -137,8 +147,9 @@ impl Keyring {
         Ok(ring)
     }
 
-    /// The file's contents, or `None` if there is no file yet.
-    fn read_file(&self) -> Result<Option<State>, String> {
+    /// The file's contents and whether it held a derivation secret (one is made if not), or
+    /// `None` if there is no file yet.
+    fn read_file(&self) -> Result<Option<(State, bool)>, String> {
         let shown = self.path.display();
         match fs::symlink_metadata(&self.path) {
             Ok(meta) if meta.file_type().is_symlink() => {
@@ -218,7 +229,7 @@ impl Keyring {
             secret, apart from the data, and back it\n# up under a retention no longer than the \
             shred horizon: an old copy keeps destroyed epochs alive.\n";
         let mut text = Zeroizing::new(String::with_capacity(
-            COMMENT.len() + HEADER.len() + 80 + state.epochs.len() * 90,
+            COMMENT.len() + HEADER.len() + 160 + state.epochs.len() * 90,
         ));
         let mut hex_buf = Zeroizing::new([0u8; 64]);
         let mut push_key = |text: &mut String, key: &[u8; 32]| {
@@ -234,6 +245,8 @@ impl Keyring {
         text.push_str("\nsigning ");
         let signing = Zeroizing::new(state.signing.to_bytes());
         push_key(&mut text, &signing);
+        text.push_str("\nderive ");
+        push_key(&mut text, &state.derive);
         text.push('\n');
         for (id, key) in &state.epochs {
             text.push_str("epoch ");
@@ -291,6 +304,7 @@ impl Keyring {
                     .map(|(id, key)| (*id, Zeroizing::new(**key)))
                     .collect(),
                 signing: SigningKey::from_bytes(&Zeroizing::new(now.signing.to_bytes())),
+                derive: Zeroizing::new(*now.derive),
             }
         };
         change(&mut next)?;
@@ -311,7 +325,8 @@ fn env_key(var: &str, value: &str) -> Result<Zeroizing<[u8; 32]>, String> {
     Ok(key)
 }
 
-fn parse(text: &str) -> Result<State, String> {
+/// The keyring in `text`, and whether it held a derivation secret (a new one if not).
+fn parse(text: &str) -> Result<(State, bool), String> {
     let mut lines = text
         .lines()
         .map(str::trim)
@@ -320,6 +335,7 @@ fn parse(text: &str) -> Result<State, String> {
         return Err(format!("the first line must be {HEADER}"));
     }
     let mut signing = None;
+    let mut derive = None;
     let mut epochs = BTreeMap::new();
     for (n, line) in lines.enumerate() {
         let parts: Vec<&str> = line.split_whitespace().collect();
@@ -328,6 +344,7 @@ fn parse(text: &str) -> Result<State, String> {
             ["signing", key] if signing.is_none() => {
                 signing = Some(SigningKey::from_bytes(&*key_bytes(key, line_no)?));
             }
+            ["derive", key] if derive.is_none() => derive = Some(key_bytes(key, line_no)?),
             ["epoch", id, key] => {
                 let id = id.parse::<u32>().ok().filter(|&i| i > 0).ok_or_else(|| {
                     format!("line {line_no}: the epoch must be a positive integer")
@@ -341,8 +358,8 @@ fn parse(text: &str) -> Result<State, String> {
             }
             _ => {
                 return Err(format!(
-                    "line {line_no}: expected `signing <64 hex digits>` (once) or `epoch <n> \
-                     <64 hex digits>`"
+                    "line {line_no}: expected `signing <64 hex digits>` (once), `derive <64 hex \
+                     digits>` (once) or `epoch <n> <64 hex digits>`"
                 ));
             }
         }
@@ -351,7 +368,16 @@ fn parse(text: &str) -> Result<State, String> {
     if epochs.is_empty() {
         return Err("no epoch".into());
     }
-    Ok(State { epochs, signing })
+    let held = derive.is_some();
+    let derive = derive.unwrap_or_else(random_key);
+    Ok((
+        State {
+            epochs,
+            signing,
+            derive,
+        },
+        held,
+    ))
 }
 
 fn key_bytes(hex_text: &str, line_no: usize) -> Result<Zeroizing<[u8; 32]>, String> {
@@ -432,6 +458,10 @@ impl KeyProvider for Keyring {
     fn public_key(&self) -> PublicKey {
         PublicKey(self.read().signing.verifying_key().to_bytes())
     }
+
+    fn derive_key(&self, label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        derive_with(&self.read().derive, label)
+    }
 }
 
 /// A file keyring in a directory removed at once: its keys live on in memory, for unit tests.
@@ -501,6 +531,44 @@ mod tests {
         assert!(!after.contains(key_hex));
         assert!(!dir.path().join("keyring.new").exists());
         assert_eq!(ring(dir.path()).epochs(), vec![EpochId(2)]);
+    }
+
+    #[test]
+    fn derived_keys_are_stable_distinct_and_added_to_old_keyrings() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = default_keyring_path(dir.path());
+        let derive =
+            |ring: &Keyring, label: &str| *ring.derive_key(label).unwrap_or_else(|e| panic!("{e}"));
+        let first = ring(dir.path());
+        let email = derive(&first, "index/customers/email");
+        assert_ne!(email, derive(&first, "index/customers/phone"));
+        assert_ne!(email, [0u8; 32]);
+        // Stable across restarts and epoch rotation.
+        first.add_epoch().unwrap_or_else(|e| panic!("{e}"));
+        first
+            .destroy_epoch(EpochId(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(derive(&ring(dir.path()), "index/customers/email"), email);
+        // The derived key is not the secret, and the secret is in the file.
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!text.contains(&hex::encode(email)));
+        let secret = text
+            .lines()
+            .find_map(|l| l.strip_prefix("derive "))
+            .unwrap_or_else(|| panic!("no derive line"))
+            .to_owned();
+        // A keyring written before the secret existed gets one at its next open, kept after.
+        let old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("derive "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&path, old).unwrap_or_else(|e| panic!("{e}"));
+        let migrated = derive(&ring(dir.path()), "index/customers/email");
+        assert_ne!(migrated, email);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains("derive ") && !text.contains(&secret));
+        assert_eq!(derive(&ring(dir.path()), "index/customers/email"), migrated);
     }
 
     #[test]
@@ -578,6 +646,7 @@ mod tests {
             "#",
             "epoch",
             "signing",
+            "derive",
             HEADER,
             "0",
             "4294967296",
@@ -588,7 +657,7 @@ mod tests {
             // Never a panic; what parses has a signing key and at least one epoch, and an
             // error never repeats a key line.
             match std::str::from_utf8(&input.bytes).map(parse) {
-                Ok(Ok(state)) => prop_assert!(!state.epochs.is_empty()),
+                Ok(Ok((state, _))) => prop_assert!(!state.epochs.is_empty()),
                 Ok(Err(problem)) => prop_assert!(problem.len() < 200, "{problem}"),
                 Err(_) => {}
             }

@@ -43,8 +43,10 @@ use cryptoki::{
 use rand::{RngCore, rngs::OsRng};
 use zeroize::Zeroizing;
 
-use self::token::{context, find_token, generate_epoch_key, list_epochs, read_pin, signing_pair};
-use super::provider::{EpochId, KeyError, KeyProvider, PublicKey, Signature};
+use self::token::{
+    context, derivation_secret, find_token, generate_epoch_key, list_epochs, read_pin, signing_pair,
+};
+use super::provider::{EpochId, KeyError, KeyProvider, PublicKey, Signature, derivation_message};
 
 /// The format byte of a sealed data key (AES-256-GCM on the token).
 const SEALED_VERSION: u8 = 0x02;
@@ -80,6 +82,8 @@ pub struct Pkcs11Provider {
     epochs: RwLock<BTreeMap<u32, ObjectHandle>>,
     signing_key: ObjectHandle,
     public: PublicKey,
+    /// The derivation secret (`derive_key`): HMAC-SHA256 on the token.
+    derive_key: ObjectHandle,
 }
 
 impl fmt::Debug for Pkcs11Provider {
@@ -181,6 +185,16 @@ impl Pkcs11Provider {
                 "the signing key",
             ),
             (MechanismType::EDDSA, "CKM_EDDSA", "signing"),
+            (
+                MechanismType::GENERIC_SECRET_KEY_GEN,
+                "CKM_GENERIC_SECRET_KEY_GEN",
+                "the derivation secret",
+            ),
+            (
+                MechanismType::SHA256_HMAC,
+                "CKM_SHA256_HMAC",
+                "deriving lookup and pseudonym keys",
+            ),
         ] {
             if !mechanisms.contains(&needed) {
                 return Err(format!(
@@ -222,6 +236,7 @@ impl Pkcs11Provider {
             epochs.insert(1, handle);
         }
         let (signing_key, public) = signing_pair(&login, token_label)?;
+        let derive_key = derivation_secret(&login, token_label)?;
 
         Ok(Self {
             ctx,
@@ -233,6 +248,7 @@ impl Pkcs11Provider {
             epochs: RwLock::new(epochs),
             signing_key,
             public,
+            derive_key,
         })
     }
 
@@ -487,5 +503,28 @@ impl KeyProvider for Pkcs11Provider {
 
     fn public_key(&self) -> PublicKey {
         self.public
+    }
+
+    fn derive_key(&self, label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let mut session = self.lease()?;
+        let mac = session
+            .sign(
+                &Mechanism::Sha256Hmac,
+                self.derive_key,
+                &derivation_message(label),
+            )
+            .map_err(|e| {
+                session.broken(&e);
+                self.failed("deriving a key", &e)
+            })?;
+        let mac = Zeroizing::new(mac);
+        let key: [u8; 32] = mac.as_slice().try_into().map_err(|_| {
+            KeyError::Provider(format!(
+                "PKCS#11 token '{}' returned a {}-byte HMAC-SHA256",
+                self.token_label,
+                mac.len()
+            ))
+        })?;
+        Ok(Zeroizing::new(key))
     }
 }

@@ -105,6 +105,37 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
 
     /// The signing key's public half.
     fn public_key(&self) -> PublicKey;
+
+    /// A 256-bit key for `label` (such as `index/customers/email` or `pseudonym/analytics`):
+    /// HMAC-SHA256 of `derivation_message(label)` under a derivation secret of the provider,
+    /// which is made once and never rotates with the epochs, so blind-index digests and
+    /// pseudonyms stay stable for the provider's lifetime. Different labels give unrelated
+    /// keys. The derived key is returned (it keys HMACs on the hot path); the secret it comes
+    /// from never leaves the provider (with `pkcs11`, never leaves the HSM).
+    ///
+    /// # Errors
+    /// `Provider` if the provider failed.
+    fn derive_key(&self, label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError>;
+}
+
+/// What a provider's derivation secret signs (HMAC-SHA256) to derive the key for `label`:
+/// a domain-separated, versioned message, the same for every provider.
+pub(super) fn derivation_message(label: &str) -> Vec<u8> {
+    const DOMAIN: &[u8] = b"strongroom/derive-key/v1\0";
+    let mut message = Vec::with_capacity(DOMAIN.len() + label.len());
+    message.extend_from_slice(DOMAIN);
+    message.extend_from_slice(label.as_bytes());
+    message
+}
+
+/// HMAC-SHA256 of `derivation_message(label)` under `secret`: how the keyring providers derive.
+pub(super) fn derive_with(secret: &[u8; 32], label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    use hmac::Mac;
+    // HMAC accepts keys of every length; the error is never seen.
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
+        .map_err(|_| KeyError::Provider("HMAC refused a 32-byte key".into()))?;
+    mac.update(&derivation_message(label));
+    Ok(Zeroizing::new(mac.finalize().into_bytes().into()))
 }
 
 /// Checks an Ed25519 signature: what an auditor runs, offline, with the public key alone.

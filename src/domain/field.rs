@@ -80,6 +80,14 @@ pub enum FieldType {
     String,
 }
 
+impl FieldType {
+    /// Whether values of this type have a defined normalization for a blind index (`indexed =
+    /// true` in the schema): email, phone and ssn.
+    pub fn is_indexable(self) -> bool {
+        matches!(self, Self::Email | Self::Phone | Self::Ssn)
+    }
+}
+
 /// A field value in plaintext. Zeroized on drop; its `Debug` prints no characters of it.
 pub struct FieldValue(Zeroizing<String>);
 
@@ -151,6 +159,26 @@ impl FieldValue {
     /// The plaintext. Callers must not log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The form a blind index digests, for a value of type `ty` as `parse` normalized it:
+    /// an email lowercased whole (its stored form lowercases the domain only), a phone in
+    /// E.164 (as stored), an SSN's nine digits. Equivalent spellings give the same form.
+    /// `None` for a type without an index normalization.
+    pub fn index_form(&self, ty: FieldType) -> Option<Zeroizing<String>> {
+        let v = self.0.as_str();
+        match ty {
+            FieldType::Email => Some(Zeroizing::new(v.to_lowercase())),
+            FieldType::Phone => Some(Zeroizing::new(v.to_owned())),
+            FieldType::Ssn => Some(Zeroizing::new(
+                v.chars().filter(char::is_ascii_digit).collect(),
+            )),
+            FieldType::Address
+            | FieldType::CardNumber
+            | FieldType::Date
+            | FieldType::Name
+            | FieldType::String => None,
+        }
     }
 
     /// The masked form of this value for its type: enough to recognize, not enough to use.

@@ -64,6 +64,8 @@ pub struct Collection {
     /// Bit `i` set: field `i` is sensitive (a plaintext disclosure of it is counted against the
     /// reader's limits, and a policy change widening access to it needs a second approver).
     sensitive: u64,
+    /// Bit `i` set: field `i` is declared `indexed` (a blind index finds records by it).
+    indexed: u64,
 }
 
 impl Collection {
@@ -80,6 +82,11 @@ impl Collection {
     /// Whether the field at `index` is declared `sensitive`.
     pub fn is_sensitive(&self, index: usize) -> bool {
         index < MAX_FIELDS_PER_COLLECTION && self.sensitive & (1 << index) != 0
+    }
+
+    /// Whether the field at `index` is declared `indexed`: records can be found by its value.
+    pub fn is_indexed(&self, index: usize) -> bool {
+        index < MAX_FIELDS_PER_COLLECTION && self.indexed & (1 << index) != 0
     }
 
     /// The index of a declared field.
@@ -139,6 +146,8 @@ struct FieldFile {
     ty: FieldType,
     #[serde(default)]
     sensitive: bool,
+    #[serde(default)]
+    indexed: bool,
 }
 
 impl Schema {
@@ -189,6 +198,7 @@ impl Schema {
             }
             let mut fields: Vec<(FieldName, FieldType)> = Vec::new();
             let mut sensitive = 0u64;
+            let mut indexed = 0u64;
             for f in c.fields {
                 let field = FieldName::parse(&f.name, &at)?;
                 if fields.iter().any(|(n, _)| *n == field) {
@@ -200,6 +210,19 @@ impl Schema {
                 if f.sensitive {
                     sensitive |= 1 << fields.len();
                 }
+                if f.indexed {
+                    if !f.ty.is_indexable() {
+                        return Err(InvalidInput::new(
+                            at,
+                            format!(
+                                "field {:?} is of type {:?}, which has no index normalization: \
+                                 only email, phone and ssn fields may be `indexed`",
+                                f.name, f.ty
+                            ),
+                        ));
+                    }
+                    indexed |= 1 << fields.len();
+                }
                 fields.push((field, f.ty));
             }
             let name = CollectionName(name);
@@ -209,6 +232,7 @@ impl Schema {
                     name,
                     fields,
                     sensitive,
+                    indexed,
                 },
             );
         }
@@ -297,6 +321,30 @@ mod tests {
             "purposes = [\"a\"]\n[collections.c]\nfields = [{ name = \"x\", type = \"ssn\", sensitive = \"yes\" }]\n",
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn the_shipped_schema_indexes_email_phone_and_ssn_only() {
+        let schema = Schema::parse(include_str!("../../policies/schema.toml")).unwrap();
+        let customers = schema.collection("customers", "c").unwrap();
+        let indexed: Vec<&str> = customers
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| customers.is_indexed(*i))
+            .map(|(_, (name, _))| name.as_str())
+            .collect();
+        assert_eq!(indexed, ["email", "phone", "ssn"]);
+        let refused = Schema::parse(
+            "purposes = [\"a\"]\n[collections.c]\nfields = [{ name = \"notes\", type = \"string\", indexed = true }]\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            refused.contains("\"notes\"") && refused.contains("only email, phone and ssn"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -36,6 +36,10 @@ m = g(r.sub, p.sub) && keyMatch(r.obj, p.obj) && r.act == p.act && (p.pur == \"*
 const FULL_CHECK_CELLS: usize = 4096;
 /// How many cells the sample holds.
 const SAMPLE_CELLS: usize = 48;
+/// Blocks of per-cell allow/deny marks in a row's scratch: one per action that has cells
+/// (read, read_masked, write, delete's unused block, read_pseudonym, find); the per-collection
+/// delete marks follow them.
+const ACTION_BLOCKS: usize = 6;
 
 fn normalized(model: &str) -> Vec<String> {
     model
@@ -91,6 +95,8 @@ pub struct DecisionTable {
     reads: Vec<Decision>,
     writes: Vec<bool>,
     deletes: Vec<bool>,
+    /// Per (row, field, purpose), like `reads`: may the row find records by the field.
+    finds: Vec<bool>,
     /// `collection.field` of each field the schema marks sensitive.
     sensitive: HashSet<String>,
     /// Who holds which privilege outside the record policy.
@@ -108,7 +114,7 @@ pub enum Escalation {
         /// The privilege it would gain.
         privilege: Privilege,
     },
-    /// A read of a sensitive field would move up Denied -> Masked -> Plain.
+    /// A read of a sensitive field would move up Denied -> Pseudonym -> Masked -> Plain.
     SensitiveRead(DecisionChange),
 }
 
@@ -135,7 +141,8 @@ pub struct DecisionChange {
     pub principal: String,
     /// `collection.field` (or `collection.*` for deletes).
     pub object: String,
-    /// The action: `read` (plain/masked/denied), `write` or `delete` (allowed/denied).
+    /// The action: `read` (plain/masked/pseudonym/denied), `write`, `delete` or `find`
+    /// (allowed/denied).
     pub action: Action,
     /// The purpose, `*` for writes and deletes.
     pub purpose: String,
@@ -146,11 +153,21 @@ pub struct DecisionChange {
 }
 
 fn decision_name(d: Decision) -> &'static str {
-    match d {
-        Decision::Denied => "denied",
-        Decision::Masked => "masked",
-        Decision::Plain => "plain",
-    }
+    d.name()
+}
+
+/// How much a read decision named in a `DecisionChange` discloses (`Decision::rank`); write and
+/// delete names rank 0.
+fn rank_of_name(name: &str) -> u8 {
+    [
+        Decision::Denied,
+        Decision::Masked,
+        Decision::Plain,
+        Decision::Pseudonym,
+    ]
+    .into_iter()
+    .find(|d| d.name() == name)
+    .map_or(0, Decision::rank)
 }
 
 fn allowed_name(b: bool) -> &'static str {
@@ -197,6 +214,47 @@ impl DecisionTable {
         row.and_then(|row| self.field_slot(row, collection, field))
             .and_then(|slot| self.writes.get(slot).copied())
             .unwrap_or(false)
+    }
+
+    fn find_row(
+        &self,
+        row: Option<usize>,
+        collection: &Collection,
+        field: usize,
+        purpose: &str,
+    ) -> bool {
+        let n_purposes = self.purposes.len();
+        row.and_then(|row| self.field_slot(row, collection, field))
+            .zip(self.purpose_index.get(purpose))
+            .and_then(|(slot, &p)| self.finds.get(slot * n_purposes + p).copied())
+            .unwrap_or(false)
+    }
+
+    /// Whether a subject or role may find records by a field for a purpose; unknown names,
+    /// fields and purposes deny.
+    pub fn find_by_name(
+        &self,
+        name: &str,
+        collection: &Collection,
+        field: usize,
+        purpose: &str,
+    ) -> bool {
+        self.find_row(self.row(name), collection, field, purpose)
+    }
+
+    pub(super) fn may_find(
+        &self,
+        principal: &Principal,
+        collection: &Collection,
+        field: usize,
+        purpose: &Purpose,
+    ) -> bool {
+        self.find_row(
+            self.principal_row(principal),
+            collection,
+            field,
+            purpose.as_str(),
+        )
     }
 
     fn delete_row(&self, row: Option<usize>, collection: &Collection) -> bool {
@@ -286,18 +344,26 @@ impl DecisionTable {
                 }
             }
         }
-        let rank = |d: &str| match d {
-            "plain" => 2,
-            "masked" => 1,
-            _ => 0,
-        };
         out.extend(
             changes
                 .iter()
                 .filter(|c| {
                     c.action == Action::Read
                         && after.sensitive.contains(&c.object)
-                        && rank(c.after) > rank(c.before)
+                        && rank_of_name(c.after) > rank_of_name(c.before)
+                })
+                .cloned()
+                .map(Escalation::SensitiveRead),
+        );
+        // Finding records by a sensitive field (an SSN) tells who is a customer: a new grant
+        // of it is a widening like a read.
+        out.extend(
+            changes
+                .iter()
+                .filter(|c| {
+                    c.action == Action::Find
+                        && after.sensitive.contains(&c.object)
+                        && c.after == "allowed"
                 })
                 .cloned()
                 .map(Escalation::SensitiveRead),
@@ -333,6 +399,23 @@ impl DecisionTable {
                 .copied()
                 .unwrap_or(false);
             out.push((object.clone(), Action::Write, "*".into(), allowed_name(w)));
+        }
+        for (f, object) in self.objects.iter().enumerate() {
+            for (p, purpose) in self.purposes.iter().enumerate() {
+                let allowed = row
+                    .and_then(|r| {
+                        self.finds
+                            .get((r * self.objects.len() + f) * n_purposes + p)
+                    })
+                    .copied()
+                    .unwrap_or(false);
+                out.push((
+                    object.clone(),
+                    Action::Find,
+                    purpose.clone(),
+                    allowed_name(allowed),
+                ));
+            }
         }
         let n = self.collection_names.len();
         for (c, coll) in self.collection_names.iter().enumerate() {
@@ -498,16 +581,19 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
     let mut reads = vec![Decision::Denied; names.len() * n_objects * n_purposes];
     let mut writes = vec![false; names.len() * n_objects];
     let mut deletes = vec![false; names.len() * n_collections];
+    let mut finds = vec![false; names.len() * n_objects * n_purposes];
     // Per row: allow and deny marks per (action, object, purpose) cell.
     let cells = n_objects * n_purposes;
     for (row, name) in names.iter().enumerate() {
-        let mut allow = vec![false; 4 * cells + n_collections * 2];
+        let mut allow = vec![false; ACTION_BLOCKS * cells + n_collections * 2];
         let mut deny = allow.clone();
         let act_index = |a: Action| match a {
             Action::Read => 0,
             Action::ReadMasked => 1,
             Action::Write => 2,
             Action::Delete => 3,
+            Action::ReadPseudonym => 4,
+            Action::Find => 5,
         };
         for (member, _) in reachable(name, &edges) {
             for rule in by_subject
@@ -529,7 +615,7 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                 if *action == Action::Delete {
                     for (c, coll) in collection_names.iter().enumerate() {
                         if object_matches(object, &format!("{coll}.*")) {
-                            marks[4 * cells + c] = true;
+                            marks[ACTION_BLOCKS * cells + c] = true;
                         }
                     }
                     continue;
@@ -542,7 +628,10 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                         let applies = match action {
                             // Writes are requested with purpose `*`: only `*` rules match.
                             Action::Write | Action::Delete => purpose == "*",
-                            Action::Read | Action::ReadMasked => purpose == "*" || purpose == pur,
+                            Action::Find
+                            | Action::Read
+                            | Action::ReadMasked
+                            | Action::ReadPseudonym => purpose == "*" || purpose == pur,
                         };
                         if applies {
                             marks[act_index(*action) * cells + o * n_purposes + p] = true;
@@ -562,6 +651,8 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
                     Decision::Plain
                 } else if granted(Action::ReadMasked, cell) {
                     Decision::Masked
+                } else if granted(Action::ReadPseudonym, cell) {
+                    Decision::Pseudonym
                 } else {
                     Decision::Denied
                 };
@@ -570,8 +661,11 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
             writes[row * n_objects + o] = n_purposes > 0 && granted(Action::Write, o * n_purposes);
         }
         for c in 0..n_collections {
-            let i = 4 * cells + c;
+            let i = ACTION_BLOCKS * cells + c;
             deletes[row * n_collections + c] = allow[i] && !deny[i];
+        }
+        for cell in 0..cells {
+            finds[row * cells + cell] = granted(Action::Find, cell);
         }
     }
     DecisionTable {
@@ -587,6 +681,7 @@ fn build(text: &PolicyText, schema: &Schema, principals: &[Principal]) -> Decisi
         reads,
         writes,
         deletes,
+        finds,
         sensitive,
         privileges: Privileges::compile(text),
     }
@@ -633,13 +728,17 @@ async fn cross_check(
             Decision::Plain
         } else if allowed(name, object, Action::ReadMasked, purpose) {
             Decision::Masked
+        } else if allowed(name, object, Action::ReadPseudonym, purpose) {
+            Decision::Pseudonym
         } else {
             Decision::Denied
         };
         let ours = table.reads[row * cells_per_row + cell];
         let write_ours = table.writes[row * table.objects.len() + o];
         let write_casbin = p != 0 || allowed(name, object, Action::Write, "*") == write_ours;
-        if casbin != ours || !write_casbin {
+        let find_casbin =
+            allowed(name, object, Action::Find, purpose) == table.finds[row * cells_per_row + cell];
+        if casbin != ours || !write_casbin || !find_casbin {
             return Err(PolicyError::Model(format!(
                 "the compiled table disagrees with casbin for {name} on {object} for {purpose}; refusing the policy"
             )));
@@ -703,6 +802,56 @@ mod tests {
         assert!(check_model(&allow_by_default).is_err());
         let any_object = shipped.replace("keyMatch(r.obj, p.obj)", "true");
         assert!(check_model(&any_object).is_err());
+    }
+
+    /// A sensitive read that widens along Denied < Pseudonym < Masked < Plain needs a second
+    /// approver; one that narrows does not.
+    #[test]
+    fn pseudonym_ranks_between_denied_and_masked_in_escalations() {
+        let schema = Schema::parse(
+            r#"purposes = ["analytics"]
+[collections.customers]
+fields = [{ name = "ssn", type = "ssn", sensitive = true }]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let table = |action: &str| {
+            let text = if action.is_empty() {
+                "g, role:a, role:b\n".to_owned()
+            } else {
+                format!("p, role:a, customers.ssn, {action}, analytics, allow\n")
+            };
+            let text = PolicyText::parse(&text, &schema, 1).unwrap_or_else(|e| panic!("{e}"));
+            build(&text, &schema, &[])
+        };
+        let order = ["", "read_pseudonym", "read_masked", "read"];
+        let coll = schema
+            .collection("customers", "c")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let decisions: Vec<Decision> = order
+            .iter()
+            .map(|a| table(a).read_by_name("role:a", coll, 0, "analytics"))
+            .collect();
+        assert_eq!(
+            decisions,
+            [
+                Decision::Denied,
+                Decision::Pseudonym,
+                Decision::Masked,
+                Decision::Plain
+            ]
+        );
+        assert!(decisions.windows(2).all(|w| w[0] < w[1]));
+        for (i, before) in order.iter().enumerate() {
+            for (j, after) in order.iter().enumerate() {
+                let (before, after) = (table(before), table(after));
+                let changes = before.changes_to(&after);
+                let escalates = before
+                    .escalations_to(&after, &changes)
+                    .iter()
+                    .any(|e| matches!(e, Escalation::SensitiveRead(_)));
+                assert_eq!(escalates, j > i, "{} -> {}", order[i], order[j]);
+            }
+        }
     }
 
     #[test]

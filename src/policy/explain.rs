@@ -19,7 +19,8 @@ pub struct MatchedRule {
     pub via: Vec<String>,
     /// Whether it allows (or denies).
     pub allow: bool,
-    /// The action it is about (`read` and `read_masked` both matter for a read).
+    /// The action it is about (`read`, `read_masked` and `read_pseudonym` all matter for a
+    /// read).
     pub action: Action,
 }
 

@@ -1,7 +1,7 @@
 //! The policy text: casbin CSV lines, parsed and validated before anything is applied.
 //!
 //! ```text
-//! p, <role or subject>, <collection>.<field | *>, <read | read_masked | write | delete>, <purpose | *>, <allow | deny>
+//! p, <role or subject>, <collection>.<field | *>, <read | read_masked | read_pseudonym | write | delete | find>, <purpose | *>, <allow | deny>
 //! p, <role or subject>, <policies | tokens | keys | honeytokens | audit>, <manage | read>, *, <allow | deny>
 //! g, <role or subject>, <role>
 //! ```
@@ -25,24 +25,37 @@ pub const MAX_ROLE_DEPTH: usize = 8;
 pub enum Action {
     /// Shred a record of the collection (object `collection.*`).
     Delete,
+    /// Find records by an indexed field's value, for a purpose (`FindRecords`).
+    Find,
     /// Read a field in plaintext.
     Read,
     /// Read a field masked.
     ReadMasked,
+    /// Read a field as a pseudonym: a keyed token per purpose (a date: its year only).
+    ReadPseudonym,
     /// Set or clear a field.
     Write,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 4] = [Self::Delete, Self::Read, Self::ReadMasked, Self::Write];
+    pub const ALL: [Self; 6] = [
+        Self::Delete,
+        Self::Find,
+        Self::Read,
+        Self::ReadMasked,
+        Self::ReadPseudonym,
+        Self::Write,
+    ];
 
     /// The action as written in policy lines.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Delete => "delete",
+            Self::Find => "find",
             Self::Read => "read",
             Self::ReadMasked => "read_masked",
+            Self::ReadPseudonym => "read_pseudonym",
             Self::Write => "write",
         }
     }
@@ -287,7 +300,10 @@ fn parse_permission(
     let action = Action::parse(action).ok_or_else(|| {
         line_err(
             line,
-            format!("unknown action {action:?}: use read, read_masked, write or delete"),
+            format!(
+                "unknown action {action:?}: use read, read_masked, read_pseudonym, write, delete \
+                 or find"
+            ),
         )
     })?;
     let (collection, field) = object.split_once('.').ok_or_else(|| {
@@ -300,8 +316,17 @@ fn parse_permission(
         .collection(collection, "object")
         .map_err(|e| line_err(line, e.problem))?;
     if field != "*" {
-        coll.field(field, "object")
+        let (index, _) = coll
+            .field(field, "object")
             .map_err(|e| line_err(line, e.problem))?;
+        if action == Action::Find && !coll.is_indexed(index) {
+            return Err(line_err(
+                line,
+                format!(
+                    "find applies to indexed fields; {collection}.{field} is not `indexed` in schema.toml"
+                ),
+            ));
+        }
     }
     if action == Action::Delete && field != "*" {
         return Err(line_err(
@@ -486,6 +511,7 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
         assert!(err("p, role:a, customers.email, peek, support, allow").contains("unknown action"));
         assert!(err("p, role:a, customers.email, read, gossip, allow").contains("unknown purpose"));
         assert!(err("p, role:a, customers.email, read, support, maybe").contains("unknown effect"));
+        assert!(err("p, role:a, customers.email, find, support, allow").contains("indexed"));
         assert!(err("p, admin, customers.email, read, support, allow").contains("subject"));
         assert!(err("p, role:a, customers.email, write, support, allow").contains("every purpose"));
         assert!(err("p, role:a, customers.email, delete, *, allow").contains("whole records"));
@@ -577,6 +603,7 @@ fields = [{ name = "email", type = "email" }, { name = "ssn", type = "ssn" }]"#,
             "read_masked",
             "write",
             "delete",
+            "find",
             "support",
             "role:admin",
             "policies",

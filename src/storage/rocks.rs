@@ -56,7 +56,13 @@ impl RocksStore {
     /// `StoreError::Open` with the engine's message.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let cache = Cache::new_lru_cache(64 << 20);
-        let mut db_opts = cf_options(&cache);
+        // (`max_manifest_space_amp_pct` has no setter: see the MANIFEST note below.)
+        let mut db_opts = cf_options(&cache)
+            .get_options_from_string("max_manifest_space_amp_pct=0")
+            .map_err(|e| StoreError::Open {
+                path: dir.display().to_string(),
+                detail: e.into_string(),
+            })?;
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         // Old WAL files must not be reused or archived: they hold deleted values.
@@ -67,6 +73,12 @@ impl RocksStore {
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_db_write_buffer_size(96 << 20);
+        // The MANIFEST records the first and last key of every file it ever listed, so keys of
+        // purged files (blind-index digests are keys) stay in it until it is rewritten. At this
+        // limit (and no space amplification allowed) every change of the file set starts a new
+        // MANIFEST holding the live files only (a few hundred bytes per file), and the old one
+        // is deleted; `purge` ends with one such change after its compactions.
+        db_opts.set_max_manifest_file_size(1);
         let cfs = Keyspace::ALL
             .iter()
             .map(|ks| ColumnFamilyDescriptor::new(ks.name(), cf_options(&cache)));
@@ -118,6 +130,9 @@ fn file_number(name: &str) -> Option<u64> {
 /// A live file of column family `cf` that overlaps the keys starting with `prefix` and was
 /// written no later than file number `flushed` (so no compaction since rewrote it), if any. A
 /// file whose name or key range cannot be read counts as such a file: fail closed.
+/// The `meta` key `purge` writes to end on a fresh MANIFEST.
+const PURGE_MARKER: &[u8] = b"storage/last-purge";
+
 fn unpurged<'a>(live: &'a [LiveFile], cf: &str, prefix: &[u8], flushed: u64) -> Option<&'a str> {
     let end = prefix_end(prefix);
     live.iter()
@@ -317,6 +332,16 @@ impl Store for RocksStore {
                 )));
             }
         }
+        // One more change of the file set (a marker flushed to `meta`) starts a MANIFEST that
+        // lists only the files live after the compactions, and retires the one that still
+        // named the purged files' boundary keys.
+        let meta = self.cf(Keyspace::Meta)?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .put_cf_opt(meta, PURGE_MARKER, deleted_by.to_be_bytes(), &sync)
+            .map_err(io)?;
+        self.db.flush_cf_opt(meta, &flush).map_err(io)?;
         // A snapshot opened since the check above is newer than every deletion purged: it
         // cannot hold the deleted values back.
         Ok(())

@@ -597,8 +597,12 @@ impl Governance {
         purpose: &str,
     ) -> Result<Explanation, Error> {
         require(&self.engine, by, Privilege::AdministerPolicies)?;
-        let action = Action::parse(action)
-            .ok_or_else(|| InvalidInput::new("action", "use read, read_masked, write or delete"))?;
+        let action = Action::parse(action).ok_or_else(|| {
+            InvalidInput::new(
+                "action",
+                "use read, read_masked, read_pseudonym, write or delete",
+            )
+        })?;
         self.engine
             .explain(name, action, object, purpose)
             .await

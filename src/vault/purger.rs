@@ -1,5 +1,5 @@
-//! The purge after a shred: make the deleted wrapped DEK (in the key store) and the header and
-//! ciphertexts (in the data store) leave every live file (flush, then forced bottommost
+//! The purge after a shred: make the deleted wrapped DEK (in the key store) and the header,
+//! ciphertexts and blind-index entries (in the data store) leave every live file (flush, then forced bottommost
 //! compaction of their key ranges). An update's replaced data key is purged from the key store
 //! the same way, sharing the next purge, without an event of its own (the update's event says
 //! the old key was destroyed). A purge costs a flush of
@@ -122,10 +122,16 @@ fn purge_now(
     ids: &[[u8; 16]],
     rekeyed: &[[u8; 16]],
 ) -> Result<(), String> {
-    let prefixes: Vec<(Keyspace, &[u8])> = ids
+    let mut prefixes: Vec<(Keyspace, &[u8])> = ids
         .iter()
         .flat_map(|id| [(Keyspace::Headers, &id[..]), (Keyspace::Records, &id[..])])
         .collect();
+    // A shredded record's forward index entries are spread over the keyspace by their digests
+    // (and after a restart the digests are no longer known): the whole index keyspace is
+    // compacted, once per purge whatever the number of records.
+    if !ids.is_empty() {
+        prefixes.push((Keyspace::Index, &[][..]));
+    }
     if !prefixes.is_empty() {
         store.purge(&prefixes).map_err(|e| e.to_string())?;
     }
@@ -145,7 +151,10 @@ fn purge_now(
         let wrapped = keys
             .scan_prefix(Keyspace::Deks, id)
             .map_err(|e| e.to_string())?;
-        if header.is_some() || !fields.is_empty() || !wrapped.is_empty() {
+        let indexed = store
+            .scan_prefix(Keyspace::Index, &super::index::reverse_prefix(id))
+            .map_err(|e| e.to_string())?;
+        if header.is_some() || !fields.is_empty() || !wrapped.is_empty() || !indexed.is_empty() {
             return Err("a shredded record's keys are still readable after the purge".into());
         }
     }
@@ -363,7 +372,7 @@ async fn record_success(audit: &Audit, owed: &Owed) -> Result<i64, String> {
             collection: collection.clone(),
             result: "OK".into(),
             detail: format!(
-                "wrapped key and ciphertexts purged from live files ({} records in this purge)",
+                "wrapped key, ciphertexts and index entries purged from live files ({} records in this purge)",
                 owed.len()
             ),
             ..Event::default()

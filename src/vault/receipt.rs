@@ -19,9 +19,14 @@
 //! epoch ends, its rotation scheduled by the shred horizon for T2 and the epoch destroyed when
 //! that rotation completes (a `Keys/DestroyEpoch` audit event records when). Nothing more. A verifier rejects any file that differs from this form in a single byte.
 //!
+//! The same mechanism signs every document the vault hands out for checking offline (the
+//! subject-access export and the erasure receipt of `subject`): a `Signable` document type
+//! names its format, the key its file wraps it under and its signing domain; `sign` and
+//! `verify_document` do the rest, one way for all.
+//!
 //! Depends on `crypto` (signing through the provider) only.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::ShredReceipt;
 use crate::crypto::{KeyProvider, PublicKey, Signature, verify_signature};
@@ -57,11 +62,56 @@ pub struct ReceiptDocument {
     pub statement: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReceiptFile {
-    receipt: ReceiptDocument,
+/// A document the vault signs: canonical JSON (a struct with a fixed field order, no maps,
+/// `deny_unknown_fields`), wrapped in its file as `{"<WRAPPER>":<document>,"signature":".."}`.
+pub trait Signable: Serialize + DeserializeOwned {
+    /// The `format` field every document of this kind holds.
+    const FORMAT: &'static str;
+    /// The key its file wraps the document under.
+    const WRAPPER: &'static str;
+    /// Signed before the document's bytes, so a signature of one kind never verifies another.
+    const DOMAIN: &'static [u8];
+    /// The fingerprint of the key the document says signed it.
+    fn signing_key(&self) -> &str;
+}
+
+impl Signable for ReceiptDocument {
+    const FORMAT: &'static str = RECEIPT_FORMAT;
+    const WRAPPER: &'static str = "receipt";
+    const DOMAIN: &'static [u8] = SIGNING_DOMAIN;
+    fn signing_key(&self) -> &str {
+        &self.signing_key
+    }
+}
+
+/// A signed document's file, read back: the document and the signature.
+#[derive(Debug)]
+struct SignedFile<D> {
+    document: D,
     signature: String,
+}
+
+impl<D: Signable> SignedFile<D> {
+    fn parse(value: serde_json::Value) -> Result<Self, ReceiptError> {
+        let serde_json::Value::Object(mut map) = value else {
+            return Err(ReceiptError::Malformed("not a JSON object".into()));
+        };
+        let document = map
+            .remove(D::WRAPPER)
+            .ok_or_else(|| ReceiptError::Malformed(format!("no {}", D::WRAPPER)))?;
+        let Some(serde_json::Value::String(signature)) = map.remove("signature") else {
+            return Err(ReceiptError::Malformed("no signature string".into()));
+        };
+        if let Some(key) = map.keys().next() {
+            return Err(ReceiptError::Malformed(format!("unknown field {key:?}")));
+        }
+        let document =
+            serde_json::from_value(document).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        Ok(Self {
+            document,
+            signature,
+        })
+    }
 }
 
 /// A receipt's canonical document and its signature, as the API carries them.
@@ -76,9 +126,16 @@ pub struct SignedReceipt {
 impl SignedReceipt {
     /// The receipt file: what `strongroom receipt verify` checks.
     pub fn file_text(&self) -> String {
+        self.file_text_for::<ReceiptDocument>()
+    }
+
+    /// The file of a signed document of kind `D`: one line, then a line feed.
+    pub fn file_text_for<D: Signable>(&self) -> String {
         format!(
-            "{{\"receipt\":{},\"signature\":\"{}\"}}\n",
-            self.document, self.signature
+            "{{\"{}\":{},\"signature\":\"{}\"}}\n",
+            D::WRAPPER,
+            self.document,
+            self.signature
         )
     }
 }
@@ -116,11 +173,29 @@ pub fn statement(doc: &ReceiptDocument) -> String {
     )
 }
 
-fn signed_bytes(document: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + document.len());
-    out.extend_from_slice(SIGNING_DOMAIN);
+fn signed_bytes<D: Signable>(document: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(D::DOMAIN.len() + document.len());
+    out.extend_from_slice(D::DOMAIN);
     out.extend_from_slice(document.as_bytes());
     out
+}
+
+/// Serializes `doc` canonically and signs it with the provider's key.
+///
+/// # Errors
+/// The provider's failure to sign, as text (it names no secret).
+pub(super) fn sign<D: Signable>(
+    doc: &D,
+    provider: &dyn KeyProvider,
+) -> Result<SignedReceipt, String> {
+    let document = serde_json::to_string(doc).map_err(|e| e.to_string())?;
+    let sig = provider
+        .sign(&signed_bytes::<D>(&document))
+        .map_err(|e| e.to_string())?;
+    Ok(SignedReceipt {
+        document,
+        signature: hex::encode(sig.0),
+    })
 }
 
 /// `receipt` with its signed form. The shred is done whatever happens here: if the provider
@@ -140,16 +215,8 @@ pub(super) fn signed(mut receipt: ShredReceipt, provider: &dyn KeyProvider) -> S
         statement: String::new(),
     };
     doc.statement = statement(&doc);
-    // Strings and integers: JSON serialization cannot fail.
-    #[allow(clippy::expect_used)]
-    let document = serde_json::to_string(&doc).expect("a receipt always serializes");
-    match provider.sign(&signed_bytes(&document)) {
-        Ok(sig) => {
-            receipt.signed = Some(SignedReceipt {
-                document,
-                signature: hex::encode(sig.0),
-            });
-        }
+    match sign(&doc, provider) {
+        Ok(signed) => receipt.signed = Some(signed),
         Err(e) => {
             tracing::error!(record = %receipt.id, error = %e, "the shred is done but its receipt could not be signed");
         }
@@ -173,9 +240,14 @@ pub enum ReceiptError {
     /// Not a receipt file at all.
     #[error("malformed receipt file: {0}")]
     Malformed(String),
-    /// Another format version.
-    #[error("wrong format version {0:?}: this verifier reads {RECEIPT_FORMAT}")]
-    WrongFormat(String),
+    /// Another format version, or another kind of document.
+    #[error("wrong format version {found:?}: this verifier reads {expected}")]
+    WrongFormat {
+        /// The format the file names.
+        found: String,
+        /// The format expected.
+        expected: &'static str,
+    },
 }
 
 /// Verifies a receipt file with the public key alone; returns the signed document.
@@ -183,30 +255,59 @@ pub enum ReceiptError {
 /// # Errors
 /// `Malformed`, `WrongFormat`, `NotCanonical` or `BadSignature`, naming what failed.
 pub fn verify(file: &[u8], public: &PublicKey) -> Result<ReceiptDocument, ReceiptError> {
+    verify_document(file, public)
+}
+
+/// The `format` a signed file's document names under `wrapper`, if any: which kind it is.
+pub fn format_of(file: &[u8], wrapper: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(file).ok()?;
+    value
+        .get(wrapper)?
+        .get("format")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Verifies the file of a signed document of kind `D` with the public key alone; returns the
+/// signed document.
+///
+/// # Errors
+/// `Malformed`, `WrongFormat`, `NotCanonical` or `BadSignature`, naming what failed.
+pub fn verify_document<D: Signable>(file: &[u8], public: &PublicKey) -> Result<D, ReceiptError> {
     let value: serde_json::Value = serde_json::from_slice(file)
         .map_err(|e| ReceiptError::Malformed(format!("not JSON ({e})")))?;
-    match value.pointer("/receipt/format").and_then(|f| f.as_str()) {
-        Some(RECEIPT_FORMAT) => {}
-        Some(other) => return Err(ReceiptError::WrongFormat(other.to_owned())),
+    match value
+        .get(D::WRAPPER)
+        .and_then(|d| d.get("format"))
+        .and_then(|f| f.as_str())
+    {
+        Some(f) if f == D::FORMAT => {}
+        Some(other) => {
+            return Err(ReceiptError::WrongFormat {
+                found: other.to_owned(),
+                expected: D::FORMAT,
+            });
+        }
         None => {
-            return Err(ReceiptError::Malformed(
-                "no receipt.format: not a shred receipt".into(),
-            ));
+            return Err(ReceiptError::Malformed(format!(
+                "no {}.format: not a {} file",
+                D::WRAPPER,
+                D::FORMAT
+            )));
         }
     }
-    let parsed: ReceiptFile =
-        serde_json::from_value(value).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let parsed = SignedFile::<D>::parse(value)?;
     let mut sig = [0u8; 64];
     hex::decode_to_slice(&parsed.signature, &mut sig)
         .map_err(|_| ReceiptError::Malformed("the signature is not 128 hex digits".into()))?;
-    let document = serde_json::to_string(&parsed.receipt)
+    let document = serde_json::to_string(&parsed.document)
         .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
     // The form the vault writes: the document as serialized, the signature in lowercase hex.
     let canonical = SignedReceipt {
         document,
         signature: hex::encode(sig),
     };
-    let text = canonical.file_text();
+    let text = canonical.file_text_for::<D>();
     if text.as_bytes() != file {
         let at = text
             .bytes()
@@ -215,15 +316,19 @@ pub fn verify(file: &[u8], public: &PublicKey) -> Result<ReceiptDocument, Receip
             .unwrap_or(text.len().min(file.len()));
         return Err(ReceiptError::NotCanonical(at));
     }
-    if verify_signature(public, &signed_bytes(&canonical.document), &Signature(sig)) {
-        return Ok(parsed.receipt);
+    if verify_signature(
+        public,
+        &signed_bytes::<D>(&canonical.document),
+        &Signature(sig),
+    ) {
+        return Ok(parsed.document);
     }
-    let hint = if parsed.receipt.signing_key == public.fingerprint() {
+    let hint = if parsed.document.signing_key() == public.fingerprint() {
         String::new()
     } else {
         format!(
             " (it names signing key {}; the given key is {})",
-            parsed.receipt.signing_key,
+            parsed.document.signing_key(),
             public.fingerprint()
         )
     };
@@ -300,7 +405,7 @@ mod tests {
                     Err(ReceiptError::BadSignature(_)) => "signature",
                     Err(ReceiptError::NotCanonical(_)) => "canonical",
                     Err(ReceiptError::Malformed(_)) => "malformed",
-                    Err(ReceiptError::WrongFormat(_)) => "format",
+                    Err(ReceiptError::WrongFormat { .. }) => "format",
                 };
                 *kinds.entry(kind).or_default() += 1;
             }

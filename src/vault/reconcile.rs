@@ -3,8 +3,8 @@
 //!
 //! - a header whose record has no key at all, and that the key store recorded as shredded, is
 //!   a shredded record (a restored copy of the data dir, or a shred interrupted between its two
-//!   writes): its shred is finished (ciphertexts and header deleted, tombstone written, purge
-//!   owed, audited);
+//!   writes): its shred is finished (ciphertexts, index entries and header deleted, tombstone
+//!   written, purge owed, audited);
 //! - a header without any key that the key store never shredded means the key store is older
 //!   than the data, or not theirs: the start is refused and nothing is changed;
 //! - keys of versions other than the header's are leftovers of an interrupted update: removed;
@@ -16,7 +16,7 @@
 //! A key store that is new (never used by a vault) next to a data store with records is
 //! refused: starting would shred every record.
 
-use super::{Error, Vault, header::Header, purger};
+use super::{Error, Vault, header::Header, index, purger};
 use crate::{
     audit::Event,
     domain::RecordId,
@@ -121,6 +121,9 @@ impl Vault {
             for (key, _) in self.store.scan_prefix(Keyspace::Records, id.as_bytes())? {
                 batch.delete(Keyspace::Records, key);
             }
+            let snapshot = self.store.snapshot();
+            index::delete_entries(&mut batch, snapshot.as_ref(), id, &header.collection)?;
+            drop(snapshot);
             batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
             batch.put(
                 Keyspace::Tombstones,
@@ -134,8 +137,8 @@ impl Vault {
                 record_id: id.to_string(),
                 result: "OK".into(),
                 detail: "the key store holds no data key for this record (shredded; a restored \
-                         copy of the data dir, or an interrupted shred): ciphertexts deleted, \
-                         purge queued"
+                         copy of the data dir, or an interrupted shred): ciphertexts and index \
+                         entries deleted, purge queued"
                     .into(),
                 ..Event::default()
             });

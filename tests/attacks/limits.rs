@@ -82,7 +82,9 @@ fn ssn_disclosed(resp: &pb::GetRecordResponse) -> bool {
             assert!(ssn.reason.contains("disclosure limit"), "{}", ssn.reason);
             false
         }
-        other @ (pb::Disclosure::Masked | pb::Disclosure::Unspecified) => panic!("ssn {other:?}"),
+        other @ (pb::Disclosure::Masked
+        | pb::Disclosure::Pseudonym
+        | pb::Disclosure::Unspecified) => panic!("ssn {other:?}"),
     }
 }
 

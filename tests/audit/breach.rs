@@ -569,3 +569,114 @@ async fn granting_honeytokens_manage_waits_for_a_second_policy_admin() {
         bad.message()
     );
 }
+
+#[tokio::test]
+async fn a_find_hit_an_export_and_a_subject_export_of_a_honeytoken_each_raise_one_alert() {
+    let vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let mut decoy_fields = customer("decoy");
+    decoy_fields.retain(|f| f.name != "email");
+    decoy_fields.push(field("email", "canary@example.com"));
+    let decoy = honeytoken(&mut admin, decoy_fields).await.unwrap().id;
+    let normal = create(&mut admin, customer("real")).await;
+    let mut auditor = vault.as_role("role:auditor").await;
+
+    // A find that hits the decoy (support may find by email): one alert; the hit looks like
+    // any record. A find that hits only the normal record: none.
+    let mut support = vault.as_role("role:support").await;
+    let find = |value: &str| pb::FindRecordsRequest {
+        collection: "customers".into(),
+        field: "email".into(),
+        value: value.into(),
+        purpose: "support".into(),
+        fields: vec![],
+    };
+    let hit = support
+        .records
+        .find_records(find(" CANARY@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hit.records.len(), 1);
+    assert_eq!(hit.records[0].id, decoy);
+    let other = support
+        .records
+        .find_records(find("ada.real@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.records.len(), 1);
+    assert_eq!(
+        shape(other.records[0].clone()).fields.len(),
+        hit.records[0].fields.len()
+    );
+    let found = alerts(&mut auditor, "critical").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].record_id, decoy);
+    assert_eq!(found[0].purpose, "support");
+
+    // An analytics export touches every record: one alert, for the decoy only.
+    let mut analyst = vault.as_role("role:analyst").await;
+    let mut stream = analyst
+        .records
+        .export_records(pb::ExportRecordsRequest {
+            collection: "customers".into(),
+            purpose: "analytics".into(),
+            fields: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut exported = Vec::new();
+    while let Some(r) = stream.message().await.unwrap() {
+        exported.push(r.id);
+    }
+    exported.sort();
+    let mut both = vec![decoy.clone(), normal.clone()];
+    both.sort();
+    assert_eq!(exported, both);
+    let found = alerts(&mut auditor, "critical").await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[1].record_id, decoy);
+    assert_eq!(found[1].subject, "svc:analyst");
+    assert_eq!(found[1].purpose, "analytics");
+    // The breach report counts the export's pseudonyms per record.
+    let analytics = report(
+        &mut auditor,
+        pb::ReportRequest {
+            subject: "svc:analyst".into(),
+            field: "email".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        seen(&analytics),
+        BTreeMap::from([(
+            "svc:analyst".to_owned(),
+            expect(2, &[("email", "pseudonym", 2)])
+        )])
+    );
+
+    // A subject-access export of the decoy: one alert, and the document's access history does
+    // not list the alerts (the privacy officer has no `audit read`).
+    let mut dpo = vault.as_role("role:privacy_officer").await;
+    let doc = dpo
+        .records
+        .export_subject(pb::ExportSubjectRequest {
+            subject: Some(pb::export_subject_request::Subject::RecordId(decoy.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .document;
+    assert!(!doc.contains("Alerts/"), "{doc}");
+    assert!(!doc.contains("honeytoken"), "{doc}");
+    assert!(
+        doc.contains("Records/FindRecords"),
+        "the accesses are there: {doc}"
+    );
+    let found = alerts(&mut auditor, "critical").await;
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(found[2].subject, "svc:privacy_officer");
+}

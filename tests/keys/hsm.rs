@@ -338,10 +338,12 @@ async fn records_round_trip_through_the_hsm_across_a_restart_with_no_keyring_fil
     for dir in [setup.data(), setup.keys()] {
         assert!(files_containing(&dir, USER_PIN.as_bytes()).is_empty());
     }
+    // The derivation secret is there too: the records' indexed fields (blind index) used it.
     let objects = token_objects(&hsm);
     assert_eq!(
         labels(&objects),
         vec![
+            "strongroom-derive",
             "strongroom-epoch-1",
             "strongroom-signing",
             "strongroom-signing"
@@ -393,6 +395,7 @@ async fn rotation_rewraps_under_a_new_token_key_and_destroys_the_old_one() {
     assert_eq!(
         labels(&after),
         vec![
+            "strongroom-derive",
             "strongroom-epoch-2",
             "strongroom-signing",
             "strongroom-signing"

@@ -22,7 +22,8 @@ use super::{
     Pkcs11Config, Pkcs11Provider,
     softhsm::{SoftHsm, TOKEN_LABEL, USER_PIN, write_private},
     token::{
-        EPOCH_LABEL_PREFIX, SIGNING_LABEL, context, ed25519_point, epoch_of_label, find_token,
+        DERIVE_LABEL, EPOCH_LABEL_PREFIX, SIGNING_LABEL, context, ed25519_point, epoch_of_label,
+        find_token,
     },
 };
 use crate::crypto::provider::{EpochId, KeyError, KeyProvider, PublicKey, verify_signature};
@@ -265,7 +266,8 @@ fn keys_are_not_extractable() {
             .unwrap();
         assert_eq!(private.len(), 1);
         keys.extend(private);
-        assert_eq!(keys.len(), 3);
+        keys.extend(objects_labelled(&raw, DERIVE_LABEL));
+        assert_eq!(keys.len(), 4);
         for key in keys {
             let attributes = raw
                 .get_attributes(
@@ -323,6 +325,8 @@ fn reopening_sees_the_same_epochs_and_public_key() {
                 let public = p.public_key();
                 let sealed = p.seal(EpochId(2), b"data key", b"aad").unwrap();
                 let signature = p.sign(b"checkpoint").unwrap();
+                let derived = p.derive_key("index/customers/email").unwrap();
+                assert_ne!(*derived, *p.derive_key("index/customers/phone").unwrap());
                 drop(p);
                 // Reopened in this process: sessions and login start over.
                 let p = open(hsm);
@@ -332,15 +336,20 @@ fn reopening_sees_the_same_epochs_and_public_key() {
                     &p.open(EpochId(2), &sealed, b"aad").unwrap()[..],
                     b"data key"
                 );
+                assert_eq!(p.derive_key("index/customers/email").unwrap(), derived);
                 let mut out = public.0.to_vec();
                 out.extend_from_slice(&signature.0);
+                out.extend_from_slice(&*derived);
                 out.extend_from_slice(&sealed);
                 fs::write(&saved, out).unwrap();
             } else {
                 let bytes = fs::read(&saved).unwrap();
                 let (public, rest) = bytes.split_at(32);
-                let (signature, sealed) = rest.split_at(64);
+                let (signature, rest) = rest.split_at(64);
+                let (derived, sealed) = rest.split_at(32);
                 let p = open(hsm);
+                // The same derived key in another process.
+                assert_eq!(&p.derive_key("index/customers/email").unwrap()[..], derived);
                 assert_eq!(p.epochs(), vec![EpochId(1), EpochId(2), EpochId(3)]);
                 assert_eq!(p.public_key().0, public);
                 assert_eq!(
@@ -352,6 +361,7 @@ fn reopening_sees_the_same_epochs_and_public_key() {
                 // Opening made nothing new: one key per epoch, one signing pair.
                 let raw = raw_session(hsm);
                 assert_eq!(objects_labelled(&raw, SIGNING_LABEL).len(), 2);
+                assert_eq!(objects_labelled(&raw, DERIVE_LABEL).len(), 1);
                 for n in 1..=3 {
                     let label = format!("{EPOCH_LABEL_PREFIX}{n}");
                     assert_eq!(objects_labelled(&raw, &label).len(), 1);

@@ -28,6 +28,9 @@ use crate::{crypto::provider::PublicKey, files};
 pub(super) const EPOCH_LABEL_PREFIX: &str = "strongroom-epoch-";
 /// Label of the signing key pair (both halves).
 pub(super) const SIGNING_LABEL: &str = "strongroom-signing";
+/// Label of the derivation secret (`KeyProvider::derive_key`): a generic secret key that can
+/// only sign with HMAC-SHA256.
+pub(super) const DERIVE_LABEL: &str = "strongroom-derive";
 
 /// DER of the Ed25519 curve OID (1.3.101.112), the `CKA_EC_PARAMS` of the signing key.
 const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
@@ -235,6 +238,52 @@ pub(super) fn generate_epoch_key(session: &Session, n: u32) -> Result<ObjectHand
             Attribute::Label(epoch_label(n)),
         ],
     )
+}
+
+/// The derivation secret: found by label, or generated (256 bits, on the token, sensitive and
+/// never extractable, HMAC signing only) when there is none.
+pub(super) fn derivation_secret(session: &Session, token: &str) -> Result<ObjectHandle, String> {
+    let named = |e: CkError| format!("PKCS#11 token '{token}': {e}");
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(true),
+            Attribute::Label(DERIVE_LABEL.as_bytes().to_vec()),
+        ])
+        .map_err(named)?;
+    match found.as_slice() {
+        [key] => Ok(*key),
+        [] => session
+            .generate_key(
+                &Mechanism::GenericSecretKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Sign(true),
+                    Attribute::Verify(false),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Derive(false),
+                    Attribute::Label(DERIVE_LABEL.as_bytes().to_vec()),
+                ],
+            )
+            .map_err(|e| {
+                format!("PKCS#11 token '{token}': cannot generate the derivation secret: {e}")
+            }),
+        more => Err(format!(
+            "PKCS#11 token '{token}' holds {} secret keys labelled '{DERIVE_LABEL}' (expected \
+             one, or none): strongroom did not leave it so; check the token",
+            more.len()
+        )),
+    }
 }
 
 /// The signing key pair: found by label, or generated when neither half exists.
