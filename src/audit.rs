@@ -18,6 +18,7 @@ mod codec;
 mod export;
 mod query;
 mod refusals;
+mod report;
 mod verify;
 
 use std::{net::IpAddr, sync::Arc};
@@ -34,6 +35,7 @@ pub use chain::Checkpoint;
 pub use export::{EXPORT_FORMAT, Export, ExportError, ExportReport, PinnedHead, verify_export};
 pub use query::Filter;
 pub use refusals::UNKNOWN_METHOD;
+pub use report::{DISCLOSING_OUTCOMES, FieldDisclosure, Report, SubjectReport};
 pub use verify::VerifyReport;
 
 /// How one field fared in a call.
@@ -87,7 +89,15 @@ pub struct Event {
     /// The identity (SAN URI) of the caller's client certificate, with mTLS; empty otherwise.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate: String,
+    /// Empty for an ordinary event; an alert's `warning` or `critical` (`SEVERITY_*`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub severity: String,
 }
+
+/// The severity of an alert that needs a look: a limit reached.
+pub const SEVERITY_WARNING: &str = "warning";
+/// The severity of an alert that needs a response now: a honeytoken touched.
+pub const SEVERITY_CRITICAL: &str = "critical";
 
 /// One call as the audit log names it: its method and request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,6 +335,15 @@ impl Audit {
         limit: usize,
     ) -> Result<(Vec<Event>, Option<u64>), AuditError> {
         query::query(self.store.as_ref(), filter, after_seq, limit)
+    }
+
+    /// Who saw what: per subject, the records and fields disclosed by successful calls among
+    /// the events `filter` passes (`report`). Scans the range.
+    ///
+    /// # Errors
+    /// `AuditError` if the store fails or an event does not decode.
+    pub fn report(&self, filter: &Filter) -> Result<Report, AuditError> {
+        report::report(self.store.as_ref(), filter)
     }
 
     /// Verifies the chain from `from` to `to` (inclusive; the whole log by default), and the

@@ -7,6 +7,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 mod audit;
+mod breach;
 mod export;
 mod keys;
 mod policy;

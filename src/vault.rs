@@ -22,6 +22,7 @@ pub mod rotation;
 mod sealed;
 pub mod subject;
 pub mod tokens;
+mod tripwire;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -44,6 +45,7 @@ use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
 use sealed::field_key;
+pub use tripwire::HONEYTOKEN_ALERT_METHOD;
 
 pub use export::{ExportBatch, ExportEnd, RecordExport};
 
@@ -358,18 +360,25 @@ impl Vault {
         Ok(())
     }
 
-    /// Creates a record; returns its id and version (1).
+    /// Creates a record; returns its id and version (1). A `honeytoken` is a decoy, stored like
+    /// any other record but flagged in its header: every read of it raises an alert
+    /// (`tripwire`). Creating one takes `honeytokens manage`.
     ///
     /// # Errors
     /// `InvalidArgument` for an unknown collection or field or an invalid value,
-    /// `PermissionDenied` if a field may not be written, `Unavailable` if the write fails.
+    /// `PermissionDenied` if a field may not be written (or a honeytoken may not be created),
+    /// `Unavailable` if the write fails.
     pub async fn create(
         &self,
         principal: &Principal,
         call: &Call,
         collection: &str,
         fields: &[FieldInput<'_>],
+        honeytoken: bool,
     ) -> Result<(RecordId, u64), Error> {
+        if honeytoken {
+            require(&self.policy, principal, Privilege::ManageHoneytokens)?;
+        }
         let collection = self.schema.collection(collection, "collection")?;
         if fields.is_empty() {
             return Err(InvalidInput::new("fields", "a record needs at least one field").into());
@@ -388,12 +397,18 @@ impl Vault {
             record_id: id.to_string(),
             fields: outcomes(collection, indices.iter().map(|&i| (i, "written"))),
             policy_version: permit.policy_version(),
+            // Seen only by holders of `audit read`, like every event.
+            detail: if honeytoken {
+                "honeytoken: a decoy record; every read of it raises an alert".into()
+            } else {
+                String::new()
+            },
             ..call.event(principal)
         };
         let dek = Dek::generate();
         let mut batch = Batch::new();
         let values: BTreeMap<usize, FieldValue> = values.into_iter().collect();
-        self.seal_record(&mut batch, &id, collection, &dek, 1, &values)
+        self.seal_record(&mut batch, &id, collection, &dek, (1, honeytoken), &values)
             .await?;
         index::put_entries(&mut batch, &self.index, &id, collection, &values)?;
         // On an error the batch may still have reached the disk (an fsync that failed after
@@ -561,6 +576,9 @@ impl Vault {
                 ..call.event(principal)
             });
         }
+        // A honeytoken's alert too, whether reads are audited or not: one per record a read,
+        // a find or an export touches.
+        events.extend(self.tripwire(principal, call, id, &loaded, purpose));
         let view = RecordView {
             id: *id,
             collection: collection.name().as_str().to_owned(),
@@ -709,8 +727,15 @@ impl Vault {
         // durable, so replaced and cleared values are shredded too.
         drop(dek);
         let dek = Dek::generate();
-        self.seal_record(&mut batch, id, collection, &dek, version, &current)
-            .await?;
+        self.seal_record(
+            &mut batch,
+            id,
+            collection,
+            &dek,
+            (version, loaded.header.honeytoken),
+            &current,
+        )
+        .await?;
         index::put_entries(&mut batch, &self.index, id, collection, &current)?;
         let changed = values_idx(&touched, &cleared);
         let event = Event {

@@ -6,6 +6,9 @@
 
 mod support;
 
+#[path = "audit/breach.rs"]
+mod breach;
+
 use std::sync::{Arc, atomic::Ordering};
 
 use strongroom::{
@@ -74,6 +77,7 @@ async fn exactly_one_event_per_decision_with_the_right_outcomes() {
             .create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: vec![field("name", "Eve")],
+                honeytoken: false,
             })
             .await,
         Code::PermissionDenied,
@@ -375,6 +379,7 @@ async fn no_value_and_no_token_ever_reaches_an_event() {
             .create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: vec![field("email", bad)],
+                honeytoken: false,
             })
             .await,
         Code::InvalidArgument,
@@ -625,6 +630,7 @@ async fn an_audit_write_failure_returns_no_data_and_applies_no_write() {
             .create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: customer("new"),
+                honeytoken: false,
             })
             .await,
         Code::Unavailable,

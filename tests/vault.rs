@@ -204,6 +204,7 @@ async fn each_starting_role_reads_what_its_policy_says() {
         .create_record(pb::CreateRecordRequest {
             collection: "customers".into(),
             fields: vec![field("name", "Eve")],
+            honeytoken: false,
         })
         .await;
     assert_code(denied, Code::PermissionDenied);
@@ -304,6 +305,7 @@ async fn calls_without_a_valid_token_never_reach_a_handler() {
         raw.create_record(pb::CreateRecordRequest {
             collection: "customers".into(),
             fields: customer("x"),
+            honeytoken: false,
         })
         .await,
         Code::Unauthenticated,
@@ -804,6 +806,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_changes_nothing() {
             .create_record(pb::CreateRecordRequest {
                 collection: collection.into(),
                 fields,
+                honeytoken: false,
             })
             .await
             .map(|r| r.into_inner().id)
@@ -1028,6 +1031,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field_and_changes_nothing() {
             .create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: huge,
+                honeytoken: false,
             })
             .await,
         Code::ResourceExhausted,
@@ -1206,6 +1210,7 @@ async fn acknowledged_writes_survive_kill_9_and_no_record_is_partial() {
                         .create_record(pb::CreateRecordRequest {
                             collection: "customers".into(),
                             fields,
+                            honeytoken: false,
                         })
                         .await
                     {
@@ -1365,6 +1370,7 @@ async fn revoked_tokens_stop_working_and_the_last_admin_cannot_be_revoked() {
             .create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: customer("x"),
+                honeytoken: false,
             })
             .await,
         Code::Unauthenticated,
@@ -1377,6 +1383,7 @@ async fn revoked_tokens_stop_working_and_the_last_admin_cannot_be_revoked() {
             .create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: customer("y"),
+                honeytoken: false,
             })
             .await,
         Code::Unauthenticated,

@@ -67,6 +67,8 @@ fn filter(f: Option<pb::EventFilter>) -> Filter {
         purpose: some(f.purpose),
         outcome: some(f.outcome),
         method: some(f.method),
+        severity: some(f.severity),
+        alerts_only: f.alerts_only,
     }
 }
 
@@ -93,6 +95,34 @@ fn to_pb(e: &Event) -> pb::AuditEvent {
         result: e.result.clone(),
         detail: e.detail.clone(),
         certificate: e.certificate.clone(),
+        severity: e.severity.clone(),
+    }
+}
+
+fn report_to_pb(r: audit::Report) -> pb::ReportResponse {
+    pb::ReportResponse {
+        subjects: r
+            .subjects
+            .into_iter()
+            .map(|s| pb::SubjectReport {
+                subject: s.subject,
+                records: s.records,
+                calls: s.calls,
+                fields: s
+                    .fields
+                    .into_iter()
+                    .map(|f| pb::FieldDisclosure {
+                        field: f.field,
+                        outcome: f.outcome,
+                        records: f.records,
+                    })
+                    .collect(),
+                purposes: s.purposes,
+                first_unix_ms: s.first_ms,
+                last_unix_ms: s.last_ms,
+            })
+            .collect(),
+        events_matched: r.events_matched,
     }
 }
 
@@ -222,6 +252,31 @@ impl AuditService for AuditApi {
         )))
     }
 
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let by = principal(&request)?;
+        self.admit(&by, &Call::new("Audit/Report")).await?;
+        let pb::ReportRequest {
+            from_unix_ms,
+            to_unix_ms,
+            subject,
+            field,
+        } = request.into_inner();
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let filter = Filter {
+            from_ms: from_unix_ms,
+            to_ms: to_unix_ms,
+            subject: some(subject),
+            field: some(field),
+            ..Filter::default()
+        };
+        let audit = Arc::clone(&self.audit);
+        let report = blocking(move || audit.report(&filter)).await?;
+        Ok(Response::new(report_to_pb(report)))
+    }
+
     async fn export_events(
         &self,
         request: Request<pb::ExportEventsRequest>,
@@ -273,8 +328,8 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "an audit export task failed");
-            Status::internal("the audit export failed")
+            tracing::error!(error = %e, "an audit read task failed");
+            Status::internal("reading the audit log failed")
         })?
         .map_err(unavailable)
 }

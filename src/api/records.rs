@@ -151,7 +151,7 @@ impl Records for RecordsApi {
             Ok(()) => {
                 let fields = field_inputs(&req.fields, "fields");
                 self.vault
-                    .create(&principal, &call, &req.collection, &fields)
+                    .create(&principal, &call, &req.collection, &fields, req.honeytoken)
                     .await
             }
             Err(e) => Err(e.into()),

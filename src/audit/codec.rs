@@ -4,12 +4,15 @@
 //!
 //! Version 2 is version 1 followed by the client certificate's identity; an event without one
 //! is written as version 1, so that events written before it keep their bytes and chain hashes,
-//! and each event has exactly one encoding.
+//! and each event has exactly one encoding. Version 3, for alerts only, is version 1 followed by
+//! the certificate (possibly empty) and the severity (never empty): an event without a severity
+//! keeps its version 1 or 2 encoding.
 
 use super::{Event, FieldOutcome};
 
 const EVENT_V1: u8 = 0x01;
 const EVENT_V2: u8 = 0x02;
+const EVENT_V3: u8 = 0x03;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     // Event strings are names, ids and short messages: far below 4 GiB.
@@ -19,7 +22,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Encodes an event.
 pub(super) fn encode(e: &Event, out: &mut Vec<u8>) {
-    out.push(if e.certificate.is_empty() {
+    out.push(if !e.severity.is_empty() {
+        EVENT_V3
+    } else if e.certificate.is_empty() {
         EVENT_V1
     } else {
         EVENT_V2
@@ -56,7 +61,10 @@ pub(super) fn encode(e: &Event, out: &mut Vec<u8>) {
         put_str(out, &f.field);
         put_str(out, &f.outcome);
     }
-    if !e.certificate.is_empty() {
+    if !e.severity.is_empty() {
+        put_str(out, &e.certificate);
+        put_str(out, &e.severity);
+    } else if !e.certificate.is_empty() {
         put_str(out, &e.certificate);
     }
 }
@@ -97,7 +105,7 @@ impl Reader<'_> {
 pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
     let mut r = Reader(bytes);
     let version = *r.take(1)?.first()?;
-    if version != EVENT_V1 && version != EVENT_V2 {
+    if ![EVENT_V1, EVENT_V2, EVENT_V3].contains(&version) {
         return None;
     }
     let seq = r.u64()?;
@@ -130,11 +138,12 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    let certificate = if version == EVENT_V2 {
+    let (certificate, severity) = match version {
         // Written only when there is one: an empty one is not this event's encoding.
-        Some(r.string()?).filter(|c| !c.is_empty())?
-    } else {
-        String::new()
+        EVENT_V2 => (Some(r.string()?).filter(|c| !c.is_empty())?, String::new()),
+        // Likewise the severity of version 3; its certificate may be empty.
+        EVENT_V3 => (r.string()?, Some(r.string()?).filter(|s| !s.is_empty())?),
+        _ => (String::new(), String::new()),
     };
     if !r.0.is_empty() {
         return None;
@@ -154,6 +163,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
         result,
         detail,
         certificate,
+        severity,
     })
 }
 
@@ -166,7 +176,7 @@ pub(super) mod tests {
     pub(in crate::audit) fn events() -> impl Strategy<Value = Vec<u8>> + Clone {
         (
             any::<(u64, i64, u64)>(),
-            proptest::collection::vec("\\PC{0,12}", 9),
+            proptest::collection::vec("\\PC{0,12}", 10),
             proptest::collection::vec("[a-z:]{0,12}", 0..4),
             proptest::collection::vec(("[a-z_]{1,12}", "[a-z]{1,9}"), 0..9),
         )
@@ -184,6 +194,7 @@ pub(super) mod tests {
                     result: s[6].clone(),
                     detail: s[7].clone(),
                     certificate: s[8].clone(),
+                    severity: s[9].clone(),
                     roles,
                     fields: fields
                         .into_iter()
@@ -239,6 +250,45 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn only_an_alert_takes_the_third_encoding() {
+        let plain = Event {
+            subject: "svc:crm".into(),
+            method: "Records/GetRecord".into(),
+            ..Event::default()
+        };
+        let mut v1 = Vec::new();
+        encode(&plain, &mut v1);
+        let alert = Event {
+            severity: "critical".into(),
+            ..plain.clone()
+        };
+        let mut v3 = Vec::new();
+        encode(&alert, &mut v3);
+        assert_eq!(v3.first(), Some(&EVENT_V3));
+        // Version 1's bytes, then an empty certificate and the severity.
+        let mut expected = v1.clone();
+        expected[0] = EVENT_V3;
+        expected.extend_from_slice(&0u32.to_be_bytes());
+        expected.extend_from_slice(&8u32.to_be_bytes());
+        expected.extend_from_slice(b"critical");
+        assert_eq!(v3, expected);
+        assert_eq!(decode(&v3), Some(alert.clone()));
+        let with_cert = Event {
+            certificate: "spiffe://strongroom/svc/crm".into(),
+            ..alert
+        };
+        let mut both = Vec::new();
+        encode(&with_cert, &mut both);
+        assert_eq!(decode(&both), Some(with_cert));
+        // Version 3 with an empty severity is not an encoding of any event.
+        let mut empty = v1;
+        empty[0] = EVENT_V3;
+        empty.extend_from_slice(&0u32.to_be_bytes());
+        empty.extend_from_slice(&0u32.to_be_bytes());
+        assert_eq!(decode(&empty), None);
+    }
+
+    #[test]
     fn huge_lengths_and_counts_are_refused_before_allocating() {
         let mut bytes = Vec::new();
         encode(&Event::default(), &mut bytes);
@@ -267,7 +317,7 @@ pub(super) mod tests {
         #[test]
         fn round_trips(
             seq in any::<u64>(), time in any::<i64>(), v in any::<u64>(),
-            strings in proptest::collection::vec("\\PC{0,20}", 9),
+            strings in proptest::collection::vec("\\PC{0,20}", 10),
             roles in proptest::collection::vec("[a-z:]{0,12}", 0..4),
             fields in proptest::collection::vec(("[a-z_]{1,12}", "[a-z]{1,9}"), 0..9),
         ) {
@@ -276,7 +326,7 @@ pub(super) mod tests {
                 request_id: strings[0].clone(), subject: strings[1].clone(), method: strings[2].clone(),
                 collection: strings[3].clone(), record_id: strings[4].clone(), purpose: strings[5].clone(),
                 result: strings[6].clone(), detail: strings[7].clone(),
-                certificate: strings[8].clone(), roles,
+                certificate: strings[8].clone(), severity: strings[9].clone(), roles,
                 fields: fields.into_iter().map(|(field, outcome)| FieldOutcome { field, outcome }).collect(),
             };
             let mut bytes = Vec::new();

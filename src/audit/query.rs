@@ -30,6 +30,10 @@ pub struct Filter {
     pub outcome: Option<String>,
     /// The method, e.g. `Records/GetRecord`.
     pub method: Option<String>,
+    /// The severity of an alert (`warning`, `critical`).
+    pub severity: Option<String>,
+    /// Alerts only: events with a severity.
+    pub alerts_only: bool,
 }
 
 impl Filter {
@@ -55,6 +59,8 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|o| e.result == o || e.fields.iter().any(|x| x.outcome == o))
             && eq(&self.method, &e.method)
+            && eq(&self.severity, &e.severity)
+            && (!self.alerts_only || !e.severity.is_empty())
     }
 }
 

@@ -139,6 +139,7 @@ pub(super) async fn preload(
                     .create_record(pb::CreateRecordRequest {
                         collection: "customers".into(),
                         fields: customer(n),
+                        honeytoken: false,
                     })
                     .await
                     .map_err(|s| status(&s))?
@@ -265,6 +266,7 @@ pub(super) fn op(
                     .create_record(pb::CreateRecordRequest {
                         collection: "customers".into(),
                         fields: customer(n),
+                        honeytoken: false,
                     })
                     .await
                     .map(|_| ()),

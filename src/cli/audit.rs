@@ -41,6 +41,12 @@ pub(super) struct EventFilterArgs {
     /// The method, e.g. Records/GetRecord.
     #[arg(long)]
     method: Option<String>,
+    /// An alert's severity: warning or critical.
+    #[arg(long)]
+    severity: Option<String>,
+    /// Only alerts (events with a severity).
+    #[arg(long)]
+    alerts: bool,
 }
 
 impl EventFilterArgs {
@@ -57,6 +63,8 @@ impl EventFilterArgs {
             purpose: s(&self.purpose),
             outcome: s(&self.outcome),
             method: s(&self.method),
+            severity: s(&self.severity),
+            alerts_only: self.alerts,
         })
     }
 }
@@ -117,6 +125,32 @@ pub(super) enum AuditCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Alerts (a honeytoken touched: critical; a limit reached: warning), newest last.
+    Alerts {
+        /// Only alerts since this time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, or ms since the epoch.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Who saw what: per caller subject, the distinct records and the fields disclosed in
+    /// plaintext, masked or pseudonymized by successful calls (computed by the vault).
+    Report {
+        /// Start of the range, same forms as --since of `alerts`.
+        #[arg(long)]
+        since: String,
+        /// End of the range (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this caller, e.g. svc:crm.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only disclosures of this field.
+        #[arg(long)]
+        field: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Write the matching events to a file as JSON Lines.
     Export {
         /// The output file.
@@ -139,7 +173,7 @@ fn event_json(e: &pb::AuditEvent) -> serde_json::Value {
         "seq": e.seq, "time_ms": e.time_unix_ms, "request_id": e.request_id, "subject": e.subject,
         "roles": e.roles, "method": e.method, "collection": e.collection, "record_id": e.record_id,
         "fields": fields, "purpose": e.purpose, "policy_version": e.policy_version,
-        "result": e.result, "detail": e.detail,
+        "result": e.result, "detail": e.detail, "severity": e.severity,
     })
 }
 
@@ -160,6 +194,9 @@ fn print_event(e: &pb::AuditEvent, as_json: bool) {
         e.method,
         e.result
     );
+    if !e.severity.is_empty() {
+        line.push_str(&format!(" severity={}", e.severity));
+    }
     if !e.record_id.is_empty() {
         line.push_str(&format!(" {}/{}", e.collection, e.record_id));
     }
@@ -312,6 +349,24 @@ pub(super) async fn audit(command: AuditCommand) -> Result<(), String> {
                     r.problem_seq, r.problem
                 ));
             }
+        }
+        AuditCommand::Alerts { since, remote } => {
+            super::breach::alerts(since.as_deref(), &remote).await?;
+        }
+        AuditCommand::Report {
+            since,
+            until,
+            subject,
+            field,
+            remote,
+        } => {
+            let args = super::breach::ReportArgs {
+                since: &since,
+                until: until.as_deref(),
+                subject,
+                field,
+            };
+            super::breach::report(args, &remote).await?;
         }
         AuditCommand::Export {
             out,

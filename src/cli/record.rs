@@ -16,6 +16,10 @@ pub(super) enum RecordCommand {
         /// A field, as name=value (repeat).
         #[arg(long = "field", value_name = "NAME=VALUE", required = true)]
         fields: Vec<String>,
+        /// A decoy record: any read of it raises a critical alert (`audit alerts`). Needs
+        /// `honeytokens manage`.
+        #[arg(long)]
+        honeytoken: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -161,13 +165,18 @@ pub(super) async fn record(command: RecordCommand) -> Result<(), String> {
         RecordCommand::Create {
             collection,
             fields,
+            honeytoken,
             remote,
         } => {
             let fields = pairs(&fields, "--field")?;
             let mut client = connect(&remote).await?;
             let reply = client
                 .records
-                .create_record(pb::CreateRecordRequest { collection, fields })
+                .create_record(pb::CreateRecordRequest {
+                    collection,
+                    fields,
+                    honeytoken,
+                })
                 .await
                 .map_err(|s| status_text(&s))?
                 .into_inner();

@@ -1,8 +1,8 @@
-//! The privileges outside the record policy (administering policies, managing tokens and keys,
-//! reading the key status and the audit log), held in the policy itself:
+//! The privileges outside the record policy (administering policies, managing tokens, keys and
+//! honeytokens, reading the key status and the audit log), held in the policy itself:
 //!
 //! ```text
-//! p, <role or subject>, <policies | tokens | keys | audit>, <manage | read>, *, <allow | deny>
+//! p, <role or subject>, <policies | tokens | keys | honeytokens | audit>, <manage | read>, *, <allow | deny>
 //! ```
 //!
 //! A closed set: each privilege is one (object, action) pair, anything else is refused naming the
@@ -23,6 +23,8 @@ use crate::domain::Principal;
 pub enum Privilege {
     /// Show, apply, approve, roll back, diff, dry-run and explain policies (`policies manage`).
     AdministerPolicies,
+    /// Create honeytoken (decoy) records (`honeytokens manage`).
+    ManageHoneytokens,
     /// Rotate the key epochs (`keys manage`).
     ManageKeys,
     /// Issue, list and revoke tokens (`tokens manage`).
@@ -35,8 +37,9 @@ pub enum Privilege {
 
 impl Privilege {
     /// Every privilege.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::AdministerPolicies,
+        Self::ManageHoneytokens,
         Self::ManageKeys,
         Self::ManageTokens,
         Self::ReadAudit,
@@ -47,6 +50,7 @@ impl Privilege {
     pub fn object(self) -> &'static str {
         match self {
             Self::AdministerPolicies => "policies",
+            Self::ManageHoneytokens => "honeytokens",
             Self::ManageKeys | Self::ReadKeyStatus => "keys",
             Self::ManageTokens => "tokens",
             Self::ReadAudit => "audit",
@@ -56,7 +60,10 @@ impl Privilege {
     /// The action of its policy lines.
     pub fn action(self) -> &'static str {
         match self {
-            Self::AdministerPolicies | Self::ManageKeys | Self::ManageTokens => "manage",
+            Self::AdministerPolicies
+            | Self::ManageHoneytokens
+            | Self::ManageKeys
+            | Self::ManageTokens => "manage",
             Self::ReadAudit | Self::ReadKeyStatus => "read",
         }
     }
@@ -94,6 +101,7 @@ impl Privilege {
             Self::ManageTokens => 4,
             Self::ReadAudit => 8,
             Self::ReadKeyStatus => 16,
+            Self::ManageHoneytokens => 32,
         }
     }
 }

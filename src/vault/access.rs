@@ -16,6 +16,7 @@ pub const ADMIN_ROLE: &str = "role:admin";
 fn what(privilege: Privilege) -> &'static str {
     match privilege {
         Privilege::AdministerPolicies => "administer policies",
+        Privilege::ManageHoneytokens => "create honeytoken records",
         Privilege::ManageKeys => "rotate keys",
         Privilege::ManageTokens => "manage tokens",
         Privilege::ReadAudit => "read the audit log",

@@ -18,7 +18,7 @@ use std::{
 };
 
 use crate::{
-    audit::{Call, Event},
+    audit::{Call, Event, SEVERITY_WARNING},
     domain::{Clock, Principal, Role, Subject},
 };
 
@@ -216,6 +216,7 @@ impl Limiter {
                      window ends, with one alert per window",
                     start.saturating_add(REQUEST_WINDOW_MS)
                 ),
+                severity: SEVERITY_WARNING.to_owned(),
                 ..Event::default()
             })
         });
@@ -267,6 +268,7 @@ impl Limiter {
                      further ones are withheld until it ends, with one alert per window"
                 ),
                 method: DISCLOSURE_LIMIT_METHOD.to_owned(),
+                severity: SEVERITY_WARNING.to_owned(),
                 ..call.event(principal)
             }
         });

@@ -138,7 +138,7 @@ impl Vault {
     }
 
     /// Stores `dek`, wrapped, in the key store for `version` (synced), then seals every value
-    /// and adds the header and ciphertexts to `batch`. The key is stored first: a crash before
+    /// and adds the header (with the `honeytoken` flag) and ciphertexts to `batch`. The key is stored first: a crash before
     /// the batch leaves an unused key, never a record without its key.
     pub(super) async fn seal_record(
         &self,
@@ -146,7 +146,7 @@ impl Vault {
         id: &RecordId,
         collection: &Collection,
         dek: &Dek,
-        version: u64,
+        (version, honeytoken): (u64, bool),
         values: &BTreeMap<usize, FieldValue>,
     ) -> Result<(), Error> {
         let manifest = values.keys().fold(0u64, |m, i| m | (1 << i));
@@ -155,6 +155,7 @@ impl Vault {
             version,
             manifest,
             collection: name.to_owned(),
+            honeytoken,
         };
         self.keys.put(id, &dek_context(id, &header), dek).await?;
         for (&i, value) in values {

@@ -490,6 +490,11 @@ impl Vault {
 /// Sorts one event of a record into its history (a committed create or update) or its
 /// accesses (anything else).
 fn place(event: Event, history: &mut Vec<HistoryEntry>, accesses: &mut Vec<AccessEntry>) {
+    // An alert is not an access (the access it is about is there on its own), and naming a
+    // honeytoken's alerts would mark the decoy to a caller without `audit read`.
+    if !event.severity.is_empty() {
+        return;
+    }
     let fields = event
         .fields
         .into_iter()

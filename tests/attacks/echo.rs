@@ -107,6 +107,8 @@ fn filter(c: &str) -> pb::EventFilter {
         purpose: c.into(),
         outcome: c.into(),
         method: c.into(),
+        severity: c.into(),
+        alerts_only: false,
     }
 }
 
@@ -118,6 +120,7 @@ async fn send(admin: &mut Client, id: &str, c: &str, identifier: bool, seen: &mu
         r.create_record(pb::CreateRecordRequest {
             collection: c.into(),
             fields: customer("echo"),
+            honeytoken: false,
         })
         .await,
     );
@@ -125,6 +128,7 @@ async fn send(admin: &mut Client, id: &str, c: &str, identifier: bool, seen: &mu
         r.create_record(pb::CreateRecordRequest {
             collection: "customers".into(),
             fields: vec![field("name", "Ada"), field(c, "x")],
+            honeytoken: false,
         })
         .await,
     );
@@ -178,6 +182,7 @@ async fn send(admin: &mut Client, id: &str, c: &str, identifier: bool, seen: &mu
             r.create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: vec![field(name, &value)],
+                honeytoken: false,
             })
             .await,
         );
@@ -464,6 +469,7 @@ async fn event_details_are_bounded_and_errors_name_the_field() {
             .create_record(pb::CreateRecordRequest {
                 collection: "customers".into(),
                 fields: vec![field("name", "Ada"), field("email", "123-45-6789")],
+                honeytoken: false,
             })
             .await,
         Code::InvalidArgument,
@@ -545,6 +551,7 @@ async fn field_counts_are_checked_before_anything_is_done_per_field() {
                 .create_record(pb::CreateRecordRequest {
                     collection: "no_such_collection".into(),
                     fields: empty_fields(),
+                    honeytoken: false,
                 })
                 .await
                 .map(drop),

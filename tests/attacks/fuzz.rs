@@ -192,6 +192,7 @@ fn filter(t: &BoxedStrategy<String>) -> impl Strategy<Value = Option<pb::EventFi
                 purpose: s[5].clone(),
                 outcome: s[6].clone(),
                 method: s[7].clone(),
+                ..Default::default()
             }),
     )
 }
@@ -225,7 +226,11 @@ fn message(m: usize, t: &BoxedStrategy<String>, policy: &str) -> BoxedStrategy<V
     match m {
         0 => (t.clone(), fields())
             .prop_map(move |(collection, fields)| {
-                enc(&pb::CreateRecordRequest { collection, fields })
+                enc(&pb::CreateRecordRequest {
+                    collection,
+                    fields,
+                    honeytoken: false,
+                })
             })
             .boxed(),
         1 => (t.clone(), strings(), t.clone())

@@ -176,6 +176,7 @@ async fn writer(
                 .create_record(pb::CreateRecordRequest {
                     collection: "customers".into(),
                     fields: customer(&tag),
+                    honeytoken: false,
                 })
                 .await;
             let mut ledger = shared.ledger.lock().unwrap();

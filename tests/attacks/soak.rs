@@ -102,6 +102,7 @@ async fn writer(
                     .create_record(pb::CreateRecordRequest {
                         collection: "customers".into(),
                         fields,
+                        honeytoken: false,
                     })
                     .await
                 {

@@ -395,6 +395,7 @@ pub async fn create(client: &mut Client, fields: Vec<pb::Field>) -> String {
         .create_record(pb::CreateRecordRequest {
             collection: "customers".into(),
             fields,
+            honeytoken: false,
         })
         .await
         .unwrap()
