@@ -214,6 +214,9 @@ fn anchor_for(store: &dyn Store, keys: &Keys, from: u64) -> Result<Option<Checkp
     Ok(best)
 }
 
+/// How many times `verify` reads on after appends that committed while it scanned.
+const MAX_CATCH_UP_ROUNDS: u32 = 8;
+
 pub(super) fn verify(
     store: &dyn Store,
     keys: &Keys,
@@ -264,81 +267,92 @@ pub(super) fn verify(
             None => {}
         }
     }
-    let head = read_checkpoint(store, HEAD_KEY)?;
-    if let Some(h) = &head
-        && !h.valid(&keys.public)
-    {
-        return fail(
-            report,
-            (h.seq, "the head checkpoint's signature is invalid".into()),
-        );
-    }
     let end = to.unwrap_or(u64::MAX);
     let mut cursor = walk.last().0.saturating_add(1).to_be_bytes().to_vec();
-    'scan: loop {
-        let chunk = store.scan_range(Keyspace::Audit, &cursor, None, 4096)?;
-        let Some((last_key, _)) = chunk.last() else {
-            break;
-        };
-        cursor = next_key(last_key);
-        for (key, value) in chunk {
-            let Ok(seq_bytes) = <[u8; 8]>::try_from(key.as_slice()) else {
-                return fail(
-                    report,
-                    (
-                        walk.last().0 + 1,
-                        "a malformed key in the audit keyspace".into(),
-                    ),
-                );
+    // The head is read after the events: it moves in the batch of every append, so a head read
+    // later covers every event the scan saw, and one ahead of the scan means events were
+    // appended meanwhile (scanned in another round). Read before, a concurrent append would
+    // look like events added without the signing key.
+    let mut rounds = 0;
+    let head = loop {
+        'scan: loop {
+            let chunk = store.scan_range(Keyspace::Audit, &cursor, None, 4096)?;
+            let Some((last_key, _)) = chunk.last() else {
+                break;
             };
-            let seq = u64::from_be_bytes(seq_bytes);
-            if seq > end {
-                break 'scan;
-            }
-            let expected = walk.last().0 + 1;
-            if seq != expected {
-                return fail(
-                    report,
-                    (
-                        expected,
-                        format!(
-                            "event {expected} is missing (removed); the next stored event is {seq}"
+            cursor = next_key(last_key);
+            for (key, value) in chunk {
+                let Ok(seq_bytes) = <[u8; 8]>::try_from(key.as_slice()) else {
+                    return fail(
+                        report,
+                        (
+                            walk.last().0 + 1,
+                            "a malformed key in the audit keyspace".into(),
                         ),
-                    ),
-                );
-            }
-            let Some((event, mac)) = decode_stored(&value) else {
-                return fail(report, (seq, format!("event {seq} is malformed (altered)")));
-            };
-            if event.seq != seq {
-                return fail(
-                    report,
-                    (
-                        seq,
-                        format!("event {seq} holds event {}: reordered or moved", event.seq),
-                    ),
-                );
-            }
-            if let Err(broken) = walk.event(seq, &value[..value.len() - MAC_LEN], &mac) {
-                return fail(report, broken);
-            }
-            if seq >= from {
-                report.checked += 1;
-                report.to = seq;
-            }
-            if let Some(c) = read_checkpoint(store, &checkpoint_key(seq))?
-                && walk.checkpoint(&c, "checkpoint").is_err()
-            {
-                return fail(
-                    report,
-                    (
-                        seq,
-                        format!("the checkpoint at event {seq} does not match the chain"),
-                    ),
-                );
+                    );
+                };
+                let seq = u64::from_be_bytes(seq_bytes);
+                if seq > end {
+                    break 'scan;
+                }
+                let expected = walk.last().0 + 1;
+                if seq != expected {
+                    return fail(
+                        report,
+                        (
+                            expected,
+                            format!(
+                                "event {expected} is missing (removed); the next stored event is {seq}"
+                            ),
+                        ),
+                    );
+                }
+                let Some((event, mac)) = decode_stored(&value) else {
+                    return fail(report, (seq, format!("event {seq} is malformed (altered)")));
+                };
+                if event.seq != seq {
+                    return fail(
+                        report,
+                        (
+                            seq,
+                            format!("event {seq} holds event {}: reordered or moved", event.seq),
+                        ),
+                    );
+                }
+                if let Err(broken) = walk.event(seq, &value[..value.len() - MAC_LEN], &mac) {
+                    return fail(report, broken);
+                }
+                if seq >= from {
+                    report.checked += 1;
+                    report.to = seq;
+                }
+                if let Some(c) = read_checkpoint(store, &checkpoint_key(seq))?
+                    && walk.checkpoint(&c, "checkpoint").is_err()
+                {
+                    return fail(
+                        report,
+                        (
+                            seq,
+                            format!("the checkpoint at event {seq} does not match the chain"),
+                        ),
+                    );
+                }
             }
         }
-    }
+        let head = read_checkpoint(store, HEAD_KEY)?;
+        match &head {
+            Some(h) if !h.valid(&keys.public) => {
+                return fail(
+                    report,
+                    (h.seq, "the head checkpoint's signature is invalid".into()),
+                );
+            }
+            Some(h) if to.is_none() && h.seq > walk.last().0 && rounds < MAX_CATCH_UP_ROUNDS => {
+                rounds += 1;
+            }
+            _ => break head,
+        }
+    };
     match head {
         Some(h) => {
             if to.is_none_or(|t| t >= h.seq)
