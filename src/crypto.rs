@@ -6,6 +6,7 @@
 //! The only module that names the cipher crate. Depends on `domain` for ids and names only.
 
 mod blind_index;
+mod derived;
 mod envelope;
 mod keyring;
 mod keys;

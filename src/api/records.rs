@@ -1,5 +1,6 @@
-//! The `Records` service: parses requests, calls the vault, shapes responses. Every call ends
-//! in exactly one audit event: the vault's on success, a failure event otherwise.
+//! The `Records` service: parses requests, calls the vault, shapes responses. Every call is
+//! audited: by the vault's events on success (a find also records each record it returns, an
+//! export each record it sends, an erasure each shred), by a failure event otherwise.
 
 use std::{pin::Pin, sync::Arc};
 

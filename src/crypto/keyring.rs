@@ -460,7 +460,7 @@ impl KeyProvider for Keyring {
     }
 
     fn derive_key(&self, label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-        derive_with(&self.read().derive, label)
+        Ok(derive_with(&self.read().derive, label))
     }
 }
 

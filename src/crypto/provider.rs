@@ -129,13 +129,11 @@ pub(super) fn derivation_message(label: &str) -> Vec<u8> {
 }
 
 /// HMAC-SHA256 of `derivation_message(label)` under `secret`: how the keyring providers derive.
-pub(super) fn derive_with(secret: &[u8; 32], label: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-    use hmac::Mac;
-    // HMAC accepts keys of every length; the error is never seen.
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
-        .map_err(|_| KeyError::Provider("HMAC refused a 32-byte key".into()))?;
-    mac.update(&derivation_message(label));
-    Ok(Zeroizing::new(mac.finalize().into_bytes().into()))
+pub(super) fn derive_with(secret: &[u8; 32], label: &str) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(super::derived::hmac_sha256(
+        secret,
+        &[&derivation_message(label)],
+    ))
 }
 
 /// Checks an Ed25519 signature: what an auditor runs, offline, with the public key alone.

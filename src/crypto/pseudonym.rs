@@ -11,40 +11,26 @@
 //! not rotate with epochs: tokens stay stable across key rotations) and are cached, zeroized
 //! on drop. Depends on nothing above `crypto`.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    sync::{Arc, PoisonError, RwLock},
+use std::{fmt, sync::Arc};
+
+use super::{
+    KeyError, KeyProvider,
+    derived::{DerivedKeys, hmac_sha256},
 };
-
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use zeroize::Zeroizing;
-
-use super::{KeyError, KeyProvider};
 
 /// The prefix of every pseudonym.
 pub const PSEUDONYM_PREFIX: &str = "pn_";
 
-/// One purpose's pseudonym key. No `Clone`, no bytes in `Debug`.
-struct PurposeKey(Zeroizing<[u8; 32]>);
-
 /// Derives, caches and applies the per-purpose pseudonym keys.
 pub struct Pseudonymizer {
-    provider: Arc<dyn KeyProvider>,
-    keys: RwLock<HashMap<String, Arc<PurposeKey>>>,
+    keys: DerivedKeys,
 }
 
 impl fmt::Debug for Pseudonymizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self
-            .keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
         f.debug_struct("Pseudonymizer")
-            .field("cached_purposes", &n)
-            .finish_non_exhaustive()
+            .field("keys", &self.keys)
+            .finish()
     }
 }
 
@@ -52,25 +38,8 @@ impl Pseudonymizer {
     /// Pseudonyms under keys from `provider`.
     pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
         Self {
-            provider,
-            keys: RwLock::default(),
+            keys: DerivedKeys::new(provider),
         }
-    }
-
-    fn key(&self, purpose: &str) -> Result<Arc<PurposeKey>, KeyError> {
-        if let Some(key) = self
-            .keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(purpose)
-        {
-            return Ok(Arc::clone(key));
-        }
-        let key = Arc::new(PurposeKey(
-            self.provider.derive_key(&format!("pseudonym/{purpose}"))?,
-        ));
-        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
-        Ok(Arc::clone(keys.entry(purpose.to_owned()).or_insert(key)))
     }
 
     /// The pseudonym of `value` (already normalized) of `collection.field` for `purpose`.
@@ -84,24 +53,24 @@ impl Pseudonymizer {
         field: &str,
         value: &[u8],
     ) -> Result<String, KeyError> {
-        let key = self.key(purpose)?;
-        Ok(token(&key.0, collection, field, value))
+        let key = self.keys.key(&format!("pseudonym/{purpose}"))?;
+        Ok(token(key.bytes(), collection, field, value))
     }
 }
 
 fn token(key: &[u8; 32], collection: &str, field: &str, value: &[u8]) -> String {
     // Collection and field names are identifiers of at most 64 bytes: one length byte each.
     let len = |s: &str| [u8::try_from(s.len()).unwrap_or(u8::MAX)];
-    // HMAC accepts a key of any length: a 32-byte key cannot be refused.
-    #[allow(clippy::expect_used)]
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(&len(collection));
-    mac.update(collection.as_bytes());
-    mac.update(&len(field));
-    mac.update(field.as_bytes());
-    mac.update(value);
-    let tag = mac.finalize().into_bytes();
+    let tag = hmac_sha256(
+        key,
+        &[
+            &len(collection),
+            collection.as_bytes(),
+            &len(field),
+            field.as_bytes(),
+            value,
+        ],
+    );
     format!("{PSEUDONYM_PREFIX}{}", hex::encode(&tag[..16]))
 }
 

@@ -1,5 +1,5 @@
 //! Honeytokens: decoy records, flagged in their header and otherwise like any other. Every
-//! request that touches one (a read; a find hit or an export once they exist) writes one alert
+//! request that touches one (a read, a find hit, an analytics or subject export) writes one alert
 //! event in the same commit as its own event, and logs a warning: the breach-response tripwire
 //! an insider or a stolen token scanning the vault trips. The answer to the caller is the same
 //! as for any record; only holders of `audit read` see the alert.
