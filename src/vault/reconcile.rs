@@ -15,6 +15,13 @@
 //!
 //! A key store that is new (never used by a vault) next to a data store with records is
 //! refused: starting would shred every record.
+//!
+//! Then the blind index is completed: records stored before their fields were indexed (a vault
+//! upgraded from before the index, or a field newly marked `indexed` in the schema) get their
+//! entries, so that a lookup (and an erasure by lookup) finds every record. A marker in `meta`
+//! names the indexed fields it was completed for, so later starts skip the scan.
+
+use std::collections::BTreeMap;
 
 use super::{Error, Vault, header::Header, index, purger};
 use crate::{
@@ -23,6 +30,9 @@ use crate::{
     storage::{Batch, Keyspace},
     vault::now_ms,
 };
+
+/// The `meta` key naming the indexed fields the blind index was completed for.
+const INDEX_COMPLETE_KEY: &[u8] = b"index/complete";
 
 /// What reconciling found and did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,6 +48,9 @@ pub struct Reconciled {
     /// Records with keys but no header (an interrupted create, or data older than the keys):
     /// left as they are.
     pub keys_without_data: u64,
+    /// Records whose blind-index entries were added now (stored before their fields were
+    /// indexed).
+    pub indexed: u64,
 }
 
 /// Shreds finished per audited batch.
@@ -68,6 +81,7 @@ impl Vault {
         let mut orphans = Vec::new();
         let mut stale = Vec::new();
         let mut unknown = 0u64;
+        let mut readable = Vec::new();
         for (key, value) in &headers {
             let (Ok(id), Some(header)) = (<[u8; 16]>::try_from(&key[..]), Header::decode(value))
             else {
@@ -78,12 +92,15 @@ impl Vault {
             match keys.remove(&id) {
                 None if self.keys.was_shredded(&record)? => orphans.push((record, header)),
                 None => unknown += 1,
-                Some(versions) if versions.contains(&header.version) => stale.extend(
-                    versions
-                        .into_iter()
-                        .filter(|&v| v != header.version)
-                        .map(|v| (record, v)),
-                ),
+                Some(versions) if versions.contains(&header.version) => {
+                    readable.push(record);
+                    stale.extend(
+                        versions
+                            .into_iter()
+                            .filter(|&v| v != header.version)
+                            .map(|v| (record, v)),
+                    );
+                }
                 Some(_) => {
                     tracing::error!(record = %record, version = header.version, "the key store has no key for this record's version (data and keys restored from different times?): it cannot be read");
                     done.unreadable += 1;
@@ -107,10 +124,93 @@ impl Vault {
             self.finish_shreds(chunk).await?;
             done.shredded += u64::try_from(chunk.len()).unwrap_or(u64::MAX);
         }
+        done.indexed = self.complete_index(&readable).await?;
         if done != Reconciled::default() {
             tracing::info!(?done, "data store and key store reconciled");
         }
         Ok(done)
+    }
+
+    /// Adds the blind-index entries every readable record lacks, unless the index was already
+    /// completed for the indexed fields the schema declares now. Returns how many records got
+    /// entries.
+    async fn complete_index(&self, readable: &[RecordId]) -> Result<u64, Error> {
+        let indexed: Vec<String> = self
+            .schema
+            .collections()
+            .flat_map(|c| {
+                (0..c.fields().len())
+                    .filter(|&i| c.is_indexed(i))
+                    .map(move |i| format!("{}.{}", c.name(), c.fields()[i].0))
+            })
+            .collect();
+        let signature = indexed.join(",").into_bytes();
+        if self
+            .store
+            .get(Keyspace::Meta, INDEX_COMPLETE_KEY)?
+            .as_deref()
+            == Some(&signature[..])
+        {
+            return Ok(0);
+        }
+        let mut added = 0u64;
+        for chunk in readable.chunks(CHUNK) {
+            let mut batch = Batch::new();
+            let mut n = 0u64;
+            for id in chunk {
+                let snapshot = self.store.snapshot();
+                let loaded = self.load(snapshot.as_ref(), id)?;
+                let collection = loaded.collection;
+                let fields: Vec<usize> = (0..collection.fields().len())
+                    .filter(|&i| collection.is_indexed(i) && loaded.header.manifest & (1 << i) != 0)
+                    .collect();
+                let entries = snapshot
+                    .scan_prefix(Keyspace::Index, &index::reverse_prefix(id.as_bytes()))?
+                    .len();
+                if fields.is_empty() || entries == fields.len() {
+                    continue;
+                }
+                let Some(dek) = self.data_key(id, &loaded)? else {
+                    continue;
+                };
+                let mut values = BTreeMap::new();
+                for (field, envelope) in
+                    self.ciphertexts(snapshot.as_ref(), id, &loaded, fields.into_iter())?
+                {
+                    values.insert(field, self.open(id, &loaded, &dek, field, &envelope)?);
+                }
+                index::delete_entries(
+                    &mut batch,
+                    snapshot.as_ref(),
+                    id,
+                    collection.name().as_str(),
+                )?;
+                index::put_entries(&mut batch, &self.index, id, collection, &values)?;
+                n += 1;
+            }
+            if n > 0 {
+                let event = Event {
+                    method: "Records/IndexBackfill".into(),
+                    result: "OK".into(),
+                    detail: format!(
+                        "{n} records stored before their fields were indexed got blind-index entries"
+                    ),
+                    ..Event::default()
+                };
+                self.audit.commit(batch, vec![event]).await?;
+                added += n;
+            }
+        }
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Meta, INDEX_COMPLETE_KEY.to_vec(), signature);
+        self.store.write(batch)?;
+        if added > 0 {
+            tracing::info!(
+                records = added,
+                "blind index completed for records stored before it"
+            );
+        }
+        Ok(added)
     }
 
     async fn finish_shreds(&self, records: &[(RecordId, Header)]) -> Result<(), Error> {
