@@ -501,7 +501,7 @@ async fn records_stored_before_the_index_are_indexed_at_start() {
     let mut officer = vault.as_role("role:privacy_officer").await;
     assert_eq!(
         ids(&mut officer, "ssn", "078-05-1120", "subject_access").await,
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     let backfills = events_of(&mut admin, "Records/IndexBackfill").await;
     assert_eq!(backfills.len(), 1, "{backfills:?}");
