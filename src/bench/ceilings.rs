@@ -69,6 +69,7 @@ pub(super) fn crypto_cost(iterations: u32) -> (f64, f64) {
         collection: "customers",
         record_version: 1,
         manifest: 0xff,
+        honeytoken: false,
     };
     let mut sealed = Vec::new();
     let mut wrapped = None;

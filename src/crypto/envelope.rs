@@ -5,8 +5,10 @@
 //! ciphertext replayed into a newer record fails).
 //!
 //! Wrapped DEK: what the key provider seals (`dek id | dek key`) under a key epoch, with the
-//! AAD binding record id, epoch, collection, record version and field manifest. The epoch
-//! itself is stored beside the wrapped key (see `vault::keystore`).
+//! AAD binding record id, epoch, collection, record version and field manifest, and for a
+//! honeytoken one more part (`honeytoken`), so that its flag cannot be cleared (or set) unnoticed;
+//! the AAD of any other record is the one it was before the flag existed. The epoch itself is
+//! stored beside the wrapped key (see `vault::keystore`).
 //!
 //! An unknown version byte is an error, never a fallback.
 
@@ -27,6 +29,8 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const FIELD_AAD_DOMAIN: &[u8] = b"strongroom/field/v1";
 const WRAP_AAD_DOMAIN: &[u8] = b"strongroom/dek/v2";
+/// The last part of a honeytoken's wrapped-key AAD (absent for any other record).
+const WRAP_AAD_HONEYTOKEN: &[u8] = b"honeytoken";
 
 /// What a field ciphertext is bound to.
 #[derive(Debug, Clone, Copy)]
@@ -146,9 +150,9 @@ pub fn open_field(
     })
 }
 
-/// What a wrapped DEK is bound to: its record, that record's collection and version, and the
+/// What a wrapped DEK is bound to: its record, that record's collection and version, the
 /// manifest of fields the record holds at that version (so a field ciphertext cannot be removed
-/// unnoticed).
+/// unnoticed), and whether it is a honeytoken (so its tripwire cannot be disabled unnoticed).
 #[derive(Debug, Clone, Copy)]
 pub struct DekContext<'a> {
     /// The record id bytes.
@@ -159,19 +163,26 @@ pub struct DekContext<'a> {
     pub record_version: u64,
     /// Bit `i` set when field `i` of the collection holds a value.
     pub manifest: u64,
+    /// A honeytoken (decoy) record.
+    pub honeytoken: bool,
 }
 
 fn wrap_aad(epoch: EpochId, ctx: &DekContext<'_>) -> Vec<u8> {
-    aad(
-        WRAP_AAD_DOMAIN,
-        &[
-            ctx.record_id,
-            &epoch.0.to_be_bytes(),
-            ctx.collection.as_bytes(),
-            &ctx.record_version.to_be_bytes(),
-            &ctx.manifest.to_be_bytes(),
-        ],
-    )
+    let epoch = epoch.0.to_be_bytes();
+    let version = ctx.record_version.to_be_bytes();
+    let manifest = ctx.manifest.to_be_bytes();
+    let mut parts: Vec<&[u8]> = vec![
+        ctx.record_id,
+        &epoch,
+        ctx.collection.as_bytes(),
+        &version,
+        &manifest,
+    ];
+    // Only for a honeytoken: every other record's AAD stays what it was, so no key is rewrapped.
+    if ctx.honeytoken {
+        parts.push(WRAP_AAD_HONEYTOKEN);
+    }
+    aad(WRAP_AAD_DOMAIN, &parts)
 }
 
 /// Wraps a DEK under `epoch` of the key provider, bound to `ctx`.
@@ -195,7 +206,7 @@ pub fn wrap_dek(
 ///
 /// # Errors
 /// `KeyError::Decrypt` if the wrapped key was altered, is malformed, or was wrapped under
-/// another epoch or for another record, collection, version or manifest;
+/// another epoch or for another record, collection, version, manifest or honeytoken flag;
 /// `KeyError::UnknownEpoch` if its epoch was destroyed.
 pub fn unwrap_dek(
     keys: &dyn KeyProvider,
@@ -299,6 +310,7 @@ mod tests {
             collection: "customers",
             record_version: 3,
             manifest: 0b101,
+            honeytoken: false,
         };
         let one = EpochId(1);
         let wrapped = wrap_dek(&ring, one, &dek, &ctx).unwrap_or_else(|e| panic!("{e}"));
@@ -335,6 +347,54 @@ mod tests {
         );
     }
 
+    #[test]
+    fn wrapped_dek_is_bound_to_the_honeytoken_flag_and_other_aads_are_unchanged() {
+        let (_dir, ring) = keyring();
+        let id = [1u8; 16];
+        let record = DekContext {
+            record_id: &id,
+            collection: "customers",
+            record_version: 3,
+            manifest: 0b101,
+            honeytoken: false,
+        };
+        let decoy = DekContext {
+            honeytoken: true,
+            ..record
+        };
+        let one = EpochId(1);
+        for (wrapped_for, cleared_or_set) in [(decoy, record), (record, decoy)] {
+            let dek = Dek::generate();
+            let wrapped =
+                wrap_dek(&ring, one, &dek, &wrapped_for).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                unwrap_dek(&ring, one, &wrapped, &wrapped_for).map(|d| d.id()),
+                Ok(dek.id())
+            );
+            assert_eq!(
+                unwrap_dek(&ring, one, &wrapped, &cleared_or_set).err(),
+                Some(KeyError::Decrypt),
+                "{wrapped_for:?} opened as {cleared_or_set:?}"
+            );
+        }
+        // A record's AAD is byte for byte the one from before the flag existed (computed by the
+        // code of then): its stored keys unwrap without a migration.
+        assert_eq!(
+            hex::encode(wrap_aad(one, &record)),
+            "7374726f6e67726f6f6d2f64656b2f7632\
+             0000001001010101010101010101010101010101\
+             0000000400000001\
+             00000009637573746f6d657273\
+             000000080000000000000003\
+             000000080000000000000005"
+        );
+        // A honeytoken's is that with one more length-prefixed part.
+        let mut expected = wrap_aad(one, &record);
+        expected.extend_from_slice(&10u32.to_be_bytes());
+        expected.extend_from_slice(b"honeytoken");
+        assert_eq!(wrap_aad(one, &decoy), expected);
+    }
+
     /// Field envelopes of random values under one DEK, and the context they were sealed in.
     fn sealed_fields(dek: &std::sync::Arc<Dek>) -> impl Strategy<Value = Vec<u8>> + Clone + use<> {
         let dek = std::sync::Arc::clone(dek);
@@ -362,6 +422,7 @@ mod tests {
             collection: "customers",
             record_version: 4,
             manifest: 0b1011,
+            honeytoken: false,
         };
         let wrapping = std::sync::Arc::clone(&ring);
         let valid = any::<u8>().prop_map(move |_| {

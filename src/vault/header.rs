@@ -5,8 +5,9 @@
 //! record's; headers written before the flag existed have it clear.
 //!
 //! The header itself is not secret and holds no key: the record's wrapped data key is in the
-//! key store, under `record id | version`. The version, manifest and collection are bound into
-//! the wrapped key's AAD, so altering any of them makes the key fail to unwrap.
+//! key store, under `record id | version`. The version, manifest, collection and honeytoken flag
+//! are bound into the wrapped key's AAD, so altering any of them (clearing the flag to disable a
+//! decoy's tripwire too) makes the key fail to unwrap.
 
 const HEADER_V2: u8 = 0x02;
 /// The top bit of the length byte: set for a honeytoken record.

@@ -4,10 +4,13 @@
 //! update's old version). An old copy of the key store dies when the epochs its keys were
 //! wrapped under are destroyed (rotation).
 //!
-//! Entry: key `record id | version u64`, value `0x01 | epoch u32 | manifest u64 | collection
-//! len u8 | collection | wrapped DEK`. The wrapped key's AAD binds record id, epoch, collection,
-//! version and manifest (`crypto::DekContext`); reads check it against the data store's header,
-//! and rotation reads it from the entry itself, so that rewrapping needs no data-store read.
+//! Entry: key `record id | version u64`, value `0x01 | epoch u32 | manifest u64 | flags+len u8 |
+//! collection | wrapped DEK`, the byte before the collection holding its length in its low 7 bits
+//! and the honeytoken flag in its top bit (as in the record header; entries written before the
+//! flag existed have it clear). The wrapped key's AAD binds record id, epoch, collection,
+//! version, manifest and honeytoken flag (`crypto::DekContext`); reads check it against the data
+//! store's header, and rotation reads it from the entry itself, so that rewrapping needs no
+//! data-store read.
 //!
 //! Writes are synced. One lock orders them against rotation: storing a new key and deleting
 //! keys share it, while a rewrap chunk and an epoch's destruction hold it alone, so a key is
@@ -26,6 +29,8 @@ use crate::{
 };
 
 const ENTRY_V1: u8 = 0x01;
+/// The top bit of an entry's collection length byte: set for a honeytoken's key.
+const HONEYTOKEN_BIT: u8 = 0x80;
 
 /// Where the key store records each shredded record (in its `meta`), written in the batch that
 /// deletes the record's keys: reconcile finishes a shred only for a record named here.
@@ -49,6 +54,7 @@ pub(crate) struct Entry {
     pub(crate) epoch: EpochId,
     pub(crate) manifest: u64,
     pub(crate) collection: String,
+    pub(crate) honeytoken: bool,
     pub(crate) wrapped: WrappedDek,
 }
 
@@ -59,8 +65,13 @@ impl Entry {
         out.push(ENTRY_V1);
         out.extend_from_slice(&self.epoch.0.to_be_bytes());
         out.extend_from_slice(&self.manifest.to_be_bytes());
-        // Collection names are identifiers of at most 64 bytes.
-        out.push(u8::try_from(coll.len()).unwrap_or(u8::MAX));
+        // Collection names are identifiers of at most 64 bytes: the length fits in 7 bits.
+        let len = u8::try_from(coll.len()).unwrap_or(u8::MAX) & !HONEYTOKEN_BIT;
+        out.push(if self.honeytoken {
+            len | HONEYTOKEN_BIT
+        } else {
+            len
+        });
         out.extend_from_slice(coll);
         out.extend_from_slice(&self.wrapped.0);
         out
@@ -73,7 +84,9 @@ impl Entry {
         }
         let epoch = u32::from_be_bytes(rest.get(0..4)?.try_into().ok()?);
         let manifest = u64::from_be_bytes(rest.get(4..12)?.try_into().ok()?);
-        let len = usize::from(*rest.get(12)?);
+        let flags_len = *rest.get(12)?;
+        let honeytoken = flags_len & HONEYTOKEN_BIT != 0;
+        let len = usize::from(flags_len & !HONEYTOKEN_BIT);
         let collection = std::str::from_utf8(rest.get(13..13 + len)?)
             .ok()?
             .to_owned();
@@ -82,6 +95,7 @@ impl Entry {
             epoch: EpochId(epoch),
             manifest,
             collection,
+            honeytoken,
             wrapped: WrappedDek(wrapped),
         })
     }
@@ -176,6 +190,7 @@ impl KeyStore {
                 epoch,
                 manifest: ctx.manifest,
                 collection: ctx.collection.to_owned(),
+                honeytoken: ctx.honeytoken,
                 wrapped,
             };
             let key = entry_key(id, ctx.record_version);
@@ -317,6 +332,7 @@ impl KeyStore {
             collection: &entry.collection,
             record_version: version,
             manifest: entry.manifest,
+            honeytoken: entry.honeytoken,
         };
         match crypto::unwrap_dek(self.keys.as_ref(), entry.epoch, &entry.wrapped, &ctx) {
             Ok(_) => {
@@ -397,6 +413,7 @@ impl KeyStore {
                 collection: &entry.collection,
                 record_version: version,
                 manifest: entry.manifest,
+                honeytoken: entry.honeytoken,
             };
             let record = RecordId::from_bytes(id);
             let dek = crypto::unwrap_dek(self.keys.as_ref(), entry.epoch, &entry.wrapped, &ctx)
@@ -547,13 +564,15 @@ mod tests {
             any::<u32>(),
             any::<u64>(),
             "[a-z_]{0,70}",
+            any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..100),
         )
-            .prop_map(|(epoch, manifest, collection, wrapped)| {
+            .prop_map(|(epoch, manifest, collection, honeytoken, wrapped)| {
                 Entry {
                     epoch: EpochId(epoch),
                     manifest,
                     collection,
+                    honeytoken,
                     wrapped: WrappedDek(wrapped),
                 }
                 .encode()
@@ -570,6 +589,81 @@ mod tests {
             }
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_honeytokens_entry_differs_by_one_bit_and_old_entries_decode() {
+        let record = Entry {
+            epoch: EpochId(2),
+            manifest: 0b101,
+            collection: "customers".into(),
+            honeytoken: false,
+            wrapped: WrappedDek(vec![7; 5]),
+        };
+        let decoy = Entry {
+            honeytoken: true,
+            ..record.clone()
+        };
+        // An entry as written before the flag existed (length byte = the length).
+        let mut old = vec![ENTRY_V1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0b101, 9];
+        old.extend_from_slice(b"customers");
+        old.extend_from_slice(&[7; 5]);
+        assert_eq!(record.encode(), old);
+        assert_eq!(Entry::decode(&old), Some(record));
+        let flagged = decoy.encode();
+        old[13] |= HONEYTOKEN_BIT;
+        assert_eq!(flagged, old);
+        assert_eq!(Entry::decode(&flagged), Some(decoy));
+    }
+
+    #[tokio::test]
+    async fn a_rewrap_keeps_a_honeytokens_key_bound_to_its_flag() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ring = crate::crypto::Keyring::open_file(dir.path().join("keyring"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ring = Arc::new(ring);
+        let keys = KeyStore::new(
+            Arc::new(crate::storage::MemoryStore::new()),
+            Arc::clone(&ring) as Arc<dyn KeyProvider>,
+        );
+        let (decoy, record) = (RecordId::from_bytes([1; 16]), RecordId::from_bytes([2; 16]));
+        let ctx = |id: &'static [u8; 16], honeytoken| DekContext {
+            record_id: id,
+            collection: "customers",
+            record_version: 1,
+            manifest: 0b11,
+            honeytoken,
+        };
+        let (decoy_ctx, record_ctx) = (ctx(&[1; 16], true), ctx(&[2; 16], false));
+        let (dek, other) = (Dek::generate(), Dek::generate());
+        keys.put(&decoy, &decoy_ctx, &dek)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        keys.put(&record, &record_ctx, &other)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let old = ring.current();
+        let new = ring.add_epoch().unwrap_or_else(|e| panic!("{e}"));
+        let done = keys
+            .rewrap_chunk(&[], 10, b"cursor")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(done.moved, 2);
+        assert_eq!(keys.counts().ok(), Some(BTreeMap::from([(new, 2)])));
+        assert!(new > old);
+        // Under the new epoch, still bound to the flag: it opens only as what it was written as.
+        let id_of = |k: Result<Option<Dek>, Error>| k.ok().flatten().map(|d| d.id());
+        assert_eq!(id_of(keys.get(&decoy, &decoy_ctx)), Some(dek.id()));
+        assert_eq!(id_of(keys.get(&record, &record_ctx)), Some(other.id()));
+        let cleared = DekContext {
+            honeytoken: false,
+            ..decoy_ctx
+        };
+        let set = DekContext {
+            honeytoken: true,
+            ..record_ctx
+        };
+        assert!(matches!(keys.get(&decoy, &cleared), Err(Error::DataLoss)));
+        assert!(matches!(keys.get(&record, &set), Err(Error::DataLoss)));
     }
 
     #[test]

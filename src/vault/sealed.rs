@@ -184,5 +184,6 @@ fn dek_context<'a>(id: &'a RecordId, header: &'a Header) -> DekContext<'a> {
         collection: &header.collection,
         record_version: header.version,
         manifest: header.manifest,
+        honeytoken: header.honeytoken,
     }
 }

@@ -680,3 +680,63 @@ async fn a_find_hit_an_export_and_a_subject_export_of_a_honeytoken_each_raise_on
     assert_eq!(found.len(), 3, "{found:?}");
     assert_eq!(found[2].subject, "svc:privacy_officer");
 }
+
+#[tokio::test]
+async fn clearing_the_honeytoken_flag_in_the_data_dir_makes_the_decoy_unreadable_not_silent() {
+    use strongroom::storage::{Batch, Keyspace, Store};
+
+    use crate::support::id_bytes;
+
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let normal = create(&mut admin, customer("plain")).await;
+    let decoy = honeytoken(&mut admin, customer("decoy")).await.unwrap().id;
+    let mut support = vault.as_role("role:support").await;
+    get(&mut support, &decoy, "support").await.unwrap();
+    let mut auditor = vault.as_role("role:auditor").await;
+    assert_eq!(alerts(&mut auditor, "critical").await.len(), 1);
+
+    // With the vault stopped, someone who can write the data dir clears the decoy's flag (the
+    // top bit of the byte before the collection) and sets it on the normal record.
+    const FLAG_BYTE: usize = 1 + 8 + 8;
+    let flip = |store: &strongroom::storage::RocksStore, id: &str| {
+        let header = store
+            .get(Keyspace::Headers, &id_bytes(id))
+            .unwrap()
+            .unwrap();
+        let mut changed = header.clone();
+        changed[FLAG_BYTE] ^= 0x80;
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Headers, id_bytes(id), changed);
+        store.write(batch).unwrap();
+        header
+    };
+    let (decoy_header, normal_header) = vault
+        .with_store(|store| (flip(store, &decoy), flip(store, &normal)))
+        .await;
+    assert_ne!(decoy_header[FLAG_BYTE] & 0x80, 0, "the decoy had the flag");
+    assert_eq!(normal_header[FLAG_BYTE] & 0x80, 0, "the record had none");
+
+    // Neither reads: the flag is bound into the data key's AAD. Without that binding the decoy
+    // would read as an ordinary record, with no alert.
+    let mut support = vault.as_role("role:support").await;
+    assert_code(get(&mut support, &decoy, "support").await, Code::DataLoss);
+    assert_code(get(&mut support, &normal, "support").await, Code::DataLoss);
+    let mut auditor = vault.as_role("role:auditor").await;
+    assert_eq!(alerts(&mut auditor, "critical").await.len(), 1);
+
+    // Restored, both read again and the decoy alerts again: the failures were the tampering's.
+    vault
+        .with_store(|store| {
+            let mut batch = Batch::new();
+            batch.put(Keyspace::Headers, id_bytes(&decoy), decoy_header);
+            batch.put(Keyspace::Headers, id_bytes(&normal), normal_header);
+            store.write(batch).unwrap();
+        })
+        .await;
+    let mut support = vault.as_role("role:support").await;
+    get(&mut support, &normal, "support").await.unwrap();
+    get(&mut support, &decoy, "support").await.unwrap();
+    let mut auditor = vault.as_role("role:auditor").await;
+    assert_eq!(alerts(&mut auditor, "critical").await.len(), 2);
+}
