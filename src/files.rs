@@ -138,6 +138,50 @@ pub fn read_secret(
     Ok(bytes)
 }
 
+/// Opens `path` for writing a file that may hold personal data (an export, an extract): a new
+/// file is created with mode 0600; an existing one must be a regular file and is made 0600
+/// before it is truncated. Never through a symbolic link: O_NOFOLLOW makes a link in the last
+/// component an error. With `fresh`, whatever is at `path` is removed first (a link itself,
+/// never its target) and the file is created anew (O_EXCL), so no earlier inode is reused.
+///
+/// # Errors
+/// A message naming the file and the problem.
+pub fn create_private(path: &Path, fresh: bool) -> Result<fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = path.display();
+    if fresh {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove the stale {shown}: {e}")),
+        }
+    }
+    // O_NOFOLLOW is a small positive flag on every Unix; the conversion cannot fail.
+    let no_follow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).mode(0o600).custom_flags(no_follow);
+    if fresh {
+        options.create_new(true);
+    } else {
+        options.create(true);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| format!("cannot create {shown}: {e}"))?;
+    // Checked and fixed on the opened file, so it cannot be swapped after the checks.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    // The mode given at creation is filtered by the umask, and an existing file keeps its own.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.set_len(0))
+        .map_err(|e| format!("cannot make {shown} private (mode 0600): {e}"))?;
+    Ok(file)
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 pub fn parent_of(path: &Path) -> Option<PathBuf> {
     match path.parent() {
@@ -242,6 +286,39 @@ mod tests {
         std::os::unix::fs::symlink(&key, &link).unwrap();
         assert!(read_secret(&link, "k", 100).is_err());
         assert!(read_secret(tmp.path(), "k", 100).is_err());
+    }
+
+    #[test]
+    fn a_private_file_is_0600_fixed_if_it_existed_and_never_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        let new = tmp.path().join("new");
+        create_private(&new, false).unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let old = tmp.path().join("old");
+        fs::write(&old, "earlier content").unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        create_private(&old, false).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(fs::metadata(&old).unwrap().len(), 0);
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        create_private(&old, true).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        // A link is refused, and its target keeps its mode and content.
+        let target = tmp.path().join("target");
+        fs::write(&target, "theirs").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(create_private(&link, false).is_err());
+        assert_eq!(mode(&target), 0o644);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "theirs");
+        // Fresh: the link itself is removed and a new private file made in its place.
+        create_private(&link, true).unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(mode(&link), 0o600);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "theirs");
+        assert!(create_private(tmp.path(), false).is_err());
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub(super) async fn export(args: ExportArgs) -> Result<(), String> {
         .map_err(|s| status_text(&s))?
         .into_inner();
     let partial = PathBuf::from(format!("{}.partial", out.display()));
-    let file = std::fs::File::create(&partial)
-        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    // The extract is personal data: 0600, made anew, never through a link.
+    let file = crate::files::create_private(&partial, true)?;
     let mut writer = std::io::BufWriter::new(file);
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(0)

@@ -103,18 +103,11 @@ fn subject_of(who: Who, collection: String) -> (Vec<String>, Option<pb::Lookup>)
     (id, found)
 }
 
-/// Writes `text` to a new file private to this user.
+/// Writes `text` to a file private to this user (mode 0600, never through a symbolic link).
 fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
     use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
+    crate::files::create_private(path, false)?
+        .write_all(text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 

@@ -28,6 +28,7 @@ use crate::{
     audit::{Call, Event, Filter},
     domain::{Principal, Purpose, RecordId},
     policy::Decision,
+    storage::Batch,
 };
 
 /// The format name inside every subject export.
@@ -292,8 +293,9 @@ impl Vault {
 
     /// The signed subject-access export of the records `ids`: every field in plaintext, the
     /// history of writes and the access history from the audit log. Each record is read for
-    /// purpose `subject_access` through the ordinary read (its audit event, method
-    /// `call.method`, is durable before anything is returned).
+    /// purpose `subject_access` as the ordinary read does; the reads' audit events (method
+    /// `call.method`) are committed together once the whole document is made and signed, and
+    /// are durable before it is returned. An export that fails logs no read (only alerts).
     ///
     /// # Errors
     /// `PermissionDenied` unless the caller may read every field of each record in plaintext
@@ -334,9 +336,48 @@ impl Vault {
             }
         }
         let through = self.audit.last_seq()?;
+        let mut events = Vec::new();
+        match self.make_export(principal, call, ids, &purpose, through, &mut events) {
+            Ok(export) => {
+                // Fail closed: no document leaves unless every read's event is durable; none
+                // is logged before the whole document is made.
+                if !events.is_empty() {
+                    self.audit.commit(Batch::new(), events).await?;
+                }
+                Ok(export)
+            }
+            Err(e) => {
+                // Nothing was disclosed, so no read event; but an alert (a honeytoken touched,
+                // the disclosure limit reached) is kept: it is about the attempt.
+                let alerts: Vec<Event> = events
+                    .into_iter()
+                    .filter(|a| !a.severity.is_empty())
+                    .collect();
+                if !alerts.is_empty()
+                    && let Err(c) = self.audit.commit(Batch::new(), alerts).await
+                {
+                    tracing::error!(request_id = %call.request_id, error = %c, "the alerts of a failed subject export were not recorded");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The export's document, signed, and in `events` the audit events its reads owe (not
+    /// committed: the caller commits them once the whole document is made).
+    fn make_export(
+        &self,
+        principal: &Principal,
+        call: &Call,
+        ids: &[RecordId],
+        purpose: &Purpose,
+        through: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<SubjectExport, Error> {
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
-            let view = self.get(principal, call, id, &[], &purpose).await?;
+            let (view, owed) = self.read_record(principal, call, id, &[], purpose)?;
+            events.extend(owed);
             let mut fields = Vec::with_capacity(view.fields.len());
             for f in view.fields {
                 match (f.decision, f.value) {

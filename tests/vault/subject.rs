@@ -327,6 +327,74 @@ async fn a_caller_without_plaintext_subject_access_is_refused_and_audited() {
     );
 }
 
+/// The `Records/ExportSubject` read events of `id` that say it was disclosed (result OK).
+async fn export_reads(admin: &mut strongroom::client::Client, id: &str) -> usize {
+    events(admin, record_filter(id))
+        .await
+        .iter()
+        .filter(|e| e.method == "Records/ExportSubject" && e.result == "OK")
+        .count()
+}
+
+#[tokio::test]
+async fn an_export_that_fails_on_a_later_record_logs_no_read_of_the_earlier_ones() {
+    // Room for one customer's three sensitive fields an hour: the second record's are withheld,
+    // so the export fails after the first record was read.
+    let clock = strongroom::domain::Clock::manual(1_800_000_000_000);
+    let config = "[rate_limits.\"svc:privacy_officer\"]\nsensitive_disclosures_per_hour = 3\n";
+    let vault = Vault::start_configured(config, "", clock.clone()).await;
+    let mut admin = vault.admin().await;
+    let mut officer = vault.as_role("role:privacy_officer").await;
+    let first = create(&mut admin, customer("first")).await;
+    let second = create(&mut admin, customer("second")).await;
+    let both = || {
+        pb::export_subject_request::Subject::RecordIds(pb::RecordIds {
+            ids: vec![first.clone(), second.clone()],
+        })
+    };
+
+    let status = assert_code(export(&mut officer, both()).await, Code::PermissionDenied);
+    assert!(
+        status.message().contains("not disclosed in plaintext"),
+        "{}",
+        status.message()
+    );
+    // No document left, so no read is logged as a disclosure: not the first record's either.
+    assert_eq!(export_reads(&mut admin, &first).await, 0);
+    assert_eq!(export_reads(&mut admin, &second).await, 0);
+    // The limit's alert is kept: it is about the attempt.
+    let alerts = events(
+        &mut admin,
+        pb::EventFilter {
+            method: "Limits/DisclosureLimit".into(),
+            ..pb::EventFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+
+    // An hour on, an export within the limit succeeds and logs one read per record (the
+    // third record holds no sensitive field).
+    clock.advance(std::time::Duration::from_secs(3600));
+    let third = create(
+        &mut admin,
+        vec![field("name", "Third"), field("email", "third@example.com")],
+    )
+    .await;
+    let reply = export(
+        &mut officer,
+        pb::export_subject_request::Subject::RecordIds(pb::RecordIds {
+            ids: vec![first.clone(), third.clone()],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.record_ids, vec![first.clone(), third.clone()]);
+    assert_eq!(export_reads(&mut admin, &first).await, 1);
+    assert_eq!(export_reads(&mut admin, &third).await, 1);
+    assert_eq!(export_reads(&mut admin, &second).await, 0);
+}
+
 fn email_lookup(value: &str) -> pb::Lookup {
     pb::Lookup {
         collection: "customers".into(),
