@@ -557,16 +557,10 @@ impl Vault {
         // The limit's one alert of the window goes with the read that tripped it.
         let mut events: Vec<Event> = allowance.alert.take().into_iter().collect();
         if self.audit_reads {
-            let decided = permit.decisions().iter().map(|&(f, d)| {
-                let outcome = match d {
-                    Decision::Plain if limited.contains(&f) => limits::DISCLOSURE_LIMIT_OUTCOME,
-                    Decision::Denied => "withheld",
-                    Decision::Masked => "masked",
-                    Decision::Plain => "plain",
-                    Decision::Pseudonym => "pseudonym",
-                };
-                (f, outcome)
-            });
+            let decided = permit
+                .decisions()
+                .iter()
+                .map(|&(f, d)| (f, read_outcome(d, limited.contains(&f))));
             events.push(Event {
                 collection: collection.name().as_str().to_owned(),
                 record_id: id.to_string(),
@@ -958,6 +952,20 @@ fn requested_fields(
         out.push(i);
     }
     Ok(out)
+}
+
+/// The audit outcome of a field a read decided `d`: `disclosure limit` if the subject's
+/// disclosure limit withheld it, else what the decision disclosed.
+fn read_outcome(d: Decision, limited: bool) -> &'static str {
+    if limited {
+        return limits::DISCLOSURE_LIMIT_OUTCOME;
+    }
+    match d {
+        Decision::Denied => "withheld",
+        Decision::Masked => "masked",
+        Decision::Plain => "plain",
+        Decision::Pseudonym => "pseudonym",
+    }
 }
 
 /// `(field index, outcome)` pairs as named field outcomes.

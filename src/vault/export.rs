@@ -74,16 +74,6 @@ pub enum ExportEnd {
     TokenRevoked,
 }
 
-fn outcome_name(d: Decision, limited: bool) -> &'static str {
-    match d {
-        Decision::Denied if limited => super::limits::DISCLOSURE_LIMIT_OUTCOME,
-        Decision::Denied => "withheld",
-        Decision::Masked => "masked",
-        Decision::Plain => "plain",
-        Decision::Pseudonym => "pseudonym",
-    }
-}
-
 impl Vault {
     /// Starts an export of `collection` for `purpose`: checks the purpose, the fields (every
     /// declared field if `fields` is empty), that the caller may see at least one of them, and
@@ -221,7 +211,7 @@ impl Vault {
                     .outcomes
                     .entry(f.name.clone())
                     .or_default()
-                    .entry(outcome_name(f.decision, limited))
+                    .entry(super::read_outcome(f.decision, limited))
                     .or_default() += 1;
             }
         }
