@@ -423,7 +423,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 })),
                 "server_rss_mib": rss_mib,
                 "policy": policy.map(|(small, big, apply, rules)| json!({
-                    "decision_ns_24_rules": small, "decision_ns_big": big, "big_rules": rules, "apply_big_s": apply,
+                    "decision_ns_shipped": small, "decision_ns_big": big, "big_rules": rules, "apply_big_s": apply,
                 })),
                 "notes": notes,
             })
@@ -517,7 +517,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     }
     if let Some((small, big, apply, rules)) = policy {
         println!(
-            "  decision for 8 fields: {small:.0} ns at 24 rules, {big:.0} ns at {rules} rules ({:+.1}%); compiling and checking {rules} rules: {apply:.2} s",
+            "  decision for 8 fields: {small:.0} ns with the shipped policy, {big:.0} ns at {rules} rules ({:+.1}%); compiling and checking {rules} rules: {apply:.2} s",
             (big / small - 1.0) * 100.0
         );
     }

@@ -356,7 +356,9 @@ pub async fn start_with_stores(
         config.rate_limits.clone(),
         config.clock.clone(),
     ));
-    vault = vault.with_limiter(Arc::clone(&limiter));
+    vault = vault
+        .with_limiter(Arc::clone(&limiter))
+        .with_clock(config.clock.clone());
     if let Err(e) = vault.reconcile().await {
         // Its background tasks hold the stores: stop them, so the stores close with the error.
         vault.stop().await;

@@ -11,6 +11,7 @@ mod export;
 mod find;
 pub mod governance;
 mod header;
+pub mod holds;
 mod index;
 mod keystore;
 pub mod limits;
@@ -34,7 +35,7 @@ use zeroize::Zeroizing;
 use crate::{
     audit::{Audit, AuditError, Call, Event, FieldOutcome},
     crypto::{BlindIndex, Dek, KeyProvider, Pseudonymizer},
-    domain::{FieldType, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
+    domain::{Clock, FieldType, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
     storage::{Batch, Keyspace, Store, StoreError},
 };
@@ -76,6 +77,10 @@ pub enum Error {
     /// Stored data failed an integrity check: tampered, moved, or corrupted.
     #[error("stored data failed its integrity check")]
     DataLoss,
+    /// The record is not in a state that allows the operation (a legal hold blocks its
+    /// erasure); the message names what blocks it.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// A bug or an impossible state; the detail goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -222,6 +227,7 @@ pub struct Vault {
     purger: Purger,
     rotator: Arc<rotation::Rotator>,
     pseudonyms: Pseudonymizer,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Vault {
@@ -291,7 +297,20 @@ impl Vault {
             locks: RecordLocks::new(256),
             purger,
             pseudonyms,
+            clock: Clock::system(),
         }
+    }
+
+    /// Reads time from `clock` (consent times, retention, holds; a manual one in tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The vault's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Turns off the audit event of reads: only for measuring what auditing costs. A vault
@@ -773,6 +792,7 @@ impl Vault {
             .table()
             .check_delete(principal, loaded.collection)
             .map_err(|r| refused(principal, r))?;
+        self.refuse_if_held(id, "its shred")?;
         let keys: Vec<Vec<u8>> = snapshot
             .scan_prefix(Keyspace::Records, id.as_bytes())?
             .into_iter()

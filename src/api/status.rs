@@ -21,6 +21,7 @@ pub fn to_status(e: Error, request_id: &str) -> Status {
                 format!("stored data failed its integrity check (request id {request_id})"),
             )
         }
+        Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
         Error::Internal(detail) => {
             tracing::error!(request_id, %detail, "internal error");
             Status::internal(format!("internal error (request id {request_id})"))

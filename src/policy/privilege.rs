@@ -1,8 +1,9 @@
-//! The privileges outside the record policy (administering policies, managing tokens, keys and
-//! honeytokens, reading the key status and the audit log), held in the policy itself:
+//! The privileges outside the record policy (administering policies, managing tokens, keys,
+//! honeytokens, consent, legal holds and retention, reading the key status, consent and the
+//! audit log), held in the policy itself:
 //!
 //! ```text
-//! p, <role or subject>, <policies | tokens | keys | honeytokens | audit>, <manage | read>, *, <allow | deny>
+//! p, <role or subject>, <policies | tokens | keys | honeytokens | consent | holds | retention | audit>, <manage | read>, *, <allow | deny>
 //! ```
 //!
 //! A closed set: each privilege is one (object, action) pair, anything else is refused naming the
@@ -23,26 +24,38 @@ use crate::domain::Principal;
 pub enum Privilege {
     /// Show, apply, approve, roll back, diff, dry-run and explain policies (`policies manage`).
     AdministerPolicies,
+    /// Record consent grants, revocations and opt-outs (`consent manage`).
+    ManageConsent,
+    /// Place, release and list legal holds (`holds manage`).
+    ManageHolds,
     /// Create honeytoken (decoy) records (`honeytokens manage`).
     ManageHoneytokens,
     /// Rotate the key epochs (`keys manage`).
     ManageKeys,
+    /// Plan and run retention sweeps (`retention manage`).
+    ManageRetention,
     /// Issue, list and revoke tokens (`tokens manage`).
     ManageTokens,
     /// Query, follow, verify and export the audit log (`audit read`).
     ReadAudit,
+    /// See a record's consent ledger and opt-outs (`consent read`).
+    ReadConsent,
     /// See the key epochs and the rotation in progress (`keys read`).
     ReadKeyStatus,
 }
 
 impl Privilege {
     /// Every privilege.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 10] = [
         Self::AdministerPolicies,
+        Self::ManageConsent,
+        Self::ManageHolds,
         Self::ManageHoneytokens,
         Self::ManageKeys,
+        Self::ManageRetention,
         Self::ManageTokens,
         Self::ReadAudit,
+        Self::ReadConsent,
         Self::ReadKeyStatus,
     ];
 
@@ -50,7 +63,10 @@ impl Privilege {
     pub fn object(self) -> &'static str {
         match self {
             Self::AdministerPolicies => "policies",
+            Self::ManageConsent | Self::ReadConsent => "consent",
+            Self::ManageHolds => "holds",
             Self::ManageHoneytokens => "honeytokens",
+            Self::ManageRetention => "retention",
             Self::ManageKeys | Self::ReadKeyStatus => "keys",
             Self::ManageTokens => "tokens",
             Self::ReadAudit => "audit",
@@ -61,10 +77,13 @@ impl Privilege {
     pub fn action(self) -> &'static str {
         match self {
             Self::AdministerPolicies
+            | Self::ManageConsent
+            | Self::ManageHolds
             | Self::ManageHoneytokens
             | Self::ManageKeys
+            | Self::ManageRetention
             | Self::ManageTokens => "manage",
-            Self::ReadAudit | Self::ReadKeyStatus => "read",
+            Self::ReadAudit | Self::ReadConsent | Self::ReadKeyStatus => "read",
         }
     }
 
@@ -94,7 +113,7 @@ impl Privilege {
             .join(", ")
     }
 
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         match self {
             Self::AdministerPolicies => 1,
             Self::ManageKeys => 2,
@@ -102,6 +121,10 @@ impl Privilege {
             Self::ReadAudit => 8,
             Self::ReadKeyStatus => 16,
             Self::ManageHoneytokens => 32,
+            Self::ManageConsent => 64,
+            Self::ReadConsent => 128,
+            Self::ManageHolds => 256,
+            Self::ManageRetention => 512,
         }
     }
 }
@@ -109,8 +132,8 @@ impl Privilege {
 /// The privileges allowed and denied to one name, over everything it inherits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Marks {
-    allow: u8,
-    deny: u8,
+    allow: u16,
+    deny: u16,
 }
 
 impl Marks {

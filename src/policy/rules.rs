@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! p, <role or subject>, <collection>.<field | *>, <read | read_masked | read_pseudonym | write | delete | find>, <purpose | *>, <allow | deny>
-//! p, <role or subject>, <policies | tokens | keys | honeytokens | audit>, <manage | read>, *, <allow | deny>
+//! p, <role or subject>, <policies | tokens | keys | honeytokens | consent | holds | retention | audit>, <manage | read>, *, <allow | deny>
 //! g, <role or subject>, <role>
 //! ```
 //!

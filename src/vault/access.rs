@@ -16,10 +16,14 @@ pub const ADMIN_ROLE: &str = "role:admin";
 fn what(privilege: Privilege) -> &'static str {
     match privilege {
         Privilege::AdministerPolicies => "administer policies",
+        Privilege::ManageConsent => "record consent or opt-outs",
+        Privilege::ManageHolds => "manage legal holds",
         Privilege::ManageHoneytokens => "create honeytoken records",
         Privilege::ManageKeys => "rotate keys",
+        Privilege::ManageRetention => "plan or run retention sweeps",
         Privilege::ManageTokens => "manage tokens",
         Privilege::ReadAudit => "read the audit log",
+        Privilege::ReadConsent => "see consent ledgers",
         Privilege::ReadKeyStatus => "see the key status",
     }
 }

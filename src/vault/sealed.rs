@@ -24,6 +24,22 @@ pub(super) fn field_key(id: &RecordId, field: &str) -> Vec<u8> {
     key
 }
 
+/// The key of one of a record's own entries that is not a field ciphertext (its consent ledger,
+/// its activity times): `record id | '#' | name`. Field names are identifiers, so no field key
+/// has `#` after the id; and like the fields, these keys sit under the record id, so a shred
+/// (and the reconcile and purge after it) deletes them with the record.
+#[allow(
+    dead_code,
+    reason = "used by the consent ledger and retention (issue 12), merged next"
+)]
+pub(super) fn record_entry_key(id: &RecordId, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17 + name.len());
+    key.extend_from_slice(id.as_bytes());
+    key.push(b'#');
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 impl Vault {
     /// Parses and validates field values against `collection`: known, unique, valid by type.
     pub(super) fn parse_values(

@@ -245,6 +245,7 @@ pub fn not_erased_reason(e: &Error) -> String {
     match e {
         Error::Aborted(m) => format!("aborted: {m}"),
         Error::DataLoss => "stored data failed its integrity check; not erased".into(),
+        Error::FailedPrecondition(m) => format!("not erased: {m}"),
         Error::Internal(_) => "internal error; not erased, retry".into(),
         Error::InvalidArgument(i) => format!("invalid: {}: {}", i.field, i.problem),
         Error::NoSuchProposal(_) | Error::NoSuchVersion(_) | Error::NotFound => {
