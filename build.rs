@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             ".strongroom.v1.RotateTokenResponse",
             ".strongroom.v1.Lookup",
             ".strongroom.v1.ExportSubjectResponse",
+            ".strongroom.v1.PlaceHoldRequest",
+            ".strongroom.v1.LegalHold",
         ])
         .compile_fds(file_descriptors)?;
     Ok(())

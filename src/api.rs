@@ -8,6 +8,7 @@ pub mod auth;
 pub mod connections;
 mod convert;
 pub mod health;
+mod holds;
 mod keys;
 mod policies;
 mod records;
@@ -15,6 +16,7 @@ pub mod status;
 mod tokens;
 
 pub use audit::AuditApi;
+pub use holds::HoldsApi;
 pub use keys::KeysApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;

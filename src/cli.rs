@@ -1,5 +1,5 @@
 //! The command line: `serve`, the client commands (`token`, `record`, `export`, `policy`,
-//! `audit`, `keys`) that talk to a running server, and the offline checks (`audit verify
+//! `audit`, `keys`, `hold`) that talk to a running server, and the offline checks (`audit verify
 //! --file`, `receipt verify`) that need only the public key. Readable output by default, `--json` for scripts.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod audit;
 mod breach;
 mod export;
+mod hold;
 mod keys;
 mod policy;
 mod receipt;
@@ -24,6 +25,7 @@ use crate::{
 };
 use audit::{AuditCommand, audit};
 use export::{ExportArgs, export};
+use hold::{HoldCommand, hold};
 use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
@@ -122,6 +124,12 @@ enum Command {
     Subject {
         #[command(subcommand)]
         command: SubjectCommand,
+    },
+    /// Legal holds: place, release and list them (privacy officers, admins). A held record
+    /// refuses its shred, its erasure and its retention expiry.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
     },
     /// Verify a shred receipt offline, with the public key alone.
     Receipt {
@@ -278,6 +286,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit { command } => audit(command).await,
         Command::Keys { command } => keys(command).await,
         Command::Subject { command } => subject(command).await,
+        Command::Hold { command } => hold(command).await,
         Command::Receipt { command } => receipt(command),
         Command::Tls { command } => tls(command),
         Command::Bench(args) => bench(args).await,

@@ -87,6 +87,9 @@ pub enum Error {
     /// The request is malformed.
     #[error(transparent)]
     InvalidArgument(#[from] InvalidInput),
+    /// No such legal hold on a record; the message names the record and the hold.
+    #[error("{0}")]
+    NoSuchHold(String),
     /// No such pending policy change.
     #[error("no pending policy change {0}")]
     NoSuchProposal(u64),

@@ -10,6 +10,9 @@ mod subject;
 #[path = "vault/tokens.rs"]
 mod tokens;
 
+#[path = "vault/holds.rs"]
+mod holds;
+
 #[path = "vault/find.rs"]
 mod find;
 #[path = "vault/pseudonym.rs"]

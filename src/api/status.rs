@@ -27,6 +27,7 @@ pub fn to_status(e: Error, request_id: &str) -> Status {
             Status::internal(format!("internal error (request id {request_id})"))
         }
         Error::InvalidArgument(input) => Status::from(input),
+        Error::NoSuchHold(msg) => Status::not_found(msg),
         Error::NoSuchProposal(id) => Status::not_found(format!("no pending policy change {id}")),
         Error::NoSuchVersion(v) => Status::not_found(format!("no policy version {v}")),
         Error::NotFound => Status::not_found("record not found"),

@@ -248,9 +248,10 @@ pub fn not_erased_reason(e: &Error) -> String {
         Error::FailedPrecondition(m) => format!("not erased: {m}"),
         Error::Internal(_) => "internal error; not erased, retry".into(),
         Error::InvalidArgument(i) => format!("invalid: {}: {}", i.field, i.problem),
-        Error::NoSuchProposal(_) | Error::NoSuchVersion(_) | Error::NotFound => {
-            "not found (never existed, or already shredded)".into()
-        }
+        Error::NoSuchHold(_)
+        | Error::NoSuchProposal(_)
+        | Error::NoSuchVersion(_)
+        | Error::NotFound => "not found (never existed, or already shredded)".into(),
         Error::PermissionDenied(m) => format!("permission denied: {m}"),
         Error::Unavailable(_) => "storage unavailable; not erased, retry".into(),
     }

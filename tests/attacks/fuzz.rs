@@ -95,7 +95,7 @@ enum Kind {
 }
 
 /// Every RPC of the vault, health and reflection included: (path, kind).
-const METHODS: [(&str, Kind); 22] = [
+const METHODS: [(&str, Kind); 25] = [
     ("/strongroom.v1.Records/CreateRecord", Kind::Unary),
     ("/strongroom.v1.Records/GetRecord", Kind::Unary),
     ("/strongroom.v1.Records/UpdateRecord", Kind::Unary),
@@ -121,6 +121,9 @@ const METHODS: [(&str, Kind); 22] = [
         Kind::Bidi,
     ),
     ("/strongroom.v1.Tokens/RotateToken", Kind::Unary),
+    ("/strongroom.v1.Holds/PlaceHold", Kind::Unary),
+    ("/strongroom.v1.Holds/ReleaseHold", Kind::Unary),
+    ("/strongroom.v1.Holds/ListHolds", Kind::Unary),
 ];
 
 /// Strings a request field may hold: arbitrary text, and values that mean something to the
