@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn Error>> {
             ".strongroom.v1.RotateTokenResponse",
             ".strongroom.v1.Lookup",
             ".strongroom.v1.ExportSubjectResponse",
+            // A consent source may name a person (`agent:jdoe`).
+            ".strongroom.v1.SetConsentRequest",
+            ".strongroom.v1.ConsentEntry",
         ])
         .compile_fds(file_descriptors)?;
     Ok(())

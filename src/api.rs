@@ -6,6 +6,7 @@
 mod audit;
 pub mod auth;
 pub mod connections;
+mod consent;
 mod convert;
 pub mod health;
 mod keys;
@@ -15,6 +16,7 @@ pub mod status;
 mod tokens;
 
 pub use audit::AuditApi;
+pub use consent::ConsentApi;
 pub use keys::KeysApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;

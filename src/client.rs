@@ -11,7 +11,8 @@ use tonic::{
 };
 
 use crate::api::pb::{
-    audit_client::AuditClient, keys_client::KeysClient, policies_client::PoliciesClient,
+    audit_client::AuditClient, consent_client::ConsentClient, keys_client::KeysClient,
+    policies_client::PoliciesClient,
     records_client::RecordsClient, tokens_client::TokensClient,
 };
 
@@ -53,6 +54,8 @@ pub struct Client {
     pub audit: AuditClient<Authed>,
     /// The `Keys` service.
     pub keys: KeysClient<Authed>,
+    /// The `Consent` service.
+    pub consent: ConsentClient<Authed>,
 }
 
 /// How a client reaches a TLS listener: the CA that signed the server's certificate, and for
@@ -159,6 +162,7 @@ pub async fn connect_with(
         tokens: TokensClient::with_interceptor(channel.clone(), auth.clone()),
         policies: PoliciesClient::with_interceptor(channel.clone(), auth.clone()),
         audit: AuditClient::with_interceptor(channel.clone(), auth.clone()),
-        keys: KeysClient::with_interceptor(channel, auth),
+        keys: KeysClient::with_interceptor(channel.clone(), auth.clone()),
+        consent: ConsentClient::with_interceptor(channel, auth),
     })
 }

@@ -11,12 +11,12 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        AuditApi, KeysApi, PoliciesApi, RecordsApi, TokensApi,
+        AuditApi, ConsentApi, KeysApi, PoliciesApi, RecordsApi, TokensApi,
         auth::Authenticator,
         connections,
         health::CheckOnly,
         pb::{
-            self, audit_server::AuditServer, keys_server::KeysServer,
+            self, audit_server::AuditServer, consent_server::ConsentServer, keys_server::KeysServer,
             policies_server::PoliciesServer, records_server::RecordsServer,
             tokens_server::TokensServer,
         },
@@ -406,6 +406,9 @@ pub async fn start_with_stores(
     let keys_svc = KeysServer::new(KeysApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let consent_svc = ConsentServer::new(ConsentApi::new(Arc::clone(&vault)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let records =
         RecordsServer::new(RecordsApi::new(Arc::clone(&vault)).with_stopping(stopping.clone()))
@@ -446,6 +449,9 @@ pub async fn start_with_stores(
         .await;
     health_reporter.set_serving::<AuditServer<AuditApi>>().await;
     health_reporter.set_serving::<KeysServer<KeysApi>>().await;
+    health_reporter
+        .set_serving::<ConsentServer<ConsentApi>>()
+        .await;
     // Whether reads are audited, for probes and dashboards: NOT_SERVING when auditing is off.
     health_reporter
         .set_service_status(
@@ -528,7 +534,8 @@ pub async fn start_with_stores(
         .add_service(auth.guard(policies))
         .add_service(auth.guard(audit_svc))
         .add_service(auth.guard(tokens_svc))
-        .add_service(auth.guard(keys_svc));
+        .add_service(auth.guard(keys_svc))
+        .add_service(auth.guard(consent_svc));
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(
