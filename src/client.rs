@@ -12,8 +12,7 @@ use tonic::{
 
 use crate::api::pb::{
     audit_client::AuditClient, consent_client::ConsentClient, keys_client::KeysClient,
-    policies_client::PoliciesClient,
-    records_client::RecordsClient, tokens_client::TokensClient,
+    policies_client::PoliciesClient, records_client::RecordsClient, tokens_client::TokensClient,
 };
 
 /// Adds `authorization: Bearer <token>` to every call.

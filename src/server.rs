@@ -16,9 +16,9 @@ use crate::{
         connections,
         health::CheckOnly,
         pb::{
-            self, audit_server::AuditServer, consent_server::ConsentServer, keys_server::KeysServer,
-            policies_server::PoliciesServer, records_server::RecordsServer,
-            tokens_server::TokensServer,
+            self, audit_server::AuditServer, consent_server::ConsentServer,
+            keys_server::KeysServer, policies_server::PoliciesServer,
+            records_server::RecordsServer, tokens_server::TokensServer,
         },
     },
     audit::{Audit, Event},

@@ -626,13 +626,10 @@ impl Vault {
         // The limit's one alert of the window goes with the read that tripped it.
         let mut events: Vec<Event> = allowance.alert.take().into_iter().collect();
         if self.audit_reads {
-            let decided = permit
-                .decisions()
-                .iter()
-                .map(|&(f, d)| {
-                    let consent = by_consent.iter().find(|(c, _)| *c == f).map(|(_, r)| *r);
-                    (f, read_outcome(d, limited.contains(&f), consent))
-                });
+            let decided = permit.decisions().iter().map(|&(f, d)| {
+                let consent = by_consent.iter().find(|(c, _)| *c == f).map(|(_, r)| *r);
+                (f, read_outcome(d, limited.contains(&f), consent))
+            });
             events.push(Event {
                 collection: collection.name().as_str().to_owned(),
                 record_id: id.to_string(),
@@ -1032,7 +1029,7 @@ fn requested_fields(
 /// The audit outcome of a field a read decided `d`: the consent rule's reason if the record's
 /// consent withheld it (`no autodialer consent (TCPA)`), `disclosure limit` if the subject's
 /// disclosure limit did, else what the decision disclosed.
-fn read_outcome<'a>(d: Decision, limited: bool, consent: Option<&'a str>) -> &'a str {
+fn read_outcome(d: Decision, limited: bool, consent: Option<&str>) -> &str {
     if let Some(reason) = consent {
         return reason;
     }

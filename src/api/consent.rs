@@ -190,12 +190,10 @@ impl Consent for ConsentApi {
         .await;
         let (id, ledger) = audited(self.vault.audit(), &caller, &call, known, result).await?;
         let Ledger { state, history } = ledger;
-        // Every declared opt-out, recorded or not, so that "not set" is said, not implied.
-        let opt_outs = self
-            .vault
-            .schema()
-            .consent()
-            .opt_outs()
+        // Every declared opt-out, recorded or not, so that "not set" is said, not implied; then
+        // any recorded one the schema no longer declares.
+        let declared = self.vault.schema().consent().opt_outs();
+        let mut opt_outs: Vec<pb::OptOutStatus> = declared
             .iter()
             .map(|o| {
                 let recorded = state.opt_outs.iter().find(|s| s.flag == o.name());
@@ -206,6 +204,17 @@ impl Consent for ConsentApi {
                 }
             })
             .collect();
+        opt_outs.extend(
+            state
+                .opt_outs
+                .iter()
+                .filter(|s| declared.iter().all(|o| o.name() != s.flag))
+                .map(|s| pb::OptOutStatus {
+                    flag: s.flag.clone(),
+                    set: s.set,
+                    since_unix_ms: s.since_ms,
+                }),
+        );
         Ok(Response::new(pb::GetConsentResponse {
             record_id: id.to_string(),
             consents: state

@@ -356,13 +356,16 @@ impl ConsentRules {
         if name.is_empty() {
             return Err(InvalidInput::new(input, "a declared opt-out is required"));
         }
-        self.opt_outs.iter().find(|o| o.name == name).ok_or_else(|| {
-            let declared: Vec<&str> = self.opt_outs.iter().map(OptOut::name).collect();
-            InvalidInput::new(
-                input,
-                format!("unknown opt-out; declared: {}", declared.join(", ")),
-            )
-        })
+        self.opt_outs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| {
+                let declared: Vec<&str> = self.opt_outs.iter().map(OptOut::name).collect();
+                InvalidInput::new(
+                    input,
+                    format!("unknown opt-out; declared: {}", declared.join(", ")),
+                )
+            })
     }
 }
 
@@ -527,10 +530,7 @@ fields = [
             let rules = consent
                 .rules(schema.purpose_index(purpose).unwrap())
                 .unwrap();
-            assert_eq!(
-                rules.mask(customers),
-                (1 << customers.fields().len()) - 1
-            );
+            assert_eq!(rules.mask(customers), (1 << customers.fields().len()) - 1);
             assert_eq!(
                 rules.withheld(customers, name, nothing, |o| o == "do_not_sell_or_share"),
                 Some("customer opted out of sale/share (CCPA)")
@@ -555,7 +555,9 @@ fields = [
         let channels = "[consent]\nchannels = [\"sms\"]\n";
         for (consent, key, problem) in [
             (
-                format!("{channels}[consent.purposes.telemarketing]\nneeds = [{{ channel = \"fax\" }}]\n"),
+                format!(
+                    "{channels}[consent.purposes.telemarketing]\nneeds = [{{ channel = \"fax\" }}]\n"
+                ),
                 "consent.purposes.telemarketing.needs[0].channel",
                 "not a declared channel",
             ),
@@ -570,12 +572,16 @@ fields = [
                 "not a declared opt-out",
             ),
             (
-                format!("{channels}[consent.purposes.sale]\nneeds = [{{ channel = \"sms\", fields = [\"ssn\"] }}]\n"),
+                format!(
+                    "{channels}[consent.purposes.sale]\nneeds = [{{ channel = \"sms\", fields = [\"ssn\"] }}]\n"
+                ),
                 "consent.purposes.sale.needs[0].fields",
                 "not a field of any declared collection",
             ),
             (
-                format!("{channels}[consent.purposes.sale]\nneeds = [{{ channel = \"sms\", fields = [] }}]\n"),
+                format!(
+                    "{channels}[consent.purposes.sale]\nneeds = [{{ channel = \"sms\", fields = [] }}]\n"
+                ),
                 "consent.purposes.sale.needs[0].fields",
                 "at least one field",
             ),

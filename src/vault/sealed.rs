@@ -16,6 +16,9 @@ pub(super) struct Loaded<'s> {
     pub(super) collection: &'s Collection,
 }
 
+/// Field ciphertexts by field index.
+pub(super) type Ciphertexts = HashMap<usize, Vec<u8>>;
+
 /// The key of a field ciphertext: `record id | field name`.
 pub(super) fn field_key(id: &RecordId, field: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(16 + field.len());
@@ -121,7 +124,7 @@ impl Vault {
         loaded: &Loaded<'_>,
         fields: impl Iterator<Item = usize>,
         entry: Option<Vec<u8>>,
-    ) -> Result<(HashMap<usize, Vec<u8>>, Option<Vec<u8>>), Error> {
+    ) -> Result<(Ciphertexts, Option<Vec<u8>>), Error> {
         let present: Vec<usize> = fields
             .filter(|&i| loaded.header.manifest & (1 << i) != 0)
             .collect();

@@ -104,10 +104,25 @@ async fn the_tcpa_matrix_withholds_the_phone_for_telemarketing_only_with_the_exa
     // One record per state of the ledger.
     let none = create(&mut admin, customer("none")).await;
     let granted = create(&mut admin, customer("granted")).await;
-    set(&mut crm, &granted, consent("telemarketing", "autodialer", true)).await;
+    set(
+        &mut crm,
+        &granted,
+        consent("telemarketing", "autodialer", true),
+    )
+    .await;
     let revoked = create(&mut admin, customer("revoked")).await;
-    set(&mut crm, &revoked, consent("telemarketing", "autodialer", true)).await;
-    set(&mut crm, &revoked, consent("telemarketing", "autodialer", false)).await;
+    set(
+        &mut crm,
+        &revoked,
+        consent("telemarketing", "autodialer", true),
+    )
+    .await;
+    set(
+        &mut crm,
+        &revoked,
+        consent("telemarketing", "autodialer", false),
+    )
+    .await;
     let dnc = create(&mut admin, customer("dnc")).await;
     set(&mut crm, &dnc, consent("telemarketing", "autodialer", true)).await;
     set(&mut crm, &dnc, opt_out("do_not_call", true)).await;
@@ -115,7 +130,12 @@ async fn the_tcpa_matrix_withholds_the_phone_for_telemarketing_only_with_the_exa
     set(&mut crm, &dnc_only, opt_out("do_not_call", true)).await;
     // Consent for another purpose or channel is not consent for this one.
     let elsewhere = create(&mut admin, customer("elsewhere")).await;
-    set(&mut crm, &elsewhere, consent("marketing", "autodialer", true)).await;
+    set(
+        &mut crm,
+        &elsewhere,
+        consent("marketing", "autodialer", true),
+    )
+    .await;
     set(&mut crm, &elsewhere, consent("telemarketing", "sms", true)).await;
 
     let support_view = get(&mut support, &none, "support").await.unwrap();
@@ -207,7 +227,11 @@ async fn a_ccpa_opt_out_denies_sale_and_share_but_not_support() {
     }
     let after = get(&mut desk, &id, "support").await.unwrap();
     assert_eq!(
-        after.fields.iter().map(|f| (&f.name, &f.value)).collect::<Vec<_>>(),
+        after
+            .fields
+            .iter()
+            .map(|f| (&f.name, &f.value))
+            .collect::<Vec<_>>(),
         before
             .fields
             .iter()
@@ -311,7 +335,10 @@ async fn a_revocation_takes_effect_on_the_very_next_read_and_the_history_keeps_e
             .iter()
             .map(|o| (o.flag.as_str(), o.set, o.since_unix_ms))
             .collect::<Vec<_>>(),
-        [("do_not_call", false, 0), ("do_not_sell_or_share", false, 0)]
+        [
+            ("do_not_call", false, 0),
+            ("do_not_sell_or_share", false, 0)
+        ]
     );
 }
 
@@ -414,7 +441,10 @@ async fn the_audit_log_keeps_the_reason_and_never_the_source_evidence_or_values(
     let audit = vault
         .with_store(|store| store.scan_prefix(Keyspace::Audit, b"").unwrap())
         .await;
-    let raw: Vec<u8> = audit.into_iter().flat_map(|(k, v)| [k, v].concat()).collect();
+    let raw: Vec<u8> = audit
+        .into_iter()
+        .flat_map(|(k, v)| [k, v].concat())
+        .collect();
     for needle in [
         "secret-source-7781",
         "webform:8812",
@@ -603,7 +633,12 @@ async fn a_shredded_records_ledger_is_gone_with_it() {
     let id = create(&mut admin, customer("gone")).await;
     let other = create(&mut admin, customer("stays")).await;
     for record in [&id, &other] {
-        set(&mut admin, record, consent("telemarketing", "autodialer", true)).await;
+        set(
+            &mut admin,
+            record,
+            consent("telemarketing", "autodialer", true),
+        )
+        .await;
         set(&mut admin, record, opt_out("do_not_call", true)).await;
     }
     let receipt = admin
@@ -635,7 +670,9 @@ async fn a_shredded_records_ledger_is_gone_with_it() {
     let (gone, stays) = vault
         .with_store(|store| {
             (
-                store.scan_prefix(Keyspace::Records, &id_bytes(&id)).unwrap(),
+                store
+                    .scan_prefix(Keyspace::Records, &id_bytes(&id))
+                    .unwrap(),
                 store
                     .scan_prefix(Keyspace::Records, &id_bytes(&other))
                     .unwrap(),

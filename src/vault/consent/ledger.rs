@@ -334,7 +334,11 @@ mod tests {
         assert!(state.opted_out("do_not_call"));
         assert!(!state.opted_out("do_not_sell_or_share"));
         assert_eq!(
-            state.consents.iter().map(|c| c.since_ms).collect::<Vec<_>>(),
+            state
+                .consents
+                .iter()
+                .map(|c| c.since_ms)
+                .collect::<Vec<_>>(),
             [20, 40],
             "sorted by purpose, each with its latest time"
         );
