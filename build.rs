@@ -32,6 +32,9 @@ fn main() -> Result<(), Box<dyn Error>> {
             ".strongroom.v1.ExportSubjectResponse",
             ".strongroom.v1.PlaceHoldRequest",
             ".strongroom.v1.LegalHold",
+            // A consent source may name a person (`agent:jdoe`).
+            ".strongroom.v1.SetConsentRequest",
+            ".strongroom.v1.ConsentEntry",
         ])
         .compile_fds(file_descriptors)?;
     Ok(())

@@ -6,6 +6,7 @@
 mod audit;
 pub mod auth;
 pub mod connections;
+mod consent;
 mod convert;
 pub mod health;
 mod holds;
@@ -17,6 +18,7 @@ mod tokens;
 
 pub use audit::AuditApi;
 pub use holds::HoldsApi;
+pub use consent::ConsentApi;
 pub use keys::KeysApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;

@@ -1,5 +1,5 @@
 //! The command line: `serve`, the client commands (`token`, `record`, `export`, `policy`,
-//! `audit`, `keys`, `hold`) that talk to a running server, and the offline checks (`audit verify
+//! `audit`, `keys`, `consent`, `hold`) that talk to a running server, and the offline checks (`audit verify
 //! --file`, `receipt verify`) that need only the public key. Readable output by default, `--json` for scripts.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod audit;
 mod breach;
+mod consent;
 mod export;
 mod hold;
 mod keys;
@@ -24,6 +25,7 @@ use crate::{
     server,
 };
 use audit::{AuditCommand, audit};
+use consent::{ConsentCommand, consent};
 use export::{ExportArgs, export};
 use hold::{HoldCommand, hold};
 use keys::{KeysCommand, keys};
@@ -135,6 +137,12 @@ enum Command {
     Receipt {
         #[command(subcommand)]
         command: ReceiptCommand,
+    },
+    /// A record's consent ledger: grant or revoke consent per purpose and channel, set or
+    /// clear opt-outs (do_not_call, do_not_sell_or_share), show the ledger and its history.
+    Consent {
+        #[command(subcommand)]
+        command: ConsentCommand,
     },
     /// Certificates for TLS and mTLS: `tls init DIR` writes a private CA, a server
     /// certificate and client certificates.
@@ -287,6 +295,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Keys { command } => keys(command).await,
         Command::Subject { command } => subject(command).await,
         Command::Hold { command } => hold(command).await,
+        Command::Consent { command } => consent(command).await,
         Command::Receipt { command } => receipt(command),
         Command::Tls { command } => tls(command),
         Command::Bench(args) => bench(args).await,

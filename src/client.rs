@@ -11,7 +11,8 @@ use tonic::{
 };
 
 use crate::api::pb::{
-    audit_client::AuditClient, holds_client::HoldsClient, keys_client::KeysClient,
+    audit_client::AuditClient, consent_client::ConsentClient, holds_client::HoldsClient,
+    keys_client::KeysClient,
     policies_client::PoliciesClient, records_client::RecordsClient, tokens_client::TokensClient,
 };
 
@@ -55,6 +56,8 @@ pub struct Client {
     pub keys: KeysClient<Authed>,
     /// The `Holds` service.
     pub holds: HoldsClient<Authed>,
+    /// The `Consent` service.
+    pub consent: ConsentClient<Authed>,
 }
 
 /// How a client reaches a TLS listener: the CA that signed the server's certificate, and for
@@ -163,5 +166,6 @@ pub async fn connect_with(
         audit: AuditClient::with_interceptor(channel.clone(), auth.clone()),
         keys: KeysClient::with_interceptor(channel.clone(), auth.clone()),
         holds: HoldsClient::with_interceptor(channel, auth),
+        consent: ConsentClient::with_interceptor(channel, auth),
     })
 }

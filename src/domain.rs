@@ -4,6 +4,7 @@
 //! No I/O here, and no dependency on tonic, RocksDB, casbin or the cipher.
 
 mod clock;
+mod consent;
 mod duration;
 mod field;
 mod ids;
@@ -11,6 +12,9 @@ mod principal;
 mod schema;
 
 pub use clock::Clock;
+pub use consent::{
+    ConsentRules, ConsentSource, Denial, EvidenceHash, MAX_SOURCE_CHARS, Need, OptOut, PurposeRules,
+};
 pub use duration::{friendly, parse_duration};
 pub use field::{FieldName, FieldType, FieldValue};
 pub use ids::RecordId;

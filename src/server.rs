@@ -11,14 +11,15 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        AuditApi, HoldsApi, KeysApi, PoliciesApi, RecordsApi, TokensApi,
+        AuditApi, ConsentApi, HoldsApi, KeysApi, PoliciesApi, RecordsApi, TokensApi,
         auth::Authenticator,
         connections,
         health::CheckOnly,
         pb::{
-            self, audit_server::AuditServer, holds_server::HoldsServer, keys_server::KeysServer,
-            policies_server::PoliciesServer, records_server::RecordsServer,
-            tokens_server::TokensServer,
+            self, audit_server::AuditServer, consent_server::ConsentServer,
+            holds_server::HoldsServer,
+            keys_server::KeysServer, policies_server::PoliciesServer,
+            records_server::RecordsServer, tokens_server::TokensServer,
         },
     },
     audit::{Audit, Event},
@@ -409,6 +410,9 @@ pub async fn start_with_stores(
     let holds_svc = HoldsServer::new(HoldsApi::new(Arc::clone(&vault)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let consent_svc = ConsentServer::new(ConsentApi::new(Arc::clone(&vault)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let records =
         RecordsServer::new(RecordsApi::new(Arc::clone(&vault)).with_stopping(stopping.clone()))
@@ -450,6 +454,9 @@ pub async fn start_with_stores(
     health_reporter.set_serving::<AuditServer<AuditApi>>().await;
     health_reporter.set_serving::<KeysServer<KeysApi>>().await;
     health_reporter.set_serving::<HoldsServer<HoldsApi>>().await;
+    health_reporter
+        .set_serving::<ConsentServer<ConsentApi>>()
+        .await;
     // Whether reads are audited, for probes and dashboards: NOT_SERVING when auditing is off.
     health_reporter
         .set_service_status(
@@ -533,7 +540,8 @@ pub async fn start_with_stores(
         .add_service(auth.guard(audit_svc))
         .add_service(auth.guard(tokens_svc))
         .add_service(auth.guard(keys_svc))
-        .add_service(auth.guard(holds_svc));
+        .add_service(auth.guard(holds_svc))
+        .add_service(auth.guard(consent_svc));
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(

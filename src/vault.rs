@@ -7,6 +7,7 @@
 //! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
 mod access;
+pub mod consent;
 mod export;
 mod find;
 pub mod governance;
@@ -165,10 +166,13 @@ pub struct FieldView {
     pub decision: Decision,
     /// The plaintext, masked or pseudonymized value; `None` when denied.
     pub value: Option<FieldValue>,
-    /// Why the vault withheld a field the policy lets the caller read in plaintext (its
-    /// subject's disclosure limit is spent; `decision` is then `Denied`): `None` for a field
-    /// decided by the policy alone.
+    /// Why the vault withheld a field the policy lets the caller read (its subject's
+    /// disclosure limit is spent, or the record's consent does not allow the purpose;
+    /// `decision` is then `Denied`): `None` for a field decided by the policy alone.
     pub withheld_reason: Option<String>,
+    /// Whether `withheld_reason` is a consent rule's (`no autodialer consent (TCPA)`) rather
+    /// than a disclosure limit's.
+    pub withheld_by_consent: bool,
 }
 
 /// A read's answer.
@@ -475,7 +479,12 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<(RecordView, Vec<Event>), Error> {
         let mut attempts = 0;
-        let (loaded, permit, dek, mut ciphertexts) = loop {
+        // What the purpose needs of the record (`None`: nothing, and no consent work at all).
+        let rules = self
+            .schema
+            .purpose_index(purpose.as_str())
+            .and_then(|p| self.schema.consent().rules(p));
+        let (loaded, permit, dek, mut ciphertexts, by_consent) = loop {
             // Header and ciphertexts come from one snapshot: a concurrent update or shred is
             // seen whole or not at all.
             let snapshot = self.store.snapshot();
@@ -492,13 +501,41 @@ impl Vault {
                 .map(|(f, _)| *f)
                 .collect();
             if shown.is_empty() {
-                break (loaded, permit, None, HashMap::new());
+                break (loaded, permit, None, HashMap::new(), Vec::new());
             }
-            let ciphertexts =
-                self.ciphertexts(snapshot.as_ref(), id, &loaded, shown.into_iter())?;
+            // The consent state comes in the same snapshot and the same `multi_get` as the
+            // ciphertexts, and only when a rule of the purpose covers a field to show.
+            let shown_bits = shown.iter().fold(0u64, |m, &f| m | (1 << f));
+            let state_key = consent::state_key(rules, loaded.collection, shown_bits, id);
+            let asks_state = state_key.is_some();
+            let (mut ciphertexts, state) = self.ciphertexts_and_entry(
+                snapshot.as_ref(),
+                id,
+                &loaded,
+                shown.iter().copied(),
+                state_key,
+            )?;
             drop(snapshot);
+            let by_consent = match rules {
+                Some(rules) if asks_state => consent::withheld_by_consent(
+                    rules,
+                    loaded.collection,
+                    purpose.as_str(),
+                    &shown,
+                    state.as_deref(),
+                    id,
+                )?,
+                Some(_) | None => Vec::new(),
+            };
+            // Withheld for lack of consent: never decrypted, like a field the policy denies.
+            for (f, _) in &by_consent {
+                ciphertexts.remove(f);
+            }
+            if by_consent.len() == shown.len() {
+                break (loaded, permit, None, ciphertexts, by_consent);
+            }
             if let Some(dek) = self.data_key(id, &loaded)? {
-                break (loaded, permit, Some(dek), ciphertexts);
+                break (loaded, permit, Some(dek), ciphertexts, by_consent);
             }
             // No key for this version: the record was updated since its header was read (read
             // again), or it is shredded (a restored copy of the data dir may still hold it).
@@ -530,6 +567,16 @@ impl Vault {
         let mut withheld = Vec::new();
         for &(field, decision) in permit.decisions() {
             let (name, ty) = &collection.fields()[field];
+            if let Some((_, reason)) = by_consent.iter().find(|(f, _)| *f == field) {
+                withheld.push(FieldView {
+                    name: name.as_str().to_owned(),
+                    decision: Decision::Denied,
+                    value: None,
+                    withheld_reason: Some((*reason).to_owned()),
+                    withheld_by_consent: true,
+                });
+                continue;
+            }
             if sensitive_plain.contains(&field) {
                 if allowance.granted == 0 {
                     // Withheld and never decrypted, like a field the policy denies.
@@ -540,6 +587,7 @@ impl Vault {
                         decision: Decision::Denied,
                         value: None,
                         withheld_reason: Some(allowance.reason.clone()),
+                        withheld_by_consent: false,
                     });
                     continue;
                 }
@@ -552,6 +600,7 @@ impl Vault {
                         decision,
                         value: None,
                         withheld_reason: None,
+                        withheld_by_consent: false,
                     });
                     continue;
                 }
@@ -573,16 +622,17 @@ impl Vault {
                 decision,
                 value: Some(value),
                 withheld_reason: None,
+                withheld_by_consent: false,
             });
         }
         shown.extend(withheld);
         // The limit's one alert of the window goes with the read that tripped it.
         let mut events: Vec<Event> = allowance.alert.take().into_iter().collect();
         if self.audit_reads {
-            let decided = permit
-                .decisions()
-                .iter()
-                .map(|&(f, d)| (f, read_outcome(d, limited.contains(&f))));
+            let decided = permit.decisions().iter().map(|&(f, d)| {
+                let consent = by_consent.iter().find(|(c, _)| *c == f).map(|(_, r)| *r);
+                (f, read_outcome(d, limited.contains(&f), consent))
+            });
             events.push(Event {
                 collection: collection.name().as_str().to_owned(),
                 record_id: id.to_string(),
@@ -813,7 +863,9 @@ impl Vault {
         // the batch below (a crash before it is finished at the next start).
         let shredded_at_ms = now_ms();
         self.keys.shred(id, shredded_at_ms).await?;
-        let fields_destroyed = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+        // The record's own entries (`id|#...`: its consent ledger) go too, but are not fields.
+        let fields = keys.iter().filter(|k| k.get(16) != Some(&b'#')).count();
+        let fields_destroyed = u32::try_from(fields).unwrap_or(u32::MAX);
         let mut batch = Batch::new();
         for key in keys {
             batch.delete(Keyspace::Records, key);
@@ -977,9 +1029,13 @@ fn requested_fields(
     Ok(out)
 }
 
-/// The audit outcome of a field a read decided `d`: `disclosure limit` if the subject's
-/// disclosure limit withheld it, else what the decision disclosed.
-fn read_outcome(d: Decision, limited: bool) -> &'static str {
+/// The audit outcome of a field a read decided `d`: the consent rule's reason if the record's
+/// consent withheld it (`no autodialer consent (TCPA)`), `disclosure limit` if the subject's
+/// disclosure limit did, else what the decision disclosed.
+fn read_outcome(d: Decision, limited: bool, consent: Option<&str>) -> &str {
+    if let Some(reason) = consent {
+        return reason;
+    }
     if limited {
         return limits::DISCLOSURE_LIMIT_OUTCOME;
     }

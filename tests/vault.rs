@@ -5,6 +5,8 @@
 
 mod support;
 
+#[path = "vault/consent.rs"]
+mod consent;
 #[path = "vault/subject.rs"]
 mod subject;
 #[path = "vault/tokens.rs"]

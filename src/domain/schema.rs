@@ -5,7 +5,11 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::Deserialize;
 
-use super::{FieldName, FieldType, InvalidInput, is_identifier};
+use super::{
+    FieldName, FieldType, InvalidInput,
+    consent::{ConsentFile, ConsentRules},
+    is_identifier,
+};
 
 /// The most fields a collection may declare: a record's field manifest is a 64-bit set.
 pub const MAX_FIELDS_PER_COLLECTION: usize = 64;
@@ -117,11 +121,12 @@ impl Collection {
     }
 }
 
-/// Every declared collection and purpose.
+/// Every declared collection and purpose, and the consent rules.
 #[derive(Debug, Clone)]
 pub struct Schema {
     collections: BTreeMap<String, Collection>,
     purposes: Vec<Purpose>,
+    consent: ConsentRules,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +134,8 @@ pub struct Schema {
 struct SchemaFile {
     purposes: Vec<String>,
     collections: BTreeMap<String, CollectionFile>,
+    #[serde(default)]
+    consent: ConsentFile,
 }
 
 #[derive(Deserialize)]
@@ -155,7 +162,8 @@ impl Schema {
     ///
     /// # Errors
     /// `InvalidInput` naming the problem: TOML errors, unknown keys or types, bad or duplicate
-    /// names, a collection without fields, no purposes.
+    /// names, a collection without fields, no purposes, consent rules naming undeclared
+    /// purposes, channels, opt-outs or fields.
     pub fn parse(text: &str) -> Result<Self, InvalidInput> {
         let file: SchemaFile =
             toml::from_str(text).map_err(|e| InvalidInput::new("schema.toml", e.to_string()))?;
@@ -242,10 +250,17 @@ impl Schema {
                 "declare at least one collection",
             ));
         }
+        let consent = ConsentRules::parse(file.consent, &purposes, &collections)?;
         Ok(Self {
             collections,
             purposes,
+            consent,
         })
+    }
+
+    /// The consent rules: channels, opt-outs, and what each purpose needs of a record.
+    pub fn consent(&self) -> &ConsentRules {
+        &self.consent
     }
 
     /// Looks up a declared collection.

@@ -36,7 +36,7 @@ pub struct RecordExport {
     /// The last header key scanned.
     after: Option<Vec<u8>>,
     /// Per field: how often each outcome was returned.
-    outcomes: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    outcomes: BTreeMap<String, BTreeMap<String, u64>>,
     policy_version: u64,
 }
 
@@ -206,13 +206,19 @@ impl Vault {
         }
         for (_, view) in &out.records {
             for f in &view.fields {
-                let limited = f.withheld_reason.is_some();
-                *export
-                    .outcomes
-                    .entry(f.name.clone())
-                    .or_default()
-                    .entry(super::read_outcome(f.decision, limited))
-                    .or_default() += 1;
+                let consent = f
+                    .withheld_reason
+                    .as_deref()
+                    .filter(|_| f.withheld_by_consent);
+                let limited = f.withheld_reason.is_some() && !f.withheld_by_consent;
+                let outcome = super::read_outcome(f.decision, limited, consent);
+                let counts = export.outcomes.entry(f.name.clone()).or_default();
+                match counts.get_mut(outcome) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(outcome.to_owned(), 1);
+                    }
+                }
             }
         }
         export.exported += out.records.len() as u64;

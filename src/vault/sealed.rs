@@ -16,6 +16,9 @@ pub(super) struct Loaded<'s> {
     pub(super) collection: &'s Collection,
 }
 
+/// Field ciphertexts by field index.
+pub(super) type Ciphertexts = HashMap<usize, Vec<u8>>;
+
 /// The key of a field ciphertext: `record id | field name`.
 pub(super) fn field_key(id: &RecordId, field: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(16 + field.len());
@@ -28,10 +31,6 @@ pub(super) fn field_key(id: &RecordId, field: &str) -> Vec<u8> {
 /// its activity times): `record id | '#' | name`. Field names are identifiers, so no field key
 /// has `#` after the id; and like the fields, these keys sit under the record id, so a shred
 /// (and the reconcile and purge after it) deletes them with the record.
-#[allow(
-    dead_code,
-    reason = "used by the consent ledger and retention (issue 12), merged next"
-)]
 pub(super) fn record_entry_key(id: &RecordId, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(17 + name.len());
     key.extend_from_slice(id.as_bytes());
@@ -112,14 +111,35 @@ impl Vault {
         loaded: &Loaded<'_>,
         fields: impl Iterator<Item = usize>,
     ) -> Result<HashMap<usize, Vec<u8>>, Error> {
+        self.ciphertexts_and_entry(snapshot, id, loaded, fields, None)
+            .map(|(out, _)| out)
+    }
+
+    /// `ciphertexts`, and with `entry` (a record entry key, such as its consent state) that
+    /// entry's value too, in the same `multi_get`: one round to the store, one snapshot.
+    pub(super) fn ciphertexts_and_entry(
+        &self,
+        snapshot: &dyn Snapshot,
+        id: &RecordId,
+        loaded: &Loaded<'_>,
+        fields: impl Iterator<Item = usize>,
+        entry: Option<Vec<u8>>,
+    ) -> Result<(Ciphertexts, Option<Vec<u8>>), Error> {
         let present: Vec<usize> = fields
             .filter(|&i| loaded.header.manifest & (1 << i) != 0)
             .collect();
-        let keys: Vec<Vec<u8>> = present
+        let mut keys: Vec<Vec<u8>> = present
             .iter()
             .map(|&i| field_key(id, loaded.collection.fields()[i].0.as_str()))
             .collect();
-        let values = snapshot.multi_get(Keyspace::Records, &keys)?;
+        let asks_entry = entry.is_some();
+        keys.extend(entry);
+        let mut values = snapshot.multi_get(Keyspace::Records, &keys)?;
+        let entry = if asks_entry {
+            values.pop().flatten()
+        } else {
+            None
+        };
         let mut out = HashMap::with_capacity(present.len());
         for (i, value) in present.into_iter().zip(values) {
             let Some(value) = value else {
@@ -128,7 +148,7 @@ impl Vault {
             };
             out.insert(i, value);
         }
-        Ok(out)
+        Ok((out, entry))
     }
 
     pub(super) fn open(
