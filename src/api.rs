@@ -11,6 +11,7 @@ pub mod health;
 mod keys;
 mod policies;
 mod records;
+mod retention;
 pub mod status;
 mod tokens;
 
@@ -18,6 +19,7 @@ pub use audit::AuditApi;
 pub use keys::KeysApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;
+pub use retention::RetentionApi;
 pub use tokens::TokensApi;
 
 /// Runs a use case that changes shared state (tokens, the policy) in a task of its own, so that

@@ -13,6 +13,7 @@ mod keys;
 mod policy;
 mod receipt;
 mod record;
+mod retention;
 mod subject;
 mod tls;
 mod token;
@@ -28,6 +29,7 @@ use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
 use record::{RecordCommand, record};
+use retention::{RetentionCommand, retention};
 use subject::{SubjectCommand, subject};
 use tls::{TlsCommand, tls};
 use token::{TokenCommand, token};
@@ -122,6 +124,12 @@ enum Command {
     Subject {
         #[command(subcommand)]
         command: SubjectCommand,
+    },
+    /// Retention: what the schema's rules will expire and when (a dry run), and a sweep now
+    /// (admins, privacy officers).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
     },
     /// Verify a shred receipt offline, with the public key alone.
     Receipt {
@@ -278,6 +286,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit { command } => audit(command).await,
         Command::Keys { command } => keys(command).await,
         Command::Subject { command } => subject(command).await,
+        Command::Retention { command } => retention(command).await,
         Command::Receipt { command } => receipt(command),
         Command::Tls { command } => tls(command),
         Command::Bench(args) => bench(args).await,

@@ -12,7 +12,7 @@ use tonic::{
 
 use crate::api::pb::{
     audit_client::AuditClient, keys_client::KeysClient, policies_client::PoliciesClient,
-    records_client::RecordsClient, tokens_client::TokensClient,
+    records_client::RecordsClient, retention_client::RetentionClient, tokens_client::TokensClient,
 };
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -53,6 +53,8 @@ pub struct Client {
     pub audit: AuditClient<Authed>,
     /// The `Keys` service.
     pub keys: KeysClient<Authed>,
+    /// The `Retention` service.
+    pub retention: RetentionClient<Authed>,
 }
 
 /// How a client reaches a TLS listener: the CA that signed the server's certificate, and for
@@ -159,6 +161,7 @@ pub async fn connect_with(
         tokens: TokensClient::with_interceptor(channel.clone(), auth.clone()),
         policies: PoliciesClient::with_interceptor(channel.clone(), auth.clone()),
         audit: AuditClient::with_interceptor(channel.clone(), auth.clone()),
-        keys: KeysClient::with_interceptor(channel, auth),
+        keys: KeysClient::with_interceptor(channel.clone(), auth.clone()),
+        retention: RetentionClient::with_interceptor(channel, auth),
     })
 }

@@ -11,14 +11,14 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        AuditApi, KeysApi, PoliciesApi, RecordsApi, TokensApi,
+        AuditApi, KeysApi, PoliciesApi, RecordsApi, RetentionApi, TokensApi,
         auth::Authenticator,
         connections,
         health::CheckOnly,
         pb::{
             self, audit_server::AuditServer, keys_server::KeysServer,
             policies_server::PoliciesServer, records_server::RecordsServer,
-            tokens_server::TokensServer,
+            retention_server::RetentionServer, tokens_server::TokensServer,
         },
     },
     audit::{Audit, Event},
@@ -385,6 +385,7 @@ pub async fn start_with_stores(
         vault = vault.danger_without_read_audit();
     }
     let vault = Arc::new(vault);
+    vault.start_retention(config.sweep_interval);
     let background = Arc::clone(&vault);
 
     let listener = TcpListener::bind(config.listen)
@@ -419,6 +420,9 @@ pub async fn start_with_stores(
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let retention_svc = RetentionServer::new(RetentionApi::new(Arc::clone(&vault)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let policies = PoliciesServer::new(PoliciesApi::new(Arc::clone(&governance)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -446,6 +450,9 @@ pub async fn start_with_stores(
         .await;
     health_reporter.set_serving::<AuditServer<AuditApi>>().await;
     health_reporter.set_serving::<KeysServer<KeysApi>>().await;
+    health_reporter
+        .set_serving::<RetentionServer<RetentionApi>>()
+        .await;
     // Whether reads are audited, for probes and dashboards: NOT_SERVING when auditing is off.
     health_reporter
         .set_service_status(
@@ -528,7 +535,8 @@ pub async fn start_with_stores(
         .add_service(auth.guard(policies))
         .add_service(auth.guard(audit_svc))
         .add_service(auth.guard(tokens_svc))
-        .add_service(auth.guard(keys_svc));
+        .add_service(auth.guard(keys_svc))
+        .add_service(auth.guard(retention_svc));
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(

@@ -28,10 +28,6 @@ pub(super) fn field_key(id: &RecordId, field: &str) -> Vec<u8> {
 /// its activity times): `record id | '#' | name`. Field names are identifiers, so no field key
 /// has `#` after the id; and like the fields, these keys sit under the record id, so a shred
 /// (and the reconcile and purge after it) deletes them with the record.
-#[allow(
-    dead_code,
-    reason = "used by the consent ledger and retention (issue 12), merged next"
-)]
 pub(super) fn record_entry_key(id: &RecordId, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(17 + name.len());
     key.extend_from_slice(id.as_bytes());
