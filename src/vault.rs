@@ -746,15 +746,18 @@ impl Vault {
             .unwrap_or_else(|| Times::first_seen(now, loaded.header.manifest));
         let written: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
         times.updated(now, &written, &cleared);
-        self.rewrite(snapshot, id, &loaded, values, &cleared, &times, event)
-            .await
+        let version = self
+            .rewrite(snapshot, id, &loaded, values, &cleared, &times, event)
+            .await?;
+        self.purger.rekeyed(*id);
+        Ok(version)
     }
 
     /// Writes `id` at its next version under a new data key: `values` set, `cleared` removed,
     /// every other field resealed, `times` stored; the old data key is destroyed once the new
-    /// version is durable, so replaced and cleared values are shredded, and purged with the
-    /// next purge. One path for an update and a retention expiry of fields. The caller holds
-    /// the record's lock and loaded it from `snapshot`.
+    /// version is durable, so replaced and cleared values are shredded. One path for an update
+    /// and a retention expiry of fields. The caller holds the record's lock, loaded it from
+    /// `snapshot`, and queues the purge.
     #[allow(
         clippy::too_many_arguments,
         reason = "one internal path for update and retention: each argument is a part of the write"
@@ -821,7 +824,6 @@ impl Vault {
         self.audit.commit(batch, vec![event]).await?;
         // Left behind on a crash before this point, the old key is removed at the next start.
         self.forget_older_keys(id, version).await;
-        self.purger.rekeyed(*id);
         Ok(version)
     }
 

@@ -14,6 +14,8 @@ mod tokens;
 mod find;
 #[path = "vault/pseudonym.rs"]
 mod pseudonym;
+#[path = "vault/retention.rs"]
+mod retention;
 
 use strongroom::{
     api::pb::{self, Disclosure},

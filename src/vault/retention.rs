@@ -596,6 +596,7 @@ impl Vault {
                 };
                 self.rewrite(snapshot, id, &loaded, Vec::new(), &cleared, &times, event)
                     .await?;
+                self.purger.fields_expired(*id);
                 Ok(Outcome::Fields(u64::try_from(cleared.len()).unwrap_or(u64::MAX)))
             }
         }
