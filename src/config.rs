@@ -175,8 +175,9 @@ fn sweep_interval(file: Option<RetentionFile>) -> Result<Duration, String> {
     let Some(text) = file.and_then(|f| f.sweep_interval) else {
         return Ok(crate::vault::retention::DEFAULT_SWEEP_INTERVAL);
     };
-    let interval = crate::domain::parse_duration(&text, "retention.sweep_interval", MAX_SWEEP_INTERVAL)
-        .map_err(|e| e.to_string())?;
+    let interval =
+        crate::domain::parse_duration(&text, "retention.sweep_interval", MAX_SWEEP_INTERVAL)
+            .map_err(|e| e.to_string())?;
     if interval < MIN_SWEEP_INTERVAL {
         return Err(format!(
             "retention.sweep_interval: must be at least {}",
@@ -741,7 +742,9 @@ mod tests {
                 .unwrap_or_default();
             assert!(e.contains("sweep_interval"), "{bad}: {e}");
         }
-        let e = config("[retention]\nsweep_every = \"1h\"\n").err().unwrap_or_default();
+        let e = config("[retention]\nsweep_every = \"1h\"\n")
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("sweep_every"), "{e}");
     }
 

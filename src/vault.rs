@@ -855,8 +855,14 @@ impl Vault {
                 .into(),
             ..call.event(principal)
         };
-        self.destroy(snapshot, id, loaded, Shred::Requested(event), wait_for_purge)
-            .await
+        self.destroy(
+            snapshot,
+            id,
+            loaded,
+            Shred::Requested(event),
+            wait_for_purge,
+        )
+        .await
     }
 
     /// Crypto-shreds `id`: its data key destroyed, then in one synced batch its ciphertexts,

@@ -66,7 +66,11 @@ impl RetentionRule {
     pub fn due_ms(&self, anchor_ms: i64) -> i64 {
         jiff::Timestamp::from_millisecond(anchor_ms)
             .ok()
-            .and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC).checked_add(self.keep).ok())
+            .and_then(|t| {
+                t.to_zoned(jiff::tz::TimeZone::UTC)
+                    .checked_add(self.keep)
+                    .ok()
+            })
             .map_or(i64::MAX, |z| z.timestamp().as_millisecond())
     }
 }
@@ -237,7 +241,10 @@ mod tests {
                 .due_ms(ms("2024-03-01T00:00:00Z")),
             ms("2024-03-31T00:00:00Z")
         );
-        assert_eq!(one("1 year", "created", false).unwrap().due_ms(i64::MAX), i64::MAX);
+        assert_eq!(
+            one("1 year", "created", false).unwrap().due_ms(i64::MAX),
+            i64::MAX
+        );
     }
 
     #[test]
@@ -248,13 +255,31 @@ mod tests {
             ("101 years", "created", true, ".keep", "at most 100 years"),
             ("1300 months", "created", true, ".keep", "at most 100 years"),
             ("soon", "created", true, ".keep", "a span such as"),
-            ("1 year", "yesterday", true, ".after", "created, last_update or"),
-            ("1 year", "last_update", false, ".after", "a field's own last write"),
+            (
+                "1 year",
+                "yesterday",
+                true,
+                ".after",
+                "created, last_update or",
+            ),
+            (
+                "1 year",
+                "last_update",
+                false,
+                ".after",
+                "a field's own last write",
+            ),
         ];
         for (keep, after, field, key, problem) in cases {
-            let e = one(keep, after, field).err().unwrap_or_else(|| panic!("{keep} {after}"));
+            let e = one(keep, after, field)
+                .err()
+                .unwrap_or_else(|| panic!("{keep} {after}"));
             assert!(e.field.ends_with(key), "{keep}: {}", e.field);
-            assert!(e.field.starts_with("schema.toml: collections.c"), "{}", e.field);
+            assert!(
+                e.field.starts_with("schema.toml: collections.c"),
+                "{}",
+                e.field
+            );
             assert!(e.problem.contains(problem), "{keep}: {}", e.problem);
         }
         assert!(one("100 years", "created", true).is_ok());

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::Deserialize;
 
-use super::{FieldName, FieldType, InvalidInput, is_identifier, retention::{self, Retention}};
+use super::{
+    FieldName, FieldType, InvalidInput, is_identifier,
+    retention::{self, Retention},
+};
 
 /// The most fields a collection may declare: a record's field manifest is a 64-bit set.
 pub const MAX_FIELDS_PER_COLLECTION: usize = 64;
@@ -377,7 +380,10 @@ mod tests {
             .iter()
             .map(|(i, r)| (customers.fields()[*i].0.as_str(), r.to_string()))
             .collect();
-        assert_eq!(fields, [("card_number", "18 months after last_update".to_owned())]);
+        assert_eq!(
+            fields,
+            [("card_number", "18 months after last_update".to_owned())]
+        );
         let unknown = Schema::parse(
             "purposes = [\"a\"]\n[collections.c]\nfields = [{ name = \"x\", type = \"ssn\" }]\n\
              [collections.c.retention]\nfields = { y = { keep = \"1 year\", after = \"created\" } }\n",

@@ -25,7 +25,10 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    Error, Privilege, Shred, Vault, header::Header, outcomes, require, sealed::record_entry_key,
+    Error, Privilege, Shred, Vault,
+    header::Header,
+    outcomes, require,
+    sealed::record_entry_key,
     times::{TIMES_ENTRY, Times},
 };
 use crate::{
@@ -573,8 +576,14 @@ impl Vault {
                     method: "Retention/ShredRecord".into(),
                     ..base
                 };
-                self.destroy(snapshot, id, loaded, Shred::Retention { event, rule }, false)
-                    .await?;
+                self.destroy(
+                    snapshot,
+                    id,
+                    loaded,
+                    Shred::Retention { event, rule },
+                    false,
+                )
+                .await?;
                 Ok(Outcome::Record)
             }
             Expiry::Fields(fields) => {
@@ -597,7 +606,9 @@ impl Vault {
                 self.rewrite(snapshot, id, &loaded, Vec::new(), &cleared, &times, event)
                     .await?;
                 self.purger.fields_expired(*id);
-                Ok(Outcome::Fields(u64::try_from(cleared.len()).unwrap_or(u64::MAX)))
+                Ok(Outcome::Fields(
+                    u64::try_from(cleared.len()).unwrap_or(u64::MAX),
+                ))
             }
         }
     }

@@ -127,7 +127,10 @@ mod tests {
         t.updated(2_000, &[1, 5], &[3]);
         assert_eq!(t.created_ms, 1_000);
         assert_eq!(t.last_activity_ms, 2_000);
-        assert_eq!((t.field_ms(0), t.field_ms(1), t.field_ms(5)), (1_000, 2_000, 2_000));
+        assert_eq!(
+            (t.field_ms(0), t.field_ms(1), t.field_ms(5)),
+            (1_000, 2_000, 2_000)
+        );
         // A field without its own time counts from the last activity.
         assert_eq!(t.field_ms(3), 2_000);
         t.forget(&[0]);

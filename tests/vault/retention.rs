@@ -107,7 +107,12 @@ async fn a_field_expires_at_exactly_its_moment_and_the_other_fields_stay() {
     let a = create(&mut admin, customer("a")).await;
     let b = create(&mut admin, customer("b")).await;
     let before = ciphertexts(&mut vault, &a).await;
-    assert_eq!(before.len(), 8, "only field ciphertexts: {:?}", before.keys());
+    assert_eq!(
+        before.len(),
+        8,
+        "only field ciphertexts: {:?}",
+        before.keys()
+    );
     let mut admin = vault.admin().await;
     // B's card is written again six months later: its 18 months count from then.
     set_clock(&vault, plus(T0, jiff::Span::new().months(6)));
@@ -126,7 +131,10 @@ async fn a_field_expires_at_exactly_its_moment_and_the_other_fields_stay() {
     set_clock(&vault, due - 1);
     assert!(plan(&mut admin, "").await.items.is_empty());
     let r = run(&mut admin, 0).await;
-    assert_eq!((r.examined, r.shredded_fields, r.shredded_records), (2, 0, 0));
+    assert_eq!(
+        (r.examined, r.shredded_fields, r.shredded_records),
+        (2, 0, 0)
+    );
     let resp = get(&mut admin, &a, "billing").await.unwrap();
     assert!(value_of(&resp, "card_number").is_some(), "1 ms early: kept");
 
@@ -141,12 +149,19 @@ async fn a_field_expires_at_exactly_its_moment_and_the_other_fields_stay() {
     assert!(r.finished);
 
     let resp = get(&mut admin, &a, "legal").await.unwrap();
-    assert_eq!(value_of(&resp, "card_number"), None, "expired at its moment");
+    assert_eq!(
+        value_of(&resp, "card_number"),
+        None,
+        "expired at its moment"
+    );
     assert_eq!(
         value_of(&resp, "email").map(|v| v.0),
         Some("ada.a@example.com")
     );
-    assert_eq!(resp.fields.iter().filter(|f| !f.value.is_empty()).count(), 7);
+    assert_eq!(
+        resp.fields.iter().filter(|f| !f.value.is_empty()).count(),
+        7
+    );
     let resp = get(&mut admin, &b, "legal").await.unwrap();
     assert_eq!(
         value_of(&resp, "card_number").map(|v| v.0),
@@ -156,7 +171,10 @@ async fn a_field_expires_at_exactly_its_moment_and_the_other_fields_stay() {
     let events = events_of(&mut admin, "Retention/ShredField").await;
     assert_eq!(events.len(), 1);
     let e = &events[0];
-    assert_eq!((e.record_id.as_str(), e.subject.as_str()), (a.as_str(), "system:retention"));
+    assert_eq!(
+        (e.record_id.as_str(), e.subject.as_str()),
+        (a.as_str(), "system:retention")
+    );
     assert_eq!(e.fields.len(), 1);
     assert_eq!(
         (e.fields[0].field.as_str(), e.fields[0].outcome.as_str()),
@@ -175,7 +193,10 @@ async fn a_field_expires_at_exactly_its_moment_and_the_other_fields_stay() {
     flush_purges(&mut admin).await;
     vault.stop().await;
     let hits = files_containing(&vault.data_dir(), &before["card_number"]);
-    assert!(hits.is_empty(), "the expired card's ciphertext found in {hits:?}");
+    assert!(
+        hits.is_empty(),
+        "the expired card's ciphertext found in {hits:?}"
+    );
 }
 
 #[tokio::test]
@@ -214,7 +235,10 @@ async fn a_record_expires_7_years_after_its_last_activity_with_a_verifiable_rece
     let r = run(&mut admin, 0).await;
     assert_eq!((r.shredded_records, r.shredded_fields), (1, 0));
     assert_code(get(&mut admin, &a, "support").await, Code::NotFound);
-    assert!(get(&mut admin, &b, "support").await.is_ok(), "updated later: kept");
+    assert!(
+        get(&mut admin, &b, "support").await.is_ok(),
+        "updated later: kept"
+    );
 
     let events = events_of(&mut admin, "Retention/ShredRecord").await;
     assert_eq!(events.len(), 1);
@@ -242,7 +266,10 @@ async fn a_record_expires_7_years_after_its_last_activity_with_a_verifiable_rece
     vault.stop().await;
     for (name, tail) in &before {
         let hits = files_containing(&vault.data_dir(), tail);
-        assert!(hits.is_empty(), "{name} of the expired record found in {hits:?}");
+        assert!(
+            hits.is_empty(),
+            "{name} of the expired record found in {hits:?}"
+        );
     }
 }
 
@@ -281,7 +308,10 @@ async fn a_held_record_survives_until_its_hold_ends_and_is_reported_held() {
     let r = run(&mut admin, 0).await;
     assert_eq!((r.shredded_records, r.held), (1, 1));
     let resp = get(&mut admin, &held, "legal").await.unwrap();
-    assert!(value_of(&resp, "card_number").is_some(), "held: not even its fields");
+    assert!(
+        value_of(&resp, "card_number").is_some(),
+        "held: not even its fields"
+    );
     assert_code(get(&mut admin, &free, "legal").await, Code::NotFound);
 
     // The hold ends: the next sweep expires the record.
@@ -297,7 +327,10 @@ async fn an_interrupted_sweep_resumes_and_shreds_each_record_exactly_once() {
     let mut admin = vault.admin().await;
     let mut ids = Vec::new();
     for n in 0..300 {
-        let fields = vec![field("name", "Ada Lovelace"), field("notes", &format!("n{n}"))];
+        let fields = vec![
+            field("name", "Ada Lovelace"),
+            field("notes", &format!("n{n}")),
+        ];
         ids.push(create(&mut admin, fields).await);
     }
     set_clock(&vault, plus(T0, jiff::Span::new().years(7)));
@@ -345,13 +378,22 @@ async fn records_stored_before_times_count_from_their_first_sweep() {
     let first = plus(T0, jiff::Span::new().years(8));
     set_clock(&vault, first);
     let r = run(&mut admin, 0).await;
-    assert_eq!((r.first_seen, r.shredded_records, r.shredded_fields), (1, 0, 0));
+    assert_eq!(
+        (r.first_seen, r.shredded_records, r.shredded_fields),
+        (1, 0, 0)
+    );
     let resp = get(&mut admin, &old, "legal").await.unwrap();
-    assert!(value_of(&resp, "card_number").is_some(), "nothing expires at once");
+    assert!(
+        value_of(&resp, "card_number").is_some(),
+        "nothing expires at once"
+    );
     // Counted from the first sweep: the card 18 months later, the record 7 years later.
     set_clock(&vault, plus(first, jiff::Span::new().months(18)));
     let r = run(&mut admin, 0).await;
-    assert_eq!((r.first_seen, r.shredded_fields, r.shredded_records), (0, 1, 0));
+    assert_eq!(
+        (r.first_seen, r.shredded_fields, r.shredded_records),
+        (0, 1, 0)
+    );
     set_clock(&vault, plus(first, jiff::Span::new().years(7)));
     let r = run(&mut admin, 0).await;
     assert_eq!(r.shredded_records, 1);
@@ -384,6 +426,10 @@ async fn retention_needs_retention_manage_and_checks_its_horizon() {
         })
         .await;
     let status = assert_code(bad, Code::InvalidArgument);
-    assert!(status.message().starts_with("within:"), "{}", status.message());
+    assert!(
+        status.message().starts_with("within:"),
+        "{}",
+        status.message()
+    );
     assert!(!status.message().contains("123-45"));
 }
