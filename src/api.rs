@@ -13,6 +13,7 @@ mod holds;
 mod keys;
 mod policies;
 mod records;
+mod retention;
 pub mod status;
 mod tokens;
 
@@ -22,6 +23,7 @@ pub use consent::ConsentApi;
 pub use keys::KeysApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;
+pub use retention::RetentionApi;
 pub use tokens::TokensApi;
 
 /// Runs a use case that changes shared state (tokens, the policy) in a task of its own, so that

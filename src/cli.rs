@@ -15,6 +15,7 @@ mod keys;
 mod policy;
 mod receipt;
 mod record;
+mod retention;
 mod subject;
 mod tls;
 mod token;
@@ -32,6 +33,7 @@ use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
 use record::{RecordCommand, record};
+use retention::{RetentionCommand, retention};
 use subject::{SubjectCommand, subject};
 use tls::{TlsCommand, tls};
 use token::{TokenCommand, token};
@@ -132,6 +134,12 @@ enum Command {
     Hold {
         #[command(subcommand)]
         command: HoldCommand,
+    },
+    /// Retention: what the schema's rules will expire and when (a dry run), and a sweep now
+    /// (admins, privacy officers).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
     },
     /// Verify a shred receipt offline, with the public key alone.
     Receipt {
@@ -296,6 +304,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Subject { command } => subject(command).await,
         Command::Hold { command } => hold(command).await,
         Command::Consent { command } => consent(command).await,
+        Command::Retention { command } => retention(command).await,
         Command::Receipt { command } => receipt(command),
         Command::Tls { command } => tls(command),
         Command::Bench(args) => bench(args).await,

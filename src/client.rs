@@ -12,8 +12,8 @@ use tonic::{
 
 use crate::api::pb::{
     audit_client::AuditClient, consent_client::ConsentClient, holds_client::HoldsClient,
-    keys_client::KeysClient,
-    policies_client::PoliciesClient, records_client::RecordsClient, tokens_client::TokensClient,
+    keys_client::KeysClient, policies_client::PoliciesClient, records_client::RecordsClient,
+    retention_client::RetentionClient, tokens_client::TokensClient,
 };
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -58,6 +58,8 @@ pub struct Client {
     pub holds: HoldsClient<Authed>,
     /// The `Consent` service.
     pub consent: ConsentClient<Authed>,
+    /// The `Retention` service.
+    pub retention: RetentionClient<Authed>,
 }
 
 /// How a client reaches a TLS listener: the CA that signed the server's certificate, and for
@@ -165,7 +167,8 @@ pub async fn connect_with(
         policies: PoliciesClient::with_interceptor(channel.clone(), auth.clone()),
         audit: AuditClient::with_interceptor(channel.clone(), auth.clone()),
         keys: KeysClient::with_interceptor(channel.clone(), auth.clone()),
-        holds: HoldsClient::with_interceptor(channel, auth),
-        consent: ConsentClient::with_interceptor(channel, auth),
+        holds: HoldsClient::with_interceptor(channel.clone(), auth.clone()),
+        consent: ConsentClient::with_interceptor(channel.clone(), auth.clone()),
+        retention: RetentionClient::with_interceptor(channel, auth),
     })
 }

@@ -69,6 +69,8 @@ pub struct Config {
     /// The longest lifetime of a `vendor:` subject's token (`max_vendor_token_hours`, default
     /// 168: a week); such tokens must expire.
     pub max_vendor_token_lifetime: Duration,
+    /// How often the retention sweeper runs (`[retention] sweep_interval`, default 1h).
+    pub sweep_interval: Duration,
 }
 
 /// TLS settings of the listener.
@@ -154,6 +156,35 @@ pub struct ConfigFile {
     max_vendor_token_hours: Option<u64>,
     pkcs11: Option<Pkcs11File>,
     rate_limits: Option<std::collections::BTreeMap<String, RateLimitFile>>,
+    retention: Option<RetentionFile>,
+}
+
+/// The `[retention]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    sweep_interval: Option<String>,
+}
+
+/// The shortest and longest `[retention] sweep_interval`.
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The `[retention]` table checked: the sweep interval a length of time from a minute to a week.
+fn sweep_interval(file: Option<RetentionFile>) -> Result<Duration, String> {
+    let Some(text) = file.and_then(|f| f.sweep_interval) else {
+        return Ok(crate::vault::retention::DEFAULT_SWEEP_INTERVAL);
+    };
+    let interval =
+        crate::domain::parse_duration(&text, "retention.sweep_interval", MAX_SWEEP_INTERVAL)
+            .map_err(|e| e.to_string())?;
+    if interval < MIN_SWEEP_INTERVAL {
+        return Err(format!(
+            "retention.sweep_interval: must be at least {}",
+            crate::domain::friendly(MIN_SWEEP_INTERVAL)
+        ));
+    }
+    Ok(interval)
 }
 
 /// One entry of the `[rate_limits]` table (`[rate_limits."role:support"]`), as written.
@@ -475,6 +506,7 @@ impl Config {
     /// A message naming the setting that is invalid.
     pub fn resolve(file: ConfigFile, over: Overrides) -> Result<Self, String> {
         let transport = transport(&file)?;
+        let sweep_interval = sweep_interval(file.retention)?;
         let rate_limits = rate_limits(file.rate_limits.unwrap_or_default())?;
         let listen_text = over
             .listen
@@ -590,6 +622,7 @@ impl Config {
             tls,
             audit,
             max_vendor_token_lifetime: Duration::from_secs(vendor_hours * 3600),
+            sweep_interval,
             danger_disable_read_audit: false,
             clock: crate::domain::Clock::system(),
             data_dir,
@@ -690,6 +723,29 @@ mod tests {
         assert_eq!(config.limits.max_fields, 10);
         let bad: ConfigFile = toml::from_str("max_value_bytes = 0\n").unwrap_or_default();
         assert!(Config::resolve(bad, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn the_sweep_interval_is_an_hour_unless_configured_and_is_checked() {
+        let config = |text: &str| Config::from_toml(text, Overrides::default());
+        assert_eq!(
+            config("").map(|c| c.sweep_interval),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            config("[retention]\nsweep_interval = \"15m\"\n").map(|c| c.sweep_interval),
+            Ok(Duration::from_secs(900))
+        );
+        for bad in ["\"10s\"", "\"8d\"", "\"often\"", "3"] {
+            let e = config(&format!("[retention]\nsweep_interval = {bad}\n"))
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains("sweep_interval"), "{bad}: {e}");
+        }
+        let e = config("[retention]\nsweep_every = \"1h\"\n")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("sweep_every"), "{e}");
     }
 
     #[test]

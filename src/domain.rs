@@ -9,6 +9,7 @@ mod duration;
 mod field;
 mod ids;
 mod principal;
+mod retention;
 mod schema;
 
 pub use clock::Clock;
@@ -19,6 +20,7 @@ pub use duration::{friendly, parse_duration};
 pub use field::{FieldName, FieldType, FieldValue};
 pub use ids::RecordId;
 pub use principal::{Principal, Role, Subject};
+pub use retention::{Anchor, Retention, RetentionRule};
 pub use schema::{Collection, CollectionName, MAX_FIELDS_PER_COLLECTION, Purpose, Schema};
 
 /// A value from outside that is not acceptable, with the name of the field that carried it.

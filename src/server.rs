@@ -11,7 +11,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        AuditApi, ConsentApi, HoldsApi, KeysApi, PoliciesApi, RecordsApi, TokensApi,
+        AuditApi, ConsentApi, HoldsApi, KeysApi, PoliciesApi, RecordsApi, RetentionApi,
+        TokensApi,
         auth::Authenticator,
         connections,
         health::CheckOnly,
@@ -19,7 +20,8 @@ use crate::{
             self, audit_server::AuditServer, consent_server::ConsentServer,
             holds_server::HoldsServer,
             keys_server::KeysServer, policies_server::PoliciesServer,
-            records_server::RecordsServer, tokens_server::TokensServer,
+            records_server::RecordsServer, retention_server::RetentionServer,
+            tokens_server::TokensServer,
         },
     },
     audit::{Audit, Event},
@@ -386,6 +388,7 @@ pub async fn start_with_stores(
         vault = vault.danger_without_read_audit();
     }
     let vault = Arc::new(vault);
+    vault.start_retention(config.sweep_interval);
     let background = Arc::clone(&vault);
 
     let listener = TcpListener::bind(config.listen)
@@ -426,6 +429,9 @@ pub async fn start_with_stores(
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let retention_svc = RetentionServer::new(RetentionApi::new(Arc::clone(&vault)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let policies = PoliciesServer::new(PoliciesApi::new(Arc::clone(&governance)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -456,6 +462,9 @@ pub async fn start_with_stores(
     health_reporter.set_serving::<HoldsServer<HoldsApi>>().await;
     health_reporter
         .set_serving::<ConsentServer<ConsentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<RetentionServer<RetentionApi>>()
         .await;
     // Whether reads are audited, for probes and dashboards: NOT_SERVING when auditing is off.
     health_reporter
@@ -541,7 +550,8 @@ pub async fn start_with_stores(
         .add_service(auth.guard(tokens_svc))
         .add_service(auth.guard(keys_svc))
         .add_service(auth.guard(holds_svc))
-        .add_service(auth.guard(consent_svc));
+        .add_service(auth.guard(consent_svc))
+        .add_service(auth.guard(retention_svc));
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(

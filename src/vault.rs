@@ -20,9 +20,11 @@ mod locks;
 mod purger;
 pub mod receipt;
 mod reconcile;
+pub mod retention;
 pub mod rotation;
 mod sealed;
 pub mod subject;
+mod times;
 pub mod tokens;
 mod tripwire;
 
@@ -38,7 +40,7 @@ use crate::{
     crypto::{BlindIndex, Dek, KeyProvider, Pseudonymizer},
     domain::{Clock, FieldType, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
     policy::{Decision, PolicyEngine, Refusal},
-    storage::{Batch, Keyspace, Store, StoreError},
+    storage::{Batch, Keyspace, Snapshot, Store, StoreError},
 };
 pub use access::{ADMIN_ROLE, Privilege, require};
 pub use find::{FIND_LIMIT, FindQuery, Found, LOOKUP_LIMIT};
@@ -46,7 +48,8 @@ use keystore::KeyStore;
 use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
-use sealed::field_key;
+use sealed::{Loaded, field_key};
+use times::Times;
 pub use tripwire::HONEYTOKEN_ALERT_METHOD;
 
 pub use export::{ExportBatch, ExportEnd, RecordExport};
@@ -213,6 +216,19 @@ pub struct ShredReceipt {
     pub signed: Option<receipt::SignedReceipt>,
 }
 
+/// Who shreds a record, and so what its audit event says.
+enum Shred {
+    /// A caller through the API: the event of its call.
+    Requested(Event),
+    /// A retention rule: the sweeper's event, and the rule, as `7 years after last_activity`.
+    Retention {
+        /// The event's subject, method and request id.
+        event: Event,
+        /// The rule that expired.
+        rule: String,
+    },
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     crate::domain::Clock::system().now_ms()
@@ -235,6 +251,7 @@ pub struct Vault {
     rotator: Arc<rotation::Rotator>,
     pseudonyms: Pseudonymizer,
     clock: Clock,
+    sweeper: retention::Sweeper,
 }
 
 impl std::fmt::Debug for Vault {
@@ -305,6 +322,7 @@ impl Vault {
             purger,
             pseudonyms,
             clock: Clock::system(),
+            sweeper: retention::Sweeper::default(),
         }
     }
 
@@ -338,6 +356,8 @@ impl Vault {
     /// Stops the vault's background work (the purge task) and waits for it to end, so that the
     /// store is released with the vault. Purges still owed run at the next start.
     pub async fn stop(&self) {
+        // First the sweeper: its shreds queue purges.
+        self.sweeper.stop().await;
         self.rotator.stop().await;
         self.purger.stop().await;
     }
@@ -436,6 +456,8 @@ impl Vault {
         let values: BTreeMap<usize, FieldValue> = values.into_iter().collect();
         self.seal_record(&mut batch, &id, collection, &dek, (1, honeytoken), &values)
             .await?;
+        let times = Times::new(self.clock.now_ms(), values.keys().copied());
+        self.put_times(&mut batch, &id, &times);
         index::put_entries(&mut batch, &self.index, &id, collection, &values)?;
         // On an error the batch may still have reached the disk (an fsync that failed after
         // the write): the key stays, and the next start removes it if no header names it.
@@ -758,22 +780,68 @@ impl Vault {
                 loaded.header.version
             )));
         }
-        let Some(dek) = self.data_key(id, &loaded)? else {
+        let version = loaded.header.version + 1;
+        let changed = values_idx(&touched, &cleared);
+        let event = Event {
+            collection: collection.name().as_str().to_owned(),
+            record_id: id.to_string(),
+            fields: outcomes(collection, changed),
+            policy_version: permit.policy_version(),
+            detail: format!(
+                "version {} -> {version}; the old version's data key destroyed",
+                loaded.header.version
+            ),
+            ..call.event(principal)
+        };
+        let now = self.clock.now_ms();
+        let mut times = self
+            .times(snapshot.as_ref(), id)?
+            .unwrap_or_else(|| Times::first_seen(now, loaded.header.manifest));
+        let written: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
+        times.updated(now, &written, &cleared);
+        let version = self
+            .rewrite(snapshot, id, &loaded, values, &cleared, &times, event)
+            .await?;
+        self.purger.rekeyed(*id);
+        Ok(version)
+    }
+
+    /// Writes `id` at its next version under a new data key: `values` set, `cleared` removed,
+    /// every other field resealed, `times` stored; the old data key is destroyed once the new
+    /// version is durable, so replaced and cleared values are shredded. One path for an update
+    /// and a retention expiry of fields. The caller holds the record's lock, loaded it from
+    /// `snapshot`, and queues the purge.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one internal path for update and retention: each argument is a part of the write"
+    )]
+    async fn rewrite(
+        &self,
+        snapshot: Box<dyn Snapshot + '_>,
+        id: &RecordId,
+        loaded: &Loaded<'_>,
+        values: Vec<(usize, FieldValue)>,
+        cleared: &[usize],
+        times: &Times,
+        event: Event,
+    ) -> Result<u64, Error> {
+        let collection = loaded.collection;
+        let Some(dek) = self.data_key(id, loaded)? else {
             // Under the record lock the header cannot move.
             return Err(self.keyless(id)?);
         };
         let mut current = BTreeMap::new();
         let envelopes =
-            self.ciphertexts(snapshot.as_ref(), id, &loaded, 0..collection.fields().len())?;
+            self.ciphertexts(snapshot.as_ref(), id, loaded, 0..collection.fields().len())?;
         let mut batch = Batch::new();
         // The old version's index entries go; the new version's are written below.
         index::delete_entries(&mut batch, snapshot.as_ref(), id, &loaded.header.collection)?;
         drop(snapshot);
         for (field, envelope) in envelopes {
-            current.insert(field, self.open(id, &loaded, &dek, field, &envelope)?);
+            current.insert(field, self.open(id, loaded, &dek, field, &envelope)?);
         }
         let version = loaded.header.version + 1;
-        for &i in &cleared {
+        for &i in cleared {
             if current.remove(&i).is_some() {
                 batch.delete(
                     Keyspace::Records,
@@ -803,24 +871,12 @@ impl Vault {
         )
         .await?;
         index::put_entries(&mut batch, &self.index, id, collection, &current)?;
-        let changed = values_idx(&touched, &cleared);
-        let event = Event {
-            collection: collection.name().as_str().to_owned(),
-            record_id: id.to_string(),
-            fields: outcomes(collection, changed),
-            policy_version: permit.policy_version(),
-            detail: format!(
-                "version {} -> {version}; the old version's data key destroyed",
-                loaded.header.version
-            ),
-            ..call.event(principal)
-        };
+        self.put_times(&mut batch, id, times);
         // As in `create`, a failed commit leaves the new key: the next start keeps the one the
         // header names.
         self.audit.commit(batch, vec![event]).await?;
         // Left behind on a crash before this point, the old key is removed at the next start.
         self.forget_older_keys(id, version).await;
-        self.purger.rekeyed(*id);
         Ok(version)
     }
 
@@ -846,6 +902,35 @@ impl Vault {
             .check_delete(principal, loaded.collection)
             .map_err(|r| refused(principal, r))?;
         self.refuse_if_held(id, "its shred")?;
+        let event = Event {
+            policy_version: permit.policy_version(),
+            detail: "data key destroyed and ciphertexts deleted; purge from live files queued"
+                .into(),
+            ..call.event(principal)
+        };
+        self.destroy(
+            snapshot,
+            id,
+            loaded,
+            Shred::Requested(event),
+            wait_for_purge,
+        )
+        .await
+    }
+
+    /// Crypto-shreds `id`: its data key destroyed, then in one synced batch its ciphertexts,
+    /// own entries, index entries and header deleted, its tombstone written and its purge
+    /// owed, with the audit event; then the purge, and the signed receipt. One path for a
+    /// requested shred and a retention expiry. The caller holds the record's lock, loaded it
+    /// from `snapshot`, and checked the policy and the legal holds.
+    async fn destroy(
+        &self,
+        snapshot: Box<dyn Snapshot + '_>,
+        id: &RecordId,
+        loaded: Loaded<'_>,
+        by: Shred,
+        wait_for_purge: bool,
+    ) -> Result<ShredReceipt, Error> {
         let keys: Vec<Vec<u8>> = snapshot
             .scan_prefix(Keyspace::Records, id.as_bytes())?
             .into_iter()
@@ -863,9 +948,8 @@ impl Vault {
         // the batch below (a crash before it is finished at the next start).
         let shredded_at_ms = now_ms();
         self.keys.shred(id, shredded_at_ms).await?;
-        // The record's own entries (`id|#...`: its consent ledger) go too, but are not fields.
-        let fields = keys.iter().filter(|k| k.get(16) != Some(&b'#')).count();
-        let fields_destroyed = u32::try_from(fields).unwrap_or(u32::MAX);
+        // The field ciphertexts, not the record's own entries (its times, its consents).
+        let fields_destroyed = loaded.header.manifest.count_ones();
         let mut batch = Batch::new();
         for key in keys {
             batch.delete(Keyspace::Records, key);
@@ -882,21 +966,44 @@ impl Vault {
         let destroyed = (0..loaded.collection.fields().len())
             .filter(|i| loaded.header.manifest & (1 << i) != 0)
             .map(|i| (i, "destroyed"));
+        let fields = outcomes(loaded.collection, destroyed);
+        let mut receipt = ShredReceipt {
+            id: *id,
+            collection: loaded.header.collection,
+            shredded_at_ms,
+            fields_destroyed,
+            purged_at_ms: None,
+            unrecoverable_after_ms: self.rotator.unrecoverable_after_ms(),
+            signed: None,
+        };
+        let event = match by {
+            Shred::Requested(event) => event,
+            Shred::Retention { event, rule } => {
+                // The receipt as of the commit (purge pending), signed now, goes in the event:
+                // it holds no personal data, and an auditor can check it offline.
+                receipt = receipt::signed(receipt, self.keys.provider().as_ref());
+                let signed = receipt.signed.as_ref().map_or_else(
+                    || "unsigned (the key provider failed to sign)".to_owned(),
+                    |s| s.file_text().trim_end().to_owned(),
+                );
+                Event {
+                    detail: format!("retention: {rule}; receipt: {signed}"),
+                    ..event
+                }
+            }
+        };
         let event = Event {
-            collection: loaded.header.collection.clone(),
+            collection: receipt.collection.clone(),
             record_id: id.to_string(),
-            fields: outcomes(loaded.collection, destroyed),
-            policy_version: permit.policy_version(),
-            detail: "data key destroyed and ciphertexts deleted; purge from live files queued"
-                .into(),
-            ..call.event(principal)
+            fields,
+            ..event
         };
         self.audit.commit(batch, vec![event]).await?;
         // The shred is durable; a purge that fails now is retried, and the receipt says it is
         // still pending.
         let purged_at_ms = match self
             .purger
-            .purge(*id, loaded.header.collection.clone(), wait_for_purge)
+            .purge(*id, receipt.collection.clone(), wait_for_purge)
             .await
         {
             Ok(at) => at,
@@ -905,15 +1012,12 @@ impl Vault {
                 None
             }
         };
-        let receipt = ShredReceipt {
-            id: *id,
-            collection: loaded.header.collection,
-            shredded_at_ms,
-            fields_destroyed,
-            purged_at_ms,
-            unrecoverable_after_ms: self.rotator.unrecoverable_after_ms(),
-            signed: None,
-        };
+        if receipt.signed.is_some() && purged_at_ms.is_none() {
+            // The receipt in the event is the one returned.
+            return Ok(receipt);
+        }
+        receipt.purged_at_ms = purged_at_ms;
+        receipt.signed = None;
         Ok(receipt::signed(receipt, self.keys.provider().as_ref()))
     }
 }

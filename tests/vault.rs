@@ -19,6 +19,8 @@ mod holds;
 mod find;
 #[path = "vault/pseudonym.rs"]
 mod pseudonym;
+#[path = "vault/retention.rs"]
+mod retention;
 
 use strongroom::{
     api::pb::{self, Disclosure},

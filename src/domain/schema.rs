@@ -9,6 +9,7 @@ use super::{
     FieldName, FieldType, InvalidInput,
     consent::{ConsentFile, ConsentRules},
     is_identifier,
+    retention::{self, Retention},
 };
 
 /// The most fields a collection may declare: a record's field manifest is a 64-bit set.
@@ -70,6 +71,8 @@ pub struct Collection {
     sensitive: u64,
     /// Bit `i` set: field `i` is declared `indexed` (a blind index finds records by it).
     indexed: u64,
+    /// How long records and fields are kept (`[collections.NAME.retention]`).
+    retention: Retention,
 }
 
 impl Collection {
@@ -91,6 +94,11 @@ impl Collection {
     /// Whether the field at `index` is declared `indexed`: records can be found by its value.
     pub fn is_indexed(&self, index: usize) -> bool {
         index < MAX_FIELDS_PER_COLLECTION && self.indexed & (1 << index) != 0
+    }
+
+    /// The collection's retention rules (none unless declared).
+    pub fn retention(&self) -> &Retention {
+        &self.retention
     }
 
     /// The index of a declared field.
@@ -143,6 +151,8 @@ struct SchemaFile {
 struct CollectionFile {
     /// Field name -> type, as an ordered list of single-entry tables or inline pairs.
     fields: Vec<FieldFile>,
+    /// How long records and fields are kept.
+    retention: Option<retention::RetentionFile>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +243,12 @@ impl Schema {
                 }
                 fields.push((field, f.ty));
             }
+            let retention = match c.retention {
+                Some(file) => retention::parse(file, &at, |n| {
+                    fields.iter().position(|(f, _)| f.as_str() == n)
+                })?,
+                None => Retention::default(),
+            };
             let name = CollectionName(name);
             collections.insert(
                 name.0.clone(),
@@ -241,6 +257,7 @@ impl Schema {
                     fields,
                     sensitive,
                     indexed,
+                    retention,
                 },
             );
         }
@@ -360,6 +377,42 @@ mod tests {
             refused.contains("\"notes\"") && refused.contains("only email, phone and ssn"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn the_shipped_schema_keeps_cards_18_months_and_records_7_years() {
+        let schema = Schema::parse(include_str!("../../policies/schema.toml")).unwrap();
+        let customers = schema.collection("customers", "c").unwrap();
+        let retention = customers.retention();
+        assert_eq!(
+            retention.record().map(ToString::to_string).as_deref(),
+            Some("7 years after last_activity")
+        );
+        let fields: Vec<(&str, String)> = retention
+            .fields()
+            .iter()
+            .map(|(i, r)| (customers.fields()[*i].0.as_str(), r.to_string()))
+            .collect();
+        assert_eq!(
+            fields,
+            [("card_number", "18 months after last_update".to_owned())]
+        );
+        let unknown = Schema::parse(
+            "purposes = [\"a\"]\n[collections.c]\nfields = [{ name = \"x\", type = \"ssn\" }]\n\
+             [collections.c.retention]\nfields = { y = { keep = \"1 year\", after = \"created\" } }\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            unknown.starts_with("schema.toml: collections.c.retention.fields.y:"),
+            "{unknown}"
+        );
+        let typo = Schema::parse(
+            "purposes = [\"a\"]\n[collections.c]\nfields = [{ name = \"x\", type = \"ssn\" }]\n\
+             [collections.c.retention]\nrecord = { keep = \"1 year\", after = \"created\", for = 1 }\n",
+        );
+        assert!(typo.is_err());
     }
 
     #[test]

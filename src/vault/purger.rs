@@ -65,6 +65,9 @@ struct Job {
     done: Option<Reply>,
     /// An update's replaced key: purge the key store's range only, no event.
     rekey: bool,
+    /// Fields expired by retention: with the replaced key, purge the record's own ranges in
+    /// the data store, so the expired ciphertexts leave the live files too.
+    fields_expired: bool,
 }
 
 /// The handle shreds queue their purges on.
@@ -86,9 +89,9 @@ impl std::fmt::Debug for Job {
 /// The purges owed, by record id (a job queued twice is one purge).
 type Owed = BTreeMap<[u8; 16], (String, Vec<Reply>)>;
 
-fn add(owed: &mut Owed, rekeyed: &mut Vec<[u8; 16]>, job: Job) {
+fn add(owed: &mut Owed, rekeyed: &mut Vec<([u8; 16], bool)>, job: Job) {
     if job.rekey {
-        rekeyed.push(*job.id.as_bytes());
+        rekeyed.push((*job.id.as_bytes(), job.fields_expired));
         return;
     }
     let entry = owed
@@ -120,10 +123,11 @@ fn purge_now(
     store: &dyn Store,
     keys: &dyn Store,
     ids: &[[u8; 16]],
-    rekeyed: &[[u8; 16]],
+    rekeyed: &[([u8; 16], bool)],
 ) -> Result<(), String> {
     let mut prefixes: Vec<(Keyspace, &[u8])> = ids
         .iter()
+        .chain(rekeyed.iter().filter(|(_, f)| *f).map(|(id, _)| id))
         .flat_map(|id| [(Keyspace::Headers, &id[..]), (Keyspace::Records, &id[..])])
         .collect();
     // A shredded record's forward index entries are spread over the keyspace by their digests
@@ -198,9 +202,26 @@ impl Purger {
             collection: String::new(),
             done: None,
             rekey: true,
+            fields_expired: false,
         };
         if self.jobs.send(job).is_err() {
             tracing::warn!(record = %id, "the purge task has stopped: a replaced key waits for compaction");
+        }
+    }
+
+    /// Queues the purge of fields that retention expired: the replaced key from the key store
+    /// and the record's old ciphertexts from the data store, with the next purge (no event: the
+    /// expiry's event says what was destroyed).
+    pub(super) fn fields_expired(&self, id: RecordId) {
+        let job = Job {
+            id,
+            collection: String::new(),
+            done: None,
+            rekey: true,
+            fields_expired: true,
+        };
+        if self.jobs.send(job).is_err() {
+            tracing::warn!(record = %id, "the purge task has stopped: expired fields wait for compaction");
         }
     }
 
@@ -223,6 +244,7 @@ impl Purger {
                 collection,
                 done,
                 rekey: false,
+                fields_expired: false,
             })
             .map_err(|_| "the purge task has stopped".to_owned())?;
         if !wait {
@@ -261,7 +283,7 @@ async fn run(
             "purges left pending by the last run are taken up"
         );
     }
-    let mut rekeyed: Vec<[u8; 16]> = Vec::new();
+    let mut rekeyed: Vec<([u8; 16], bool)> = Vec::new();
     let mut last_start: Option<tokio::time::Instant> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failures = 0u32;

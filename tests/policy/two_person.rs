@@ -388,7 +388,7 @@ async fn a_stored_policy_without_privilege_lines_is_migrated() {
     let old: String = DEFAULT_POLICY
         .lines()
         .filter(|l| {
-            !["policies,", "tokens,", "keys,", "audit,"]
+            !["policies,", "tokens,", "keys,", "audit,", "consent,", "holds,", "retention,"]
                 .iter()
                 .any(|o| l.starts_with("p,") && l.contains(o))
         })

@@ -547,11 +547,17 @@ pub fn wrapped_key_of(keys_dir: &Path, id: &str) -> Vec<u8> {
     v[v.len() - 88..].to_vec()
 }
 
-/// The stored header and `(key, ciphertext)` of each field of a record.
+/// The stored header and `(key, ciphertext)` of each field of a record (not its own entries,
+/// `id | '#' | name`, such as its times).
 pub fn stored(store: &RocksStore, id: &str) -> (Vec<u8>, Vec<KeyValue>) {
     let key = id_bytes(id);
     let header = store.get(Keyspace::Headers, &key).unwrap().expect("header");
-    let fields = store.scan_prefix(Keyspace::Records, &key).unwrap();
+    let fields = store
+        .scan_prefix(Keyspace::Records, &key)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.get(key.len()) != Some(&b'#'))
+        .collect();
     (header, fields)
 }
 

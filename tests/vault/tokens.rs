@@ -484,10 +484,16 @@ async fn a_token_manager_cannot_issue_or_rotate_into_privileges_it_lacks() {
     let desk = vault.token("user:desk", &["role:token_desk"]).await;
     let mut desk = vault.client(&desk).await;
     // Its job: tokens for roles that hold no privilege it lacks.
-    issue_as(&mut desk, "svc:helpdesk", &["role:support"], "", &[])
+    issue_as(&mut desk, "svc:billing", &["role:billing"], "", &[])
         .await
         .unwrap();
-    for role in ["role:admin", "role:security_admin", "role:auditor"] {
+    // role:support records consent (`consent manage`), which the desk does not hold.
+    for role in [
+        "role:admin",
+        "role:security_admin",
+        "role:auditor",
+        "role:support",
+    ] {
         let status = assert_code(
             issue_as(&mut desk, "user:mallory", &[role], "", &[]).await,
             Code::PermissionDenied,
