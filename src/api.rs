@@ -18,8 +18,8 @@ pub mod status;
 mod tokens;
 
 pub use audit::AuditApi;
-pub use holds::HoldsApi;
 pub use consent::ConsentApi;
+pub use holds::HoldsApi;
 pub use keys::KeysApi;
 pub use policies::PoliciesApi;
 pub use records::RecordsApi;

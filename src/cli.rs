@@ -264,8 +264,8 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
     let workloads = if args.workload.is_empty() {
         crate::bench::WORKLOADS
             .iter()
-            // audit-cost needs a second vault the bench starts itself: not with --addr.
-            .filter(|w| args.addr.is_none() || **w != "audit-cost")
+            // audit-cost and get-consent need a vault the bench starts itself: not with --addr.
+            .filter(|w| args.addr.is_none() || !matches!(**w, "audit-cost" | "get-consent"))
             // rotation wants many records: asked for by name.
             .filter(|w| **w != "rotation")
             .map(|w| (*w).to_owned())

@@ -11,15 +11,13 @@ use zeroize::Zeroizing;
 
 use crate::{
     api::{
-        AuditApi, ConsentApi, HoldsApi, KeysApi, PoliciesApi, RecordsApi, RetentionApi,
-        TokensApi,
+        AuditApi, ConsentApi, HoldsApi, KeysApi, PoliciesApi, RecordsApi, RetentionApi, TokensApi,
         auth::Authenticator,
         connections,
         health::CheckOnly,
         pb::{
             self, audit_server::AuditServer, consent_server::ConsentServer,
-            holds_server::HoldsServer,
-            keys_server::KeysServer, policies_server::PoliciesServer,
+            holds_server::HoldsServer, keys_server::KeysServer, policies_server::PoliciesServer,
             records_server::RecordsServer, retention_server::RetentionServer,
             tokens_server::TokensServer,
         },

@@ -178,6 +178,7 @@ pub(super) fn op(
 ) -> Result<impl Fn(u64) -> OpFuture + Clone + Send + Sync + 'static, String> {
     #[derive(Clone, Copy)]
     enum Kind {
+        Consent,
         Denied,
         Find,
         Full,
@@ -192,6 +193,7 @@ pub(super) fn op(
         "put" => Kind::Put,
         "get-full" => Kind::Full,
         "get-masked" | "mix" => Kind::Masked,
+        "get-consent" => Kind::Consent,
         "get-denied" => Kind::Denied,
         "find" => Kind::Find,
         "update" => Kind::Update,
@@ -248,6 +250,12 @@ pub(super) fn op(
                 Kind::Denied => m.records.get_record(get("support")).await.map(|_| ()),
                 Kind::Full => a.records.get_record(get("support")).await.map(|_| ()),
                 Kind::Masked => s.records.get_record(get("support")).await.map(|_| ()),
+                // The same fields decided the same way, for a purpose whose consent rules apply.
+                Kind::Consent => s
+                    .records
+                    .get_record(get(super::consent::PURPOSE))
+                    .await
+                    .map(|_| ()),
                 // Preloaded record `i` has the email `ada.{i}@example.com` (unless an update
                 // workload replaced it: then the find matches nothing, and still costs a lookup).
                 Kind::Find => s

@@ -174,7 +174,6 @@ impl Vault {
     ///
     /// # Errors
     /// `DataLoss` for a malformed stored ledger, `Unavailable`.
-    #[allow(dead_code, reason = "for the subject-access export (issue 12, item 5)")]
     pub(crate) fn consent_ledger(&self, id: &RecordId) -> Result<Ledger, Error> {
         ledger_in(self.store.snapshot().as_ref(), id)
     }

@@ -13,7 +13,10 @@
 //!   "history":[{"seq":S,"time_ms":T,"method":"..","subject":"..","fields":[{"field":"..","outcome":"written|cleared"}]}],
 //!   "accesses":[{"seq":S,"time_ms":T,"method":"..","subject":"..","roles":[".."],"purpose":"..",
 //!     "fields":[{"field":"..","outcome":"plain|masked|withheld|.."}],"result":"OK|.."}],
-//!   "consents":[],"holds":[]}]},"signature":"<128 hex>"}
+//!   "consents":[{"seq":S,"kind":"consent","purpose":"..","channel":"..","granted":true,"at_ms":T,
+//!     "by":"..","source":"..","evidence_sha256":".."},{"seq":S,"kind":"opt_out","flag":"..","set":true,..}],
+//!   "holds":[{"id":"h1","placed_by":"..","placed_at_ms":T,"until_ms":T|null,"released_at_ms":T|null,
+//!     "active":true}]}]},"signature":"<128 hex>"}
 //! ```
 //!
 //! The erasure receipt, `strongroom-erasure-receipt/v1`, is a receipt file like a shred's
@@ -23,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Vault, check_purpose, now_ms, receipt};
+use super::{Error, Vault, check_purpose, consent::LedgerEntry, now_ms, receipt};
 use crate::{
     audit::{Call, Event, Filter},
     domain::{Principal, Purpose, RecordId},
@@ -106,9 +109,25 @@ pub struct AccessEntry {
     pub result: String,
 }
 
-/// Never built: `consents` and `holds` are empty lists in v1 (issue 12 fills them).
+/// A legal hold on the record, as the subject sees it: when and by whom it was placed, its end,
+/// its release. Its reason (a matter reference written by a privacy officer) is not part of
+/// the export.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NotInV1 {}
+#[serde(deny_unknown_fields)]
+pub struct ExportedHold {
+    /// The hold's id within the record (`h1`, ...).
+    pub id: String,
+    /// The subject who placed it.
+    pub placed_by: String,
+    /// When it was placed (ms since the Unix epoch).
+    pub placed_at_ms: i64,
+    /// When it ends by itself; `None`: until released.
+    pub until_ms: Option<i64>,
+    /// When it was released; `None` while not released.
+    pub released_at_ms: Option<i64>,
+    /// In force when the export was made.
+    pub active: bool,
+}
 
 /// One record of the subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,10 +145,12 @@ pub struct ExportedRecord {
     pub history: Vec<HistoryEntry>,
     /// Every other audited call naming it, oldest first.
     pub accesses: Vec<AccessEntry>,
-    /// Consents: always empty in v1.
-    pub consents: Vec<NotInV1>,
-    /// Legal holds: always empty in v1.
-    pub holds: Vec<NotInV1>,
+    /// The consent ledger, oldest first: every grant and revocation (purpose, channel) and
+    /// every opt-out set or cleared, with its time, who recorded it, its source and evidence
+    /// hash. The current state is the latest entry of each.
+    pub consents: Vec<LedgerEntry>,
+    /// Every legal hold placed on it, oldest first.
+    pub holds: Vec<ExportedHold>,
 }
 
 /// The signed subject-access export.
@@ -258,6 +279,23 @@ pub fn not_erased_reason(e: &Error) -> String {
 }
 
 impl Vault {
+    /// `id`'s holds as the export shows them.
+    fn exported_holds(&self, id: &RecordId) -> Result<Vec<ExportedHold>, Error> {
+        let now = self.clock().now_ms();
+        Ok(self
+            .holds_of(id)?
+            .into_iter()
+            .map(|h| ExportedHold {
+                active: h.is_active(now),
+                id: h.id,
+                placed_by: h.placed_by,
+                placed_at_ms: h.placed_at_ms,
+                until_ms: h.until_ms,
+                released_at_ms: h.released.map(|r| r.at_ms),
+            })
+            .collect())
+    }
+
     /// The purpose `subject_access`, which the schema must declare.
     fn subject_access(&self) -> Result<Purpose, Error> {
         Ok(self.schema.purpose(SUBJECT_ACCESS, "purpose")?.1)
@@ -409,8 +447,8 @@ impl Vault {
                 fields,
                 history,
                 accesses,
-                consents: Vec::new(),
-                holds: Vec::new(),
+                consents: self.consent_ledger(id)?.history,
+                holds: self.exported_holds(id)?,
             });
         }
         let provider = self.keys.provider();

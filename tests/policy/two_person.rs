@@ -388,9 +388,17 @@ async fn a_stored_policy_without_privilege_lines_is_migrated() {
     let old: String = DEFAULT_POLICY
         .lines()
         .filter(|l| {
-            !["policies,", "tokens,", "keys,", "audit,", "consent,", "holds,", "retention,"]
-                .iter()
-                .any(|o| l.starts_with("p,") && l.contains(o))
+            ![
+                "policies,",
+                "tokens,",
+                "keys,",
+                "audit,",
+                "consent,",
+                "holds,",
+                "retention,",
+            ]
+            .iter()
+            .any(|o| l.starts_with("p,") && l.contains(o))
         })
         .map(|l| format!("{l}\n"))
         .collect();

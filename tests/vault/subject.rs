@@ -274,6 +274,133 @@ async fn an_export_holds_the_record_its_history_and_exactly_the_earlier_accesses
     );
 }
 
+// Issue 12: the export carries the consent ledger (consents and opt-outs, each change with
+// its source and evidence hash) and the record's legal holds, without the hold's reason.
+#[tokio::test]
+async fn an_export_holds_the_consent_ledger_opt_outs_and_holds_without_the_hold_reason() {
+    let vault = Vault::start().await;
+    let mut writer = vault.as_role("role:writer").await;
+    let mut officer = vault.as_role("role:privacy_officer").await;
+    let id = create(
+        &mut writer,
+        vec![
+            field("name", "Grace Hopper"),
+            field("phone", "+12025550143"),
+        ],
+    )
+    .await;
+    let evidence = "ab".repeat(32);
+    let changes = [
+        (
+            pb::set_consent_request::Change::Consent(pb::ConsentChange {
+                purpose: "telemarketing".into(),
+                channel: "autodialer".into(),
+                granted: true,
+            }),
+            "webform:8812",
+            evidence.as_str(),
+        ),
+        (
+            pb::set_consent_request::Change::Consent(pb::ConsentChange {
+                purpose: "telemarketing".into(),
+                channel: "autodialer".into(),
+                granted: false,
+            }),
+            "call:rec-4411",
+            "",
+        ),
+        (
+            pb::set_consent_request::Change::OptOut(pb::OptOutChange {
+                flag: "do_not_sell_or_share".into(),
+                set: true,
+            }),
+            "agent:jdoe",
+            "",
+        ),
+    ];
+    for (change, source, evidence) in changes {
+        writer
+            .consent
+            .set_consent(pb::SetConsentRequest {
+                record_id: id.clone(),
+                change: Some(change),
+                source: source.into(),
+                evidence_sha256: evidence.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let reason = "Matter 2026-17 Hopper v. Acme";
+    officer
+        .holds
+        .place_hold(pb::PlaceHoldRequest {
+            record_id: id.clone(),
+            reason: reason.into(),
+            until_unix_ms: 0,
+        })
+        .await
+        .unwrap();
+
+    let reply = export_id(&mut officer, &id).await.unwrap();
+    let doc: ExportDocument = serde_json::from_str(&reply.document).unwrap();
+    let record = &doc.records[0];
+    let ledger = serde_json::to_value(&record.consents).unwrap();
+    assert_eq!(ledger.as_array().unwrap().len(), 3, "{ledger}");
+    let summary: Vec<(String, String, String)> = ledger
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["source"].as_str().unwrap().to_owned(),
+                e["evidence_sha256"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("consent".into(), "webform:8812".into(), evidence.clone()),
+            ("consent".into(), "call:rec-4411".into(), String::new()),
+            ("opt_out".into(), "agent:jdoe".into(), String::new()),
+        ]
+    );
+    assert_eq!(
+        (
+            ledger[0]["granted"].as_bool(),
+            ledger[1]["granted"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    assert_eq!(
+        (ledger[2]["flag"].as_str(), ledger[2]["set"].as_bool()),
+        (Some("do_not_sell_or_share"), Some(true))
+    );
+    assert_eq!(record.holds.len(), 1);
+    let hold = &record.holds[0];
+    assert_eq!(
+        (
+            hold.id.as_str(),
+            hold.active,
+            hold.until_ms,
+            hold.released_at_ms
+        ),
+        ("h1", true, None, None)
+    );
+    assert!(hold.placed_by.starts_with("svc:"), "{}", hold.placed_by);
+    let text = reply.document.as_str();
+    assert!(!text.contains("Hopper v. Acme"), "the hold's reason leaked");
+    // The whole document, ledger and holds included, is what the signature covers.
+    let public = public_key(&mut officer).await;
+    let file = export_file(&reply);
+    receipt::verify_document::<ExportDocument>(file.as_bytes(), &public).unwrap();
+    let at = file.find("call:rec-4411").unwrap();
+    let mut flipped = file.into_bytes();
+    flipped[at] ^= 0x01;
+    assert!(receipt::verify_document::<ExportDocument>(&flipped, &public).is_err());
+}
+
 #[tokio::test]
 async fn a_caller_without_plaintext_subject_access_is_refused_and_audited() {
     let vault = Vault::start().await;
