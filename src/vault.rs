@@ -728,7 +728,7 @@ impl Vault {
     ///
     /// # Errors
     /// `InvalidArgument`, `NotFound`, `PermissionDenied`, `Aborted` on a version mismatch,
-    /// `DataLoss`, `Unavailable`.
+    /// `FailedPrecondition` under a legal hold, `DataLoss`, `Unavailable`.
     pub async fn update(
         &self,
         principal: &Principal,
@@ -780,6 +780,8 @@ impl Vault {
                 loaded.header.version
             )));
         }
+        // An update destroys the old version's data key: under a hold that is spoliation.
+        self.refuse_if_held(id, "its update (which destroys the old version)")?;
         let version = loaded.header.version + 1;
         let changed = values_idx(&touched, &cleared);
         let event = Event {

@@ -99,6 +99,22 @@ async fn delete(c: &mut Client, id: &str) -> Result<pb::DeleteRecordResponse, to
         .map(tonic::Response::into_inner)
 }
 
+async fn update_notes(
+    c: &mut Client,
+    id: &str,
+    notes: &str,
+) -> Result<pb::UpdateRecordResponse, tonic::Status> {
+    c.records
+        .update_record(pb::UpdateRecordRequest {
+            id: id.into(),
+            set: vec![crate::support::field("notes", notes)],
+            clear: vec![],
+            expected_version: None,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn erase(c: &mut Client, ids: &[&str]) -> pb::EraseSubjectResponse {
     c.records
         .erase_subject(pb::EraseSubjectRequest {
@@ -151,18 +167,27 @@ async fn a_held_record_refuses_shred_and_erasure_until_released_and_the_refusals
     assert!(!msg.contains("Smith") && !msg.contains("4711"), "{msg}");
     // The privacy officer's own shred too.
     assert_code(delete(&mut officer, &id).await, Code::FailedPrecondition);
-    // Reads and updates go on.
-    get(&mut admin, &id, "support").await.unwrap();
-    admin
-        .records
-        .update_record(pb::UpdateRecordRequest {
-            id: id.clone(),
-            set: vec![crate::support::field("notes", "still held")],
-            clear: vec![],
-            expected_version: None,
-        })
-        .await
-        .unwrap();
+    // Reads go on; an update, which would destroy the old version's data key, is refused,
+    // and the held version reads as it was.
+    let before = get(&mut admin, &id, "support").await.unwrap();
+    let refused = assert_code(
+        update_notes(&mut admin, &id, "overwritten while held").await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        refused.message().contains("legal hold h1"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("update"),
+        "{}",
+        refused.message()
+    );
+    assert!(!refused.message().contains("overwritten"));
+    let after = get(&mut admin, &id, "support").await.unwrap();
+    assert_eq!(after.version, before.version);
+    assert_eq!(after.fields, before.fields);
 
     // EraseSubject: the held record is listed as not erased, with the hold named, in the
     // answer and in the signed receipt; the other record is erased.
@@ -214,7 +239,17 @@ async fn a_held_record_refuses_shred_and_erasure_until_released_and_the_refusals
     );
     assert_eq!(placed[0].detail, "hold h1 placed, until released");
 
-    // Released: the hold stays in the history, and the shred works as usual.
+    let updates = events_of(&mut admin, "Records/UpdateRecord").await;
+    assert_eq!(
+        updates
+            .iter()
+            .map(|e| (e.record_id.as_str(), e.result.as_str()))
+            .collect::<Vec<_>>(),
+        [(id.as_str(), "FAILED_PRECONDITION")]
+    );
+    assert!(updates[0].detail.contains("legal hold h1"));
+
+    // Released: the hold stays in the history, and the update and the shred work as usual.
     let released = release(&mut officer, &id, "h1").await.unwrap();
     assert_eq!(released.released_by, "svc:privacy_officer");
     assert_eq!(released.released_at_unix_ms, T0);
@@ -225,6 +260,9 @@ async fn a_held_record_refuses_shred_and_erasure_until_released_and_the_refusals
     );
     assert!(again.message().contains("already released"));
     assert_code(release(&mut officer, &id, "h2").await, Code::NotFound);
+    update_notes(&mut admin, &id, "after the release")
+        .await
+        .unwrap();
     let receipt = delete(&mut admin, &id).await.unwrap().receipt.unwrap();
     assert_eq!(receipt.id, id);
     assert_code(get(&mut admin, &id, "support").await, Code::NotFound);
