@@ -9,6 +9,7 @@ mod consent;
 mod load;
 mod policy;
 mod process;
+mod retention;
 mod rotation;
 mod tls;
 mod workloads;
@@ -17,7 +18,7 @@ mod zipf;
 use std::{
     path::PathBuf,
     sync::{Arc, atomic::AtomicUsize},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::json;
@@ -76,9 +77,9 @@ pub struct BenchOptions {
     pub tls: bool,
 }
 
-/// Every workload, in the default order (shred last: it destroys records). `rotation` is not
-/// in the default run: it wants many records (`--records 100000`).
-pub const WORKLOADS: [&str; 13] = [
+/// Every workload, in the default order (shred last: it destroys records). `rotation` and
+/// `retention` are not in the default run: they want many records (`--records 100000`).
+pub const WORKLOADS: [&str; 14] = [
     "put",
     "get-full",
     "get-masked",
@@ -92,6 +93,7 @@ pub const WORKLOADS: [&str; 13] = [
     "audit-cost",
     "policy",
     "rotation",
+    "retention",
 ];
 
 /// One row of the report.
@@ -141,6 +143,14 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 .into(),
         );
     }
+    if opts.addr.is_some() && opts.workloads.iter().any(|w| w == "retention") {
+        return Err(
+            "the retention workload sweeps records of a collection that expires within seconds, \
+             declared in the policies the bench gives the vault it starts, so it cannot run with \
+             --addr; leave it out of --workload"
+                .into(),
+        );
+    }
     if opts.addr.is_some() && opts.tls {
         return Err(
             "--tls compares the vault the bench starts with a second one serving TLS, so it \
@@ -157,6 +167,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut rotation_figures = None;
+    let mut retention_figures = None;
     let mut notes: Vec<String> = Vec::new();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (server, addr, admin_token) = match &opts.addr {
@@ -166,10 +177,14 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             (None, addr.clone(), token)
         }
         None => {
-            let config = opts
+            let mut config = opts
                 .rewrap_per_second
                 .map_or_else(String::new, |r| format!("rewrap_per_second = {r}\n"));
             let policies = consent::policies(&opts.policies, dir.path())?;
+            if opts.workloads.iter().any(|w| w == "retention") {
+                retention::declare(&policies)?;
+                config.push_str(retention::CONFIG);
+            }
             let (child, token) = Child::vault(
                 &dir.path().join("vault"),
                 &policies,
@@ -195,6 +210,21 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     if wanted("get-consent") {
         consent::grant(&clients, &ids, opts.in_flight).await?;
     }
+    // A tenth of all records, in the collection that expires: when they were all created.
+    let leads_loaded = if wanted("retention") {
+        let count = (opts.records as f64 * retention::LEADS_PER_CUSTOMER).ceil() as usize;
+        workloads::preload_into(
+            &clients,
+            retention::COLLECTION,
+            count,
+            opts.in_flight,
+            "preloading records that expire",
+        )
+        .await?;
+        Some(Instant::now())
+    } else {
+        None
+    };
     let shred_count = if wanted("shred") || wanted("shred-wait") || wanted("mix") {
         (opts.records / 2).clamp(100, 20_000)
     } else {
@@ -250,6 +280,21 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 .await?;
                 rows.extend(figures.rows(base_cpu, during_cpu));
                 rotation_figures = Some(figures);
+            }
+            "retention" => {
+                let loaded = leads_loaded.ok_or("the records that expire were not loaded")?;
+                let (figures, base_cpu, during_cpu) = retention::run(
+                    &clients,
+                    &ids,
+                    &picker,
+                    opts.in_flight,
+                    opts.duration,
+                    loaded,
+                    || server.as_ref().and_then(Child::cpu_ticks),
+                )
+                .await?;
+                rows.extend(figures.rows(base_cpu, during_cpu));
+                retention_figures = Some(figures);
             }
             w => {
                 let cpu_before = server.as_ref().and_then(Child::cpu_ticks);
@@ -435,6 +480,11 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     "reads_rotating_over_not": f.ratio(),
                     "rewrap_per_second_limit": opts.rewrap_per_second,
                 })),
+                "retention": retention_figures.as_ref().map(|f| json!({
+                    "examined": f.sweep.examined, "shredded_records": f.sweep.shredded_records,
+                    "sweep_ms": f.sweep_time.as_millis(), "shreds_per_second": f.shreds_per_second(),
+                    "reads_sweeping_over_not": f.ratio(),
+                })),
                 "server_rss_mib": rss_mib,
                 "policy": policy.map(|(small, big, apply, rules)| json!({
                     "decision_ns_shipped": small, "decision_ns_big": big, "big_rules": rules, "apply_big_s": apply,
@@ -530,6 +580,19 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             "  reads during the rotation reach {:.0}% of reads without ({:.1} s of reads while rotating)",
             f.ratio() * 100.0,
             f.during.elapsed.as_secs_f64()
+        );
+    }
+    if let Some(f) = &retention_figures {
+        println!(
+            "  retention sweep: {} records examined, {} expired records shredded in {:.1} s ({:.0} shreds/s)",
+            f.sweep.examined,
+            f.sweep.shredded_records,
+            f.sweep_time.as_secs_f64(),
+            f.shreds_per_second()
+        );
+        println!(
+            "  reads during the sweep reach {:.0}% of reads without",
+            f.ratio() * 100.0
         );
     }
     if let Some(rss) = rss_mib {

@@ -266,8 +266,8 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
             .iter()
             // audit-cost and get-consent need a vault the bench starts itself: not with --addr.
             .filter(|w| args.addr.is_none() || !matches!(**w, "audit-cost" | "get-consent"))
-            // rotation wants many records: asked for by name.
-            .filter(|w| **w != "rotation")
+            // rotation and retention want many records: asked for by name.
+            .filter(|w| !matches!(**w, "rotation" | "retention"))
             .map(|w| (*w).to_owned())
             .collect()
     } else {

@@ -110,6 +110,21 @@ pub(super) async fn preload(
     in_flight: usize,
     label: &str,
 ) -> Result<Vec<String>, String> {
+    preload_into(clients, "customers", count, in_flight, label).await
+}
+
+/// Creates `count` customer-shaped records in `collection` (declared with the customers'
+/// fields), `in_flight` at a time; returns their ids.
+///
+/// # Errors
+/// A message naming the first failure.
+pub(super) async fn preload_into(
+    clients: &Clients,
+    collection: &str,
+    count: usize,
+    in_flight: usize,
+    label: &str,
+) -> Result<Vec<String>, String> {
     let ids = Arc::new(Mutex::new(Vec::with_capacity(count)));
     let done = Arc::new(AtomicU64::new(0));
     let ticker = {
@@ -125,6 +140,7 @@ pub(super) async fn preload(
         })
     };
     let admin = clients.admin.clone();
+    let collection = collection.to_owned();
     let (ids2, done2) = (Arc::clone(&ids), Arc::clone(&done));
     let stats = drive(
         in_flight,
@@ -133,11 +149,12 @@ pub(super) async fn preload(
         move |n| {
             let mut c = admin[n as usize % admin.len()].clone();
             let (ids, done) = (Arc::clone(&ids2), Arc::clone(&done2));
+            let collection = collection.clone();
             async move {
                 let id = c
                     .records
                     .create_record(pb::CreateRecordRequest {
-                        collection: "customers".into(),
+                        collection,
                         fields: customer(n),
                         honeytoken: false,
                     })

@@ -256,15 +256,14 @@ impl KeyStore {
 
     /// Shreds `id`'s keys: deletes every version and records the shred, in one synced batch.
     pub(crate) async fn shred(&self, id: &RecordId, at_ms: i64) -> Result<(), Error> {
-        let end = record_end(id);
         let mut batch = Batch::new();
-        batch.delete_range(Keyspace::Deks, entry_key(id, 0), end);
         batch.put(
             Keyspace::Meta,
             shredded_key(id),
             at_ms.to_be_bytes().to_vec(),
         );
-        self.write_shared(batch).await
+        self.delete_entries(entry_key(id, 0), record_end(id), batch)
+            .await
     }
 
     /// Whether this key store recorded `id` as shredded.
@@ -287,22 +286,33 @@ impl KeyStore {
         id: &RecordId,
         versions: std::ops::Range<u64>,
     ) -> Result<(), Error> {
-        let mut batch = Batch::new();
-        batch.delete_range(
-            Keyspace::Deks,
+        self.delete_entries(
             entry_key(id, versions.start),
             entry_key(id, versions.end),
-        );
-        self.write_shared(batch).await
+            Batch::new(),
+        )
+        .await
     }
 
-    /// Writes `batch` (synced) on a blocking thread, under the shared side of the gate: never
-    /// between a rewrap chunk's check and its write, nor during an epoch's destruction.
-    async fn write_shared(&self, batch: Batch) -> Result<(), Error> {
+    /// Deletes the key entries in `from..to` with `batch`, in one synced write. The entries
+    /// are listed and deleted one by one on a blocking thread, under the shared side of the
+    /// gate: never between a rewrap chunk's check and its write, nor during an epoch's
+    /// destruction, nor between the listing and the delete. A range tombstone instead would
+    /// make every read of the key store's memtable fragment all of them until its next flush,
+    /// and a retention sweep or an update-heavy load leaves thousands.
+    async fn delete_entries(
+        &self,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        mut batch: Batch,
+    ) -> Result<(), Error> {
         let store = Arc::clone(&self.store);
         let gate = Arc::clone(&self.gate);
         tokio::task::spawn_blocking(move || {
             let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
+            for (key, _) in store.scan_range(Keyspace::Deks, &from, Some(&to), usize::MAX)? {
+                batch.delete(Keyspace::Deks, key);
+            }
             store.write(batch)
         })
         .await
