@@ -1,10 +1,10 @@
 //! The purge after a shred: make the deleted wrapped DEK (in the key store) and the header,
-//! ciphertexts and blind-index entries (in the data store) leave every live file (flush, then forced bottommost
-//! compaction of their key ranges). An update's replaced data key is purged from the key store
-//! the same way, sharing the next purge, without an event of its own (the update's event says
-//! the old key was destroyed). A purge costs a flush of
-//! every keyspace, so it runs off the request path, and all shreds queued while one purge runs
-//! share the next, at most one every `MIN_INTERVAL`.
+//! ciphertexts and blind-index entries (in the data store) leave every live file (flush, then
+//! forced bottommost compaction of their key ranges). An update's replaced data key is purged
+//! from the key store the same way, sharing the next purge, without an event of its own (the
+//! update's event says the old key was destroyed). A purge costs a flush of every keyspace, so
+//! it runs off the request path, and all shreds queued while one purge runs share the next: at
+//! most one every `MIN_INTERVAL`, after an idle time of `IDLE_PER_PURGE` times the last one's.
 //!
 //! A purge owed is durable: the shred's own batch writes a pending-purge key (`owe`), and the
 //! batch that records the purge's `Records/Purge` audit event removes it, so a purge queued
@@ -32,6 +32,11 @@ use crate::{
 
 /// The least time between the starts of two purges.
 const MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// A purge's compactions take at most about a quarter of the time: the next starts no sooner
+/// than this many times the last one's length after it ended. Under a stream of shreds (a
+/// retention sweep) the purges grow and cover more records each, instead of compacting back
+/// to back on the core that serves reads.
+const IDLE_PER_PURGE: u32 = 3;
 /// The least time between two purges owed only for updates' replaced keys: each compacts the
 /// whole key store, and the replaced keys are already deleted (unreadable through the vault).
 const REKEY_INTERVAL: Duration = Duration::from_secs(30);
@@ -285,6 +290,9 @@ async fn run(
     }
     let mut rekeyed: Vec<([u8; 16], bool)> = Vec::new();
     let mut last_start: Option<tokio::time::Instant> = None;
+    // When the last purge ended and how long it took.
+    let mut last_end = tokio::time::Instant::now();
+    let mut last_took = Duration::ZERO;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failures = 0u32;
     loop {
@@ -306,7 +314,7 @@ async fn run(
             let next = match (last_start, retry_at) {
                 (_, Some(at)) => at,
                 (Some(at), None) if owed.is_empty() => at + REKEY_INTERVAL,
-                (Some(at), None) => at + MIN_INTERVAL,
+                (Some(at), None) => (at + MIN_INTERVAL).max(last_end + last_took * IDLE_PER_PURGE),
                 (None, None) => break,
             };
             tokio::select! {
@@ -335,6 +343,8 @@ async fn run(
             .map_err(|e| format!("the purge task failed: {e}"))
             .and_then(|r| r)
         };
+        last_end = tokio::time::Instant::now();
+        last_took = last_start.map_or(Duration::ZERO, |at| last_end - at);
         let result = match result {
             Ok(()) if owed.is_empty() => Ok(crate::vault::now_ms()),
             Ok(()) => record_success(&audit, &owed).await,
