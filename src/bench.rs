@@ -4,6 +4,7 @@
 //! requests in flight, and reports throughput, p50/p99/p999 latency, server CPU per request,
 //! and ratios to ceilings measured in the same run.
 
+mod background;
 mod ceilings;
 mod consent;
 mod load;

@@ -10,14 +10,15 @@
 
 use std::{
     path::Path,
-    sync::{Arc, atomic::AtomicBool},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{
     Row,
-    load::{Stats, drive, drive_until},
-    workloads::{Clients, op, status},
+    background::Reads,
+    load::Stats,
+    workloads::{Clients, status},
     zipf::Picker,
 };
 use crate::api::pb;
@@ -132,29 +133,19 @@ pub(super) async fn run(
         .first()
         .cloned()
         .ok_or("no admin connection")?;
-    let no_shreds = Arc::new((Vec::new(), std::sync::atomic::AtomicUsize::new(0)));
-    let reads = || {
-        op(
-            "get-masked",
-            clients,
-            Arc::clone(ids),
-            Arc::clone(picker),
-            Arc::clone(&no_shreds),
-        )
+    let reads = Reads {
+        clients,
+        ids,
+        picker,
+        in_flight,
+        cpu,
     };
-
-    let before = cpu();
-    let base = drive(in_flight, duration, None, reads()?).await;
-    let base_cpu = super::cpu_us(before, cpu(), base.requests);
+    let (base, base_cpu) = reads.alone(duration).await?;
     // Every lead is due a second after the last one's `KEEP` has passed.
     let due = leads_loaded + KEEP + Duration::from_secs(1);
     tokio::time::sleep_until(due.into()).await;
-
-    let done = Arc::new(AtomicBool::new(false));
-    let before = cpu();
-    let sweep = {
-        let done = Arc::clone(&done);
-        tokio::spawn(async move {
+    let (during, during_cpu, (answer, sweep_time)) = reads
+        .during("retention sweep", |done| async move {
             let started = Instant::now();
             let answer = admin
                 .retention
@@ -166,20 +157,7 @@ pub(super) async fn run(
                 .map(|a| (a.into_inner(), took))
                 .map_err(|s| format!("retention sweep: {}", status(&s)))
         })
-    };
-    // The reads stop when the sweep has answered (an hour at most).
-    let during = drive_until(
-        in_flight,
-        Duration::from_secs(3600),
-        None,
-        Some(done),
-        reads()?,
-    )
-    .await;
-    let during_cpu = super::cpu_us(before, cpu(), during.requests);
-    let (answer, sweep_time) = sweep
-        .await
-        .map_err(|e| format!("retention sweep task failed: {e}"))??;
+        .await?;
     if !answer.finished || answer.failed > 0 {
         return Err(format!(
             "retention sweep: finished {}, {} records failed",

@@ -8,17 +8,15 @@
 //! starts.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
 
 use super::{
     Row,
-    load::{Stats, drive, drive_until},
-    workloads::{Clients, op, status},
+    background::Reads,
+    load::Stats,
+    workloads::{Clients, status},
     zipf::Picker,
 };
 use crate::{api::pb, client::Client};
@@ -165,39 +163,18 @@ pub(super) async fn run(
         .first()
         .cloned()
         .ok_or("no admin connection")?;
-    let no_shreds = Arc::new((Vec::new(), AtomicUsize::new(0)));
-    let reads = || {
-        op(
-            "get-masked",
-            clients,
-            Arc::clone(ids),
-            Arc::clone(picker),
-            Arc::clone(&no_shreds),
-        )
-    };
-
-    let (alone, seq) = rotate(admin.clone(), Arc::new(AtomicBool::new(false)), 0).await?;
-
-    let before = cpu();
-    let base = drive(in_flight, duration, None, reads()?).await;
-    let base_cpu = super::cpu_us(before, cpu(), base.requests);
-
-    let done = Arc::new(AtomicBool::new(false));
-    let before = cpu();
-    let rotation = tokio::spawn(rotate(admin, Arc::clone(&done), seq));
-    // The reads stop when the rotation has ended (an hour at most).
-    let during = drive_until(
+    let reads = Reads {
+        clients,
+        ids,
+        picker,
         in_flight,
-        Duration::from_secs(3600),
-        None,
-        Some(done),
-        reads()?,
-    )
-    .await;
-    let during_cpu = super::cpu_us(before, cpu(), during.requests);
-    let (under_reads, _) = rotation
-        .await
-        .map_err(|e| format!("key rotation task failed: {e}"))??;
+        cpu,
+    };
+    let (alone, seq) = rotate(admin.clone(), Arc::new(AtomicBool::new(false)), 0).await?;
+    let (base, base_cpu) = reads.alone(duration).await?;
+    let (during, during_cpu, (under_reads, _)) = reads
+        .during("key rotation", |done| rotate(admin, done, seq))
+        .await?;
     Ok((
         Figures {
             alone,
