@@ -270,7 +270,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         match workload.as_str() {
             "audit-cost" | "policy" => continue,
             "rotation" => {
-                let (figures, base_cpu, during_cpu) = rotation::run(
+                let figures = rotation::run(
                     &clients,
                     &ids,
                     &picker,
@@ -279,12 +279,12 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     || server.as_ref().and_then(Child::cpu_ticks),
                 )
                 .await?;
-                rows.extend(figures.rows(base_cpu, during_cpu));
+                rows.extend(figures.rows());
                 rotation_figures = Some(figures);
             }
             "retention" => {
                 let loaded = leads_loaded.ok_or("the records that expire were not loaded")?;
-                let (figures, base_cpu, during_cpu) = retention::run(
+                let figures = retention::run(
                     &clients,
                     &ids,
                     &picker,
@@ -294,7 +294,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     || server.as_ref().and_then(Child::cpu_ticks),
                 )
                 .await?;
-                rows.extend(figures.rows(base_cpu, during_cpu));
+                rows.extend(figures.rows());
                 retention_figures = Some(figures);
             }
             w => {
@@ -478,13 +478,13 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                                      "wall_ms": f.alone.wall.as_millis(), "per_second": f.alone.per_second()},
                     "rewrap_under_reads": {"keys": f.under_reads.keys, "server_ms": f.under_reads.server_ms,
                                            "wall_ms": f.under_reads.wall.as_millis(), "per_second": f.under_reads.per_second()},
-                    "reads_rotating_over_not": f.ratio(),
+                    "reads_rotating_over_not": f.reads.ratio(),
                     "rewrap_per_second_limit": opts.rewrap_per_second,
                 })),
                 "retention": retention_figures.as_ref().map(|f| json!({
                     "examined": f.sweep.examined, "shredded_records": f.sweep.shredded_records,
                     "sweep_ms": f.sweep_time.as_millis(), "shreds_per_second": f.shreds_per_second(),
-                    "reads_sweeping_over_not": f.ratio(),
+                    "reads_sweeping_over_not": f.reads.ratio(),
                 })),
                 "server_rss_mib": rss_mib,
                 "policy": policy.map(|(small, big, apply, rules)| json!({
@@ -579,8 +579,8 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         );
         println!(
             "  reads during the rotation reach {:.0}% of reads without ({:.1} s of reads while rotating)",
-            f.ratio() * 100.0,
-            f.during.elapsed.as_secs_f64()
+            f.reads.ratio() * 100.0,
+            f.reads.during.0.elapsed.as_secs_f64()
         );
     }
     if let Some(f) = &retention_figures {
@@ -593,7 +593,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         );
         println!(
             "  reads during the sweep reach {:.0}% of reads without",
-            f.ratio() * 100.0
+            f.reads.ratio() * 100.0
         );
     }
     if let Some(rss) = rss_mib {

@@ -12,6 +12,7 @@ use std::{
 };
 
 use super::{
+    Row,
     load::{Stats, drive, drive_until},
     workloads::{Clients, OpFuture, op},
     zipf::Picker,
@@ -74,5 +75,31 @@ impl<C: Fn() -> Option<u64>> Reads<'_, C> {
             .await
             .map_err(|e| format!("{what} task failed: {e}"))??;
         Ok((stats, cpu, out))
+    }
+}
+
+/// Reads with no job, and while the job ran: their stats and the server's CPU per read.
+#[derive(Debug, Clone)]
+pub(super) struct Compared {
+    pub(super) base: (Stats, Option<f64>),
+    pub(super) during: (Stats, Option<f64>),
+}
+
+impl Compared {
+    /// Reads/s during the job over reads/s without.
+    pub(super) fn ratio(&self) -> f64 {
+        self.during.0.per_second() / self.base.0.per_second().max(1e-9)
+    }
+
+    /// The report's rows, named `base` and `during`.
+    pub(super) fn rows(&self, base: &str, during: &str) -> Vec<Row> {
+        [(base, &self.base), (during, &self.during)]
+            .into_iter()
+            .map(|(name, (stats, cpu))| Row {
+                name: name.into(),
+                stats: stats.clone(),
+                server_cpu_us: *cpu,
+            })
+            .collect()
     }
 }

@@ -16,8 +16,7 @@ use std::{
 
 use super::{
     Row,
-    background::Reads,
-    load::Stats,
+    background::{Compared, Reads},
     workloads::{Clients, status},
     zipf::Picker,
 };
@@ -80,37 +79,20 @@ pub(super) struct Figures {
     pub(super) sweep: pb::RunRetentionResponse,
     /// The sweep's time, from the request to the answer.
     pub(super) sweep_time: Duration,
-    /// Reads without a sweep.
-    pub(super) base: Stats,
-    /// Reads while the sweep ran.
-    pub(super) during: Stats,
+    /// get-masked with no sweep, and while it ran.
+    pub(super) reads: Compared,
 }
 
 impl Figures {
-    /// Reads/s during the sweep over reads/s without.
-    pub(super) fn ratio(&self) -> f64 {
-        self.during.per_second() / self.base.per_second().max(1e-9)
-    }
-
     /// Records shredded per second of the sweep.
     pub(super) fn shreds_per_second(&self) -> f64 {
         self.sweep.shredded_records as f64 / self.sweep_time.as_secs_f64().max(1e-9)
     }
 
     /// The report's rows.
-    pub(super) fn rows(&self, base_cpu: Option<f64>, during_cpu: Option<f64>) -> Vec<Row> {
-        vec![
-            Row {
-                name: "get-masked, no sweep".into(),
-                stats: self.base.clone(),
-                server_cpu_us: base_cpu,
-            },
-            Row {
-                name: "get-masked, sweeping".into(),
-                stats: self.during.clone(),
-                server_cpu_us: during_cpu,
-            },
-        ]
+    pub(super) fn rows(&self) -> Vec<Row> {
+        self.reads
+            .rows("get-masked, no sweep", "get-masked, sweeping")
     }
 }
 
@@ -127,7 +109,7 @@ pub(super) async fn run(
     duration: Duration,
     leads_loaded: Instant,
     cpu: impl Fn() -> Option<u64>,
-) -> Result<(Figures, Option<f64>, Option<f64>), String> {
+) -> Result<Figures, String> {
     let mut admin = clients
         .admin
         .first()
@@ -140,11 +122,11 @@ pub(super) async fn run(
         in_flight,
         cpu,
     };
-    let (base, base_cpu) = reads.alone(duration).await?;
+    let base = reads.alone(duration).await?;
     // Every lead is due a second after the last one's `KEEP` has passed.
     let due = leads_loaded + KEEP + Duration::from_secs(1);
     tokio::time::sleep_until(due.into()).await;
-    let (during, during_cpu, (answer, sweep_time)) = reads
+    let (during_stats, during_cpu, (answer, sweep_time)) = reads
         .during("retention sweep", |done| async move {
             let started = Instant::now();
             let answer = admin
@@ -164,14 +146,12 @@ pub(super) async fn run(
             answer.finished, answer.failed
         ));
     }
-    Ok((
-        Figures {
-            sweep: answer,
-            sweep_time,
+    Ok(Figures {
+        sweep: answer,
+        sweep_time,
+        reads: Compared {
             base,
-            during,
+            during: (during_stats, during_cpu),
         },
-        base_cpu,
-        during_cpu,
-    ))
+    })
 }

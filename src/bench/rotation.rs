@@ -14,8 +14,7 @@ use std::{
 
 use super::{
     Row,
-    background::Reads,
-    load::Stats,
+    background::{Compared, Reads},
     workloads::{Clients, status},
     zipf::Picker,
 };
@@ -46,32 +45,15 @@ pub(super) struct Figures {
     pub(super) alone: Rewrap,
     /// The rotation that ran under the reads.
     pub(super) under_reads: Rewrap,
-    /// Reads without a rotation.
-    pub(super) base: Stats,
-    /// Reads while the second rotation ran.
-    pub(super) during: Stats,
+    /// get-masked with no rotation, and while it ran.
+    pub(super) reads: Compared,
 }
 
 impl Figures {
-    /// Reads/s during the rotation over reads/s without.
-    pub(super) fn ratio(&self) -> f64 {
-        self.during.per_second() / self.base.per_second().max(1e-9)
-    }
-
     /// The report's rows.
-    pub(super) fn rows(&self, base_cpu: Option<f64>, during_cpu: Option<f64>) -> Vec<Row> {
-        vec![
-            Row {
-                name: "get-masked, no rotation".into(),
-                stats: self.base.clone(),
-                server_cpu_us: base_cpu,
-            },
-            Row {
-                name: "get-masked, rotating".into(),
-                stats: self.during.clone(),
-                server_cpu_us: during_cpu,
-            },
-        ]
+    pub(super) fn rows(&self) -> Vec<Row> {
+        self.reads
+            .rows("get-masked, no rotation", "get-masked, rotating")
     }
 }
 
@@ -157,7 +139,7 @@ pub(super) async fn run(
     in_flight: usize,
     duration: Duration,
     cpu: impl Fn() -> Option<u64>,
-) -> Result<(Figures, Option<f64>, Option<f64>), String> {
+) -> Result<Figures, String> {
     let admin = clients
         .admin
         .first()
@@ -171,20 +153,18 @@ pub(super) async fn run(
         cpu,
     };
     let (alone, seq) = rotate(admin.clone(), Arc::new(AtomicBool::new(false)), 0).await?;
-    let (base, base_cpu) = reads.alone(duration).await?;
-    let (during, during_cpu, (under_reads, _)) = reads
+    let base = reads.alone(duration).await?;
+    let (during_stats, during_cpu, (under_reads, _)) = reads
         .during("key rotation", |done| rotate(admin, done, seq))
         .await?;
-    Ok((
-        Figures {
-            alone,
-            under_reads,
+    Ok(Figures {
+        alone,
+        under_reads,
+        reads: Compared {
             base,
-            during,
+            during: (during_stats, during_cpu),
         },
-        base_cpu,
-        during_cpu,
-    ))
+    })
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ pub(super) async fn hold(command: HoldCommand) -> Result<(), String> {
                 .map_err(|s| status_text(&s))?
                 .into_inner()
                 .hold
-                .unwrap_or_default();
+                .ok_or("the vault answered without the hold")?;
             if remote.json {
                 println!("{}", hold_json(&h));
             } else {
@@ -130,7 +130,7 @@ pub(super) async fn hold(command: HoldCommand) -> Result<(), String> {
                 .map_err(|s| status_text(&s))?
                 .into_inner()
                 .hold
-                .unwrap_or_default();
+                .ok_or("the vault answered without the hold")?;
             if remote.json {
                 println!("{}", hold_json(&h));
             } else {
