@@ -676,6 +676,118 @@ mod tests {
         assert!(matches!(keys.get(&record, &set), Err(Error::DataLoss)));
     }
 
+    use crate::storage::{KeyValue, StoreError};
+
+    /// A memory store that keeps every written batch's operations.
+    #[derive(Default)]
+    struct Recording {
+        inner: crate::storage::MemoryStore,
+        written: std::sync::Mutex<Vec<crate::storage::Op>>,
+    }
+
+    impl Store for Recording {
+        fn snapshot(&self) -> Box<dyn crate::storage::Snapshot + '_> {
+            self.inner.snapshot()
+        }
+        fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(ks, key)
+        }
+        fn multi_get(
+            &self,
+            ks: Keyspace,
+            keys: &[Vec<u8>],
+        ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.inner.multi_get(ks, keys)
+        }
+        fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.scan_prefix(ks, prefix)
+        }
+        fn scan_range(
+            &self,
+            ks: Keyspace,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.scan_range(ks, from, to, limit)
+        }
+        fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.last(ks)
+        }
+        fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            self.written
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(batch.ops().iter().cloned());
+            self.inner.write(batch)
+        }
+        fn purge(&self, prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
+            self.inner.purge(prefixes)
+        }
+    }
+
+    /// A range tombstone in the key store made every later read of its memtable re-fragment
+    /// all of them until the next flush: a sweep's thousands of shreds slowed every read.
+    #[tokio::test]
+    async fn deletes_and_shreds_delete_entries_one_by_one_without_range_tombstones() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ring = crate::crypto::Keyring::open_file(dir.path().join("keyring"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(Recording::default());
+        let keys = KeyStore::new(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(ring) as Arc<dyn KeyProvider>,
+        );
+        let (id, other) = (RecordId::from_bytes([3; 16]), RecordId::from_bytes([4; 16]));
+        for (rid, bytes, version) in [
+            (&id, &[3; 16], 1),
+            (&id, &[3; 16], 2),
+            (&id, &[3; 16], 3),
+            (&other, &[4; 16], 1),
+        ] {
+            let ctx = DekContext {
+                record_id: bytes,
+                collection: "customers",
+                record_version: version,
+                manifest: 0b1,
+                honeytoken: false,
+            };
+            keys.put(rid, &ctx, &Dek::generate())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let versions = |rid: &RecordId| -> Vec<u64> {
+            store
+                .scan_prefix(Keyspace::Deks, rid.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .filter_map(|(k, _)| parse_entry_key(k).map(|(_, v)| v))
+                .collect()
+        };
+        keys.delete(&id, 1..3)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(versions(&id), [3]);
+        keys.shred(&id, 1).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(versions(&id).is_empty());
+        assert_eq!(versions(&other), [1]);
+        assert!(keys.was_shredded(&id).unwrap_or_else(|e| panic!("{e}")));
+        let written = store.written.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            !written
+                .iter()
+                .any(|op| matches!(op, crate::storage::Op::DeleteRange(..))),
+            "a range tombstone was written"
+        );
+        assert_eq!(
+            written
+                .iter()
+                .filter(|op| matches!(op, crate::storage::Op::Delete(Keyspace::Deks, _)))
+                .count(),
+            3
+        );
+    }
+
     #[test]
     fn entry_keys_round_trip_and_reject_other_lengths() {
         let id = RecordId::from_bytes([9; 16]);
