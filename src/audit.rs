@@ -3,10 +3,12 @@
 //! followed live, verified (online, or offline from an export with the public key alone),
 //! exported, pruned.
 //!
-//! Events hold ids, names and outcomes, never field values or tokens. Events and the writes
-//! they describe are committed in one synced batch by a single appender that groups concurrent
-//! requests (one fsync for many events), so a read's event is durable before its data is
-//! returned without costing a fsync per read. The queue to the appender is bounded: committers
+//! Events hold ids, names and outcomes, never field values or tokens. A single appender
+//! groups concurrent requests into one append to the event log (`log`): in the embedded vault,
+//! append-only segment files (`segment`, frames in `frame`), one write and one fdatasync per
+//! batch, then the calls' data writes to the store; or the store itself (`StoreLog`), events and
+//! data in one synced batch. Either way a read's event is durable before its data is returned,
+//! and no write is applied without its event. The queue to the appender is bounded: committers
 //! wait for room. Refused unauthenticated calls are counted, not queued, and written as one
 //! event per source, method and reason per window (`refusals`).
 //!
@@ -16,9 +18,12 @@ mod appender;
 mod chain;
 mod codec;
 mod export;
+mod frame;
+mod log;
 mod query;
 mod refusals;
 mod report;
+mod segment;
 mod verify;
 
 use std::{net::IpAddr, sync::Arc};
@@ -33,9 +38,11 @@ use crate::{
 
 pub use chain::Checkpoint;
 pub use export::{EXPORT_FORMAT, Export, ExportError, ExportReport, PinnedHead, verify_export};
+pub use log::{Append, AppendFailed, Chained, EventLog, StoreLog, StoredEvents};
 pub use query::Filter;
 pub use refusals::UNKNOWN_METHOD;
 pub use report::{DISCLOSING_OUTCOMES, FieldDisclosure, Report, SubjectReport};
+pub use segment::{SEGMENT_BYTES, SegmentLog, rewrite_segments};
 pub use verify::VerifyReport;
 
 /// How one field fared in a call.
@@ -150,6 +157,11 @@ pub struct AuditOptions {
     pub retention_days: Option<u32>,
     /// A durable checkpoint every this many events.
     pub checkpoint_every: u64,
+    /// A segment file of the embedded log is closed at the next durable checkpoint past this
+    /// size.
+    pub segment_bytes: u64,
+    /// Events in the data store itself (`StoreLog`) rather than in segment files.
+    pub in_store: bool,
 }
 
 impl Default for AuditOptions {
@@ -157,6 +169,8 @@ impl Default for AuditOptions {
         Self {
             retention_days: None,
             checkpoint_every: 1000,
+            segment_bytes: SEGMENT_BYTES,
+            in_store: false,
         }
     }
 }
@@ -182,6 +196,7 @@ pub struct Audit {
     jobs: mpsc::Sender<Job>,
     appender: Option<std::thread::JoinHandle<()>>,
     live: broadcast::Sender<Arc<Event>>,
+    log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     keys: Arc<chain::Keys>,
     options: AuditOptions,
@@ -197,8 +212,8 @@ impl std::fmt::Debug for Audit {
 }
 
 impl Audit {
-    /// Opens the log over `store` and starts its appender thread. The chain continues from the
-    /// last stored event.
+    /// Opens the log kept in `store` itself (`StoreLog`) and starts its appender thread. The
+    /// chain continues from the last stored event.
     ///
     /// # Errors
     /// `AuditError` if the store fails or the last event is unreadable.
@@ -207,16 +222,51 @@ impl Audit {
         keys: Arc<dyn KeyProvider>,
         options: AuditOptions,
     ) -> Result<Self, AuditError> {
+        let log = Arc::new(StoreLog::new(Arc::clone(&store)));
+        Self::open_with(log, store, keys, options, Vec::new())
+    }
+
+    /// Opens the log kept in segment files in `dir` (`SegmentLog`), with data writes and
+    /// checkpoints in `store`. Events written before a crash whose writes were never applied
+    /// are named by an `Audit/WritesNotApplied` event first.
+    ///
+    /// # Errors
+    /// `AuditError` if the directory or the store fails, or a segment is damaged.
+    pub fn open_segments(
+        dir: &std::path::Path,
+        store: Arc<dyn Store>,
+        keys: Arc<dyn KeyProvider>,
+        options: AuditOptions,
+    ) -> Result<Self, AuditError> {
+        let log = SegmentLog::open(dir, Arc::clone(&store), options.segment_bytes)?;
+        let initial = log
+            .unapplied()
+            .map(|(first, last)| {
+                appender::writes_not_applied(first, last, "the vault stopped before they were")
+            })
+            .into_iter()
+            .collect();
+        Self::open_with(Arc::new(log), store, keys, options, initial)
+    }
+
+    fn open_with(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn Store>,
+        keys: Arc<dyn KeyProvider>,
+        options: AuditOptions,
+        initial: Vec<Event>,
+    ) -> Result<Self, AuditError> {
         let keys = Arc::new(chain::Keys::new(keys));
-        let state = appender::State::load(store.as_ref(), &keys)?;
+        let state = appender::State::load(log.as_ref(), &keys)?;
         let (jobs, rx) = mpsc::channel(QUEUE_JOBS);
         let (live, _) = broadcast::channel(4096);
         let appender = appender::Appender {
-            store: Arc::clone(&store),
+            log: Arc::clone(&log),
             keys: Arc::clone(&keys),
             live: live.clone(),
             state,
             checkpoint_every: options.checkpoint_every.max(1),
+            initial,
         };
         let appender = std::thread::Builder::new()
             .name("strongroom-audit".into())
@@ -226,6 +276,7 @@ impl Audit {
             jobs,
             appender: Some(appender),
             live,
+            log,
             store,
             keys,
             options,
@@ -311,11 +362,12 @@ impl Audit {
     /// # Errors
     /// `AuditError` if the store fails.
     pub fn last_seq(&self) -> Result<u64, AuditError> {
-        Ok(self
-            .store
-            .last(Keyspace::Audit)?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes))
+        Ok(self.log.last()?.map_or(0, |(seq, _)| seq))
+    }
+
+    /// The files the log keeps its events in (none when it lives in the store).
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.log.files()
     }
 
     /// Events committed from now on, as they are committed.
@@ -334,7 +386,7 @@ impl Audit {
         after_seq: u64,
         limit: usize,
     ) -> Result<(Vec<Event>, Option<u64>), AuditError> {
-        query::query(self.store.as_ref(), filter, after_seq, limit)
+        query::query(self.log.as_ref(), filter, after_seq, limit)
     }
 
     /// Who saw what: per subject, the records and fields disclosed by successful calls among
@@ -343,7 +395,7 @@ impl Audit {
     /// # Errors
     /// `AuditError` if the store fails or an event does not decode.
     pub fn report(&self, filter: &Filter) -> Result<Report, AuditError> {
-        report::report(self.store.as_ref(), filter)
+        report::report(self.log.as_ref(), filter)
     }
 
     /// Verifies the chain from `from` to `to` (inclusive; the whole log by default), and the
@@ -352,7 +404,7 @@ impl Audit {
     /// # Errors
     /// `AuditError` if the store fails; integrity problems are in the report.
     pub fn verify(&self, from: Option<u64>, to: Option<u64>) -> Result<VerifyReport, AuditError> {
-        verify::verify(self.store.as_ref(), &self.keys, from, to)
+        verify::verify(self.log.as_ref(), self.store.as_ref(), &self.keys, from, to)
     }
 
     /// The signed head: the last event's sequence number and chain hash, signed with every
@@ -361,7 +413,7 @@ impl Audit {
     /// # Errors
     /// `AuditError` if the store fails.
     pub fn head(&self) -> Result<Option<Checkpoint>, AuditError> {
-        Checkpoint::load_valid(self.store.as_ref(), &self.keys, HEAD_KEY)
+        Ok(self.log.head()?.filter(|c| c.valid(&self.keys.public)))
     }
 
     /// Starts an export (format in `export`) of the events `filter` passes, up to the signed
@@ -370,7 +422,13 @@ impl Audit {
     /// # Errors
     /// `AuditError` if the store fails.
     pub fn begin_export(&self, filter: Filter) -> Result<Export, AuditError> {
-        Export::begin(self.store.as_ref(), &self.keys, filter, appender::now_ms())
+        Export::begin(
+            self.log.as_ref(),
+            self.store.as_ref(),
+            &self.keys,
+            filter,
+            appender::now_ms(),
+        )
     }
 
     /// The next lines of `export` (whole lines), `None` once it is complete.
@@ -378,7 +436,7 @@ impl Audit {
     /// # Errors
     /// `AuditError` if the store fails or an event does not decode.
     pub fn export_chunk(&self, export: &mut Export) -> Result<Option<String>, AuditError> {
-        export.chunk(self.store.as_ref())
+        export.chunk(self.log.as_ref(), self.store.as_ref())
     }
 
     /// Deletes events older than the retention period, up to the newest durable checkpoint
@@ -396,29 +454,23 @@ impl Audit {
         else {
             return Ok(0);
         };
-        // Two range deletions, however many events they cover: the batch stays small, and
-        // the log is cut at the anchor in one step (never half pruned).
-        let first = self
-            .store
-            .scan_range(Keyspace::Audit, &[], None, 1)?
-            .first()
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
-            .map(u64::from_be_bytes);
-        let deleted = match first {
-            Some(first) if first <= anchor.seq => anchor.seq - first + 1,
-            Some(_) | None => 0,
+        let first = self.log.first_seq()?;
+        let kept = self.log.prune(anchor.seq)?;
+        let deleted = match (first, kept) {
+            (Some(first), Some(kept)) => kept.saturating_sub(first),
+            (Some(first), None) => anchor.seq.saturating_sub(first) + 1,
+            (None, _) => 0,
         };
-        let mut batch = Batch::new();
-        batch.delete_range(
-            Keyspace::Audit,
-            first.unwrap_or(0).to_be_bytes().to_vec(),
-            anchor.seq.saturating_add(1).to_be_bytes().to_vec(),
-        );
-        batch.delete_range(
+        // Checkpoints before the one the kept events start after go with the events they
+        // covered.
+        let start = kept.map_or(anchor.seq, |k| k.saturating_sub(1).min(anchor.seq));
+        let mut writes = Batch::new();
+        writes.delete_range(
             Keyspace::Meta,
             CHECKPOINT_PREFIX.to_vec(),
-            chain::checkpoint_key(anchor.seq),
+            chain::checkpoint_key(start),
         );
+        self.store.write(writes)?;
         if deleted == 0 {
             return Ok(0);
         }
@@ -427,13 +479,28 @@ impl Audit {
             result: "OK".into(),
             detail: format!(
                 "{deleted} events up to seq {} pruned (retention {days} days); the chain is anchored at checkpoint {}",
-                anchor.seq, anchor.seq
+                first.unwrap_or(0) + deleted - 1,
+                anchor.seq
             ),
             ..Event::default()
         };
-        self.commit(batch, vec![event]).await?;
+        self.commit(Batch::new(), vec![event]).await?;
         Ok(deleted)
     }
+}
+
+/// Verifies the chain in `log` against the checkpoints in `store` and the public key of
+/// `signer`, as `Audit::verify` does, without opening the log for appends: a stopped vault's
+/// files, such as an investigator would check them (a log that would refuse to start, too).
+///
+/// # Errors
+/// `AuditError` if the log or the store cannot be read; integrity problems are in the report.
+pub fn verify_log(
+    log: &dyn EventLog,
+    store: &dyn Store,
+    signer: Arc<dyn KeyProvider>,
+) -> Result<VerifyReport, AuditError> {
+    verify::verify(log, store, &chain::Keys::new(signer), None, None)
 }
 
 impl Drop for Audit {

@@ -149,6 +149,7 @@ pub struct ConfigFile {
     max_header_list_bytes: Option<u32>,
     audit_retention_days: Option<u32>,
     audit_checkpoint_every: Option<u64>,
+    audit_log: Option<String>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     client_ca_file: Option<PathBuf>,
@@ -604,9 +605,16 @@ impl Config {
         if max_concurrent_streams == 0 {
             return Err("max_concurrent_streams: must be at least 1".into());
         }
+        let in_store = match file.audit_log.as_deref() {
+            None | Some("segments") => false,
+            Some("store") => true,
+            Some(_) => return Err("audit_log: must be \"segments\" or \"store\"".into()),
+        };
         let audit = crate::audit::AuditOptions {
             retention_days: file.audit_retention_days,
             checkpoint_every: file.audit_checkpoint_every.unwrap_or(1000),
+            in_store,
+            ..crate::audit::AuditOptions::default()
         };
         if audit.retention_days == Some(0) || audit.checkpoint_every == 0 {
             return Err(

@@ -151,6 +151,9 @@ fn server_tls(tls: &crate::config::Tls) -> Result<ServerTlsConfig, ServerError> 
 /// The key store's directory in the keys dir.
 pub const KEY_STORE_DIR: &str = "keystore";
 
+/// The directory in the data dir holding the audit log's segment files.
+pub const AUDIT_DIR: &str = "audit";
+
 /// The key file of strongroom versions before key epochs.
 const LEGACY_KEY_FILE: &str = "master.key";
 
@@ -287,10 +290,17 @@ pub async fn start_with_stores(
     let model = read(&config.policies_dir, "model.conf")?;
     let policy_text = read(&config.policies_dir, "policy.csv")?;
 
-    let audit = Arc::new(
+    let audit = if config.audit.in_store {
         Audit::open(Arc::clone(&store), Arc::clone(&provider), config.audit)
-            .map_err(|e| fail(&e))?,
-    );
+    } else {
+        Audit::open_segments(
+            &config.data_dir.join(AUDIT_DIR),
+            Arc::clone(&store),
+            Arc::clone(&provider),
+            config.audit,
+        )
+    };
+    let audit = Arc::new(audit.map_err(|e| fail(&e))?);
     let epochs: Vec<String> = provider.epochs().iter().map(ToString::to_string).collect();
     let key_event = Event {
         method: "Keys/Load".into(),

@@ -13,9 +13,13 @@ use std::sync::{Arc, atomic::Ordering};
 
 use strongroom::{
     api::pb::{self, Disclosure},
-    audit::{Audit, AuditOptions, Event, FieldOutcome},
+    audit::{
+        Audit, AuditOptions, Checkpoint, Event, EventLog, FieldOutcome, SEGMENT_BYTES, SegmentLog,
+        rewrite_segments, verify_log,
+    },
     crypto::{KeyProvider, Keyring},
-    storage::{Batch, KeyValue, Keyspace, MemoryStore, RocksStore, Store},
+    server::AUDIT_DIR,
+    storage::{Batch, Keyspace, MemoryStore, RocksStore, Store},
 };
 use support::*;
 use tonic::Code;
@@ -429,32 +433,26 @@ async fn no_value_and_no_token_ever_reaches_an_event() {
     assert!(export.contains("\"record_id\""));
 }
 
-fn audit_entries(store: &RocksStore) -> Vec<KeyValue> {
-    store.scan_prefix(Keyspace::Audit, b"").unwrap()
+/// The stopped vault's audit log: its segments over its store.
+fn segment_log(data: &std::path::Path) -> (Arc<dyn Store>, SegmentLog) {
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(&data.join("db")).unwrap());
+    let log = SegmentLog::open(&data.join(AUDIT_DIR), Arc::clone(&store), SEGMENT_BYTES).unwrap();
+    (store, log)
 }
 
-fn put(store: &RocksStore, key: Vec<u8>, value: Vec<u8>) {
-    let mut b = Batch::new();
-    b.put(Keyspace::Audit, key, value);
-    store.write(b).unwrap();
+/// The events and signed head of the stopped vault's log.
+fn entries_and_head(data: &std::path::Path) -> (Vec<(u64, Vec<u8>)>, Checkpoint) {
+    let (_, log) = segment_log(data);
+    (
+        log.scan(0, None, usize::MAX).unwrap(),
+        log.head().unwrap().unwrap(),
+    )
 }
 
-fn delete(store: &RocksStore, key: Vec<u8>) {
-    let mut b = Batch::new();
-    b.delete(Keyspace::Audit, key);
-    store.write(b).unwrap();
-}
-
-fn restore(store: &RocksStore, original: &[KeyValue]) {
-    let mut b = Batch::new();
-    for (k, v) in original {
-        b.put(Keyspace::Audit, k.clone(), v.clone());
-    }
-    store.write(b).unwrap();
-}
-
-fn seq_key(seq: u64) -> Vec<u8> {
-    seq.to_be_bytes().to_vec()
+/// Rewrites the stopped vault's segments to hold `entries` and `head` with valid checksums, as
+/// someone with write access to the data dir can.
+fn rewrite(data: &std::path::Path, entries: &[(u64, Vec<u8>)], head: &Checkpoint) {
+    rewrite_segments(&data.join(AUDIT_DIR), entries, head).unwrap();
 }
 
 async fn verify(client: &mut strongroom::client::Client) -> pb::VerifyLogResponse {
@@ -476,15 +474,15 @@ async fn tampering_with_stored_events_is_detected_naming_the_first_bad_one() {
     }
     let report = verify(&mut admin).await;
     assert!(report.ok, "{report:?}");
-    // Tamper with the files of a stopped vault, as someone with disk access would, and verify
-    // with the vault's own key (verification appends nothing).
+    // Tamper with the files of a stopped vault, as someone with disk access would (checksums
+    // recomputed), and verify with the vault's own key (verification appends nothing).
     vault.stop().await;
+    let data = vault.data_dir();
     let keys: Arc<dyn KeyProvider> =
         Arc::new(Keyring::open_file(vault.keys_dir().join("keyring")).unwrap());
-    let store = Arc::new(RocksStore::open(&vault.data_dir().join("db")).unwrap());
-    let audit = Audit::open(store.clone(), keys, AuditOptions::default()).unwrap();
     let check = |case: &str| {
-        let r = audit.verify(None, None).unwrap();
+        let (store, log) = segment_log(&data);
+        let r = verify_log(&log, store.as_ref(), Arc::clone(&keys)).unwrap();
         let (seq, problem) = r
             .problem
             .clone()
@@ -492,26 +490,57 @@ async fn tampering_with_stored_events_is_detected_naming_the_first_bad_one() {
         eprintln!("{case}: detected at event {seq}: {problem}");
         (seq, problem)
     };
-    let original = audit_entries(&store);
+    // 0. A byte of the vault's own segment flipped, its checksum left: the log keeps the
+    // damage, goes on after it, and verification names it.
+    let segment = std::fs::read_dir(data.join(AUDIT_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let pristine = std::fs::read(&segment).unwrap();
+    let mut bytes = pristine.clone();
+    bytes[pristine.len() / 2] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (_, problem) = check("frame damaged");
+    assert!(problem.contains("damaged"), "{problem}");
+    std::fs::write(&segment, &pristine).unwrap();
+    let (original, head) = entries_and_head(&data);
     let n = original.len() as u64;
     assert!(n >= 15, "{n}");
-    assert!(audit.verify(None, None).unwrap().ok());
+    assert_eq!(original[0].0, 1);
+    let restore = || rewrite(&data, &original, &head);
+    restore();
+    {
+        let (store, log) = segment_log(&data);
+        assert!(
+            verify_log(&log, store.as_ref(), Arc::clone(&keys))
+                .unwrap()
+                .ok()
+        );
+    }
     let k = 5u64;
     let kv = |seq: u64| original[usize::try_from(seq - 1).unwrap()].1.clone();
+    let with = |changes: &[(u64, Vec<u8>)]| -> Vec<(u64, Vec<u8>)> {
+        let mut entries = original.clone();
+        for (seq, v) in changes {
+            entries[usize::try_from(seq - 1).unwrap()].1 = v.clone();
+        }
+        entries
+    };
 
-    // 1. One byte changed: in the JSON, and in the MAC.
+    // 1. One byte changed: in the event, and in its hash.
     for at in [10usize, kv(k).len() - 1] {
         let mut v = kv(k);
         v[at] ^= 0x01;
-        put(&store, seq_key(k), v);
+        rewrite(&data, &with(&[(k, v)]), &head);
         assert_eq!(check("byte changed").0, k);
-        restore(&store, &original);
     }
     // 2. One deleted.
-    delete(&store, seq_key(k));
+    let mut deleted = original.clone();
+    deleted.remove(usize::try_from(k - 1).unwrap());
+    rewrite(&data, &deleted, &head);
     let (seq, problem) = check("deleted");
     assert!(seq == k && problem.contains("removed"), "{problem}");
-    restore(&store, &original);
     // 3. A forged one inserted, the rest shifted up.
     let forged = Event {
         seq: k,
@@ -523,28 +552,24 @@ async fn tampering_with_stored_events_is_detected_naming_the_first_bad_one() {
     };
     let mut json = serde_json::to_vec(&forged).unwrap();
     json.extend_from_slice(&[7u8; 32]);
-    let mut b = Batch::new();
-    for seq in k..=n {
-        b.put(Keyspace::Audit, seq_key(seq + 1), kv(seq));
-    }
-    b.put(Keyspace::Audit, seq_key(k), json);
-    store.write(b).unwrap();
+    let mut inserted: Vec<(u64, Vec<u8>)> = original
+        .iter()
+        .map(|(seq, v)| (if *seq >= k { seq + 1 } else { *seq }, v.clone()))
+        .collect();
+    inserted.insert(usize::try_from(k - 1).unwrap(), (k, json));
+    rewrite(&data, &inserted, &head);
     assert_eq!(check("inserted").0, k);
-    delete(&store, seq_key(n + 1));
-    restore(&store, &original);
     // 4. Two swapped.
-    put(&store, seq_key(k), kv(k + 2));
-    put(&store, seq_key(k + 2), kv(k));
+    rewrite(&data, &with(&[(k, kv(k + 2)), (k + 2, kv(k))]), &head);
     let (seq, problem) = check("swapped");
     assert!(seq == k && problem.contains("reordered"), "{problem}");
-    restore(&store, &original);
     // 5. The chain hashes are public: an event altered and every hash after it recomputed
     // chains cleanly, and only the signed head (which needs the vault's signing key) catches it.
     let names_records = |v: &Vec<u8>| v.windows(8).any(|w| w == b"Records/");
     let target = original.iter().position(|(_, v)| names_records(v)).unwrap();
     let mut prev = [0u8; 32];
-    let mut b = Batch::new();
-    for (n, (key, value)) in original.iter().enumerate() {
+    let mut rehashed = Vec::new();
+    for (n, (seq, value)) in original.iter().enumerate() {
         let mut event = value[..value.len() - 32].to_vec();
         if n == target {
             // A letter of a name changed case: the event still decodes, and says something else.
@@ -556,31 +581,29 @@ async fn tampering_with_stored_events_is_detected_naming_the_first_bad_one() {
             let mut h = sha2::Sha256::new();
             h.update(b"strongroom/audit-chain/v2");
             h.update(prev);
-            h.update(key);
+            h.update(seq.to_be_bytes());
             h.update(&event);
             h.finalize().into()
         };
         let mut v = event;
         v.extend_from_slice(&hash);
-        b.put(Keyspace::Audit, key.clone(), v);
+        rehashed.push((*seq, v));
         prev = hash;
     }
-    store.write(b).unwrap();
+    rewrite(&data, &rehashed, &head);
     let (seq, problem) = check("altered and rehashed");
     assert!(
         seq > target as u64 && problem.contains("checkpoint"),
         "{seq}: {problem}"
     );
-    restore(&store, &original);
-    // 6. The tail truncated: the signed head checkpoint says where the log should end.
-    for seq in n - 2..=n {
-        delete(&store, seq_key(seq));
-    }
+    // 6. The tail truncated: the signed head says where the log should end.
+    rewrite(&data, &original[..original.len() - 3], &head);
     let (seq, problem) = check("truncated");
     assert!(seq == n - 2 && problem.contains("truncated"), "{problem}");
-    restore(&store, &original);
     // Untouched again, the log verifies clean: every failure above was the tampering.
-    let clean = audit.verify(None, None).unwrap();
+    restore();
+    let (store, log) = segment_log(&data);
+    let clean = verify_log(&log, store.as_ref(), Arc::clone(&keys)).unwrap();
     assert!(clean.ok() && clean.checked == n, "{clean:?}");
 }
 
@@ -591,17 +614,11 @@ async fn a_tail_truncated_while_down_is_seen_after_restart() {
     for _ in 0..3 {
         create(&mut admin, customer("tr")).await;
     }
-    let last = vault
-        .with_store(|s| {
-            let entries = s.scan_prefix(Keyspace::Audit, b"").unwrap();
-            let last = entries.len() as u64;
-            let mut b = Batch::new();
-            b.delete(Keyspace::Audit, seq_key(last));
-            b.delete(Keyspace::Audit, seq_key(last - 1));
-            s.write(b).unwrap();
-            last
-        })
-        .await;
+    vault.stop().await;
+    let (entries, head) = entries_and_head(&vault.data_dir());
+    let last = entries.len() as u64;
+    rewrite(&vault.data_dir(), &entries[..entries.len() - 2], &head);
+    vault.restart().await;
     let mut admin = vault.admin().await;
     let r = verify(&mut admin).await;
     assert!(!r.ok, "{r:?}");
@@ -612,7 +629,8 @@ async fn a_tail_truncated_while_down_is_seen_after_restart() {
 async fn an_audit_write_failure_returns_no_data_and_applies_no_write() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Faulty::new(RocksStore::open(dir.path()).unwrap()));
-    let (_dir, running, token) = Vault::start_over(store.clone(), "").await;
+    // Events in the store: the store's failure is the audit log's failure.
+    let (_dir, running, token) = Vault::start_over(store.clone(), "audit_log = \"store\"").await;
     let addr = format!("http://{}", running.addr);
     let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
     let id = create(&mut admin, customer("fail")).await;
@@ -750,6 +768,7 @@ async fn pruning_keeps_the_log_verifiable_from_its_anchor() {
         AuditOptions {
             retention_days: Some(1),
             checkpoint_every: 10,
+            ..AuditOptions::default()
         },
     )
     .unwrap();
@@ -800,6 +819,61 @@ async fn pruning_keeps_the_log_verifiable_from_its_anchor() {
 /// well-chained events, or drop the signed statements and rewrite the log. The head moves with
 /// every batch, so either leaves the log out of step with its signed head, and the vault
 /// refuses to start (and to sign over it) rather than carry the forgery on.
+/// With events in segments, a data write that fails after its events are durable is refused,
+/// applies nothing, and the chain says so right after; reads, whose events need no data write,
+/// go on.
+#[tokio::test]
+async fn a_data_write_failing_after_its_events_are_durable_is_named_in_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Faulty::new(RocksStore::open(dir.path()).unwrap()));
+    let (_dir, running, token) = Vault::start_over(store.clone(), "").await;
+    let addr = format!("http://{}", running.addr);
+    let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
+    let id = create(&mut admin, customer("fail")).await;
+    let deks = || store.inner.scan_prefix(Keyspace::Deks, b"").unwrap().len();
+    let before = deks();
+
+    store.fail_writes.store(true, Ordering::SeqCst);
+    let seen = last_seq(&mut admin).await;
+    assert_code(
+        admin
+            .records
+            .create_record(pb::CreateRecordRequest {
+                collection: "customers".into(),
+                fields: customer("new"),
+                honeytoken: false,
+            })
+            .await,
+        Code::Unavailable,
+    );
+    let resp = get(&mut admin, &id, "support").await.unwrap();
+    assert_eq!(value_of(&resp, "email").unwrap().1, Disclosure::Plain);
+    store.fail_writes.store(false, Ordering::SeqCst);
+    assert_eq!(deks(), before, "the failed create wrote nothing");
+
+    let events = events_after(&mut admin, seen).await;
+    let create = events
+        .iter()
+        .find(|e| e.method == "Records/CreateRecord")
+        .unwrap();
+    let note = events
+        .iter()
+        .find(|e| e.method == "Audit/WritesNotApplied")
+        .unwrap_or_else(|| panic!("no note of the unapplied write: {events:?}"));
+    assert_eq!(note.seq, create.seq + 1);
+    assert!(
+        note.detail
+            .contains(&format!("events {} to {}", create.seq, create.seq)),
+        "{}",
+        note.detail
+    );
+    assert!(verify(&mut admin).await.ok);
+    running.shutdown().await.unwrap();
+}
+
+/// Someone with disk access can chain events by hand but cannot sign: events past the signed
+/// head, or a head that is not the vault's signature, and the vault refuses to start (and to
+/// sign over them) rather than carry the forgery on.
 #[tokio::test]
 async fn events_past_the_signed_head_or_a_log_without_one_are_refused_not_signed() {
     let mut vault = Vault::start().await;
@@ -808,38 +882,46 @@ async fn events_past_the_signed_head_or_a_log_without_one_are_refused_not_signed
     vault.stop().await;
     // The head as it stood: then more events are appended (by the vault, standing in for a
     // forger who chains events by hand).
-    let old_head = {
-        let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
-        store.get(Keyspace::Meta, b"audit/head").unwrap().unwrap()
-    };
+    let (_, old_head) = entries_and_head(&vault.data_dir());
     vault.restart().await;
     let mut admin = vault.admin().await;
     get(&mut admin, &id, "support").await.unwrap();
     drop(admin);
     vault.stop().await;
-    let original = {
+    let (entries, head) = entries_and_head(&vault.data_dir());
+    assert!(head.seq > old_head.seq);
+    let meta_head = {
         let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
-        let head = store.get(Keyspace::Meta, b"audit/head").unwrap().unwrap();
-        put_meta(&store, b"audit/head", old_head.clone());
-        head
+        store.get(Keyspace::Meta, b"audit/head").unwrap().unwrap()
     };
-    let err = try_start(&vault.data_dir()).await.err().unwrap_or_default();
-    assert!(err.contains("come after the signed head"), "{err}");
-    // Every signed statement removed, so there is no head to be out of step with.
+    rewrite(&vault.data_dir(), &entries, &old_head);
     {
         let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
-        let mut b = Batch::new();
-        for (k, _) in store.scan_prefix(Keyspace::Meta, b"audit/").unwrap() {
-            b.delete(Keyspace::Meta, k);
-        }
-        store.write(b).unwrap();
+        put_meta(
+            &store,
+            b"audit/head",
+            serde_json::to_vec(&old_head).unwrap(),
+        );
     }
     let err = try_start(&vault.data_dir()).await.err().unwrap_or_default();
-    assert!(err.contains("no signed head"), "{err}");
-    // The real head back (the kept checkpoints are gone, the head alone covers the log).
+    assert!(err.contains("come after the signed head"), "{err}");
+    // A head not signed by the vault.
+    let forged = Checkpoint {
+        signature: "00".repeat(64),
+        ..head.clone()
+    };
+    rewrite(&vault.data_dir(), &entries, &forged);
     {
         let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
-        put_meta(&store, b"audit/head", original);
+        put_meta(&store, b"audit/head", serde_json::to_vec(&forged).unwrap());
+    }
+    let err = try_start(&vault.data_dir()).await.err().unwrap_or_default();
+    assert!(err.contains("does not verify"), "{err}");
+    // The real head back.
+    rewrite(&vault.data_dir(), &entries, &head);
+    {
+        let store = RocksStore::open(&vault.data_dir().join("db")).unwrap();
+        put_meta(&store, b"audit/head", meta_head);
     }
     vault.restart().await;
     let report = verify(&mut vault.admin().await).await;
@@ -858,4 +940,122 @@ fn put_meta(store: &RocksStore, key: &[u8], value: Vec<u8>) {
     let mut b = Batch::new();
     b.put(Keyspace::Meta, key.to_vec(), value);
     store.write(b).unwrap();
+}
+
+/// The audit log under kill -9: readers and writers in flight, the process killed at a random
+/// moment, restarted three times. Every read and create that was answered has its event after
+/// the restart (a read's event is durable before its data leaves), a torn tail is cut, and the
+/// chain verifies end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_appends_loses_no_acknowledged_event() {
+    use rand::Rng;
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut vault = ChildVault::start(&data);
+    let token = vault.token.clone().unwrap();
+    let mut admin = strongroom::client::connect(&vault.addr, &token)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0u8..64 {
+        let tag: String = [b'a' + i / 26, b'a' + i % 26]
+            .map(char::from)
+            .iter()
+            .collect();
+        ids.push(create(&mut admin, customer(&tag)).await);
+    }
+    let ids = Arc::new(ids);
+    // Per record id, the reads answered; and the records created and answered.
+    let mut acked_reads: HashMap<String, u64> = HashMap::new();
+    let mut acked_creates: Vec<String> = Vec::new();
+    for round in 0..3 {
+        let client = strongroom::client::connect(&vault.addr, &token)
+            .await
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (mut client, ids, stop) = (client.clone(), Arc::clone(&ids), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let (mut reads, mut creates) = (Vec::new(), Vec::new());
+                    let mut n = t;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        if t == 0 && n % 4 == 0 {
+                            let created = client
+                                .records
+                                .create_record(pb::CreateRecordRequest {
+                                    collection: "customers".into(),
+                                    fields: customer("killed"),
+                                    honeytoken: false,
+                                })
+                                .await;
+                            match created {
+                                Ok(r) => creates.push(r.into_inner().id),
+                                Err(_) => break,
+                            }
+                            continue;
+                        }
+                        let id = &ids[n % ids.len()];
+                        match get(&mut client, id, "support").await {
+                            Ok(_) => reads.push(id.clone()),
+                            Err(_) => break,
+                        }
+                    }
+                    (reads, creates)
+                })
+            })
+            .collect();
+        let wait = rand::thread_rng().gen_range(300..900);
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        vault.kill();
+        stop.store(true, Ordering::SeqCst);
+        for task in tasks {
+            let (reads, creates) = task.await.unwrap();
+            for id in reads {
+                *acked_reads.entry(id).or_default() += 1;
+            }
+            acked_creates.extend(creates);
+        }
+        vault = ChildVault::start(&data);
+        let total: u64 = acked_reads.values().sum();
+        eprintln!(
+            "round {round}: {total} reads and {} creates acknowledged so far",
+            acked_creates.len()
+        );
+    }
+    let mut admin = strongroom::client::connect(&vault.addr, &token)
+        .await
+        .unwrap();
+    let events = events_after(&mut admin, 0).await;
+    let mut logged: HashMap<String, u64> = HashMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.method == "Records/GetRecord" && e.result == "OK")
+    {
+        *logged.entry(e.record_id.clone()).or_default() += 1;
+    }
+    assert!(
+        acked_reads.values().sum::<u64>() > 100,
+        "too few reads to mean anything"
+    );
+    for (id, n) in &acked_reads {
+        let have = logged.get(id).copied().unwrap_or(0);
+        assert!(
+            have >= *n,
+            "record {id}: {n} reads answered, {have} in the log"
+        );
+    }
+    for id in &acked_creates {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.method == "Records/CreateRecord" && e.record_id == *id),
+            "the create of {id} was answered but is not in the log"
+        );
+        get(&mut admin, id, "support").await.unwrap();
+    }
+    let report = verify(&mut admin).await;
+    assert!(report.ok, "{report:?}");
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    AuditError, Event, HEAD_KEY, Job,
+    AuditError, Event, Job,
     chain::{Checkpoint, Keys, checkpoint_key, decode_stored, encode_stored},
+    log::{Append, AppendFailed, Chained, EventLog},
 };
-use crate::storage::{Batch, Keyspace, Store};
+use crate::storage::{Batch, Keyspace};
 
 /// Jobs taken into one batch at most.
 const MAX_JOBS_PER_BATCH: usize = 1024;
@@ -32,19 +33,14 @@ impl State {
     /// The state after the last stored event (genesis when there is none). If the signed head
     /// checkpoint is ahead of the last event, the tail was cut off: the chain continues after
     /// the checkpoint, so the gap stays visible to verification instead of being papered over.
-    pub(super) fn load(store: &dyn Store, keys: &Keys) -> Result<Self, AuditError> {
-        let mut state = match store.last(Keyspace::Audit)? {
+    pub(super) fn load(log: &dyn EventLog, keys: &Keys) -> Result<Self, AuditError> {
+        let mut state = match log.last()? {
             None => Self {
                 seq: 0,
                 head: [0; 32],
                 last_time_ms: 0,
             },
-            Some((key, value)) => {
-                let seq = u64::from_be_bytes(
-                    key.as_slice()
-                        .try_into()
-                        .map_err(|_| AuditError("a malformed audit key".into()))?,
-                );
+            Some((seq, value)) => {
                 let (event, mac) = decode_stored(&value).ok_or_else(|| {
                     AuditError(format!(
                         "audit event {seq} is malformed; run `strongroom audit verify`"
@@ -57,7 +53,8 @@ impl State {
                 }
             }
         };
-        if let Some(head) = Checkpoint::load(store, HEAD_KEY)?
+        let head = log.head()?;
+        if let Some(head) = &head
             && !head.valid(&keys.public)
         {
             return Err(AuditError(
@@ -67,7 +64,6 @@ impl State {
                     .into(),
             ));
         }
-        let head = Checkpoint::load_valid(store, keys, HEAD_KEY)?;
         // The head moves in the same batch as every event: a log that does not end where its
         // signed head says was changed without the signing key (the chain hashes are public),
         // and the vault must not sign over it.
@@ -119,11 +115,13 @@ impl State {
 }
 
 pub(super) struct Appender {
-    pub(super) store: Arc<dyn Store>,
+    pub(super) log: Arc<dyn EventLog>,
     pub(super) keys: Arc<Keys>,
     pub(super) live: broadcast::Sender<Arc<Event>>,
     pub(super) state: State,
     pub(super) checkpoint_every: u64,
+    /// Events to append before the first job (what the log found at open).
+    pub(super) initial: Vec<Event>,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -141,6 +139,15 @@ impl Appender {
                 }
             }
         };
+        let initial = std::mem::take(&mut self.initial);
+        if !initial.is_empty() {
+            self.commit(vec![Job {
+                batch: Batch::new(),
+                events: initial,
+                checkpoint: false,
+                reply: None,
+            }]);
+        }
         while let Some(first) = jobs.blocking_recv() {
             let mut taken = vec![first];
             drain(&mut jobs, &mut taken);
@@ -160,61 +167,65 @@ impl Appender {
     fn commit(&mut self, mut jobs: Vec<Job>) {
         let mut next = self.state;
         let time = now_ms().max(next.last_time_ms);
-        let mut batch = Batch::new();
+        let mut writes = Batch::new();
         let mut seqs: Vec<Vec<u64>> = Vec::with_capacity(jobs.len());
         let mut force_checkpoint = false;
-        let mut committed: Vec<Arc<Event>> = Vec::new();
+        let mut chained: Vec<Chained> = Vec::new();
         for job in &mut jobs {
-            batch.append(std::mem::take(&mut job.batch));
+            writes.append(std::mem::take(&mut job.batch));
             force_checkpoint |= job.checkpoint;
             let mut job_seqs = Vec::with_capacity(job.events.len());
             for mut event in std::mem::take(&mut job.events) {
                 next.seq += 1;
                 event.seq = next.seq;
                 event.time_ms = time;
-                let (value, mac) = encode_stored(&event, &next.head);
-                batch.put(Keyspace::Audit, next.seq.to_be_bytes().to_vec(), value);
+                let (stored, mac) = encode_stored(&event, &next.head);
                 next.head = mac;
                 job_seqs.push(next.seq);
-                if self.live.receiver_count() > 0 {
-                    committed.push(Arc::new(event));
-                }
+                chained.push(Chained { event, mac, stored });
             }
             seqs.push(job_seqs);
         }
         next.last_time_ms = time;
-        if next.seq != self.state.seq || force_checkpoint {
-            let checkpoint = match Checkpoint::sign(&self.keys, next.seq, next.head, time) {
-                Ok(checkpoint) => checkpoint,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit batch failed; its requests fail closed");
-                    for job in jobs {
-                        if let Some(reply) = job.reply {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                    return;
+        let fail = |jobs: Vec<Job>, e: &AuditError| {
+            tracing::error!(error = %e, "audit batch failed; its requests fail closed");
+            for job in jobs {
+                if let Some(reply) = job.reply {
+                    let _ = reply.send(Err(e.clone()));
                 }
-            };
-            let bytes = checkpoint.encode();
-            // The head checkpoint moves with every batch: a truncated tail is seen against it.
-            batch.put(Keyspace::Meta, HEAD_KEY.to_vec(), bytes.clone());
-            let crossed = next.seq / self.checkpoint_every > self.state.seq / self.checkpoint_every;
-            if crossed || force_checkpoint {
-                batch.put(Keyspace::Meta, checkpoint_key(next.seq), bytes);
             }
-        }
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            self.store.write(batch)
         };
-        match result {
+        if next.seq == self.state.seq && !force_checkpoint && writes.is_empty() {
+            for job in jobs {
+                if let Some(reply) = job.reply {
+                    let _ = reply.send(Ok(Vec::new()));
+                }
+            }
+            return;
+        }
+        let head = match Checkpoint::sign(&self.keys, next.seq, next.head, time) {
+            Ok(checkpoint) => checkpoint,
+            Err(e) => return fail(jobs, &e),
+        };
+        let crossed = next.seq / self.checkpoint_every > self.state.seq / self.checkpoint_every;
+        let durable = crossed || force_checkpoint;
+        if durable {
+            writes.put(Keyspace::Meta, checkpoint_key(next.seq), head.encode());
+        }
+        let appended = self.log.append(Append {
+            events: &chained,
+            head: &head,
+            writes,
+            durable,
+        });
+        match appended {
             Ok(()) => {
                 self.state = next;
-                for event in committed {
-                    // No receiver is fine: nobody is following.
-                    let _ = self.live.send(event);
+                if self.live.receiver_count() > 0 {
+                    for c in chained {
+                        // No receiver is fine: nobody is following.
+                        let _ = self.live.send(Arc::new(c.event));
+                    }
                 }
                 for (job, seqs) in jobs.into_iter().zip(seqs) {
                     if let Some(reply) = job.reply {
@@ -222,14 +233,37 @@ impl Appender {
                     }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "audit batch failed; its requests fail closed");
-                for job in jobs {
-                    if let Some(reply) = job.reply {
-                        let _ = reply.send(Err(AuditError(e.to_string())));
-                    }
+            Err(AppendFailed {
+                error,
+                events_durable,
+            }) => {
+                fail(jobs, &error);
+                if events_durable {
+                    // The events are in the chain, their writes are not: say so in the chain.
+                    self.state = next;
+                    let first = chained.first().map_or(next.seq, |c| c.event.seq);
+                    self.commit(vec![Job {
+                        batch: Batch::new(),
+                        events: vec![writes_not_applied(first, next.seq, "the data write failed")],
+                        checkpoint: false,
+                        reply: None,
+                    }]);
                 }
             }
         }
+    }
+}
+
+/// The event that says events `first` to `last` describe calls whose writes were not applied
+/// (and which were answered with an error, or not at all).
+pub(super) fn writes_not_applied(first: u64, last: u64, why: &str) -> Event {
+    Event {
+        method: "Audit/WritesNotApplied".into(),
+        result: "OK".into(),
+        detail: format!(
+            "events {first} to {last} were recorded but the writes of their calls were not \
+             applied ({why}); those calls were not acknowledged"
+        ),
+        ..Event::default()
     }
 }

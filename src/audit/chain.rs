@@ -90,15 +90,6 @@ impl Checkpoint {
         read_checkpoint(store, key)
     }
 
-    /// The checkpoint stored under `key` in `meta`, if present and validly signed.
-    pub(super) fn load_valid(
-        store: &dyn Store,
-        keys: &Keys,
-        key: &[u8],
-    ) -> Result<Option<Self>, AuditError> {
-        Ok(read_checkpoint(store, key)?.filter(|c| c.valid(&keys.public)))
-    }
-
     pub(super) fn head_bytes(&self) -> Option<[u8; 32]> {
         let mut out = [0u8; 32];
         hex::decode_to_slice(&self.head, &mut out)
@@ -149,6 +140,14 @@ pub(super) fn encode_stored(event: &Event, prev: &[u8; 32]) -> (Vec<u8>, [u8; 32
     (bytes, mac)
 }
 
+/// The stored bytes of `event` with the chain hash `mac` it was stored with.
+pub(super) fn encode_stored_with_mac(event: &Event, mac: &[u8; 32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    codec::encode(event, &mut bytes);
+    bytes.extend_from_slice(mac);
+    bytes
+}
+
 /// Splits stored bytes into the event and its MAC.
 pub(super) fn decode_stored(value: &[u8]) -> Option<(Event, [u8; 32])> {
     let split = value.len().checked_sub(MAC_LEN)?;
@@ -164,13 +163,6 @@ pub(super) fn read_checkpoint(
     Ok(store
         .get(Keyspace::Meta, key)?
         .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
-}
-
-/// The smallest key after `key` (for paging through a keyspace).
-pub(super) fn next_key(key: &[u8]) -> Vec<u8> {
-    let mut k = key.to_vec();
-    k.push(0);
-    k
 }
 
 /// The newest valid durable checkpoint older than `cut_ms`.

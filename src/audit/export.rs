@@ -25,15 +25,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditError, Event, Filter, HEAD_KEY,
-    chain::{Checkpoint, Keys, checkpoint_key, decode_stored, next_key, read_checkpoint},
+    AuditError, Event, Filter,
+    chain::{Checkpoint, Keys, checkpoint_key, decode_stored, read_checkpoint},
     codec,
+    log::EventLog,
     verify::Walk,
 };
-use crate::{
-    crypto::PublicKey,
-    storage::{Keyspace, Store},
-};
+use crate::{crypto::PublicKey, storage::Store};
 
 /// The format name in the first line of every export.
 pub const EXPORT_FORMAT: &str = "strongroom-audit-export/v1";
@@ -95,22 +93,19 @@ const CHUNK_EVENTS: usize = 500;
 impl Export {
     /// Starts an export of the events `filter` passes, up to the current signed head.
     pub(super) fn begin(
+        log: &dyn EventLog,
         store: &dyn Store,
         keys: &Keys,
         filter: Filter,
         now_ms: i64,
     ) -> Result<Self, AuditError> {
-        let head = Checkpoint::load_valid(store, keys, HEAD_KEY)?;
+        let head = log.head()?.filter(|c| c.valid(&keys.public));
         let complete = Filter {
             from_ms: None,
             to_ms: None,
             ..filter.clone()
         } == Filter::default();
-        let first = store
-            .scan_range(Keyspace::Audit, &[], None, 1)?
-            .first()
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
-            .map_or(1, u64::from_be_bytes);
+        let first = log.first_seq()?.unwrap_or(1);
         // Before the first stored event: genesis, or the checkpoint the log was pruned at.
         let prev = if first <= 1 {
             Some([0; 32])
@@ -132,7 +127,11 @@ impl Export {
     }
 
     /// The next lines of the export; `None` once it is complete.
-    pub(super) fn chunk(&mut self, store: &dyn Store) -> Result<Option<String>, AuditError> {
+    pub(super) fn chunk(
+        &mut self,
+        log: &dyn EventLog,
+        store: &dyn Store,
+    ) -> Result<Option<String>, AuditError> {
         if self.done {
             return Ok(None);
         }
@@ -140,20 +139,12 @@ impl Export {
         let mut out = String::new();
         let mut taken = 0usize;
         while taken < CHUNK_EVENTS && self.next <= end {
-            let chunk = store.scan_range(
-                Keyspace::Audit,
-                &self.next.to_be_bytes(),
-                Some(&next_key(&end.to_be_bytes())),
-                CHUNK_EVENTS,
-            )?;
+            let chunk = log.scan(self.next, Some(end), CHUNK_EVENTS)?;
             if chunk.is_empty() {
                 self.next = end + 1;
                 break;
             }
-            for (key, value) in chunk {
-                let seq = <[u8; 8]>::try_from(key.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| AuditError("a malformed key in the audit keyspace".into()))?;
+            for (seq, value) in chunk {
                 let (event, hash) = decode_stored(&value).ok_or_else(|| {
                     AuditError(format!(
                         "audit event {seq} is malformed; run `strongroom audit verify`"
@@ -499,8 +490,8 @@ mod tests {
                 Arc::new(MemoryStore::new()),
                 ring,
                 AuditOptions {
-                    retention_days: None,
                     checkpoint_every: 10,
+                    ..AuditOptions::default()
                 },
             )
             .unwrap_or_else(|e| panic!("{e}")),

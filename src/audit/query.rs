@@ -1,10 +1,7 @@
 //! Queries over the log: filters and paging by sequence number.
 
-use super::{
-    AuditError, Event,
-    chain::{decode_stored, next_key},
-};
-use crate::storage::{Keyspace, Store};
+use super::log::EventLog;
+use super::{AuditError, Event, chain::decode_stored};
 
 /// What an event must match; empty fields match anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,28 +66,24 @@ impl Filter {
 const MAX_SCAN: usize = 200_000;
 
 pub(super) fn query(
-    store: &dyn Store,
+    log: &dyn EventLog,
     filter: &Filter,
     after_seq: u64,
     limit: usize,
 ) -> Result<(Vec<Event>, Option<u64>), AuditError> {
     let mut out = Vec::new();
     // Nothing comes after the largest sequence number (and `after_seq + 1` would overflow).
-    let Some(first) = after_seq.checked_add(1) else {
+    let Some(mut cursor) = after_seq.checked_add(1) else {
         return Ok((out, None));
     };
-    let mut cursor = first.to_be_bytes().to_vec();
     let mut scanned = 0usize;
     loop {
-        let chunk = store.scan_range(Keyspace::Audit, &cursor, None, 1024)?;
-        let Some((last_key, _)) = chunk.last() else {
+        let chunk = log.scan(cursor, None, 1024)?;
+        let Some(&(last, _)) = chunk.last() else {
             return Ok((out, None));
         };
-        cursor = next_key(last_key);
-        for (key, value) in chunk {
-            let seq = <[u8; 8]>::try_from(key.as_slice())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
+        cursor = last.saturating_add(1);
+        for (seq, value) in chunk {
             let (event, _) = decode_stored(&value).ok_or_else(|| {
                 AuditError(format!(
                     "audit event {seq} is malformed; run `strongroom audit verify`"
@@ -117,16 +110,20 @@ pub(super) fn query(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{Batch, MemoryStore};
+    use crate::{
+        audit::log::StoreLog,
+        storage::{Batch, Keyspace, MemoryStore, Store},
+    };
 
     #[test]
     fn a_query_after_the_last_possible_sequence_number_is_empty() {
-        let store = MemoryStore::new();
+        let store = std::sync::Arc::new(MemoryStore::new());
         let mut batch = Batch::new();
         batch.put(Keyspace::Audit, 1u64.to_be_bytes().to_vec(), b"x".to_vec());
         store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let log = StoreLog::new(store);
         let (events, next) =
-            query(&store, &Filter::default(), u64::MAX, 10).unwrap_or_else(|e| panic!("{}", e.0));
+            query(&log, &Filter::default(), u64::MAX, 10).unwrap_or_else(|e| panic!("{}", e.0));
         assert!(events.is_empty());
         assert_eq!(next, None);
     }

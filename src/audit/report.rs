@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
-use super::{AuditError, Event, Filter, query};
-use crate::storage::Store;
+use super::{AuditError, Event, Filter, log::EventLog, query};
 
 /// The field outcomes that disclose something (in the order the report lists them).
 pub const DISCLOSING_OUTCOMES: [&str; 3] = ["plain", "masked", "pseudonym"];
@@ -67,7 +66,7 @@ struct Tally {
 /// The report over the events `filter` passes (its time range, subject and field are used;
 /// with a field, only that field's disclosures count). Only successful calls that name a record
 /// count, and of those only the outcomes that disclosed something.
-pub(super) fn report(store: &dyn Store, filter: &Filter) -> Result<Report, AuditError> {
+pub(super) fn report(log: &dyn EventLog, filter: &Filter) -> Result<Report, AuditError> {
     let filter = Filter {
         outcome: Some("OK".into()),
         ..filter.clone()
@@ -76,7 +75,7 @@ pub(super) fn report(store: &dyn Store, filter: &Filter) -> Result<Report, Audit
     let mut matched = 0u64;
     let mut after = 0;
     loop {
-        let (events, next) = query::query(store, &filter, after, PAGE)?;
+        let (events, next) = query::query(log, &filter, after, PAGE)?;
         for e in &events {
             if e.result != "OK" {
                 // An outcome filter also passes an event with a field outcome `OK`: not a result.

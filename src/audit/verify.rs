@@ -6,11 +6,9 @@
 //! Depends on `chain` and `storage`; `query` and the appender do not depend on it.
 
 use super::{
-    AuditError, CHECKPOINT_PREFIX, HEAD_KEY,
-    chain::{
-        Checkpoint, Keys, MAC_LEN, chain_mac, checkpoint_key, decode_stored, next_key,
-        read_checkpoint,
-    },
+    AuditError, CHECKPOINT_PREFIX,
+    chain::{Checkpoint, Keys, MAC_LEN, chain_mac, checkpoint_key, decode_stored, read_checkpoint},
+    log::EventLog,
 };
 use crate::{
     crypto::PublicKey,
@@ -218,15 +216,13 @@ fn anchor_for(store: &dyn Store, keys: &Keys, from: u64) -> Result<Option<Checkp
 const MAX_CATCH_UP_ROUNDS: u32 = 8;
 
 pub(super) fn verify(
+    log: &dyn EventLog,
     store: &dyn Store,
     keys: &Keys,
     from: Option<u64>,
     to: Option<u64>,
 ) -> Result<VerifyReport, AuditError> {
-    let first_stored = store
-        .scan_range(Keyspace::Audit, &[], None, 1)?
-        .first()
-        .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes));
+    let first_stored = log.first_seq()?;
     let from = from.unwrap_or(first_stored.unwrap_or(1)).max(1);
     let mut report = VerifyReport {
         from,
@@ -268,7 +264,7 @@ pub(super) fn verify(
         }
     }
     let end = to.unwrap_or(u64::MAX);
-    let mut cursor = walk.last().0.saturating_add(1).to_be_bytes().to_vec();
+    let mut cursor = walk.last().0.saturating_add(1);
     // The head is read after the events: it moves in the batch of every append, so a head read
     // later covers every event the scan saw, and one ahead of the scan means events were
     // appended meanwhile (scanned in another round). Read before, a concurrent append would
@@ -276,22 +272,17 @@ pub(super) fn verify(
     let mut rounds = 0;
     let head = loop {
         'scan: loop {
-            let chunk = store.scan_range(Keyspace::Audit, &cursor, None, 4096)?;
-            let Some((last_key, _)) = chunk.last() else {
+            // Damage the log itself finds (a frame that fails its checksum) is a problem at
+            // the next event, like any other alteration.
+            let chunk = match log.scan(cursor, None, 4096) {
+                Ok(chunk) => chunk,
+                Err(e) => return fail(report, (walk.last().0 + 1, e.0)),
+            };
+            let Some(&(last, _)) = chunk.last() else {
                 break;
             };
-            cursor = next_key(last_key);
-            for (key, value) in chunk {
-                let Ok(seq_bytes) = <[u8; 8]>::try_from(key.as_slice()) else {
-                    return fail(
-                        report,
-                        (
-                            walk.last().0 + 1,
-                            "a malformed key in the audit keyspace".into(),
-                        ),
-                    );
-                };
-                let seq = u64::from_be_bytes(seq_bytes);
+            cursor = last.saturating_add(1);
+            for (seq, value) in chunk {
                 if seq > end {
                     break 'scan;
                 }
@@ -339,7 +330,7 @@ pub(super) fn verify(
                 }
             }
         }
-        let head = read_checkpoint(store, HEAD_KEY)?;
+        let head = log.head()?;
         match &head {
             Some(h) if !h.valid(&keys.public) => {
                 return fail(

@@ -234,6 +234,15 @@ impl Vault {
         self.running = Some(running);
     }
 
+    /// The audit log's events as the chain stores them (each event's encoding and hash), read
+    /// from its segment files with the server stopped; then starts the server again.
+    pub async fn audit_entries(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.stop().await;
+        let out = audit_entries_in(&self.data_dir());
+        self.restart().await;
+        out
+    }
+
     /// Runs `f` on the raw store with the server stopped, then starts the server again.
     pub async fn with_store<T>(&mut self, f: impl FnOnce(&RocksStore) -> T) -> T {
         self.stop().await;
@@ -244,6 +253,20 @@ impl Vault {
         self.restart().await;
         out
     }
+}
+
+/// The events of the audit log in the segment files of the stopped vault with `data_dir`.
+pub fn audit_entries_in(data_dir: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
+    use strongroom::audit::{EventLog, SegmentLog};
+    let store: std::sync::Arc<dyn strongroom::storage::Store> =
+        std::sync::Arc::new(RocksStore::open(&data_dir.join("db")).unwrap());
+    let log = SegmentLog::open(
+        &data_dir.join(strongroom::server::AUDIT_DIR),
+        store,
+        strongroom::audit::SEGMENT_BYTES,
+    )
+    .unwrap();
+    log.scan(0, None, usize::MAX).unwrap()
 }
 
 /// A store over a real one that fails, stalls or counts on demand, as a failing disk would;

@@ -438,12 +438,10 @@ async fn the_audit_log_keeps_the_reason_and_never_the_source_evidence_or_values(
     .await;
     assert_eq!(by_reason.len(), 1);
 
-    let audit = vault
-        .with_store(|store| store.scan_prefix(Keyspace::Audit, b"").unwrap())
-        .await;
+    let audit = vault.audit_entries().await;
     let raw: Vec<u8> = audit
         .into_iter()
-        .flat_map(|(k, v)| [k, v].concat())
+        .flat_map(|(seq, v)| [seq.to_be_bytes().to_vec(), v].concat())
         .collect();
     for needle in [
         "secret-source-7781",

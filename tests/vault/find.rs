@@ -288,15 +288,11 @@ async fn a_find_is_audited_with_the_field_and_count_never_the_value() {
     assert!(reads[0].fields.iter().any(|f| f.field == "ssn"));
 
     let raw: Vec<Vec<u8>> = vault
-        .with_store(|store| {
-            store
-                .scan_prefix(Keyspace::Audit, b"")
-                .unwrap()
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect()
-        })
-        .await;
+        .audit_entries()
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     assert!(raw.len() > 3);
     for needle in [
         "audit.needle",

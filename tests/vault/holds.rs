@@ -282,19 +282,22 @@ async fn a_held_record_refuses_shred_and_erasure_until_released_and_the_refusals
     );
 
     // The reason is nowhere in the log's stored bytes; it is in the holds' own entry.
-    let (audit, meta) = vault
-        .with_store(|store| {
-            let all = |ks| -> Vec<u8> {
-                store
-                    .scan_prefix(ks, b"")
-                    .unwrap()
-                    .into_iter()
-                    .flat_map(|(k, v)| k.into_iter().chain(v))
-                    .collect()
-            };
-            (all(Keyspace::Audit), all(Keyspace::Meta))
+    let meta = vault
+        .with_store(|store| -> Vec<u8> {
+            store
+                .scan_prefix(Keyspace::Meta, b"")
+                .unwrap()
+                .into_iter()
+                .flat_map(|(k, v)| k.into_iter().chain(v))
+                .collect()
         })
         .await;
+    let audit: Vec<u8> = vault
+        .audit_entries()
+        .await
+        .into_iter()
+        .flat_map(|(_, v)| v)
+        .collect();
     let contains =
         |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
     assert!(audit.len() > 1000);

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use strongroom::{
     api::pb::{self, Disclosure},
     domain::Clock,
-    storage::{Keyspace, Store},
 };
 use tonic::Code;
 
@@ -366,15 +365,11 @@ async fn the_cli_export_writes_what_the_policy_allows_and_the_audit_holds_no_val
         .map(String::from),
     );
     let audit: Vec<Vec<u8>> = vault
-        .with_store(|store| {
-            store
-                .scan_range(Keyspace::Audit, &[], None, usize::MAX)
-                .unwrap()
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect()
-        })
-        .await;
+        .audit_entries()
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     assert!(audit.len() > 10);
     let mut found = BTreeMap::new();
     for needle in &needles {

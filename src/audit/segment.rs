@@ -1,0 +1,864 @@
+//! The embedded vault's event log: append-only segment files in `<data dir>/audit`, one frame
+//! (`frame`) per append, written with one `write` and one `fdatasync`: no memtable, no
+//! compaction, nothing more to pay for an event once it is durable.
+//!
+//! A segment is named by the first sequence number it may hold (20 digits, `.seg`), and ends
+//! after a frame whose head is also a durable checkpoint once it has grown past its size, so a
+//! pruned log always starts right after a checkpoint. The data writes of an append go to the
+//! store after its frame is durable, with the head and the last sequence number whose writes
+//! were applied (`audit/applied`): a crash in between leaves events whose writes were never
+//! applied (and whose calls were never answered), which `unapplied` reports at the next start.
+//!
+//! At open, the last segment is read through: a frame cut short by a crash (a torn tail, with
+//! no valid frame after it) is cut off and the cut logged; damage anywhere else is refused.
+
+use std::{
+    fs::{self, File},
+    io::Write as _,
+    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use super::{
+    AuditError, HEAD_KEY,
+    chain::Checkpoint,
+    frame::{self, FLAG_DURABLE, FLAG_WRITES, HEADER, Header, ToFrame},
+    log::{Append, AppendFailed, EventLog, StoredEvents},
+};
+use crate::storage::{Keyspace, Store};
+
+/// The last sequence number whose frame's data writes were applied (in `meta`).
+pub(crate) const APPLIED_KEY: &[u8] = b"audit/applied";
+
+/// A segment is closed at the next durable checkpoint after it reaches this size.
+pub const SEGMENT_BYTES: u64 = 32 << 20;
+
+#[derive(Debug, Clone)]
+struct Segment {
+    /// The first sequence number it may hold (its name).
+    first: u64,
+    path: PathBuf,
+    /// Bytes of whole, durable frames.
+    len: u64,
+}
+
+struct Active {
+    file: File,
+    /// The segment is to be closed before the next append.
+    close: bool,
+    /// A failed write could not be undone: nothing more is appended until a restart.
+    broken: bool,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    active: Active,
+    last: Option<(u64, Vec<u8>)>,
+    head: Option<Checkpoint>,
+}
+
+/// Events in segment files.
+pub struct SegmentLog {
+    dir: PathBuf,
+    store: Arc<dyn Store>,
+    segment_bytes: u64,
+    state: Mutex<State>,
+    unapplied: Option<(u64, u64)>,
+}
+
+fn io_error(what: &str, path: &Path, e: &std::io::Error) -> AuditError {
+    AuditError(format!("audit segment {}: {what}: {e}", path.display()))
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+/// The segments in `dir`, oldest first.
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, AuditError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, &e))? {
+        let entry = entry.map_err(|e| io_error("cannot list", dir, &e))?;
+        let name = entry.file_name();
+        let Some(first) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .filter(|n| n.len() == 20)
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let len = entry
+            .metadata()
+            .map_err(|e| io_error("cannot read", &path, &e))?
+            .len();
+        segments.push(Segment { first, path, len });
+    }
+    segments.sort_by_key(|s| s.first);
+    Ok(segments)
+}
+
+/// A frame read from a segment file.
+struct Read {
+    header: Header,
+    offset: u64,
+    payload: Vec<u8>,
+}
+
+/// Reads the frame at `offset` of `file` (of `len` bytes): `Ok(None)` at the end, `Err(offset)`
+/// if what is there is not a whole, intact frame.
+fn read_frame(file: &File, offset: u64, len: u64) -> Result<Option<Read>, u64> {
+    if offset >= len {
+        return Ok(None);
+    }
+    let mut header_bytes = [0u8; HEADER];
+    if len - offset < HEADER as u64 || file.read_exact_at(&mut header_bytes, offset).is_err() {
+        return Err(offset);
+    }
+    let header = Header::parse(&header_bytes).ok_or(offset)?;
+    let start = offset + HEADER as u64;
+    if len - start < u64::from(header.len) {
+        return Err(offset);
+    }
+    let mut payload = vec![0u8; header.len as usize];
+    file.read_exact_at(&mut payload, start)
+        .map_err(|_| offset)?;
+    if !header.checks(&header_bytes, &payload) {
+        return Err(offset);
+    }
+    Ok(Some(Read {
+        header,
+        offset,
+        payload,
+    }))
+}
+
+/// Where the first intact frame after `offset` in `file` starts, if any: then the bytes at
+/// `offset` are damage, not a tail torn by a crash.
+fn next_intact_frame(file: &File, offset: u64, len: u64) -> Option<u64> {
+    let size = usize::try_from(len - offset).ok()?;
+    let mut rest = vec![0u8; size];
+    file.read_exact_at(&mut rest, offset).ok()?;
+    let magic = frame::MAGIC.to_le_bytes();
+    (1..rest.len().saturating_sub(HEADER - 1))
+        .filter(|&at| rest.get(at..at + 4) == Some(&magic[..]))
+        .map(|at| offset + at as u64)
+        .find(|&at| read_frame(file, at, len).is_ok_and(|f| f.is_some()))
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the log in `dir`, writing data writes to `store`, and closes segments
+    /// past `segment_bytes`. Cuts off a torn tail.
+    ///
+    /// # Errors
+    /// `AuditError` if the directory cannot be read or a segment is damaged other than at its
+    /// tail.
+    pub fn open(dir: &Path, store: Arc<dyn Store>, segment_bytes: u64) -> Result<Self, AuditError> {
+        crate::files::private_dir(dir, "audit log directory").map_err(AuditError)?;
+        let listed = list_segments(dir)?;
+        if listed.is_empty() && store.last(Keyspace::Audit)?.is_some() {
+            migrate_from_store(dir, store.as_ref())?;
+        }
+        let mut segments = list_segments(dir)?;
+        clear_store_log(store.as_ref())?;
+        let applied = store
+            .get(Keyspace::Meta, APPLIED_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+
+        // Read the last segment through, cutting off a torn tail. A bad frame is a torn tail
+        // only if nothing intact follows it and the store's copy of the head (written only
+        // after a frame is durable) does not cover it; anything else is damage, kept for
+        // verification to name, and appends go on in a new segment.
+        let stored_head = Checkpoint::load(store.as_ref(), HEAD_KEY)?.map_or(0, |h| h.seq);
+        let mut last_frame = None;
+        let mut damaged = false;
+        if let Some(seg) = segments.last_mut() {
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .open(&seg.path)
+                .map_err(|e| io_error("cannot open", &seg.path, &e))?;
+            let mut offset = 0;
+            loop {
+                match read_frame(&file, offset, seg.len) {
+                    Ok(Some(read)) => {
+                        offset = read.offset + HEADER as u64 + u64::from(read.header.len);
+                        last_frame = Some(read);
+                    }
+                    Ok(None) => break,
+                    Err(at) => {
+                        let next = next_intact_frame(&file, at, seg.len);
+                        let first_bad = last_frame
+                            .as_ref()
+                            .map_or(seg.first, |r: &Read| r.header.end_seq());
+                        if next.is_some() || stored_head >= first_bad {
+                            tracing::error!(
+                                segment = %seg.path.display(),
+                                at,
+                                "the audit log is damaged (not a write cut short by a crash): kept for `strongroom audit verify` to name; appends go on in a new segment"
+                            );
+                            damaged = true;
+                            match next {
+                                Some(next) => offset = next,
+                                None => break,
+                            }
+                            continue;
+                        }
+                        tracing::warn!(
+                            segment = %seg.path.display(),
+                            at,
+                            cut = seg.len - at,
+                            "the audit log's last write was cut short by a crash; its torn tail is removed (that batch was never acknowledged)"
+                        );
+                        file.set_len(at)
+                            .and_then(|()| file.sync_all())
+                            .map_err(|e| io_error("cannot cut the torn tail of", &seg.path, &e))?;
+                        seg.len = at;
+                        break;
+                    }
+                }
+            }
+        }
+        let mut last = None;
+        let mut head = None;
+        let mut unapplied = None;
+        match &last_frame {
+            Some(read) => {
+                let decoded = frame::decode(&read.header, &read.payload).ok_or_else(|| {
+                    AuditError("the last audit frame does not decode; refusing to start".into())
+                })?;
+                head = Some(decoded.head);
+                last = decoded.events.last().cloned();
+                if read.header.flags & FLAG_WRITES != 0
+                    && read.header.count > 0
+                    && read.header.end_seq() - 1 > applied
+                {
+                    unapplied = Some((read.header.first_seq, read.header.end_seq() - 1));
+                }
+            }
+            // An empty last segment (just started): the events end in the one before it.
+            None => {
+                if let Some(prev) = segments.len().checked_sub(2)
+                    && let Some((events, signed)) = last_of(&segments[prev])?
+                {
+                    last = events;
+                    head = Some(signed);
+                }
+            }
+        }
+        if segments.is_empty() {
+            // A new log continues after the signed head the store knows (0 for a new vault).
+            let after = Checkpoint::load(store.as_ref(), HEAD_KEY)?.map_or(0, |h| h.seq);
+            let path = segment_path(dir, after + 1);
+            create_segment(dir, &path)?;
+            segments.push(Segment {
+                first: after + 1,
+                path,
+                len: 0,
+            });
+        }
+        let file = match segments.last() {
+            Some(seg) => open_for_append(&seg.path)?,
+            None => return Err(AuditError("the audit log has no segment".into())),
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            store,
+            segment_bytes,
+            state: Mutex::new(State {
+                segments,
+                active: Active {
+                    file,
+                    close: damaged,
+                    broken: false,
+                },
+                last,
+                head,
+            }),
+            unapplied,
+        })
+    }
+
+    /// Events `(first, last)` written to the log before a crash whose data writes were never
+    /// applied (their calls were never answered).
+    pub fn unapplied(&self) -> Option<(u64, u64)> {
+        self.unapplied
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_frame(
+        &self,
+        state: &mut State,
+        bytes: &[u8],
+        durable: bool,
+    ) -> Result<(), AuditError> {
+        if state.active.broken {
+            return Err(AuditError(
+                "the audit log could not undo a failed write; restart the vault".into(),
+            ));
+        }
+        if state.active.close {
+            self.close_segment(state)?;
+        }
+        let Some(seg) = state.segments.last_mut() else {
+            return Err(AuditError("the audit log has no segment".into()));
+        };
+        let written = state
+            .active
+            .file
+            .write_all(bytes)
+            .and_then(|()| state.active.file.sync_data());
+        if let Err(e) = written {
+            // Undo the partial frame so the next append does not follow garbage.
+            if state
+                .active
+                .file
+                .set_len(seg.len)
+                .and_then(|()| state.active.file.sync_data())
+                .is_err()
+            {
+                state.active.broken = true;
+            }
+            return Err(io_error("cannot append to", &seg.path, &e));
+        }
+        seg.len += bytes.len() as u64;
+        if durable && seg.len >= self.segment_bytes {
+            state.active.close = true;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment after the last event.
+    fn close_segment(&self, state: &mut State) -> Result<(), AuditError> {
+        let first = state.last.as_ref().map_or(1, |(seq, _)| seq + 1);
+        let path = segment_path(&self.dir, first);
+        create_segment(&self.dir, &path)?;
+        state.active.file = open_for_append(&path)?;
+        state.segments.push(Segment {
+            first,
+            path,
+            len: 0,
+        });
+        state.active.close = false;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Vec<Segment> {
+        self.state().segments.clone()
+    }
+}
+
+/// The last event and head of `seg`, by reading it through.
+#[allow(clippy::type_complexity)]
+fn last_of(seg: &Segment) -> Result<Option<(Option<(u64, Vec<u8>)>, Checkpoint)>, AuditError> {
+    let mut found = None;
+    frames(seg, 0, |read| {
+        found = Some(read);
+        true
+    })?;
+    let Some(read) = found else {
+        return Ok(None);
+    };
+    let frame = frame::decode(&read.header, &read.payload).ok_or_else(|| damaged(seg, &read))?;
+    Ok(Some((frame.events.last().cloned(), frame.head)))
+}
+
+/// Calls `visit` with each intact frame of `seg` whose events end after `from`, in order,
+/// until it returns false.
+fn frames(seg: &Segment, from: u64, mut visit: impl FnMut(Read) -> bool) -> Result<(), AuditError> {
+    let file = File::open(&seg.path).map_err(|e| io_error("cannot open", &seg.path, &e))?;
+    let mut offset = 0;
+    let mut header_bytes = [0u8; HEADER];
+    while offset < seg.len {
+        file.read_exact_at(&mut header_bytes, offset)
+            .map_err(|e| io_error("cannot read", &seg.path, &e))?;
+        let header = Header::parse(&header_bytes).ok_or_else(|| {
+            AuditError(format!(
+                "audit segment {} is damaged at byte {offset}: run `strongroom audit verify`",
+                seg.path.display()
+            ))
+        })?;
+        let next = offset + HEADER as u64 + u64::from(header.len);
+        if header.end_seq() > from || header.count == 0 {
+            let read = read_frame(&file, offset, seg.len).map_err(|at| {
+                AuditError(format!(
+                    "audit segment {}: the frame of events {} to {} at byte {at} is \
+                     damaged (altered or cut): run `strongroom audit verify`",
+                    seg.path.display(),
+                    header.first_seq,
+                    header.end_seq().saturating_sub(1)
+                ))
+            })?;
+            if let Some(read) = read
+                && !visit(read)
+            {
+                return Ok(());
+            }
+        }
+        offset = next;
+    }
+    Ok(())
+}
+
+fn damaged(seg: &Segment, read: &Read) -> AuditError {
+    AuditError(format!(
+        "audit segment {}: the frame of events {} to {} at byte {} does not decode: run \
+         `strongroom audit verify`",
+        seg.path.display(),
+        read.header.first_seq,
+        read.header.end_seq().saturating_sub(1),
+        read.offset
+    ))
+}
+
+/// Writes `events` (stored forms, in order) and `head` as one new segment in `dir`, named after
+/// the first event, through a temporary file renamed into place: the segment is there whole or
+/// not at all. Runs of consecutive events share a frame; an event is framed compactly when its
+/// stored form is its own encoding at its place, else as it is. The last frame is a durable
+/// checkpoint. Used to move a log kept in the store into segments, and by tests that alter
+/// segments as someone with disk access could.
+///
+/// # Errors
+/// `AuditError` if the file cannot be written.
+fn write_segment(
+    dir: &Path,
+    events: &[(u64, Vec<u8>)],
+    head: &Checkpoint,
+) -> Result<PathBuf, AuditError> {
+    let first = events.first().map_or(head.seq + 1, |(seq, _)| *seq);
+    let path = segment_path(dir, first);
+    let temporary = dir.join(format!("{first:020}.seg.new"));
+    let parsed: Vec<Option<(super::Event, [u8; 32])>> = events
+        .iter()
+        .map(|(seq, stored)| frame::parse_stored(stored).filter(|(e, _)| e.seq == *seq))
+        .collect();
+    let mut bytes = Vec::new();
+    let mut start = 0;
+    while start < events.len() || (start == 0 && events.is_empty()) {
+        let mut end = start + 1;
+        while end < events.len() && end - start < 1024 && events[end].0 == events[end - 1].0 + 1 {
+            end += 1;
+        }
+        let end = end.min(events.len());
+        let to_frame: Vec<ToFrame<'_>> = (start..end)
+            .map(|i| ToFrame {
+                stored: &events[i].1,
+                event: parsed[i].as_ref().map(|(e, mac)| (e, *mac)),
+            })
+            .collect();
+        let flags = if end == events.len() { FLAG_DURABLE } else { 0 };
+        let first_seq = events.get(start).map_or(first, |(seq, _)| *seq);
+        bytes.extend_from_slice(&frame::encode(first_seq, &to_frame, head, flags));
+        if events.is_empty() {
+            break;
+        }
+        start = end;
+    }
+    let _ = fs::remove_file(&temporary);
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&temporary, &path))
+        .map_err(|e| io_error("cannot write", &path, &e))?;
+    crate::files::sync_dir(dir).map_err(AuditError)?;
+    Ok(path)
+}
+
+/// Replaces every segment in `dir` with one holding `events` and `head` (`write_segment`):
+/// what someone who can write the data dir can do to the log. For tests of tamper evidence.
+///
+/// # Errors
+/// `AuditError` if the files cannot be removed or written.
+pub fn rewrite_segments(
+    dir: &Path,
+    events: &[(u64, Vec<u8>)],
+    head: &Checkpoint,
+) -> Result<(), AuditError> {
+    for entry in fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, &e))? {
+        let path = entry.map_err(|e| io_error("cannot list", dir, &e))?.path();
+        if path.extension().is_some_and(|x| x == "seg") {
+            fs::remove_file(&path).map_err(|e| io_error("cannot remove", &path, &e))?;
+        }
+    }
+    write_segment(dir, events, head).map(|_| ())
+}
+
+/// Moves a log kept in `store`'s `audit` keyspace (a vault from before segments) into `dir`,
+/// which holds no segment: one segment with every event and the stored head, then the keyspace
+/// is emptied. A crash before the segment is renamed into place leaves the store's log as it
+/// was; after, the next open finds the segment and only empties the keyspace.
+fn migrate_from_store(dir: &Path, store: &dyn Store) -> Result<(), AuditError> {
+    let Some(head) = Checkpoint::load(store, HEAD_KEY)? else {
+        return Ok(());
+    };
+    let mut events = Vec::new();
+    let mut from = 0u64;
+    loop {
+        let chunk = store.scan_range(Keyspace::Audit, &from.to_be_bytes(), None, 65_536)?;
+        let Some((last, _)) = chunk.last() else {
+            break;
+        };
+        from = <[u8; 8]>::try_from(last.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| AuditError("a malformed key in the audit keyspace".into()))?
+            .saturating_add(1);
+        for (key, value) in chunk {
+            let seq = <[u8; 8]>::try_from(key.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| AuditError("a malformed key in the audit keyspace".into()))?;
+            events.push((seq, value));
+        }
+    }
+    let n = events.len();
+    let path = write_segment(dir, &events, &head)?;
+    tracing::info!(events = n, segment = %path.display(), "the audit log moved from the store into segment files");
+    Ok(())
+}
+
+/// Empties the store's `audit` keyspace once its events are in segments.
+fn clear_store_log(store: &dyn Store) -> Result<(), AuditError> {
+    if store.last(Keyspace::Audit)?.is_some() {
+        let mut batch = crate::storage::Batch::new();
+        batch.delete_range(Keyspace::Audit, vec![0u8; 8], vec![0xffu8; 9]);
+        store.write(batch)?;
+    }
+    Ok(())
+}
+
+fn open_for_append(path: &Path) -> Result<File, AuditError> {
+    File::options()
+        .append(true)
+        .open(path)
+        .map_err(|e| io_error("cannot open", path, &e))
+}
+
+fn create_segment(dir: &Path, path: &Path) -> Result<(), AuditError> {
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error("cannot create", path, &e))?;
+    crate::files::sync_dir(dir).map_err(AuditError)
+}
+
+impl EventLog for SegmentLog {
+    fn append(&self, append: Append<'_>) -> Result<(), AppendFailed> {
+        let Append {
+            events,
+            head,
+            mut writes,
+            durable,
+        } = append;
+        let first = events.first().map_or(head.seq + 1, |c| c.event.seq);
+        let to_frame: Vec<ToFrame<'_>> = events
+            .iter()
+            .map(|c| ToFrame {
+                stored: &c.stored,
+                event: Some((&c.event, c.mac)),
+            })
+            .collect();
+        let has_writes = !writes.is_empty();
+        let flags =
+            if has_writes { FLAG_WRITES } else { 0 } | if durable { FLAG_DURABLE } else { 0 };
+        let bytes = frame::encode(first, &to_frame, head, flags);
+        {
+            let mut state = self.state();
+            self.write_frame(&mut state, &bytes, durable)?;
+            if let Some(c) = events.last() {
+                state.last = Some((c.event.seq, c.stored.clone()));
+            }
+            state.head = Some(head.clone());
+        }
+        if has_writes {
+            writes.put(Keyspace::Meta, HEAD_KEY.to_vec(), head.encode());
+            writes.put(
+                Keyspace::Meta,
+                APPLIED_KEY.to_vec(),
+                head.seq.to_be_bytes().to_vec(),
+            );
+            self.store.write(writes).map_err(|e| AppendFailed {
+                error: AuditError::from(e),
+                events_durable: true,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn first_seq(&self) -> Result<Option<u64>, AuditError> {
+        for seg in self.snapshot() {
+            let mut first = None;
+            frames(&seg, 0, |read| {
+                if read.header.count > 0 {
+                    first = Some(read.header.first_seq);
+                    return false;
+                }
+                true
+            })?;
+            if first.is_some() {
+                return Ok(first);
+            }
+        }
+        Ok(None)
+    }
+
+    fn last(&self) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
+        Ok(self.state().last.clone())
+    }
+
+    fn scan(&self, from: u64, to: Option<u64>, limit: usize) -> Result<StoredEvents, AuditError> {
+        let segments = self.snapshot();
+        let start = segments
+            .partition_point(|s| s.first <= from)
+            .saturating_sub(1);
+        let end = to.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for seg in segments.get(start..).unwrap_or_default() {
+            if seg.first > end || out.len() >= limit {
+                break;
+            }
+            let mut problem = None;
+            frames(seg, from, |read| {
+                let Some(frame) = frame::decode(&read.header, &read.payload) else {
+                    problem = Some(damaged(seg, &read));
+                    return false;
+                };
+                for (seq, stored) in frame.events {
+                    if seq > end || out.len() >= limit {
+                        return false;
+                    }
+                    if seq >= from {
+                        out.push((seq, stored));
+                    }
+                }
+                true
+            })?;
+            if let Some(problem) = problem {
+                return Err(problem);
+            }
+        }
+        Ok(out)
+    }
+
+    fn head(&self) -> Result<Option<Checkpoint>, AuditError> {
+        let ours = self.state().head.clone();
+        // The store's copy moves with data writes only; it is ahead of the log's own only if
+        // the log's tail was cut off, which it must then show.
+        let stored = Checkpoint::load(self.store.as_ref(), HEAD_KEY)?;
+        Ok(match (ours, stored) {
+            (Some(o), Some(s)) if s.seq > o.seq => Some(s),
+            (None, s) => s,
+            (o, _) => o,
+        })
+    }
+
+    fn prune(&self, through: u64) -> Result<Option<u64>, AuditError> {
+        // Whole segments only, never the one being written: each ends at a durable checkpoint.
+        let segments = self.snapshot();
+        let mut removed = 0;
+        for pair in segments.windows(2) {
+            let (seg, next) = (&pair[0], &pair[1]);
+            if next.first.saturating_sub(1) > through {
+                break;
+            }
+            fs::remove_file(&seg.path).map_err(|e| io_error("cannot remove", &seg.path, &e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            crate::files::sync_dir(&self.dir).map_err(AuditError)?;
+            self.state().segments.drain(..removed);
+        }
+        self.first_seq()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.snapshot().into_iter().map(|s| s.path).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        audit::{Audit, AuditOptions, Event},
+        storage::{Batch, MemoryStore},
+    };
+
+    fn event(n: u64) -> Event {
+        Event {
+            method: "Records/GetRecord".into(),
+            result: "OK".into(),
+            subject: "app:desk".into(),
+            record_id: format!("{n:032x}"),
+            ..Event::default()
+        }
+    }
+
+    async fn commit(audit: &Audit, from: u64, to: u64, write: bool) {
+        for n in from..to {
+            let mut batch = Batch::new();
+            if write {
+                batch.put(Keyspace::Records, n.to_be_bytes().to_vec(), b"v".to_vec());
+            }
+            audit
+                .commit(batch, vec![event(n)])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    fn open(dir: &Path, store: &Arc<MemoryStore>, options: AuditOptions) -> Audit {
+        Audit::open_segments(
+            dir,
+            Arc::clone(store) as Arc<dyn Store>,
+            Arc::new(
+                crate::crypto::Keyring::open_file(dir.join("keyring"))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            options,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut segs = list_segments(dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(segs.len(), 1);
+        segs.remove(0).path
+    }
+
+    /// A frame cut short by a crash (never acknowledged) is cut off at the next open, and the
+    /// log goes on from the last whole frame; the same bytes under a head the store says was
+    /// durable are damage, kept for verification.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_tail_is_cut_and_damage_the_head_covers_is_kept() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(MemoryStore::new());
+        let audit = open(dir.path(), &store, AuditOptions::default());
+        commit(&audit, 0, 10, false).await;
+        drop(audit);
+        let path = only_segment(dir.path());
+        let whole = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        // Half of one more frame, as a crash in the middle of its write leaves it.
+        let mut torn = whole.clone();
+        let frame = whole.len() / 10;
+        torn.extend_from_slice(&whole[whole.len() - frame..whole.len() - frame / 2]);
+        fs::write(&path, &torn).unwrap_or_else(|e| panic!("{e}"));
+        let audit = open(dir.path(), &store, AuditOptions::default());
+        assert!(
+            fs::read(&path).unwrap_or_else(|e| panic!("{e}")) == whole,
+            "cut back to whole frames"
+        );
+        assert_eq!(audit.last_seq().unwrap_or_else(|e| panic!("{e}")), 10);
+        commit(&audit, 10, 12, true).await;
+        let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok() && report.checked == 12, "{report:?}");
+        drop(audit);
+
+        // The last frame's payload altered: the store's head (moved by the writes) covers it,
+        // so it is not a torn tail: kept, and verification names it.
+        let mut damaged = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let len = damaged.len();
+        damaged[len - 40] ^= 1;
+        fs::write(&path, &damaged).unwrap_or_else(|e| panic!("{e}"));
+        let audit = open(dir.path(), &store, AuditOptions::default());
+        assert_eq!(fs::read(&path).unwrap_or_else(|e| panic!("{e}")).len(), len);
+        let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
+        let (_, problem) = report.problem.unwrap_or_else(|| panic!("not named"));
+        assert!(
+            problem.contains("damaged") || problem.contains("truncated"),
+            "{problem}"
+        );
+    }
+
+    /// Segments close at a durable checkpoint past their size; pruning removes whole old
+    /// segments, and what is kept still verifies from its anchor.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_rotate_at_checkpoints_and_prune_whole() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(MemoryStore::new());
+        let options = AuditOptions {
+            retention_days: Some(1),
+            checkpoint_every: 10,
+            segment_bytes: 1024,
+            ..AuditOptions::default()
+        };
+        let audit = open(dir.path(), &store, options);
+        commit(&audit, 0, 95, false).await;
+        let segments = list_segments(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(segments.len() >= 5, "{segments:?}");
+        for pair in segments.windows(2) {
+            // Each segment after the first starts right after a durable checkpoint.
+            let at = pair[1].first - 1;
+            assert!(at % 10 == 0, "{:?}", pair[1]);
+        }
+        let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok() && report.checked == 95, "{report:?}");
+        let pruned = audit
+            .prune(crate::domain::Clock::system().now_ms() + 2 * 86_400_000)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(pruned > 0);
+        let after = list_segments(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(after.len() < segments.len());
+        let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.from, after[0].first);
+        drop(audit);
+        // And after a restart.
+        let audit = open(dir.path(), &store, options);
+        commit(&audit, 95, 97, false).await;
+        let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok(), "{report:?}");
+    }
+
+    /// A vault from before segments: its log in the store moves into a segment at the next
+    /// start, keeps every event and hash, and goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_in_the_store_moves_into_segments_whole() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(MemoryStore::new());
+        let keys = Arc::new(
+            crate::crypto::Keyring::open_file(dir.path().join("keyring"))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let old = Audit::open(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::clone(&keys) as Arc<dyn crate::crypto::KeyProvider>,
+            AuditOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        commit(&old, 0, 30, true).await;
+        let before = old
+            .query(&crate::audit::Filter::default(), 0, 100)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0;
+        drop(old);
+        let audit = open(dir.path(), &store, AuditOptions::default());
+        assert!(
+            store
+                .last(Keyspace::Audit)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+        let after = audit
+            .query(&crate::audit::Filter::default(), 0, 100)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0;
+        assert_eq!(before, after);
+        commit(&audit, 30, 32, false).await;
+        let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok() && report.checked == 32, "{report:?}");
+    }
+}
