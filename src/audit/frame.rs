@@ -467,6 +467,10 @@ mod tests {
         }
         // The canonical form of such a read is about 400 bytes; framed, under 200 each.
         let per_event = (bytes.len() - odd.len()) / 16;
+        eprintln!(
+            "a read event: {} bytes as the chain hashes it, {per_event} framed",
+            stored[0].0.len()
+        );
         assert!(per_event <= 200, "{per_event} bytes per read event");
         assert!(stored[0].0.len() > 2 * per_event, "{}", stored[0].0.len());
         // Any changed byte of the payload fails the checksum.
