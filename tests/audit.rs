@@ -871,6 +871,32 @@ async fn a_data_write_failing_after_its_events_are_durable_is_named_in_the_chain
     running.shutdown().await.unwrap();
 }
 
+/// A read whose batch also keeps a checkpoint, with the store failing that checkpoint's write:
+/// the read fails closed, but no call's write was lost, so the chain says nothing of lost
+/// writes, and goes on after the read's event.
+#[tokio::test]
+async fn a_failed_checkpoint_write_is_not_called_a_lost_data_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Faulty::new(RocksStore::open(dir.path()).unwrap()));
+    let (_dir, running, token) =
+        Vault::start_over(store.clone(), "audit_checkpoint_every = 1").await;
+    let addr = format!("http://{}", running.addr);
+    let mut admin = strongroom::client::connect(&addr, &token).await.unwrap();
+    let id = create(&mut admin, customer("ckpt")).await;
+    let seen = last_seq(&mut admin).await;
+    store.fail_writes.store(true, Ordering::SeqCst);
+    assert_code(get(&mut admin, &id, "support").await, Code::Unavailable);
+    store.fail_writes.store(false, Ordering::SeqCst);
+    let events = events_after(&mut admin, seen).await;
+    assert!(
+        events.iter().all(|e| e.method != "Audit/WritesNotApplied"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.method == "Records/GetRecord"));
+    assert!(verify(&mut admin).await.ok);
+    running.shutdown().await.unwrap();
+}
+
 /// Someone with disk access can chain events by hand but cannot sign: events past the signed
 /// head, or a head that is not the vault's signature, and the vault refuses to start (and to
 /// sign over them) rather than carry the forgery on.

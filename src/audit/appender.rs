@@ -8,10 +8,10 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     AuditError, Event, Job,
-    chain::{Checkpoint, Keys, checkpoint_key, decode_stored, encode_stored},
+    chain::{Checkpoint, Keys, decode_stored, encode_stored},
     log::{Append, AppendFailed, Chained, EventLog},
 };
-use crate::storage::{Batch, Keyspace};
+use crate::storage::Batch;
 
 /// Jobs taken into one batch at most.
 const MAX_JOBS_PER_BATCH: usize = 1024;
@@ -209,9 +209,6 @@ impl Appender {
         };
         let crossed = next.seq / self.checkpoint_every > self.state.seq / self.checkpoint_every;
         let durable = crossed || force_checkpoint;
-        if durable {
-            writes.put(Keyspace::Meta, checkpoint_key(next.seq), head.encode());
-        }
         let appended = self.log.append(Append {
             events: &chained,
             head: &head,
@@ -236,11 +233,15 @@ impl Appender {
             Err(AppendFailed {
                 error,
                 events_durable,
+                writes_lost,
             }) => {
                 fail(jobs, &error);
                 if events_durable {
-                    // The events are in the chain, their writes are not: say so in the chain.
+                    // The events are in the chain: it goes on after them.
                     self.state = next;
+                }
+                if writes_lost {
+                    // Their writes are not: say so in the chain.
                     let first = chained.first().map_or(next.seq, |c| c.event.seq);
                     self.commit(vec![Job {
                         batch: Batch::new(),

@@ -8,7 +8,10 @@
 //! encoding and its hash) and the signed head of the last append. Checkpoints stay in the
 //! store's `meta` keyspace, written with the data writes.
 
-use super::{AuditError, Event, HEAD_KEY, chain::Checkpoint};
+use super::{
+    AuditError, Event, HEAD_KEY,
+    chain::{Checkpoint, checkpoint_key},
+};
 use crate::storage::{Batch, Keyspace, Store};
 
 /// An event as the appender chained it.
@@ -30,9 +33,10 @@ pub struct Append<'a> {
     pub events: &'a [Chained],
     /// The signed head after them.
     pub head: &'a Checkpoint,
-    /// The data writes of the calls the events describe, and any checkpoints to keep.
+    /// The data writes of the calls the events describe.
     pub writes: Batch,
-    /// `writes` holds a durable checkpoint of this head (a segment may end here).
+    /// The head is also kept as a durable checkpoint (in the store's `meta`; a segment may end
+    /// here).
     pub durable: bool,
 }
 
@@ -41,8 +45,10 @@ pub struct Append<'a> {
 pub struct AppendFailed {
     /// What failed.
     pub error: AuditError,
-    /// The events are durable in the log, but the writes they describe were not applied.
+    /// The events are durable in the log (the chain has moved on).
     pub events_durable: bool,
+    /// ... and data writes they describe were not applied.
+    pub writes_lost: bool,
 }
 
 impl From<AuditError> for AppendFailed {
@@ -50,6 +56,7 @@ impl From<AuditError> for AppendFailed {
         Self {
             error,
             events_durable: false,
+            writes_lost: false,
         }
     }
 }
@@ -59,8 +66,8 @@ pub type StoredEvents = Vec<(u64, Vec<u8>)>;
 
 /// The events of the chain, by sequence number, and its signed head.
 pub trait EventLog: Send + Sync {
-    /// Makes the events and the head durable, then applies the writes. Never applies a write
-    /// whose event is not durable.
+    /// Makes the events and the head durable, then applies the writes (and keeps the head as
+    /// a checkpoint when `durable`). Never applies a write whose event is not durable.
     ///
     /// # Errors
     /// `AppendFailed` if the log or the store cannot be written; it says whether the events
@@ -134,6 +141,13 @@ impl EventLog for StoreLog {
             );
         }
         batch.put(Keyspace::Meta, HEAD_KEY.to_vec(), append.head.encode());
+        if append.durable {
+            batch.put(
+                Keyspace::Meta,
+                checkpoint_key(append.head.seq),
+                append.head.encode(),
+            );
+        }
         self.store
             .write(batch)
             .map_err(|e| AppendFailed::from(AuditError::from(e)))

@@ -22,7 +22,7 @@ use std::{
 
 use super::{
     AuditError, HEAD_KEY,
-    chain::Checkpoint,
+    chain::{Checkpoint, checkpoint_key},
     frame::{self, FLAG_DURABLE, FLAG_WRITES, HEADER, Header, ToFrame},
     log::{Append, AppendFailed, EventLog, StoredEvents},
 };
@@ -157,11 +157,11 @@ impl SegmentLog {
     /// tail.
     pub fn open(dir: &Path, store: Arc<dyn Store>, segment_bytes: u64) -> Result<Self, AuditError> {
         crate::files::private_dir(dir, "audit log directory").map_err(AuditError)?;
-        let listed = list_segments(dir)?;
-        if listed.is_empty() && store.last(Keyspace::Audit)?.is_some() {
-            migrate_from_store(dir, store.as_ref())?;
-        }
         let mut segments = list_segments(dir)?;
+        if segments.is_empty() && store.last(Keyspace::Audit)?.is_some() {
+            migrate_from_store(dir, store.as_ref())?;
+            segments = list_segments(dir)?;
+        }
         clear_store_log(store.as_ref())?;
         let applied = store
             .get(Keyspace::Meta, APPLIED_KEY)?
@@ -242,10 +242,10 @@ impl SegmentLog {
             // An empty last segment (just started): the events end in the one before it.
             None => {
                 if let Some(prev) = segments.len().checked_sub(2)
-                    && let Some((events, signed)) = last_of(&segments[prev])?
+                    && let Some(frame) = last_of(&segments[prev])?
                 {
-                    last = events;
-                    head = Some(signed);
+                    last = frame.events.last().cloned();
+                    head = Some(frame.head);
                 }
             }
         }
@@ -298,6 +298,7 @@ impl SegmentLog {
         &self,
         state: &mut State,
         bytes: &[u8],
+        first: u64,
         durable: bool,
     ) -> Result<(), AuditError> {
         if state.active.broken {
@@ -306,7 +307,7 @@ impl SegmentLog {
             ));
         }
         if state.active.close {
-            self.close_segment(state)?;
+            self.close_segment(state, first)?;
         }
         let Some(seg) = state.segments.last_mut() else {
             return Err(AuditError("the audit log has no segment".into()));
@@ -336,9 +337,9 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Starts a new segment after the last event.
-    fn close_segment(&self, state: &mut State) -> Result<(), AuditError> {
-        let first = state.last.as_ref().map_or(1, |(seq, _)| seq + 1);
+    /// Starts a new segment, named after `first`, the first event of the frame about to be
+    /// written (after damage, the log's last intact event may be well before it).
+    fn close_segment(&self, state: &mut State, first: u64) -> Result<(), AuditError> {
         let path = segment_path(&self.dir, first);
         create_segment(&self.dir, &path)?;
         state.active.file = open_for_append(&path)?;
@@ -356,9 +357,8 @@ impl SegmentLog {
     }
 }
 
-/// The last event and head of `seg`, by reading it through.
-#[allow(clippy::type_complexity)]
-fn last_of(seg: &Segment) -> Result<Option<(Option<(u64, Vec<u8>)>, Checkpoint)>, AuditError> {
+/// The last frame of `seg`, by reading it through.
+fn last_of(seg: &Segment) -> Result<Option<frame::Frame>, AuditError> {
     let mut found = None;
     frames(seg, 0, |read| {
         found = Some(read);
@@ -367,8 +367,9 @@ fn last_of(seg: &Segment) -> Result<Option<(Option<(u64, Vec<u8>)>, Checkpoint)>
     let Some(read) = found else {
         return Ok(None);
     };
-    let frame = frame::decode(&read.header, &read.payload).ok_or_else(|| damaged(seg, &read))?;
-    Ok(Some((frame.events.last().cloned(), frame.head)))
+    frame::decode(&read.header, &read.payload)
+        .map(Some)
+        .ok_or_else(|| damaged(seg, &read))
 }
 
 /// Calls `visit` with each intact frame of `seg` whose events end after `from`, in order,
@@ -436,31 +437,31 @@ fn write_segment(
     let first = events.first().map_or(head.seq + 1, |(seq, _)| *seq);
     let path = segment_path(dir, first);
     let temporary = dir.join(format!("{first:020}.seg.new"));
-    let parsed: Vec<Option<(super::Event, [u8; 32])>> = events
-        .iter()
-        .map(|(seq, stored)| frame::parse_stored(stored).filter(|(e, _)| e.seq == *seq))
+    // Runs of consecutive events, at most 1,024 to a frame; no events: one frame, the head.
+    let runs: Vec<&[(u64, Vec<u8>)]> = events
+        .chunk_by(|a, b| b.0 == a.0 + 1)
+        .flat_map(|run| run.chunks(1024))
         .collect();
     let mut bytes = Vec::new();
-    let mut start = 0;
-    while start < events.len() || (start == 0 && events.is_empty()) {
-        let mut end = start + 1;
-        while end < events.len() && end - start < 1024 && events[end].0 == events[end - 1].0 + 1 {
-            end += 1;
-        }
-        let end = end.min(events.len());
-        let to_frame: Vec<ToFrame<'_>> = (start..end)
-            .map(|i| ToFrame {
-                stored: &events[i].1,
-                event: parsed[i].as_ref().map(|(e, mac)| (e, *mac)),
+    for (i, run) in runs.iter().enumerate() {
+        let parsed: Vec<_> = run
+            .iter()
+            .map(|(seq, stored)| frame::parse_stored(stored).filter(|(e, _)| e.seq == *seq))
+            .collect();
+        let to_frame: Vec<ToFrame<'_>> = run
+            .iter()
+            .zip(&parsed)
+            .map(|((_, stored), parsed)| ToFrame {
+                stored,
+                event: parsed.as_ref().map(|(e, mac)| (e, *mac)),
             })
             .collect();
-        let flags = if end == events.len() { FLAG_DURABLE } else { 0 };
-        let first_seq = events.get(start).map_or(first, |(seq, _)| *seq);
-        bytes.extend_from_slice(&frame::encode(first_seq, &to_frame, head, flags));
-        if events.is_empty() {
-            break;
-        }
-        start = end;
+        let flags = if i + 1 == runs.len() { FLAG_DURABLE } else { 0 };
+        // `chunk_by` and `chunks` never yield an empty run.
+        bytes.extend_from_slice(&frame::encode(run[0].0, &to_frame, head, flags));
+    }
+    if runs.is_empty() {
+        bytes = frame::encode(first, &[], head, FLAG_DURABLE);
     }
     let _ = fs::remove_file(&temporary);
     File::options()
@@ -570,28 +571,34 @@ impl EventLog for SegmentLog {
                 event: Some((&c.event, c.mac)),
             })
             .collect();
-        let has_writes = !writes.is_empty();
-        let flags =
-            if has_writes { FLAG_WRITES } else { 0 } | if durable { FLAG_DURABLE } else { 0 };
+        // Only the calls' data writes make a frame one whose writes may be lost in a crash.
+        let has_data = !writes.is_empty();
+        let flags = if has_data { FLAG_WRITES } else { 0 } | if durable { FLAG_DURABLE } else { 0 };
         let bytes = frame::encode(first, &to_frame, head, flags);
         {
             let mut state = self.state();
-            self.write_frame(&mut state, &bytes, durable)?;
+            self.write_frame(&mut state, &bytes, first, durable)?;
             if let Some(c) = events.last() {
                 state.last = Some((c.event.seq, c.stored.clone()));
             }
             state.head = Some(head.clone());
         }
-        if has_writes {
-            writes.put(Keyspace::Meta, HEAD_KEY.to_vec(), head.encode());
+        if has_data {
             writes.put(
                 Keyspace::Meta,
                 APPLIED_KEY.to_vec(),
                 head.seq.to_be_bytes().to_vec(),
             );
+        }
+        if durable {
+            writes.put(Keyspace::Meta, checkpoint_key(head.seq), head.encode());
+        }
+        if !writes.is_empty() {
+            writes.put(Keyspace::Meta, HEAD_KEY.to_vec(), head.encode());
             self.store.write(writes).map_err(|e| AppendFailed {
                 error: AuditError::from(e),
                 events_durable: true,
+                writes_lost: has_data,
             })?;
         }
         Ok(())
@@ -600,13 +607,18 @@ impl EventLog for SegmentLog {
     fn first_seq(&self) -> Result<Option<u64>, AuditError> {
         for seg in self.snapshot() {
             let mut first = None;
-            frames(&seg, 0, |read| {
+            let walked = frames(&seg, 0, |read| {
                 if read.header.count > 0 {
                     first = Some(read.header.first_seq);
                     return false;
                 }
                 true
-            })?;
+            });
+            if walked.is_err() && first.is_none() {
+                // Damage before the first event: the segment's name is where its events start
+                // at the earliest; reading them names the damage.
+                return Ok(Some(seg.first));
+            }
             if first.is_some() {
                 return Ok(first);
             }
@@ -625,7 +637,7 @@ impl EventLog for SegmentLog {
             .saturating_sub(1);
         let end = to.unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for seg in segments.get(start..).unwrap_or_default() {
+        for seg in segments.iter().skip(start) {
             if seg.first > end || out.len() >= limit {
                 break;
             }
@@ -860,5 +872,74 @@ mod tests {
         commit(&audit, 30, 32, false).await;
         let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.ok() && report.checked == 32, "{report:?}");
+    }
+
+    /// Damage to the only frame of the only segment, under a head the store recorded: the
+    /// next append starts a new segment named after its own first event, not after the last
+    /// intact one (which would be the damaged segment's own name, and fail every append).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_damage_appends_go_on_in_a_segment_named_after_their_first_event() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(MemoryStore::new());
+        let audit = open(dir.path(), &store, AuditOptions::default());
+        commit(&audit, 0, 1, true).await;
+        drop(audit);
+        let path = only_segment(dir.path());
+        let mut bytes = fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let audit = open(dir.path(), &store, AuditOptions::default());
+        commit(&audit, 1, 3, false).await;
+        let segments = list_segments(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(segments.iter().map(|s| s.first).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(audit.last_seq().unwrap_or_else(|e| panic!("{e}")), 3);
+        let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
+        let (_, problem) = report.problem.unwrap_or_else(|| panic!("not named"));
+        assert!(problem.contains("damaged"), "{problem}");
+    }
+
+    /// A crash between a frame and its data write is named at the next start, for the frames
+    /// that had data writes only: a frame that kept a checkpoint alone lost no call's write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_before_the_data_write_is_named_only_for_frames_with_data() {
+        let options = AuditOptions {
+            checkpoint_every: 1,
+            ..AuditOptions::default()
+        };
+        for data in [true, false] {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let store = Arc::new(MemoryStore::new());
+            let audit = open(dir.path(), &store, options);
+            commit(&audit, 0, 3, data).await;
+            drop(audit);
+            // The store as it was before the last append's write: the crash lost it.
+            let mut batch = Batch::new();
+            batch.put(
+                Keyspace::Meta,
+                APPLIED_KEY.to_vec(),
+                2u64.to_be_bytes().to_vec(),
+            );
+            store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+            let audit = open(dir.path(), &store, options);
+            commit(&audit, 3, 4, false).await;
+            let (events, _) = audit
+                .query(&crate::audit::Filter::default(), 3, 10)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let notes: Vec<_> = events
+                .iter()
+                .filter(|e| e.method == "Audit/WritesNotApplied")
+                .collect();
+            if data {
+                assert_eq!(notes.len(), 1, "{events:?}");
+                assert!(
+                    notes[0].detail.contains("events 3 to 3"),
+                    "{}",
+                    notes[0].detail
+                );
+            } else {
+                assert!(notes.is_empty(), "{notes:?}");
+            }
+        }
     }
 }
