@@ -138,6 +138,7 @@ pub struct ConfigFile {
     rewrap_per_second: Option<u32>,
     max_value_bytes: Option<usize>,
     max_fields: Option<usize>,
+    max_batch: Option<usize>,
     max_message_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
     max_requests_per_connection: Option<usize>,
@@ -590,6 +591,7 @@ impl Config {
         let limits = Limits {
             max_value_bytes: file.max_value_bytes.unwrap_or(defaults.max_value_bytes),
             max_fields: file.max_fields.unwrap_or(defaults.max_fields),
+            max_batch: file.max_batch.unwrap_or(defaults.max_batch),
         };
         let max_message_bytes = file.max_message_bytes.unwrap_or(1 << 20);
         let max_concurrent_streams = file.max_concurrent_streams.unwrap_or(256);
@@ -598,6 +600,9 @@ impl Config {
         }
         if !(1..=10_000).contains(&limits.max_fields) {
             return Err("max_fields: must be between 1 and 10000".into());
+        }
+        if !(1..=10_000).contains(&limits.max_batch) {
+            return Err("max_batch: must be between 1 and 10000".into());
         }
         if !(1024..=64 << 20).contains(&max_message_bytes) {
             return Err("max_message_bytes: must be between 1024 and 67108864".into());

@@ -74,7 +74,7 @@ impl Ord for Decision {
 
 /// The per-field decisions of one read, for one record's collection. Only the policy module can
 /// make one; the vault needs one to decrypt anything.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ReadPermit {
     decisions: Vec<(usize, Decision)>,
     policy_version: u64,

@@ -11,6 +11,7 @@ pub mod consent;
 mod export;
 mod find;
 pub mod governance;
+pub mod batch;
 mod header;
 pub mod holds;
 mod index;
@@ -39,10 +40,11 @@ use crate::{
     audit::{Audit, AuditError, Call, Event, FieldOutcome},
     crypto::{BlindIndex, Dek, KeyProvider, Pseudonymizer},
     domain::{Clock, FieldType, FieldValue, InvalidInput, Principal, Purpose, RecordId, Schema},
-    policy::{Decision, PolicyEngine, Refusal},
+    policy::{Decision, DecisionTable, PolicyEngine, ReadPermit, Refusal},
     storage::{Batch, Keyspace, Snapshot, Store, StoreError},
 };
 pub use access::{ADMIN_ROLE, Privilege, require};
+pub use batch::{BatchOptions, Created, NewRecord};
 pub use find::{FIND_LIMIT, FindQuery, Found, LOOKUP_LIMIT};
 use keystore::KeyStore;
 use limits::Limiter;
@@ -61,6 +63,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Most fields in one request.
     pub max_fields: usize,
+    /// Most records in one batch call (`BatchGetRecords`, `BatchCreateRecords`).
+    pub max_batch: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +72,7 @@ impl Default for Limits {
         Self {
             max_value_bytes: 4096,
             max_fields: 64,
+            max_batch: 500,
         }
     }
 }
@@ -422,47 +427,19 @@ impl Vault {
         fields: &[FieldInput<'_>],
         honeytoken: bool,
     ) -> Result<(RecordId, u64), Error> {
-        if honeytoken {
-            require(&self.policy, principal, Privilege::ManageHoneytokens)?;
-        }
-        let collection = self.schema.collection(collection, "collection")?;
-        if fields.is_empty() {
-            return Err(InvalidInput::new("fields", "a record needs at least one field").into());
-        }
-        self.check_count(fields.len(), "fields")?;
-        let values = self.parse_values(collection, fields)?;
-        let indices: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
-        let permit = self
-            .policy
-            .table()
-            .check_write(principal, collection, &indices)
-            .map_err(|r| refused(principal, r))?;
-        let id = RecordId::random();
-        let event = Event {
-            collection: collection.name().as_str().to_owned(),
-            record_id: id.to_string(),
-            fields: outcomes(collection, indices.iter().map(|&i| (i, "written"))),
-            policy_version: permit.policy_version(),
-            // Seen only by holders of `audit read`, like every event.
-            detail: if honeytoken {
-                "honeytoken: a decoy record; every read of it raises an alert".into()
-            } else {
-                String::new()
-            },
-            ..call.event(principal)
+        let record = NewRecord {
+            collection,
+            fields,
+            honeytoken,
         };
-        let dek = Dek::generate();
-        let mut batch = Batch::new();
-        let values: BTreeMap<usize, FieldValue> = values.into_iter().collect();
-        self.seal_record(&mut batch, &id, collection, &dek, (1, honeytoken), &values)
+        let created = self
+            .create_many(principal, call, &[record], &BatchOptions::default())
             .await?;
-        let times = Times::new(self.clock.now_ms(), values.keys().copied());
-        self.put_times(&mut batch, &id, &times);
-        index::put_entries(&mut batch, &self.index, &id, collection, &values)?;
-        // On an error the batch may still have reached the disk (an fsync that failed after
-        // the write): the key stays, and the next start removes it if no header names it.
-        self.audit.commit(batch, vec![event]).await?;
-        Ok((id, 1))
+        match created.results.into_iter().next() {
+            Some(Ok(Some(id))) => Ok((id, 1)),
+            Some(Err(e)) => Err(e),
+            Some(Ok(None)) | None => Err(Error::Internal("a create without its result".into())),
+        }
     }
 
     /// Reads a record: each requested field (all declared fields if `fields` is empty) is
@@ -482,7 +459,8 @@ impl Vault {
     ) -> Result<RecordView, Error> {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
-        let (view, events) = self.read_record(principal, call, id, fields, purpose)?;
+        let mut decider = Decider::new(&self.policy);
+        let (view, events) = self.read_record(principal, call, id, fields, purpose, &mut decider)?;
         if !events.is_empty() {
             // Fail closed: no data leaves unless its event is durable.
             self.audit.commit(Batch::new(), events).await?;
@@ -491,7 +469,8 @@ impl Vault {
     }
 
     /// A read's answer and the audit events that must be durable before it is returned (the
-    /// caller commits them): `get` one record at a time, an export many in one commit.
+    /// caller commits them): `get` one record at a time, a batch or an export many in one
+    /// commit. `decider` decides the fields, once per collection for a whole call.
     fn read_record(
         &self,
         principal: &Principal,
@@ -499,6 +478,7 @@ impl Vault {
         id: &RecordId,
         fields: &[String],
         purpose: &Purpose,
+        decider: &mut Decider,
     ) -> Result<(RecordView, Vec<Event>), Error> {
         let mut attempts = 0;
         // What the purpose needs of the record (`None`: nothing, and no consent work at all).
@@ -511,11 +491,7 @@ impl Vault {
             // seen whole or not at all.
             let snapshot = self.store.snapshot();
             let loaded = self.load(snapshot.as_ref(), id)?;
-            let requested = requested_fields(loaded.collection, fields)?;
-            let permit =
-                self.policy
-                    .table()
-                    .decide_read(principal, loaded.collection, &requested, purpose);
+            let permit = decider.decide(principal, loaded.collection, fields, purpose)?;
             let shown: Vec<usize> = permit
                 .decisions()
                 .iter()
@@ -1112,6 +1088,45 @@ impl Vault {
 }
 
 /// The fields a read asks for, as indices (every declared field if `fields` is empty).
+/// The policy's decisions for the reads of one call: one decision table (one policy version)
+/// for the whole call, and each collection's requested fields decided once however many of its
+/// records the call reads (a batch, a find, an export).
+pub(super) struct Decider {
+    table: Arc<DecisionTable>,
+    decided: Vec<(String, ReadPermit)>,
+}
+
+impl Decider {
+    /// Decisions under the policy's current table.
+    pub(super) fn new(policy: &PolicyEngine) -> Self {
+        Self {
+            table: policy.table(),
+            decided: Vec::new(),
+        }
+    }
+
+    /// The decisions for `fields` (all of the collection's if empty) of a record of
+    /// `collection` read for `purpose`.
+    fn decide(
+        &mut self,
+        principal: &Principal,
+        collection: &crate::domain::Collection,
+        fields: &[String],
+        purpose: &Purpose,
+    ) -> Result<ReadPermit, Error> {
+        let name = collection.name().as_str();
+        if let Some((_, permit)) = self.decided.iter().find(|(c, _)| c == name) {
+            return Ok(permit.clone());
+        }
+        let requested = requested_fields(collection, fields)?;
+        let permit = self
+            .table
+            .decide_read(principal, collection, &requested, purpose);
+        self.decided.push((name.to_owned(), permit.clone()));
+        Ok(permit)
+    }
+}
+
 fn requested_fields(
     collection: &crate::domain::Collection,
     fields: &[String],

@@ -5,6 +5,8 @@
 
 mod support;
 
+#[path = "vault/batch.rs"]
+mod batch;
 #[path = "vault/consent.rs"]
 mod consent;
 #[path = "vault/subject.rs"]

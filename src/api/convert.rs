@@ -104,6 +104,20 @@ pub(super) fn check_count(n: usize, max: usize, input: &str) -> Result<(), Inval
     Ok(())
 }
 
+/// Refuses a batch of more than `max` items, before anything is parsed per item.
+///
+/// # Errors
+/// `InvalidInput` naming `input` and the limit.
+pub(super) fn check_batch(n: usize, max: usize, input: &str) -> Result<(), InvalidInput> {
+    if n > max {
+        return Err(InvalidInput::new(
+            input,
+            format!("{n} items, more than the limit of {max}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The fields of a write, borrowed from the request, with their position for error messages.
 /// Call `check_count` first: this allocates per field.
 pub(super) fn field_inputs<'a>(

@@ -9,14 +9,14 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::{credential, principal},
-    convert::{check_count, exported_field, field_inputs, field_result},
+    convert::{check_batch, check_count, exported_field, field_inputs, field_result},
     pb::{self, records_server::Records},
-    status::{Known, audited},
+    status::{Known, audited, failure, record_failures},
 };
 use crate::{
     audit::Call,
     domain::{InvalidInput, Principal, RecordId},
-    vault::{Error, ExportEnd, FindQuery, RecordView, Vault, subject},
+    vault::{BatchOptions, Error, ExportEnd, FindQuery, NewRecord, RecordView, Vault, subject},
 };
 
 /// Records read per batch of an export: one audit commit (one fsync) per batch.
@@ -365,6 +365,151 @@ impl Records for RecordsApi {
         }))
     }
 
+    async fn batch_get_records(
+        &self,
+        request: Request<pb::BatchGetRecordsRequest>,
+    ) -> Result<Response<pb::BatchGetRecordsResponse>, Status> {
+        let principal = principal(&request)?;
+        let call = Call::new("Records/BatchGetRecords");
+        let req = request.into_inner();
+        let mut known = Known::default();
+        let result = async {
+            let limits = self.vault.limits();
+            check_batch(req.ids.len(), limits.max_batch, "ids")?;
+            check_count(req.fields.len(), limits.max_fields, "fields")?;
+            let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
+            known.purpose = purpose.as_str().to_owned();
+            // An id that does not parse fails alone, like an id the vault cannot read.
+            let parsed: Vec<Result<RecordId, InvalidInput>> = req
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| RecordId::parse(id, &format!("ids[{i}]")))
+                .collect();
+            let ids: Vec<RecordId> = parsed.iter().filter_map(|p| p.clone().ok()).collect();
+            let read = self
+                .vault
+                .get_many(&principal, &call, &ids, &req.fields, &purpose)
+                .await?;
+            Ok((parsed, read, purpose))
+        }
+        .await;
+        let (parsed, read, purpose) =
+            audited(self.vault.audit(), &principal, &call, known.clone(), result).await?;
+        let roles = principal.roles_text();
+        let mut read = read.into_iter();
+        let mut failures = Vec::new();
+        let mut results = Vec::with_capacity(parsed.len());
+        for p in parsed {
+            let (id, outcome) = match p {
+                Ok(id) => (id.to_string(), read.next().unwrap_or(Err(Error::NotFound))),
+                Err(e) => (String::new(), Err(e.into())),
+            };
+            let result = match outcome {
+                Ok(view) => pb::batch_get_result::Result::Record(record_response(
+                    view,
+                    &roles,
+                    purpose.as_str(),
+                )),
+                Err(e) => {
+                    let known = Known {
+                        record_id: id,
+                        ..known.clone()
+                    };
+                    let (status, event) = failure(&principal, &call, known, e);
+                    failures.push(event);
+                    pb::batch_get_result::Result::Error(item_error(&status))
+                }
+            };
+            results.push(pb::BatchGetResult {
+                result: Some(result),
+            });
+        }
+        record_failures(self.vault.audit(), &call, failures).await;
+        Ok(Response::new(pb::BatchGetRecordsResponse { results }))
+    }
+
+    async fn batch_create_records(
+        &self,
+        request: Request<pb::BatchCreateRecordsRequest>,
+    ) -> Result<Response<pb::BatchCreateRecordsResponse>, Status> {
+        let principal = principal(&request)?;
+        let call = Call::new("Records/BatchCreateRecords");
+        let req = request.into_inner();
+        let limits = self.vault.limits();
+        let result = async {
+            check_batch(req.records.len(), limits.max_batch, "records")?;
+            for (i, r) in req.records.iter().enumerate() {
+                check_count(r.fields.len(), limits.max_fields, &format!("records[{i}].fields"))?;
+            }
+            let inputs: Vec<_> = req
+                .records
+                .iter()
+                .map(|r| field_inputs(&r.fields, "fields"))
+                .collect();
+            let records: Vec<NewRecord<'_>> = req
+                .records
+                .iter()
+                .zip(&inputs)
+                .map(|(r, fields)| NewRecord {
+                    collection: &r.collection,
+                    fields,
+                    honeytoken: r.honeytoken,
+                })
+                .collect();
+            let options = BatchOptions {
+                idempotency_key: Some(req.idempotency_key.as_str()).filter(|k| !k.is_empty()),
+                validate_only: req.validate_only,
+            };
+            self.vault
+                .create_many(&principal, &call, &records, &options)
+                .await
+        }
+        .await;
+        let created = audited(
+            self.vault.audit(),
+            &principal,
+            &call,
+            Known::default(),
+            result,
+        )
+        .await?;
+        let mut failures = Vec::new();
+        let mut results = Vec::with_capacity(created.results.len());
+        for (i, (outcome, r)) in created.results.into_iter().zip(&req.records).enumerate() {
+            let result = match outcome {
+                Ok(id) => pb::batch_create_result::Result::Created(pb::CreateRecordResponse {
+                    id: id.map(|id| id.to_string()).unwrap_or_default(),
+                    version: if id.is_some() { 1 } else { 0 },
+                }),
+                Err(e) => {
+                    // Errors name the record: `records[3].fields[1] (email)`.
+                    let mut e = e;
+                    if let Error::InvalidArgument(input) = &mut e {
+                        input.field = format!("records[{i}].{}", input.field);
+                    }
+                    let mut known = Known::default();
+                    if self.vault.schema().collection(&r.collection, "").is_ok() {
+                        known.collection.clone_from(&r.collection);
+                    }
+                    let (status, event) = failure(&principal, &call, known, e);
+                    if !created.replayed {
+                        failures.push(event);
+                    }
+                    pb::batch_create_result::Result::Error(item_error(&status))
+                }
+            };
+            results.push(pb::BatchCreateResult {
+                result: Some(result),
+            });
+        }
+        record_failures(self.vault.audit(), &call, failures).await;
+        Ok(Response::new(pb::BatchCreateRecordsResponse {
+            results,
+            replayed: created.replayed,
+        }))
+    }
+
     async fn export_records(
         &self,
         request: Request<pb::ExportRecordsRequest>,
@@ -471,6 +616,14 @@ impl Records for RecordsApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// One item's failure, for the wire: the status its single call would have failed with.
+fn item_error(status: &Status) -> pb::ItemError {
+    pb::ItemError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
     }
 }
 

@@ -167,6 +167,18 @@ pub(super) async fn audited<T>(
         Ok(v) => return Ok(v),
         Err(e) => e,
     };
+    let (status, event) = failure(principal, call, known, e);
+    record_failures(audit, call, vec![event]).await;
+    Err(status)
+}
+
+/// A failure's status, and the event that records it.
+pub(super) fn failure(
+    principal: &Principal,
+    call: &Call,
+    known: Known,
+    e: Error,
+) -> (Status, Event) {
     let status = to_status(e, &call.request_id);
     let event = Event {
         collection: known.collection,
@@ -178,10 +190,17 @@ pub(super) async fn audited<T>(
         detail: bounded(&redact_quoted(status.message()), MAX_DETAIL_BYTES),
         ..call.event(principal)
     };
-    if let Err(e) = audit.commit(Batch::new(), vec![event]).await {
+    (status, event)
+}
+
+/// Records the events of failures (durably, best effort: the failures are answered anyway).
+pub(super) async fn record_failures(audit: &Audit, call: &Call, events: Vec<Event>) {
+    if events.is_empty() {
+        return;
+    }
+    if let Err(e) = audit.commit(Batch::new(), events).await {
         tracing::error!(request_id = %call.request_id, error = %e, "the event of a failed call was not recorded");
     }
-    Err(status)
 }
 
 /// For calls whose use case records no event of its own (reads of the policy or the log):

@@ -52,8 +52,18 @@ impl BlindIndex {
         field: &str,
         normalized: &str,
     ) -> Result<IndexDigest, KeyError> {
-        let key = self.keys.key(&index_label(collection, field))?;
-        Ok(hmac_sha256(key.bytes(), &[normalized.as_bytes()]))
+        self.keyed(&index_label(collection, field), &[normalized.as_bytes()])
+    }
+
+    /// HMAC-SHA256 of the concatenation of `parts` under the provider's key for `label`: a
+    /// digest of something that must not be recomputable from the data dir alone (the label
+    /// keeps it apart from every index digest).
+    ///
+    /// # Errors
+    /// `KeyError` if the provider cannot derive the key.
+    pub fn keyed(&self, label: &str, parts: &[&[u8]]) -> Result<[u8; 32], KeyError> {
+        let key = self.keys.key(label)?;
+        Ok(hmac_sha256(key.bytes(), parts))
     }
 }
 

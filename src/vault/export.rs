@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{Error, RecordView, Vault, check_purpose, header::Header, requested_fields};
+use super::{
+    Decider, Error, RecordView, Vault, check_purpose, header::Header, requested_fields,
+};
 use crate::{
     audit::{Call, Event, FieldOutcome},
     domain::{Principal, Purpose, RecordId},
@@ -164,6 +166,8 @@ impl Vault {
             done,
         };
         let mut events = Vec::with_capacity(page.len());
+        // A policy change reaches a running export at its next batch.
+        let mut decider = Decider::new(&self.policy);
         for (key, header) in &page {
             if Header::decode(header).is_none_or(|h| h.collection != export.collection) {
                 continue;
@@ -174,7 +178,14 @@ impl Vault {
             let id = RecordId::from_bytes(bytes);
             export.scanned += 1;
             let (view, record_events) =
-                match self.read_record(principal, call, &id, &export.fields, &export.purpose) {
+                match self.read_record(
+                    principal,
+                    call,
+                    &id,
+                    &export.fields,
+                    &export.purpose,
+                    &mut decider,
+                ) {
                     Ok(read) => read,
                     // Shredded since the scan.
                     Err(Error::NotFound) => {

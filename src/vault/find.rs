@@ -4,7 +4,7 @@
 //! reads it. The audit log gets one event for the find (the field searched and the number of
 //! matches, never the value) and the read events of every record returned, in one batch.
 
-use super::{Error, RecordView, Vault, check_purpose, index, outcomes};
+use super::{Decider, Error, RecordView, Vault, check_purpose, index, outcomes};
 use crate::{
     audit::{Call, Event},
     crypto::IndexDigest,
@@ -79,9 +79,10 @@ impl Vault {
         let purpose = query.purpose;
         let found = self.lookup(principal, query, FIND_LIMIT)?;
         let mut records = Vec::with_capacity(found.ids.len());
+        let mut decider = Decider::new(&self.policy);
         let mut events = Vec::new();
         for id in &found.ids {
-            match self.read_record(principal, call, id, fields, purpose) {
+            match self.read_record(principal, call, id, fields, purpose, &mut decider) {
                 Ok((view, owed)) => {
                     records.push(view);
                     events.extend(owed);

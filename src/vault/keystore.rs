@@ -182,30 +182,44 @@ impl KeyStore {
         ctx: &DekContext<'_>,
         dek: &Dek,
     ) -> Result<(), Error> {
+        self.put_many(&[(id, ctx, dek)]).await
+    }
+
+    /// Wraps each key under the current epoch and stores them all in one synced write (a
+    /// batch of creates pays for one sync).
+    pub(crate) async fn put_many(
+        &self,
+        keys: &[(&RecordId, &DekContext<'_>, &Dek)],
+    ) -> Result<(), Error> {
         loop {
             let epoch = self.keys.current();
-            let wrapped = crypto::wrap_dek(self.keys.as_ref(), epoch, dek, ctx)
-                .map_err(|e| key_error(id, &e))?;
-            let entry = Entry {
-                epoch,
-                manifest: ctx.manifest,
-                collection: ctx.collection.to_owned(),
-                honeytoken: ctx.honeytoken,
-                wrapped,
-            };
-            let key = entry_key(id, ctx.record_version);
+            let mut batch = Batch::new();
+            for &(id, ctx, dek) in keys {
+                let wrapped = crypto::wrap_dek(self.keys.as_ref(), epoch, dek, ctx)
+                    .map_err(|e| key_error(id, &e))?;
+                let entry = Entry {
+                    epoch,
+                    manifest: ctx.manifest,
+                    collection: ctx.collection.to_owned(),
+                    honeytoken: ctx.honeytoken,
+                    wrapped,
+                };
+                batch.put(
+                    Keyspace::Deks,
+                    entry_key(id, ctx.record_version),
+                    entry.encode(),
+                );
+            }
             let store = Arc::clone(&self.store);
             let keys = Arc::clone(&self.keys);
             let gate = Arc::clone(&self.gate);
             let stored = tokio::task::spawn_blocking(move || {
                 let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
                 // Under the shared lock an epoch cannot be destroyed: if it is still live now,
-                // the rotation's final check will see this key.
-                if !keys.epochs().contains(&entry.epoch) {
+                // the rotation's final check will see these keys.
+                if !keys.epochs().contains(&epoch) {
                     return Ok(false);
                 }
-                let mut batch = Batch::new();
-                batch.put(Keyspace::Deks, key, entry.encode());
                 store.write(batch).map(|()| true)
             })
             .await

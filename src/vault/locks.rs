@@ -32,6 +32,12 @@ impl RecordLocks {
         guards
     }
 
+    /// Locks the stripe of a 16-byte key that is not a record id (an idempotency key's
+    /// digest): callers with the same key are serialized.
+    pub(super) async fn lock_key(&self, key: [u8; 16]) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock(&RecordId::from_bytes(key)).await
+    }
+
     fn stripe(&self, id: &RecordId) -> usize {
         let b = id.as_bytes();
         let n = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);

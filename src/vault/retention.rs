@@ -439,6 +439,10 @@ impl Vault {
         }
         let mut batch = Batch::new();
         if report.finished {
+            let forgotten = self.forget_expired_batches(self.clock.now_ms())?;
+            if forgotten > 0 {
+                tracing::info!(forgotten, "expired idempotent batch results forgotten");
+            }
             batch.delete(Keyspace::Meta, CURSOR_KEY);
             batch.put(
                 Keyspace::Meta,

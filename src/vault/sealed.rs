@@ -174,47 +174,62 @@ impl Vault {
     }
 
     /// Stores `dek`, wrapped, in the key store for `version` (synced), then seals every value
-    /// and adds the header (with the `honeytoken` flag) and ciphertexts to `batch`. The key is stored first: a crash before
-    /// the batch leaves an unused key, never a record without its key.
+    /// and adds the header (with the `honeytoken` flag) and ciphertexts to `batch`. The key is
+    /// stored first: a crash before the batch leaves an unused key, never a record without its
+    /// key.
     pub(super) async fn seal_record(
         &self,
         batch: &mut Batch,
         id: &RecordId,
         collection: &Collection,
         dek: &Dek,
-        (version, honeytoken): (u64, bool),
+        version: (u64, bool),
         values: &BTreeMap<usize, FieldValue>,
     ) -> Result<(), Error> {
-        let manifest = values.keys().fold(0u64, |m, i| m | (1 << i));
-        let name = collection.name().as_str();
-        let header = Header {
-            version,
-            manifest,
-            collection: name.to_owned(),
-            honeytoken,
-        };
-        self.keys.put(id, &dek_context(id, &header), dek).await?;
-        for (&i, value) in values {
-            let field = collection.fields()[i].0.as_str();
-            let ctx = FieldContext {
-                collection: name,
-                record_id: id.as_bytes(),
-                field,
-                record_version: version,
-            };
-            batch.put(
-                Keyspace::Records,
-                field_key(id, field),
-                crypto::seal_field(dek, &ctx, value.expose()),
-            );
-        }
-        batch.put(Keyspace::Headers, id.as_bytes().to_vec(), header.encode());
-        Ok(())
+        let header = seal_values(batch, id, collection, dek, version, values);
+        self.keys.put(id, &dek_context(id, &header), dek).await
     }
 }
 
+/// Seals every value under `dek` at `version` and adds the ciphertexts and the header (with
+/// the `honeytoken` flag) to `batch`; returns the header. The caller stores the key (wrapped)
+/// before it writes the batch.
+pub(super) fn seal_values(
+    batch: &mut Batch,
+    id: &RecordId,
+    collection: &Collection,
+    dek: &Dek,
+    (version, honeytoken): (u64, bool),
+    values: &BTreeMap<usize, FieldValue>,
+) -> Header {
+    let manifest = values.keys().fold(0u64, |m, i| m | (1 << i));
+    let name = collection.name().as_str();
+    let header = Header {
+        version,
+        manifest,
+        collection: name.to_owned(),
+        honeytoken,
+    };
+    for (&i, value) in values {
+        let field = collection.fields()[i].0.as_str();
+        let ctx = FieldContext {
+            collection: name,
+            record_id: id.as_bytes(),
+            field,
+            record_version: version,
+        };
+        batch.put(
+            Keyspace::Records,
+            field_key(id, field),
+            crypto::seal_field(dek, &ctx, value.expose()),
+        );
+    }
+    batch.put(Keyspace::Headers, id.as_bytes().to_vec(), header.encode());
+    header
+}
+
 /// What a record's wrapped key is bound to, from its header.
-fn dek_context<'a>(id: &'a RecordId, header: &'a Header) -> DekContext<'a> {
+pub(super) fn dek_context<'a>(id: &'a RecordId, header: &'a Header) -> DekContext<'a> {
     DekContext {
         record_id: id.as_bytes(),
         collection: &header.collection,

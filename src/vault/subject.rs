@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Vault, check_purpose, consent::LedgerEntry, now_ms, receipt};
+use super::{Decider, Error, Vault, check_purpose, consent::LedgerEntry, now_ms, receipt};
 use crate::{
     audit::{Call, Event, Filter},
     domain::{Principal, Purpose, RecordId},
@@ -415,8 +415,10 @@ impl Vault {
         events: &mut Vec<Event>,
     ) -> Result<SubjectExport, Error> {
         let mut records = Vec::with_capacity(ids.len());
+        let mut decider = Decider::new(&self.policy);
         for id in ids {
-            let (view, owed) = self.read_record(principal, call, id, &[], purpose)?;
+            let (view, owed) =
+                self.read_record(principal, call, id, &[], purpose, &mut decider)?;
             events.extend(owed);
             let mut fields = Vec::with_capacity(view.fields.len());
             for f in view.fields {
