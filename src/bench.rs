@@ -80,10 +80,12 @@ pub struct BenchOptions {
 
 /// Every workload, in the default order (shred last: it destroys records). `rotation` and
 /// `retention` are not in the default run: they want many records (`--records 100000`).
-pub const WORKLOADS: [&str; 14] = [
+pub const WORKLOADS: [&str; 16] = [
     "put",
+    "batch-put",
     "get-full",
     "get-masked",
+    "batch-get",
     "get-consent",
     "find",
     "get-denied",
@@ -202,7 +204,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     let needs_records = opts
         .workloads
         .iter()
-        .any(|w| !matches!(w.as_str(), "put" | "policy"));
+        .any(|w| !matches!(w.as_str(), "put" | "batch-put" | "policy"));
     let ids = Arc::new(if needs_records {
         preload(&clients, opts.records, opts.in_flight, "preloading").await?
     } else {
@@ -470,6 +472,10 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 "audit_on_over_off": audit_ratio,
                 "find_over_get_masked": over_get_masked(&rows, "find"),
                 "get_consent_over_get_masked": over_get_masked(&rows, "get-consent"),
+                "batch_get_records_over_get_masked": over_get_masked(&rows, "batch-get")
+                    .map(|r| r * workloads::BATCH_SIZE as f64),
+                "batch_put_records_over_put": over(&rows, "batch-put", "put")
+                    .map(|r| r * workloads::BATCH_SIZE as f64),
                 "tls_over_plaintext": tls_cost.as_ref().map(|c| json!({
                     "get_masked": c.read_ratio, "put": c.write_ratio,
                 })),
@@ -544,6 +550,20 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             r * 100.0
         );
     }
+    if let Some(r) = over_get_masked(&rows, "batch-get") {
+        println!(
+            "  batch-get ({n} ids a call) reads {:.1}x the records/s of get-masked",
+            r * workloads::BATCH_SIZE as f64,
+            n = workloads::BATCH_SIZE
+        );
+    }
+    if let Some(r) = over(&rows, "batch-put", "put") {
+        println!(
+            "  batch-put ({n} records a call) writes {:.1}x the records/s of put",
+            r * workloads::BATCH_SIZE as f64,
+            n = workloads::BATCH_SIZE
+        );
+    }
     if let Some(r) = over_get_masked(&rows, "get-consent") {
         println!(
             "  get-masked with consent checks (telemarketing) reaches {:.0}% of get-masked without (support)",
@@ -613,10 +633,15 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
 
 /// Requests per second of workload `name` over get-masked reads per second, when both ran.
 fn over_get_masked(rows: &[Row], name: &str) -> Option<f64> {
+    over(rows, name, "get-masked")
+}
+
+/// Requests per second of workload `name` over those of `base`, when both ran.
+fn over(rows: &[Row], name: &str, base: &str) -> Option<f64> {
     let rate = |name: &str| {
         rows.iter()
             .find(|r| r.name == name)
             .map(|r| r.stats.per_second())
     };
-    Some(rate(name)? / rate("get-masked")?.max(1e-9))
+    Some(rate(name)? / rate(base)?.max(1e-9))
 }

@@ -11,6 +11,7 @@ mod breach;
 mod consent;
 mod export;
 mod hold;
+mod import;
 mod keys;
 mod policy;
 mod receipt;
@@ -29,6 +30,7 @@ use audit::{AuditCommand, audit};
 use consent::{ConsentCommand, consent};
 use export::{ExportArgs, export};
 use hold::{HoldCommand, hold};
+use import::{ImportArgs, import};
 use keys::{KeysCommand, keys};
 use policy::{PolicyCommand, policy};
 use receipt::{ReceiptCommand, receipt};
@@ -98,6 +100,10 @@ enum Command {
     /// Export every record of a collection for a purpose to a JSON Lines file (e.g.
     /// pseudonyms for analytics), with a progress bar.
     Export(ExportArgs),
+    /// Load records from a CSV (header row of field names) or JSON Lines file: every row
+    /// checked first (nothing written if one is bad, unless --skip-invalid), then batches with
+    /// a progress bar; resumable; writes the map from input line to record id.
+    Import(ImportArgs),
     /// Show, apply, diff, dry-run, explain and roll back role policies (security admins).
     Policy {
         #[command(subcommand)]
@@ -298,6 +304,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token { command } => token(command).await,
         Command::Record { command } => record(command).await,
         Command::Export(args) => export(args).await,
+        Command::Import(args) => import(args).await,
         Command::Policy { command } => policy(command).await,
         Command::Audit { command } => audit(command).await,
         Command::Keys { command } => keys(command).await,

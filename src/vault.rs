@@ -7,11 +7,11 @@
 //! Depends on `domain`, `crypto`, `policy`, `audit` and `storage`; knows nothing of gRPC.
 
 mod access;
+pub mod batch;
 pub mod consent;
 mod export;
 mod find;
 pub mod governance;
-pub mod batch;
 mod header;
 pub mod holds;
 mod index;
@@ -460,7 +460,8 @@ impl Vault {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
         let mut decider = Decider::new(&self.policy);
-        let (view, events) = self.read_record(principal, call, id, fields, purpose, &mut decider)?;
+        let (view, events) =
+            self.read_record(principal, call, id, fields, purpose, &mut decider)?;
         if !events.is_empty() {
             // Fail closed: no data leaves unless its event is durable.
             self.audit.commit(Batch::new(), events).await?;

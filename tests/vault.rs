@@ -9,6 +9,8 @@ mod support;
 mod batch;
 #[path = "vault/consent.rs"]
 mod consent;
+#[path = "vault/import.rs"]
+mod import;
 #[path = "vault/subject.rs"]
 mod subject;
 #[path = "vault/tokens.rs"]

@@ -440,7 +440,11 @@ impl Records for RecordsApi {
         let result = async {
             check_batch(req.records.len(), limits.max_batch, "records")?;
             for (i, r) in req.records.iter().enumerate() {
-                check_count(r.fields.len(), limits.max_fields, &format!("records[{i}].fields"))?;
+                check_count(
+                    r.fields.len(),
+                    limits.max_fields,
+                    &format!("records[{i}].fields"),
+                )?;
             }
             let inputs: Vec<_> = req
                 .records

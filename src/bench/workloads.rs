@@ -99,6 +99,24 @@ fn customer(n: u64) -> Vec<pb::Field> {
     .collect()
 }
 
+/// Records per `BatchCreateRecords` call of a preload.
+const PRELOAD_BATCH: usize = 200;
+
+/// Ids per call of the `batch-get` workload, and records per call of `batch-put`.
+pub(super) const BATCH_SIZE: usize = 16;
+
+/// The ids a batch of creates returned; an error naming the first record refused.
+fn created_ids(resp: pb::BatchCreateRecordsResponse) -> Result<Vec<String>, String> {
+    resp.results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(pb::batch_create_result::Result::Created(c)) => Ok(c.id),
+            Some(pb::batch_create_result::Result::Error(e)) => Err(e.message),
+            None => Err("a batch result without an outcome".into()),
+        })
+        .collect()
+}
+
 pub(super) fn status(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
@@ -142,28 +160,41 @@ pub(super) async fn preload_into(
     let admin = clients.admin.clone();
     let collection = collection.to_owned();
     let (ids2, done2) = (Arc::clone(&ids), Arc::clone(&done));
+    // Batches of `PRELOAD_BATCH` records: request `n` creates records `n * PRELOAD_BATCH ..`.
+    let batches = count.div_ceil(PRELOAD_BATCH) as u64;
+    let in_flight = in_flight.div_ceil(PRELOAD_BATCH / 8).clamp(1, 16);
     let stats = drive(
         in_flight,
-        Duration::from_secs(3600),
-        Some(count as u64),
+        Duration::from_secs(24 * 3600),
+        Some(batches),
         move |n| {
             let mut c = admin[n as usize % admin.len()].clone();
             let (ids, done) = (Arc::clone(&ids2), Arc::clone(&done2));
             let collection = collection.clone();
+            let first = n * PRELOAD_BATCH as u64;
+            let last = (first + PRELOAD_BATCH as u64).min(count as u64);
             async move {
-                let id = c
-                    .records
-                    .create_record(pb::CreateRecordRequest {
-                        collection,
-                        fields: customer(n),
+                let records = (first..last)
+                    .map(|i| pb::CreateRecordRequest {
+                        collection: collection.clone(),
+                        fields: customer(i),
                         honeytoken: false,
                     })
-                    .await
-                    .map_err(|s| status(&s))?
-                    .into_inner()
-                    .id;
-                ids.lock().unwrap_or_else(PoisonError::into_inner).push(id);
-                done.fetch_add(1, Ordering::Relaxed);
+                    .collect();
+                let created = created_ids(
+                    c.records
+                        .batch_create_records(pb::BatchCreateRecordsRequest {
+                            records,
+                            ..pb::BatchCreateRecordsRequest::default()
+                        })
+                        .await
+                        .map_err(|s| status(&s))?
+                        .into_inner(),
+                )?;
+                done.fetch_add(created.len() as u64, Ordering::Relaxed);
+                ids.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(created);
                 Ok(())
             }
         },
@@ -181,6 +212,26 @@ pub(super) async fn preload_into(
     Ok(ids)
 }
 
+/// `n` distinct ids drawn with `picker` (all of them if there are fewer).
+fn distinct_ids(ids: &[String], picker: &Picker, n: usize) -> Vec<String> {
+    let n = n.min(ids.len());
+    let mut picked = std::collections::BTreeSet::new();
+    let mut rng = rand::thread_rng();
+    // A skewed picker repeats itself: after a bounded number of draws, fill in order.
+    for _ in 0..n * 8 {
+        if picked.len() == n {
+            break;
+        }
+        picked.insert(picker.pick(&mut rng) % ids.len());
+    }
+    let mut next = 0;
+    while picked.len() < n {
+        picked.insert(next);
+        next += 1;
+    }
+    picked.into_iter().map(|i| ids[i].clone()).collect()
+}
+
 /// One request of a workload, in flight.
 pub(super) type OpFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
@@ -195,6 +246,8 @@ pub(super) fn op(
 ) -> Result<impl Fn(u64) -> OpFuture + Clone + Send + Sync + 'static, String> {
     #[derive(Clone, Copy)]
     enum Kind {
+        BatchGet,
+        BatchPut,
         Consent,
         Denied,
         Find,
@@ -208,6 +261,8 @@ pub(super) fn op(
     let mix = workload == "mix";
     let fixed = match workload {
         "put" => Kind::Put,
+        "batch-put" => Kind::BatchPut,
+        "batch-get" => Kind::BatchGet,
         "get-full" => Kind::Full,
         "get-masked" | "mix" => Kind::Masked,
         "get-consent" => Kind::Consent,
@@ -245,6 +300,11 @@ pub(super) fn op(
         // No records are preloaded for a workload that only creates (`put`).
         let picked = picker.pick(&mut rand::thread_rng()) % ids.len().max(1);
         let id = ids.get(picked).cloned();
+        let batch = if matches!(kind, Kind::BatchGet) {
+            distinct_ids(&ids, &picker, BATCH_SIZE)
+        } else {
+            Vec::new()
+        };
         let (mut a, mut s, mut m) = (
             admin[conn % admin.len()].clone(),
             support[conn % support.len()].clone(),
@@ -254,7 +314,7 @@ pub(super) fn op(
         let workload = workload.clone();
         Box::pin(async move {
             let id = match (kind, id) {
-                (Kind::Put | Kind::Shred, _) => String::new(),
+                (Kind::Put | Kind::BatchPut | Kind::Shred, _) => String::new(),
                 (_, Some(id)) => id,
                 (_, None) => return Err(format!("{workload:?} needs preloaded records")),
             };
@@ -295,6 +355,44 @@ pub(super) fn op(
                     })
                     .await
                     .map(|_| ()),
+                Kind::BatchGet => s
+                    .records
+                    .batch_get_records(pb::BatchGetRecordsRequest {
+                        ids: batch,
+                        fields: vec![],
+                        purpose: "support".into(),
+                    })
+                    .await
+                    .and_then(|r| {
+                        let failed =
+                            r.into_inner()
+                                .results
+                                .into_iter()
+                                .find_map(|r| match r.result {
+                                    Some(pb::batch_get_result::Result::Record(_)) => None,
+                                    Some(pb::batch_get_result::Result::Error(e)) => Some(e.message),
+                                    None => Some("a batch result without an outcome".into()),
+                                });
+                        failed.map_or(Ok(()), |m| Err(tonic::Status::internal(m)))
+                    }),
+                Kind::BatchPut => a
+                    .records
+                    .batch_create_records(pb::BatchCreateRecordsRequest {
+                        records: (0..BATCH_SIZE as u64)
+                            .map(|i| pb::CreateRecordRequest {
+                                collection: "customers".into(),
+                                fields: customer(n * BATCH_SIZE as u64 + i),
+                                honeytoken: false,
+                            })
+                            .collect(),
+                        ..pb::BatchCreateRecordsRequest::default()
+                    })
+                    .await
+                    .and_then(|r| {
+                        created_ids(r.into_inner())
+                            .map(|_| ())
+                            .map_err(tonic::Status::internal)
+                    }),
                 Kind::Update => a
                     .records
                     .update_record(pb::UpdateRecordRequest {

@@ -88,7 +88,10 @@ impl Vault {
         if n > self.limits.max_batch {
             return Err(InvalidInput::new(
                 input,
-                format!("{n} items, more than the limit of {}", self.limits.max_batch),
+                format!(
+                    "{n} items, more than the limit of {}",
+                    self.limits.max_batch
+                ),
             )
             .into());
         }
@@ -152,7 +155,9 @@ impl Vault {
     ) -> Result<Created, Error> {
         self.check_batch(records.len(), "records")?;
         let Some(key) = options.idempotency_key.filter(|_| !options.validate_only) else {
-            return self.create_now(principal, call, records, options, None).await;
+            return self
+                .create_now(principal, call, records, options, None)
+                .await;
         };
         check_idempotency_key(key)?;
         let slot = self.idempotency_slot(principal, key)?;
@@ -180,7 +185,11 @@ impl Vault {
             };
             self.audit.commit(Batch::new(), vec![event]).await?;
             return Ok(Created {
-                results: stored.results.into_iter().map(StoredItem::into_result).collect(),
+                results: stored
+                    .results
+                    .into_iter()
+                    .map(StoredItem::into_result)
+                    .collect(),
                 replayed: true,
             });
         }
@@ -249,7 +258,11 @@ impl Vault {
                 (1, p.honeytoken),
                 &p.values,
             );
-            self.put_times(&mut batch, &p.id, &Times::new(now, p.values.keys().copied()));
+            self.put_times(
+                &mut batch,
+                &p.id,
+                &Times::new(now, p.values.keys().copied()),
+            );
             index::put_entries(&mut batch, &self.index, &p.id, p.collection, &p.values)?;
             keys.push((p.id, header, dek));
             events.push(p.event);
@@ -349,11 +362,8 @@ impl Vault {
         let lengths: Vec<[u8; 8]> = records
             .iter()
             .flat_map(|r| {
-                std::iter::once(r.fields.len()).chain(
-                    r.fields
-                        .iter()
-                        .flat_map(|f| [f.name.len(), f.value.len()]),
-                )
+                std::iter::once(r.fields.len())
+                    .chain(r.fields.iter().flat_map(|f| [f.name.len(), f.value.len()]))
             })
             .map(|n| (n as u64).to_be_bytes())
             .collect();
@@ -467,7 +477,11 @@ impl Stored {
         out.push(STORED_VERSION);
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         out.extend_from_slice(&self.digest);
-        out.extend_from_slice(&u32::try_from(self.results.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(self.results.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         let text = |out: &mut Vec<u8>, s: &str| {
             let s = &s.as_bytes()[..s.len().min(usize::from(u16::MAX))];
             out.extend_from_slice(&u16::try_from(s.len()).unwrap_or(u16::MAX).to_be_bytes());

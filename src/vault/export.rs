@@ -12,9 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{
-    Decider, Error, RecordView, Vault, check_purpose, header::Header, requested_fields,
-};
+use super::{Decider, Error, RecordView, Vault, check_purpose, header::Header, requested_fields};
 use crate::{
     audit::{Call, Event, FieldOutcome},
     domain::{Principal, Purpose, RecordId},
@@ -177,23 +175,22 @@ impl Vault {
             };
             let id = RecordId::from_bytes(bytes);
             export.scanned += 1;
-            let (view, record_events) =
-                match self.read_record(
-                    principal,
-                    call,
-                    &id,
-                    &export.fields,
-                    &export.purpose,
-                    &mut decider,
-                ) {
-                    Ok(read) => read,
-                    // Shredded since the scan.
-                    Err(Error::NotFound) => {
-                        export.skipped += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
+            let (view, record_events) = match self.read_record(
+                principal,
+                call,
+                &id,
+                &export.fields,
+                &export.purpose,
+                &mut decider,
+            ) {
+                Ok(read) => read,
+                // Shredded since the scan.
+                Err(Error::NotFound) => {
+                    export.skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if view.fields.iter().all(|f| f.value.is_none()) {
                 // Nothing to show: neither the record nor its id leaves, so no disclosure to
                 // audit (a disclosure-limit alert among the events still goes).

@@ -417,8 +417,7 @@ impl Vault {
         let mut records = Vec::with_capacity(ids.len());
         let mut decider = Decider::new(&self.policy);
         for id in ids {
-            let (view, owed) =
-                self.read_record(principal, call, id, &[], purpose, &mut decider)?;
+            let (view, owed) = self.read_record(principal, call, id, &[], purpose, &mut decider)?;
             events.extend(owed);
             let mut fields = Vec::with_capacity(view.fields.len());
             for f in view.fields {

@@ -186,7 +186,10 @@ async fn batch_create_writes_good_records_whole_and_refuses_bad_ones_alone() {
     let records = vec![
         new_record(customer("one")),
         new_record(bad_email),
-        new_record(vec![field("name", "Unknown Field"), field("shoe_size", "9")]),
+        new_record(vec![
+            field("name", "Unknown Field"),
+            field("shoe_size", "9"),
+        ]),
         honeytoken,
         new_record(customer("two")),
     ];
@@ -205,7 +208,11 @@ async fn batch_create_writes_good_records_whole_and_refuses_bad_ones_alone() {
     assert!(!e.message.contains("123-45-6789"), "{}", e.message);
     let e = results[2].unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument as i32);
-    assert!(e.message.starts_with("records[2].fields[1]"), "{}", e.message);
+    assert!(
+        e.message.starts_with("records[2].fields[1]"),
+        "{}",
+        e.message
+    );
     // Decoys take `honeytokens manage`, which writers lack: that record alone is refused.
     assert_eq!(results[3].unwrap_err().code, Code::PermissionDenied as i32);
 
@@ -216,7 +223,10 @@ async fn batch_create_writes_good_records_whole_and_refuses_bad_ones_alone() {
         assert_eq!(r.version, 1);
         assert_eq!(
             value_of(&r, "name").unwrap(),
-            (format!("Ada {tag} Lovelace").as_str(), pb::Disclosure::Plain)
+            (
+                format!("Ada {tag} Lovelace").as_str(),
+                pb::Disclosure::Plain
+            )
         );
         assert_eq!(stored(vault.store(), id).1.len(), 8, "every field stored");
     }
@@ -244,7 +254,13 @@ async fn validate_only_checks_every_record_and_writes_nothing() {
     let vault = Vault::start_shared().await;
     let mut writer = vault.as_role("role:writer").await;
     let before = headers(vault.store());
-    let deks = || vault.key_store().scan_prefix(Keyspace::Deks, b"").unwrap().len();
+    let deks = || {
+        vault
+            .key_store()
+            .scan_prefix(Keyspace::Deks, b"")
+            .unwrap()
+            .len()
+    };
     let keys_before = deks();
     let mut bad = customer("bad");
     bad[4].value = "1815-13-45".into();
@@ -266,7 +282,8 @@ async fn validate_only_checks_every_record_and_writes_nothing() {
     );
     let e = created(&resp.results[1]).unwrap_err();
     assert!(
-        e.message.starts_with("records[1].fields[4] (date_of_birth)"),
+        e.message
+            .starts_with("records[1].fields[4] (date_of_birth)"),
         "{}",
         e.message
     );
@@ -338,14 +355,14 @@ async fn the_repeat_of_a_batch_cut_off_by_a_restart_replays_it() {
         .await
         .unwrap();
     // Restarted as after a crash of the importer's connection or of the vault.
-    let count = vault.with_store(|s| headers(s)).await;
+    let count = vault.with_store(headers).await;
     let mut writer = vault.client(&token).await;
     let again = batch_create(&mut writer, records(), "import:f00d:0", false)
         .await
         .unwrap();
     assert!(again.replayed);
     assert_eq!(again.results, first.results);
-    assert_eq!(vault.with_store(|s| headers(s)).await, count);
+    assert_eq!(vault.with_store(headers).await, count);
 }
 
 #[tokio::test]
