@@ -182,6 +182,31 @@ pub fn create_private(path: &Path, fresh: bool) -> Result<fs::File, String> {
     Ok(file)
 }
 
+/// Opens an existing file of ours that may hold personal data, for writing more of it (a map
+/// being resumed): never through a symbolic link, a regular file, made 0600, not truncated.
+///
+/// # Errors
+/// A message naming the file and the problem.
+pub fn reopen_private(path: &Path) -> Result<fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = path.display();
+    let no_follow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(no_follow)
+        .open(path)
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot make {shown} private (mode 0600): {e}"))?;
+    Ok(file)
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 pub fn parent_of(path: &Path) -> Option<PathBuf> {
     match path.parent() {

@@ -375,6 +375,8 @@ mod tests {
                 "Records/ExportRecords",
                 "Records/ExportSubject",
                 "Records/EraseSubject",
+                "Records/BatchGetRecords",
+                "Records/BatchCreateRecords",
             ]
         );
         for service in [

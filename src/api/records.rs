@@ -386,6 +386,16 @@ impl Records for RecordsApi {
                 .enumerate()
                 .map(|(i, id)| RecordId::parse(id, &format!("ids[{i}]")))
                 .collect();
+            let mut seen = std::collections::HashSet::with_capacity(parsed.len());
+            for (i, p) in parsed.iter().enumerate() {
+                if let Ok(id) = p
+                    && !seen.insert(*id)
+                {
+                    return Err(
+                        InvalidInput::new(format!("ids[{i}]"), "given more than once").into(),
+                    );
+                }
+            }
             let ids: Vec<RecordId> = parsed.iter().filter_map(|p| p.clone().ok()).collect();
             let read = self
                 .vault

@@ -76,6 +76,12 @@ struct State {
     file_sha256: String,
     collection: String,
     batch: usize,
+    /// This import's own id, in its batches' idempotency keys: another import of the same
+    /// file is another import.
+    run: String,
+    /// When it started (ms since the epoch): the vault keeps a batch's results for 7 days, so
+    /// a resume must come sooner.
+    started_ms: i64,
     /// Every row was checked (and, without --skip-invalid, found valid).
     validated: bool,
     /// Data rows (not lines) whose results are in the map.
@@ -85,6 +91,13 @@ struct State {
 }
 
 const STATE_FORMAT: &str = "strongroom-import-state/v1";
+
+/// The oldest import that may be resumed: less than the 7 days the vault keeps the results of
+/// an idempotent batch, with a day to spare.
+const RESUME_WITHIN_MS: i64 = 6 * 24 * 3600 * 1000;
+
+/// The largest `--batch` (the vault's own `max_batch` is at most this too).
+const MAX_BATCH: usize = 10_000;
 
 /// Per row of a batch: its line, and its record id or why it has none.
 type Outcomes = Vec<(u64, Result<String, String>)>;
@@ -368,8 +381,8 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
             }
         },
     };
-    if args.batch == 0 {
-        return Err("--batch: must be at least 1".into());
+    if !(1..=MAX_BATCH).contains(&args.batch) {
+        return Err(format!("--batch: must be between 1 and {MAX_BATCH}"));
     }
     let map_path = args
         .map
@@ -382,10 +395,13 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
         file_sha256,
         collection: args.collection.clone(),
         batch: args.batch,
+        run: hex::encode(rand::random::<[u8; 16]>()),
+        started_ms: crate::vault::now_ms(),
         validated: false,
         rows_done: 0,
         map_bytes: 0,
     };
+    let mut resuming = false;
     let mut state = match std::fs::read(&state_path) {
         Ok(bytes) => {
             let saved: State = serde_json::from_slice(&bytes)
@@ -401,6 +417,15 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
                     state_path.display()
                 ));
             }
+            if fresh.started_ms.saturating_sub(saved.started_ms) > RESUME_WITHIN_MS {
+                return Err(format!(
+                    "{} is from an import started more than 6 days ago: the vault no longer \
+                     vouches for its batches, and resuming could create rows twice. Check the \
+                     records against the map, then remove the state to start afresh",
+                    state_path.display()
+                ));
+            }
+            resuming = true;
             eprintln!(
                 "resuming: {} rows already imported (map {})",
                 saved.rows_done,
@@ -444,7 +469,12 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
     }
     let bar = progress(lines, "importing")?;
     bar.set_position(state.rows_done);
-    let key_prefix = &state.file_sha256[..32];
+    let run = state.run.clone();
+    let replay_end = if state.rows_done > 0 || resuming {
+        state.rows_done + (args.in_flight.max(1) * args.batch) as u64
+    } else {
+        0
+    };
     let mut pending = FuturesOrdered::new();
     let mut next_row = state.rows_done;
     let (mut created, mut failed) = (0u64, 0u64);
@@ -456,16 +486,16 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
             };
             next_row += batch.rows.len() as u64;
             let mut c = client.clone();
-            let key = format!(
-                "import:{key_prefix}:{}:{}",
-                batch.first_row,
-                batch.rows.len()
-            );
+            let key = format!("import:{run}:{}:{}", batch.first_row, batch.rows.len());
+            // Only a batch that was in flight when an earlier run stopped may come back
+            // replayed.
+            let resumed = batch.first_row < replay_end;
             pending.push_back(async move {
                 let results = if batch.records.is_empty() {
                     Vec::new()
                 } else {
-                    c.records
+                    let resp = c
+                        .records
                         .batch_create_records(pb::BatchCreateRecordsRequest {
                             records: batch.records.clone(),
                             idempotency_key: key,
@@ -473,8 +503,15 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
                         })
                         .await
                         .map_err(|s| status_text(&s))?
-                        .into_inner()
-                        .results
+                        .into_inner();
+                    if resp.replayed && !resumed {
+                        return Err(format!(
+                            "the vault already holds a batch of this import from row {}; \
+                             nothing of it was created again",
+                            batch.first_row
+                        ));
+                    }
+                    resp.results
                 };
                 let outcomes = batch.outcomes(results)?;
                 Ok::<_, String>(outcomes)
@@ -629,10 +666,14 @@ fn open_map(path: &Path, len: u64) -> Result<std::io::BufWriter<File>, String> {
         f.write_all(b"line,record_id,error\n").map_err(err)?;
         f
     } else {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(err)?;
+        let f = crate::files::reopen_private(path)?;
+        let have = f.metadata().map_err(err)?.len();
+        if have < len {
+            return Err(format!(
+                "{} is shorter than the import state says it was; it was changed since",
+                path.display()
+            ));
+        }
         f.set_len(len).map_err(err)?;
         f
     };
@@ -649,7 +690,11 @@ fn save_state(path: &Path, state: &State) -> Result<(), String> {
     f.write_all(&bytes).map_err(err)?;
     f.sync_data().map_err(err)?;
     std::fs::rename(&tmp, path)
-        .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+        .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+    match crate::files::parent_of(path) {
+        Some(dir) => crate::files::sync_dir(&dir),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

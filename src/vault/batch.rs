@@ -39,8 +39,14 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Where stored batch results live in `Meta`.
 const IDEMPOTENCY_PREFIX: &[u8] = b"idempotency/";
 
-/// The provider label of the key the idempotency digests are computed under.
-const IDEMPOTENCY_LABEL: &str = "idempotency";
+/// The provider label of the key an idempotency slot (subject and key) is computed under.
+const IDEMPOTENCY_LABEL: &str = "idempotency/slot";
+
+/// The provider label of the key the digest of a batch's records is computed under.
+const RECORDS_LABEL: &str = "idempotency/records";
+
+/// Stored batch results the sweep examines at a time.
+const SWEEP_PAGE: usize = 1024;
 
 /// One record to create.
 #[derive(Debug)]
@@ -174,6 +180,20 @@ impl Vault {
                 return Err(Error::FailedPrecondition(
                     "idempotency_key was used before with other records; use a new key".into(),
                 ));
+            }
+            // The caller must still be allowed what it is given back: a token with fewer
+            // roles for the same subject gets no ids of records it may not create now.
+            for (record, item) in records.iter().zip(&stored.results) {
+                if !matches!(item, StoredItem::Created(_)) {
+                    continue;
+                }
+                if let Err(Error::PermissionDenied(msg)) =
+                    self.prepare_create(principal, call, record).map(|_| ())
+                {
+                    return Err(Error::PermissionDenied(format!(
+                        "{msg}; the earlier results of this idempotency_key are not replayed"
+                    )));
+                }
             }
             let n = stored.results.len();
             let event = Event {
@@ -356,53 +376,73 @@ impl Vault {
     }
 
     /// A keyed digest of everything a batch sends, to tell a repeat from another batch under
-    /// the same key without storing anything a value could be tested against.
+    /// the same key without storing anything a value could be tested against. Every part is
+    /// length-prefixed, so no two batches encode alike.
     fn records_digest(&self, records: &[NewRecord<'_>]) -> Result<[u8; 32], Error> {
-        let mut parts: Vec<&[u8]> = Vec::new();
-        let lengths: Vec<[u8; 8]> = records
-            .iter()
-            .flat_map(|r| {
-                std::iter::once(r.fields.len())
-                    .chain(r.fields.iter().flat_map(|f| [f.name.len(), f.value.len()]))
-            })
-            .map(|n| (n as u64).to_be_bytes())
-            .collect();
-        let mut lengths = lengths.iter();
+        let mut encoded = zeroize::Zeroizing::new(Vec::new());
+        let mut part = |bytes: &[u8]| {
+            encoded.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+            encoded.extend_from_slice(bytes);
+        };
         for r in records {
-            parts.push(r.collection.as_bytes());
-            parts.push(if r.honeytoken { b"\x01" } else { b"\x00" });
-            parts.extend(lengths.next().map(<[u8; 8]>::as_slice));
+            part(r.collection.as_bytes());
+            part(if r.honeytoken { b"\x01" } else { b"\x00" });
+            part(&(r.fields.len() as u64).to_be_bytes());
             for f in r.fields {
-                parts.extend(lengths.next().map(<[u8; 8]>::as_slice));
-                parts.push(f.name.as_bytes());
-                parts.extend(lengths.next().map(<[u8; 8]>::as_slice));
-                parts.push(f.value.as_bytes());
+                part(f.name.as_bytes());
+                part(f.value.as_bytes());
             }
-            parts.push(b"\n");
         }
         self.index
-            .keyed(IDEMPOTENCY_LABEL, &parts)
+            .keyed(RECORDS_LABEL, &[&encoded])
             .map_err(|e| Error::Unavailable(format!("the idempotency key: {e}")))
     }
 
     /// Deletes the stored results of idempotent batches older than `IDEMPOTENCY_MS`; returns
-    /// how many. Run by the retention sweep.
-    pub(super) fn forget_expired_batches(&self, now_ms: i64) -> Result<usize, Error> {
-        let mut batch = Batch::new();
+    /// how many. Run by the retention sweep, a page at a time; each entry is read again under
+    /// its key's lock, so an entry a batch has just stored again is kept.
+    pub(super) async fn forget_expired_batches(&self, now_ms: i64) -> Result<usize, Error> {
+        let expired = |value: Option<&[u8]>| {
+            value.is_some_and(|v| {
+                Stored::decode(v)
+                    .is_none_or(|s| now_ms.saturating_sub(s.created_ms) >= IDEMPOTENCY_MS)
+            })
+        };
+        let end = prefix_end(IDEMPOTENCY_PREFIX);
+        let mut from = IDEMPOTENCY_PREFIX.to_vec();
         let mut forgotten = 0;
-        for (key, value) in self.store.scan_prefix(Keyspace::Meta, IDEMPOTENCY_PREFIX)? {
-            let expired = Stored::decode(&value)
-                .is_none_or(|s| now_ms.saturating_sub(s.created_ms) >= IDEMPOTENCY_MS);
-            if expired {
-                batch.delete(Keyspace::Meta, key);
-                forgotten += 1;
+        loop {
+            let page = self
+                .store
+                .scan_range(Keyspace::Meta, &from, Some(&end), SWEEP_PAGE)?;
+            for (key, value) in &page {
+                if !expired(Some(value)) {
+                    continue;
+                }
+                let _serialized = self.locks.lock_key(first_16(key)).await;
+                if expired(self.store.get(Keyspace::Meta, key)?.as_deref()) {
+                    let mut batch = Batch::new();
+                    batch.delete(Keyspace::Meta, key.clone());
+                    self.store.write(batch)?;
+                    forgotten += 1;
+                }
             }
+            let Some((last, _)) = page.last().filter(|_| page.len() == SWEEP_PAGE) else {
+                return Ok(forgotten);
+            };
+            from = last.clone();
+            from.push(0);
         }
-        if forgotten > 0 {
-            self.store.write(batch)?;
-        }
-        Ok(forgotten)
     }
+}
+
+/// The first key past every key that starts with `prefix` (whose last byte is not 0xff).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
 }
 
 /// Fails `InvalidArgument` unless `key` is 1 to `MAX_IDEMPOTENCY_KEY` bytes of

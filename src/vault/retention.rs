@@ -439,7 +439,7 @@ impl Vault {
         }
         let mut batch = Batch::new();
         if report.finished {
-            let forgotten = self.forget_expired_batches(self.clock.now_ms())?;
+            let forgotten = self.forget_expired_batches(self.clock.now_ms()).await?;
             if forgotten > 0 {
                 tracing::info!(forgotten, "expired idempotent batch results forgotten");
             }

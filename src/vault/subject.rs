@@ -587,7 +587,7 @@ fn place(event: Event, history: &mut Vec<HistoryEntry>, accesses: &mut Vec<Acces
         .collect();
     let write = matches!(
         event.method.as_str(),
-        "Records/CreateRecord" | "Records/UpdateRecord"
+        "Records/CreateRecord" | "Records/BatchCreateRecords" | "Records/UpdateRecord"
     );
     if write && event.result == "OK" {
         history.push(HistoryEntry {

@@ -392,3 +392,101 @@ async fn a_batch_whose_write_fails_writes_none_of_its_records() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// Stored results go back only to a caller still allowed to create the records: the same
+/// subject with a token of fewer roles gets PERMISSION_DENIED, not the first call's ids.
+#[tokio::test]
+async fn a_replay_is_refused_to_a_caller_who_may_no_longer_create_the_records() {
+    let vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let token = vault.token("svc:crm", &["role:writer"]).await;
+    let mut writer = vault.client(&token).await;
+    let records = || vec![new_record(customer("one"))];
+    let first = batch_create(&mut writer, records(), "k1", false)
+        .await
+        .unwrap();
+    assert!(created(&first.results[0]).is_ok());
+    admin
+        .tokens
+        .revoke_tokens(pb::RevokeTokensRequest {
+            subject: "svc:crm".into(),
+        })
+        .await
+        .unwrap();
+    let token = vault.token("svc:crm", &["role:support"]).await;
+    let mut support = vault.client(&token).await;
+    let status = assert_code(
+        batch_create(&mut support, records(), "k1", false).await,
+        Code::PermissionDenied,
+    );
+    assert!(
+        status.message().contains("not replayed"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_id_is_named_by_its_place_in_the_request() {
+    let vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let mut support = vault.as_role("role:support").await;
+    let a = create(&mut admin, customer("a")).await;
+    let status = assert_code(
+        batch_get(&mut support, &["nope", &a, &a], "support").await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(status.message(), "ids[2]: given more than once");
+}
+
+/// After seven days the retention sweep forgets a key's results: the same key then creates
+/// anew.
+#[tokio::test]
+async fn the_retention_sweep_forgets_idempotency_keys_after_seven_days() {
+    const T0: i64 = 1_800_000_000_000;
+    let mut vault = Vault::start_with_clock(Clock::manual(T0)).await;
+    let stored = |s: &RocksStore| {
+        s.scan_prefix(Keyspace::Meta, b"idempotency/")
+            .unwrap()
+            .len()
+    };
+    let mut admin = vault.admin().await;
+    let mut writer = vault.as_role("role:writer").await;
+    let records = || vec![new_record(customer("one"))];
+    let first = batch_create(&mut writer, records(), "k7", false)
+        .await
+        .unwrap();
+    let sweep = |admin: &mut strongroom::client::Client| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .retention
+                .run_retention(pb::RunRetentionRequest::default())
+                .await
+                .unwrap();
+        }
+    };
+    // Six days on, the sweep keeps it and a repeat replays.
+    vault
+        .clock
+        .advance(std::time::Duration::from_secs(6 * 86_400));
+    sweep(&mut admin).await;
+    let again = batch_create(&mut writer, records(), "k7", false)
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(vault.with_store(stored).await, 1);
+    // Past seven days the sweep forgets it, and the same key creates a new record.
+    let mut admin = vault.admin().await;
+    vault
+        .clock
+        .advance(std::time::Duration::from_secs(2 * 86_400));
+    sweep(&mut admin).await;
+    assert_eq!(vault.with_store(stored).await, 0, "the sweep forgot it");
+    let mut writer = vault.as_role("role:writer").await;
+    let late = batch_create(&mut writer, records(), "k7", false)
+        .await
+        .unwrap();
+    assert!(!late.replayed);
+    assert_ne!(created(&late.results[0]), created(&first.results[0]));
+}

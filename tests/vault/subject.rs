@@ -732,3 +732,44 @@ async fn a_partial_erasure_names_what_was_not_erased_and_why() {
     assert_code(erase(&mut support, &[&kept]).await, Code::PermissionDenied);
     get(&mut admin, &kept, "support").await.unwrap();
 }
+
+/// A record created by `BatchCreateRecords` (as `strongroom import` creates them) has its
+/// creation in the history, not among the accesses.
+#[tokio::test]
+async fn a_record_created_in_a_batch_has_its_creation_in_the_history() {
+    let vault = Vault::start().await;
+    let mut writer = vault.as_role("role:writer").await;
+    let mut officer = vault.as_role("role:privacy_officer").await;
+    let resp = writer
+        .records
+        .batch_create_records(pb::BatchCreateRecordsRequest {
+            records: vec![pb::CreateRecordRequest {
+                collection: "customers".into(),
+                fields: vec![
+                    field("name", "Grace Hopper"),
+                    field("email", "grace@example.com"),
+                ],
+                honeytoken: false,
+            }],
+            ..pb::BatchCreateRecordsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::batch_create_result::Result::Created(created)) = &resp.results[0].result else {
+        panic!("{resp:?}");
+    };
+    let reply = export_id(&mut officer, &created.id).await.unwrap();
+    let doc: ExportDocument = serde_json::from_str(&reply.document).unwrap();
+    let record = &doc.records[0];
+    assert_eq!(record.history.len(), 1, "{:?}", record.history);
+    assert_eq!(record.history[0].method, "Records/BatchCreateRecords");
+    assert!(
+        record
+            .accesses
+            .iter()
+            .all(|a| a.method != "Records/BatchCreateRecords"),
+        "{:?}",
+        record.accesses
+    );
+}
