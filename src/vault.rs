@@ -90,6 +90,9 @@ pub enum Error {
     /// erasure); the message names what blocks it.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The caller's request limit is spent; the message says the limit.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A bug or an impossible state; the detail goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),

@@ -377,6 +377,9 @@ impl Records for RecordsApi {
             let limits = self.vault.limits();
             check_batch(req.ids.len(), limits.max_batch, "ids")?;
             check_count(req.fields.len(), limits.max_fields, "fields")?;
+            self.vault
+                .admit_items(&principal, &call, req.ids.len())
+                .await?;
             let (_, purpose) = self.vault.schema().purpose(&req.purpose, "purpose")?;
             known.purpose = purpose.as_str().to_owned();
             // An id that does not parse fails alone, like an id the vault cannot read.
@@ -449,6 +452,9 @@ impl Records for RecordsApi {
         let limits = self.vault.limits();
         let result = async {
             check_batch(req.records.len(), limits.max_batch, "records")?;
+            self.vault
+                .admit_items(&principal, &call, req.records.len())
+                .await?;
             for (i, r) in req.records.iter().enumerate() {
                 check_count(
                     r.fields.len(),

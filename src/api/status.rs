@@ -32,6 +32,7 @@ pub fn to_status(e: Error, request_id: &str) -> Status {
         Error::NoSuchVersion(v) => Status::not_found(format!("no policy version {v}")),
         Error::NotFound => Status::not_found("record not found"),
         Error::PermissionDenied(msg) => Status::permission_denied(msg),
+        Error::ResourceExhausted(msg) => Status::resource_exhausted(msg),
         Error::Unavailable(detail) => {
             tracing::error!(request_id, %detail, "storage or audit log unavailable");
             Status::unavailable(format!(

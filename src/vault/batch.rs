@@ -89,6 +89,37 @@ struct Prepared<'s> {
 }
 
 impl Vault {
+    /// Counts the items of a batch call beyond the first against the caller's request limit
+    /// (the authenticator counted the call itself): a batch of `n` costs `n` requests, so a
+    /// limit bounds records per second however they are asked for.
+    ///
+    /// # Errors
+    /// `ResourceExhausted` when fewer requests than items are left of this second's (the
+    /// window's one alert is recorded first).
+    pub async fn admit_items(
+        &self,
+        principal: &Principal,
+        call: &Call,
+        items: usize,
+    ) -> Result<(), Error> {
+        let extra = u64::try_from(items.saturating_sub(1)).unwrap_or(u64::MAX);
+        if extra == 0 {
+            return Ok(());
+        }
+        let Err(mut refused) = self.limiter.admit_n(principal, call.method, extra) else {
+            return Ok(());
+        };
+        if let Some(alert) = refused.alert.take()
+            && let Err(e) = self.audit.commit(Batch::new(), vec![*alert]).await
+        {
+            tracing::error!(error = %e, "the alert of a request limit was not recorded");
+        }
+        Err(Error::ResourceExhausted(format!(
+            "{} (a batch counts each of its items)",
+            refused.message()
+        )))
+    }
+
     /// Fails `InvalidArgument` naming `input` if a batch has more than `max_batch` items.
     fn check_batch(&self, n: usize, input: &str) -> Result<(), Error> {
         if n > self.limits.max_batch {

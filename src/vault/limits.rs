@@ -182,6 +182,20 @@ impl Limiter {
     /// # Errors
     /// `RequestLimited`, with the window's alert the first time.
     pub fn admit(&self, principal: &Principal, method: &str) -> Result<(), RequestLimited> {
+        self.admit_n(principal, method, 1)
+    }
+
+    /// Counts `n` requests of `principal` at once (the items of a batch call), or refuses them
+    /// all when fewer than `n` are left of this second's.
+    ///
+    /// # Errors
+    /// `RequestLimited`, with the window's alert the first time.
+    pub fn admit_n(
+        &self,
+        principal: &Principal,
+        method: &str,
+        n: u64,
+    ) -> Result<(), RequestLimited> {
         let Some(limit) = self.rules.resolve(principal).requests_per_second else {
             return Ok(());
         };
@@ -189,8 +203,8 @@ impl Limiter {
         let refused = self.with_counters(&principal.subject, |c| {
             let w = &mut c.requests;
             w.turn(now, REQUEST_WINDOW_MS);
-            if w.used < u64::from(limit) {
-                w.used += 1;
+            if w.used.saturating_add(n) <= u64::from(limit) {
+                w.used += n;
                 return None;
             }
             Some((w.first_alert(), w.start_ms.unwrap_or(now)))

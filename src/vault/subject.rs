@@ -274,6 +274,7 @@ pub fn not_erased_reason(e: &Error) -> String {
         | Error::NoSuchVersion(_)
         | Error::NotFound => "not found (never existed, or already shredded)".into(),
         Error::PermissionDenied(m) => format!("permission denied: {m}"),
+        Error::ResourceExhausted(m) => format!("not erased: {m}"),
         Error::Unavailable(_) => "storage unavailable; not erased, retry".into(),
     }
 }

@@ -490,3 +490,38 @@ async fn the_retention_sweep_forgets_idempotency_keys_after_seven_days() {
     assert!(!late.replayed);
     assert_ne!(created(&late.results[0]), created(&first.results[0]));
 }
+
+/// A request limit bounds records per second however they are asked for: a batch costs one
+/// request per item.
+#[tokio::test]
+async fn a_batch_counts_each_item_against_the_request_limit() {
+    let vault = Vault::start_configured(
+        "[rate_limits.\"svc:bulk\"]\nrequests_per_second = 10\n",
+        "",
+        Clock::system(),
+    )
+    .await;
+    let mut admin = vault.admin().await;
+    let token = vault.token("svc:bulk", &["role:support"]).await;
+    let mut bulk = vault.client(&token).await;
+    let mut ids = Vec::new();
+    for tag in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"] {
+        ids.push(create(&mut admin, customer(tag)).await);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let status = assert_code(
+        batch_get(&mut bulk, &ids, "support").await,
+        Code::ResourceExhausted,
+    );
+    assert!(
+        status
+            .message()
+            .contains("a batch counts each of its items"),
+        "{}",
+        status.message()
+    );
+    // A batch within the limit passes (in a later second if this one is spent).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let got = batch_get(&mut bulk, &ids[..5], "support").await.unwrap();
+    assert_eq!(got.results.len(), 5);
+}
