@@ -156,29 +156,16 @@ pub fn create_private(path: &Path, fresh: bool) -> Result<fs::File, String> {
             Err(e) => return Err(format!("cannot remove the stale {shown}: {e}")),
         }
     }
-    // O_NOFOLLOW is a small positive flag on every Unix; the conversion cannot fail.
-    let no_follow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
     let mut options = fs::OpenOptions::new();
-    options.write(true).mode(0o600).custom_flags(no_follow);
+    options.write(true).mode(0o600);
     if fresh {
         options.create_new(true);
     } else {
         options.create(true);
     }
-    let file = options
-        .open(path)
-        .map_err(|e| format!("cannot create {shown}: {e}"))?;
-    // Checked and fixed on the opened file, so it cannot be swapped after the checks.
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{shown} is not a regular file"));
-    }
-    // The mode given at creation is filtered by the umask, and an existing file keeps its own.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .and_then(|()| file.set_len(0))
-        .map_err(|e| format!("cannot make {shown} private (mode 0600): {e}"))?;
+    let file = open_private(path, &mut options, "create")?;
+    file.set_len(0)
+        .map_err(|e| format!("cannot truncate {shown}: {e}"))?;
     Ok(file)
 }
 
@@ -188,20 +175,32 @@ pub fn create_private(path: &Path, fresh: bool) -> Result<fs::File, String> {
 /// # Errors
 /// A message naming the file and the problem.
 pub fn reopen_private(path: &Path) -> Result<fs::File, String> {
+    open_private(path, fs::OpenOptions::new().write(true), "open")
+}
+
+/// Opens `path` with `options`, never through a symbolic link (O_NOFOLLOW), then checks and
+/// fixes the opened file itself, so that it cannot be swapped after the checks: a regular
+/// file, mode 0600.
+fn open_private(
+    path: &Path,
+    options: &mut fs::OpenOptions,
+    verb: &str,
+) -> Result<fs::File, String> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let shown = path.display();
+    // O_NOFOLLOW is a small positive flag on every Unix; the conversion cannot fail.
     let no_follow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
-    let file = fs::OpenOptions::new()
-        .write(true)
+    let file = options
         .custom_flags(no_follow)
         .open(path)
-        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+        .map_err(|e| format!("cannot {verb} {shown}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read {shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!("{shown} is not a regular file"));
     }
+    // The mode given at creation is filtered by the umask, and an existing file keeps its own.
     file.set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot make {shown} private (mode 0600): {e}"))?;
     Ok(file)

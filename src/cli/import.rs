@@ -327,6 +327,41 @@ impl Batch {
         Ok((!batch.rows.is_empty()).then_some(batch))
     }
 
+    /// Sends the batch's records (with idempotency `key` unless empty, or only to check them)
+    /// and gives each row's outcome. A replayed answer is an error unless `may_replay` (the
+    /// batch was in flight when an earlier run stopped).
+    async fn send(
+        self,
+        mut client: Client,
+        key: String,
+        validate_only: bool,
+        may_replay: bool,
+    ) -> Result<Outcomes, String> {
+        let results = if self.records.is_empty() {
+            Vec::new()
+        } else {
+            let resp = client
+                .records
+                .batch_create_records(pb::BatchCreateRecordsRequest {
+                    records: self.records.clone(),
+                    idempotency_key: key,
+                    validate_only,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            if resp.replayed && !may_replay {
+                return Err(format!(
+                    "the vault already holds a batch of this import from row {}; nothing of \
+                     it was created again",
+                    self.first_row
+                ));
+            }
+            resp.results
+        };
+        self.outcomes(results)
+    }
+
     /// Per row: its line, and its record id or why it has none, from the vault's results for
     /// the records sent.
     fn outcomes(&self, results: Vec<pb::BatchCreateResult>) -> Result<Outcomes, String> {
@@ -485,37 +520,12 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
                 break;
             };
             next_row += batch.rows.len() as u64;
-            let mut c = client.clone();
+            let c = client.clone();
             let key = format!("import:{run}:{}:{}", batch.first_row, batch.rows.len());
             // Only a batch that was in flight when an earlier run stopped may come back
             // replayed.
             let resumed = batch.first_row < replay_end;
-            pending.push_back(async move {
-                let results = if batch.records.is_empty() {
-                    Vec::new()
-                } else {
-                    let resp = c
-                        .records
-                        .batch_create_records(pb::BatchCreateRecordsRequest {
-                            records: batch.records.clone(),
-                            idempotency_key: key,
-                            validate_only: false,
-                        })
-                        .await
-                        .map_err(|s| status_text(&s))?
-                        .into_inner();
-                    if resp.replayed && !resumed {
-                        return Err(format!(
-                            "the vault already holds a batch of this import from row {}; \
-                             nothing of it was created again",
-                            batch.first_row
-                        ));
-                    }
-                    resp.results
-                };
-                let outcomes = batch.outcomes(results)?;
-                Ok::<_, String>(outcomes)
-            });
+            pending.push_back(batch.send(c, key, false, resumed));
         }
         let Some(done) = pending.next().await else {
             break;
@@ -595,24 +605,8 @@ async fn validate(
                 break;
             };
             next_row += batch.rows.len() as u64;
-            let mut c = client.clone();
-            pending.push_back(async move {
-                let results = if batch.records.is_empty() {
-                    Vec::new()
-                } else {
-                    c.records
-                        .batch_create_records(pb::BatchCreateRecordsRequest {
-                            records: batch.records.clone(),
-                            idempotency_key: String::new(),
-                            validate_only: true,
-                        })
-                        .await
-                        .map_err(|s| status_text(&s))?
-                        .into_inner()
-                        .results
-                };
-                batch.outcomes(results)
-            });
+            let c = client.clone();
+            pending.push_back(batch.send(c, String::new(), true, false));
         }
         let Some(done) = pending.next().await else {
             break;
