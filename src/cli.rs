@@ -237,7 +237,8 @@ struct BenchArgs {
     /// Records preloaded before the read workloads.
     #[arg(long, default_value_t = 10_000)]
     records: usize,
-    /// Workloads, comma-separated: put, get-full, get-masked, find, get-denied, update, mix, shred,
+    /// Workloads, comma-separated: put, batch-put, get-full, get-masked, batch-get (16 ids a
+    /// call), find, get-denied, update, mix, shred,
     /// shred-wait, audit-cost, policy (default: all of these), and rotation (key rotation:
     /// rewrap rate, reads during a rotation; best with --records 100000).
     #[arg(long, value_delimiter = ',')]
