@@ -19,6 +19,7 @@ mod chain;
 mod codec;
 mod export;
 mod frame;
+mod index;
 mod log;
 mod query;
 mod refusals;
@@ -38,6 +39,7 @@ use crate::{
 
 pub use chain::Checkpoint;
 pub use export::{EXPORT_FORMAT, Export, ExportError, ExportReport, PinnedHead, verify_export};
+pub use index::IndexKey;
 pub use log::{Append, AppendFailed, Chained, EventLog, StoreLog, StoredEvents};
 pub use query::Filter;
 pub use refusals::UNKNOWN_METHOD;

@@ -4,6 +4,7 @@
 //! requests in flight, and reports throughput, p50/p99/p999 latency, server CPU per request,
 //! and ratios to ceilings measured in the same run.
 
+mod audit_index;
 mod background;
 mod ceilings;
 mod consent;
@@ -76,11 +77,13 @@ pub struct BenchOptions {
     /// Also run get-masked and put on two fresh vaults, one serving TLS and one plaintext, back
     /// to back, and report what TLS costs.
     pub tls: bool,
+    /// Events the `audit-query` workload appends before it queries.
+    pub audit_events: u64,
 }
 
 /// Every workload, in the default order (shred last: it destroys records). `rotation` and
 /// `retention` are not in the default run: they want many records (`--records 100000`).
-pub const WORKLOADS: [&str; 16] = [
+pub const WORKLOADS: [&str; 17] = [
     "put",
     "batch-put",
     "get-full",
@@ -97,6 +100,7 @@ pub const WORKLOADS: [&str; 16] = [
     "policy",
     "rotation",
     "retention",
+    "audit-query",
 ];
 
 /// One row of the report.
@@ -204,7 +208,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     let needs_records = opts
         .workloads
         .iter()
-        .any(|w| !matches!(w.as_str(), "put" | "batch-put" | "policy"));
+        .any(|w| !matches!(w.as_str(), "put" | "batch-put" | "policy" | "audit-query"));
     let ids = Arc::new(if needs_records {
         preload(&clients, opts.records, opts.in_flight, "preloading").await?
     } else {
@@ -298,6 +302,12 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 .await?;
                 rows.extend(figures.rows());
                 retention_figures = Some(figures);
+            }
+            "audit-query" => {
+                let figures =
+                    audit_index::run(&dir.path().join("audit-query"), opts.audit_events).await?;
+                rows.extend(figures.rows());
+                notes.extend(figures.notes());
             }
             w => {
                 let cpu_before = server.as_ref().and_then(Child::cpu_ticks);

@@ -240,7 +240,9 @@ struct BenchArgs {
     /// Workloads, comma-separated: put, batch-put, get-full, get-masked, batch-get (16 ids a
     /// call), find, get-denied, update, mix, shred,
     /// shred-wait, audit-cost, policy (default: all of these), and rotation (key rotation:
-    /// rewrap rate, reads during a rotation; best with --records 100000).
+    /// rewrap rate, reads during a rotation; best with --records 100000), retention (a sweep
+    /// with a tenth of the records expired) and audit-query (queries by record and subject in
+    /// an audit log of --audit-events events, no server).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Draw record ids Zipf-skewed with this exponent (e.g. 0.99) instead of uniformly.
@@ -262,6 +264,9 @@ struct BenchArgs {
     /// bench starts (the TLS one with a certificate from `tls init`), back to back.
     #[arg(long)]
     tls: bool,
+    /// Events the audit-query workload appends to its log before it queries.
+    #[arg(long, default_value_t = 10_000_000)]
+    audit_events: u64,
 }
 
 async fn bench(args: BenchArgs) -> Result<(), String> {
@@ -273,8 +278,9 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
             .iter()
             // audit-cost and get-consent need a vault the bench starts itself: not with --addr.
             .filter(|w| args.addr.is_none() || !matches!(**w, "audit-cost" | "get-consent"))
-            // rotation and retention want many records: asked for by name.
-            .filter(|w| !matches!(**w, "rotation" | "retention"))
+            // rotation and retention want many records, audit-query many events: asked for
+            // by name.
+            .filter(|w| !matches!(**w, "rotation" | "retention" | "audit-query"))
             .map(|w| (*w).to_owned())
             .collect()
     } else {
@@ -294,6 +300,7 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
         json: args.json,
         rewrap_per_second: args.rewrap_per_second,
         tls: args.tls,
+        audit_events: args.audit_events.max(1),
     })
     .await
 }

@@ -1072,6 +1072,35 @@ async fn kill_9_during_appends_loses_no_acknowledged_event() {
             have >= *n,
             "record {id}: {n} reads answered, {have} in the log"
         );
+        // A query by record (through the index, rebuilt at each start) finds every one.
+        let mut found = 0;
+        let mut after = 0;
+        loop {
+            let page = admin
+                .audit
+                .query_events(pb::QueryEventsRequest {
+                    filter: Some(pb::EventFilter {
+                        record_id: id.clone(),
+                        method: "Records/GetRecord".into(),
+                        outcome: "OK".into(),
+                        ..Default::default()
+                    }),
+                    page_size: 1000,
+                    after_seq: after,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            found += page.events.len() as u64;
+            if page.next_after_seq == 0 {
+                break;
+            }
+            after = page.next_after_seq;
+        }
+        assert_eq!(
+            found, have,
+            "record {id}: the query by record finds {found} of {have}"
+        );
     }
     for id in &acked_creates {
         assert!(

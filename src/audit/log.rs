@@ -11,6 +11,7 @@
 use super::{
     AuditError, Event, HEAD_KEY,
     chain::{Checkpoint, checkpoint_key},
+    index::IndexKey,
 };
 use crate::storage::{Batch, Keyspace, Store};
 
@@ -104,6 +105,32 @@ pub trait EventLog: Send + Sync {
     /// # Errors
     /// `AuditError` if the log cannot be written.
     fn prune(&self, through: u64) -> Result<Option<u64>, AuditError>;
+
+    /// Up to `limit` stored events from `from` on, oldest first, among which are all the
+    /// events that name `key` (others may come with them: the caller matches each), or `None`
+    /// if the log has no index (then only a scan finds them).
+    ///
+    /// # Errors
+    /// `AuditError` if the log cannot be read or is damaged.
+    fn scan_key(
+        &self,
+        key: IndexKey<'_>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Option<StoredEvents>, AuditError> {
+        let _ = (key, from, limit);
+        Ok(None)
+    }
+
+    /// The first index of the log, from the part holding `from` on, that does not match the
+    /// events it indexes: where it starts and what is wrong.
+    ///
+    /// # Errors
+    /// `AuditError` if the log cannot be read.
+    fn check_index(&self, from: u64) -> Result<Option<(u64, String)>, AuditError> {
+        let _ = from;
+        Ok(None)
+    }
 
     /// The segment files, for a log kept in files (to tell where its bytes are).
     fn files(&self) -> Vec<std::path::PathBuf> {

@@ -1,7 +1,7 @@
-//! Queries over the log: filters and paging by sequence number.
+//! Queries over the log: filters and paging by sequence number; by record id or subject through
+//! the log's index, when it has one.
 
-use super::log::EventLog;
-use super::{AuditError, Event, chain::decode_stored};
+use super::{AuditError, Event, chain::decode_stored, index::IndexKey, log::EventLog};
 
 /// What an event must match; empty fields match anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,7 +61,6 @@ impl Filter {
     }
 }
 
-/// The key just after `key`.
 /// Events scanned per page at most, so one query cannot hold the store for long.
 const MAX_SCAN: usize = 200_000;
 
@@ -77,8 +76,21 @@ pub(super) fn query(
         return Ok((out, None));
     };
     let mut scanned = 0usize;
+    // A record id or a subject is looked up in the log's index when it has one.
+    let key = match (&filter.record_id, &filter.subject) {
+        (Some(record), _) => Some(IndexKey::Record(record)),
+        (None, Some(subject)) => Some(IndexKey::Subject(subject)),
+        (None, None) => None,
+    };
     loop {
-        let chunk = log.scan(cursor, None, 1024)?;
+        let indexed = match key {
+            Some(key) => log.scan_key(key, cursor, 1024)?,
+            None => None,
+        };
+        let chunk = match indexed {
+            Some(chunk) => chunk,
+            None => log.scan(cursor, None, 1024)?,
+        };
         let Some(&(last, _)) = chunk.last() else {
             return Ok((out, None));
         };

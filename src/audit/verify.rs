@@ -363,5 +363,12 @@ pub(super) fn verify(
         }
         None => {}
     }
+    // The index answers queries by record and subject: one that lost entries would hide
+    // events from them while the chain verifies.
+    if to.is_none()
+        && let Some(broken) = log.check_index(from)?
+    {
+        return fail(report, broken);
+    }
     Ok(report)
 }
