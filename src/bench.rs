@@ -83,7 +83,7 @@ pub struct BenchOptions {
 
 /// Every workload, in the default order (shred last: it destroys records). `rotation` and
 /// `retention` are not in the default run: they want many records (`--records 100000`).
-pub const WORKLOADS: [&str; 17] = [
+pub const WORKLOADS: [&str; 18] = [
     "put",
     "batch-put",
     "get-full",
@@ -101,6 +101,7 @@ pub const WORKLOADS: [&str; 17] = [
     "rotation",
     "retention",
     "audit-query",
+    "settle",
 ];
 
 /// One row of the report.
@@ -115,6 +116,33 @@ fn cpu_us(before: Option<u64>, after: Option<u64>, requests: u64) -> Option<f64>
     let ticks = after?.checked_sub(before?)?;
     // Linux reports CPU time in USER_HZ ticks, 100 per second.
     Some(ticks as f64 * 10_000.0 / requests.max(1) as f64)
+}
+
+/// Waits until the vault the bench started is idle: under 2% of a CPU over each of 3 seconds in
+/// a row, which is when its background flushes and compactions are done. Returns how long that
+/// took.
+///
+/// # Errors
+/// A message if the bench started no vault (`--addr`), or it never goes idle in an hour.
+async fn settle(server: Option<&Child>) -> Result<Duration, String> {
+    let server = server.ok_or("settle needs the vault the bench starts")?;
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut before = server.cpu_ticks();
+    while quiet < 3 {
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err("the vault was still busy an hour after the load".into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = server.cpu_ticks();
+        // Ticks are hundredths of a second: 2 in a second is 2% of a CPU.
+        let busy = now
+            .zip(before)
+            .map_or(u64::MAX, |(n, b)| n.saturating_sub(b));
+        quiet = if busy <= 2 { quiet + 1 } else { 0 };
+        before = now;
+    }
+    Ok(started.elapsed())
 }
 
 /// Runs the benchmark and prints the report.
@@ -155,6 +183,13 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             "the retention workload sweeps records of a collection that expires within seconds, \
              declared in the policies the bench gives the vault it starts, so it cannot run with \
              --addr; leave it out of --workload"
+                .into(),
+        );
+    }
+    if opts.addr.is_some() && opts.workloads.iter().any(|w| w == "settle") {
+        return Err(
+            "settle watches the CPU of the vault the bench starts, so it cannot run with --addr; \
+             leave it out of --workload"
                 .into(),
         );
     }
@@ -205,10 +240,12 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     };
     let clients = Clients::connect(&addr, admin_token.trim(), opts.connections).await?;
     let wanted = |w: &str| opts.workloads.iter().any(|x| x == w);
-    let needs_records = opts
-        .workloads
-        .iter()
-        .any(|w| !matches!(w.as_str(), "put" | "batch-put" | "policy" | "audit-query"));
+    let needs_records = opts.workloads.iter().any(|w| {
+        !matches!(
+            w.as_str(),
+            "put" | "batch-put" | "policy" | "audit-query" | "settle"
+        )
+    });
     let ids = Arc::new(if needs_records {
         preload(&clients, opts.records, opts.in_flight, "preloading").await?
     } else {
@@ -272,9 +309,20 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         }
     }
 
+    // Rows after a `settle` are named so.
+    let mut suffix = "";
     for workload in &opts.workloads {
         match workload.as_str() {
             "audit-cost" | "policy" => continue,
+            "settle" => {
+                let waited = settle(server.as_ref()).await?;
+                notes.push(format!(
+                    "settle: the vault went idle (background compactions done) {:.0} s after \
+                     the workloads before it",
+                    waited.as_secs_f64()
+                ));
+                suffix = " (settled)";
+            }
             "rotation" => {
                 let figures = rotation::run(
                     &clients,
@@ -330,7 +378,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     notes.push(format!("{w}: {} errors, first: {e}", stats.errors));
                 }
                 rows.push(Row {
-                    name: w.to_owned(),
+                    name: format!("{w}{suffix}"),
                     server_cpu_us: cpu_us(cpu_before, cpu_after, stats.requests),
                     stats,
                 });

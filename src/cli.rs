@@ -242,7 +242,8 @@ struct BenchArgs {
     /// shred-wait, audit-cost, policy (default: all of these), and rotation (key rotation:
     /// rewrap rate, reads during a rotation; best with --records 100000), retention (a sweep
     /// with a tenth of the records expired) and audit-query (queries by record and subject in
-    /// an audit log of --audit-events events, no server).
+    /// an audit log of --audit-events events, no server); settle waits until the vault is idle
+    /// (compactions done) and names the rows after it "(settled)".
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Draw record ids Zipf-skewed with this exponent (e.g. 0.99) instead of uniformly.
@@ -280,7 +281,7 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
             .filter(|w| args.addr.is_none() || !matches!(**w, "audit-cost" | "get-consent"))
             // rotation and retention want many records, audit-query many events: asked for
             // by name.
-            .filter(|w| !matches!(**w, "rotation" | "retention" | "audit-query"))
+            .filter(|w| !matches!(**w, "rotation" | "retention" | "audit-query" | "settle"))
             .map(|w| (*w).to_owned())
             .collect()
     } else {

@@ -56,6 +56,8 @@ pub struct Config {
     pub transport: Transport,
     /// Audit log settings (retention, checkpoint interval).
     pub audit: crate::audit::AuditOptions,
+    /// Settings of the embedded stores (data and key store), such as their block cache.
+    pub store: crate::storage::RocksOptions,
     /// Do not audit reads. Not a config file key: only `strongroom bench` sets it (through a
     /// hidden flag of `serve`) on the throwaway vault it starts to measure what auditing costs.
     /// A start with it set is recorded in the audit log, warned about, and shown by health.
@@ -139,6 +141,7 @@ pub struct ConfigFile {
     max_value_bytes: Option<usize>,
     max_fields: Option<usize>,
     max_batch: Option<usize>,
+    block_cache_mib: Option<usize>,
     max_message_bytes: Option<usize>,
     max_concurrent_streams: Option<u32>,
     max_requests_per_connection: Option<usize>,
@@ -610,6 +613,15 @@ impl Config {
         if max_concurrent_streams == 0 {
             return Err("max_concurrent_streams: must be at least 1".into());
         }
+        let block_cache_mib = file
+            .block_cache_mib
+            .unwrap_or(crate::storage::RocksOptions::default().block_cache_bytes >> 20);
+        if !(8..=1 << 20).contains(&block_cache_mib) {
+            return Err("block_cache_mib: must be between 8 and 1048576".into());
+        }
+        let store = crate::storage::RocksOptions {
+            block_cache_bytes: block_cache_mib << 20,
+        };
         let in_store = match file.audit_log.as_deref() {
             None | Some("segments") => false,
             Some("store") => true,
@@ -634,6 +646,7 @@ impl Config {
             listen,
             tls,
             audit,
+            store,
             max_vendor_token_lifetime: Duration::from_secs(vendor_hours * 3600),
             sweep_interval,
             danger_disable_read_audit: false,

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod audit;
 pub mod bench;
+pub mod bytes;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -246,7 +246,8 @@ fn open_provider(config: &Config) -> Result<(Arc<dyn KeyProvider>, String), Serv
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
     let store: Arc<dyn Store> = Arc::new(
-        storage::open_rocks(&config.data_dir.join("db")).map_err(|e| ServerError(e.to_string()))?,
+        storage::open_rocks(&config.data_dir.join("db"), config.store)
+            .map_err(|e| ServerError(e.to_string()))?,
     );
     start_with_store(config, store).await
 }
@@ -261,7 +262,7 @@ pub async fn start_with_store(
 ) -> Result<Running, ServerError> {
     check_key_placement(&config)?;
     let key_store: Arc<dyn Store> = Arc::new(
-        storage::open_rocks(&config.keys_dir.join(KEY_STORE_DIR))
+        storage::open_rocks(&config.keys_dir.join(KEY_STORE_DIR), config.store)
             .map_err(|e| ServerError(format!("key store: {e}")))?,
     );
     start_with_stores(config, store, key_store).await

@@ -9,7 +9,7 @@ mod rocks;
 use std::path::Path;
 
 pub use memory::MemoryStore;
-pub use rocks::RocksStore;
+pub use rocks::{RocksOptions, RocksStore};
 
 /// A named keyspace (a RocksDB column family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -224,8 +224,8 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// # Errors
 /// `StoreError::Open` with the engine's message.
-pub fn open_rocks(dir: &Path) -> Result<RocksStore, StoreError> {
-    RocksStore::open(dir)
+pub fn open_rocks(dir: &Path, options: RocksOptions) -> Result<RocksStore, StoreError> {
+    RocksStore::open_with(dir, options)
 }
 
 /// The smallest key greater than every key starting with `prefix`, if any.

@@ -43,8 +43,8 @@ use crate::{
     policy::{Decision, DecisionTable, PolicyEngine, ReadPermit, Refusal},
     storage::{Batch, Keyspace, Snapshot, Store, StoreError},
 };
-pub use access::{ADMIN_ROLE, Privilege, require};
-pub use batch::{BatchOptions, Created, NewRecord};
+pub use access::{ADMIN_ROLE, Privilege, require, require_in};
+pub use batch::{BatchOptions, Created, NewRecord, repeated};
 pub use find::{FIND_LIMIT, FindQuery, Found, LOOKUP_LIMIT};
 use keystore::KeyStore;
 use limits::Limiter;

@@ -16,7 +16,9 @@ use super::{
 use crate::{
     audit::Call,
     domain::{InvalidInput, Principal, RecordId},
-    vault::{BatchOptions, Error, ExportEnd, FindQuery, NewRecord, RecordView, Vault, subject},
+    vault::{
+        BatchOptions, Error, ExportEnd, FindQuery, NewRecord, RecordView, Vault, repeated, subject,
+    },
 };
 
 /// Records read per batch of an export: one audit commit (one fsync) per batch.
@@ -389,15 +391,11 @@ impl Records for RecordsApi {
                 .enumerate()
                 .map(|(i, id)| RecordId::parse(id, &format!("ids[{i}]")))
                 .collect();
-            let mut seen = std::collections::HashSet::with_capacity(parsed.len());
-            for (i, p) in parsed.iter().enumerate() {
-                if let Ok(id) = p
-                    && !seen.insert(*id)
-                {
-                    return Err(
-                        InvalidInput::new(format!("ids[{i}]"), "given more than once").into(),
-                    );
-                }
+            // Named by its place in the request, ids that do not parse counted.
+            if let Some(twice) = repeated(parsed.iter().map(|p| p.as_ref().ok().copied())) {
+                return Err(
+                    InvalidInput::new(format!("ids[{twice}]"), "given more than once").into(),
+                );
             }
             let ids: Vec<RecordId> = parsed.iter().filter_map(|p| p.clone().ok()).collect();
             let read = self

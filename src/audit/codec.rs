@@ -9,6 +9,7 @@
 //! keeps its version 1 or 2 encoding.
 
 use super::{Event, FieldOutcome};
+use crate::bytes::Reader;
 
 const EVENT_V1: u8 = 0x01;
 const EVENT_V2: u8 = 0x02;
@@ -69,47 +70,34 @@ pub(super) fn encode(e: &Event, out: &mut Vec<u8>) {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// The event encoding's strings and counts: `u32` prefixed.
+trait Strings {
+    fn string(&mut self) -> Option<String>;
+    fn count(&mut self) -> Option<usize>;
+}
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-
+impl Strings for Reader<'_> {
     fn string(&mut self) -> Option<String> {
         let n = usize::try_from(self.u32()?).ok()?;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
+        self.utf8(n)
     }
 
     fn count(&mut self) -> Option<usize> {
         let n = usize::try_from(self.u32()?).ok()?;
         // Each element takes at least 4 bytes: a count larger than what is left is corrupt.
-        (n <= self.0.len() / 4).then_some(n)
+        (n <= self.remaining() / 4).then_some(n)
     }
 }
 
 /// Decodes an event; `None` if the bytes are not exactly one event of a known version.
 pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
-    let mut r = Reader(bytes);
-    let version = *r.take(1)?.first()?;
+    let mut r = Reader::new(bytes);
+    let version = r.byte()?;
     if ![EVENT_V1, EVENT_V2, EVENT_V3].contains(&version) {
         return None;
     }
     let seq = r.u64()?;
-    let time_ms = i64::from_be_bytes(r.take(8)?.try_into().ok()?);
+    let time_ms = r.i64()?;
     let policy_version = r.u64()?;
     let mut strings: [String; 8] = Default::default();
     for s in &mut strings {
@@ -145,7 +133,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
         EVENT_V3 => (r.string()?, Some(r.string()?).filter(|s| !s.is_empty())?),
         _ => (String::new(), String::new()),
     };
-    if !r.0.is_empty() {
+    if !r.is_empty() {
         return None;
     }
     Some(Event {

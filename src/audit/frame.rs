@@ -19,6 +19,7 @@ use super::{
     Event, FieldOutcome,
     chain::{Checkpoint, MAC_LEN, decode_stored, encode_stored_with_mac},
 };
+use crate::bytes::Reader;
 
 /// Marks the start of every frame ("SRA1").
 pub(super) const MAGIC: u32 = 0x5352_4131;
@@ -239,34 +240,12 @@ fn put_checkpoint(out: &mut Vec<u8>, c: &Checkpoint) {
     out.extend_from_slice(&sig);
 }
 
-struct Reader<'a>(&'a [u8]);
+/// The frame's lengths and counts: varints.
+trait Lengths {
+    fn len(&mut self) -> Option<usize>;
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1)?.first().copied()
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
+impl Lengths for Reader<'_> {
     fn len(&mut self) -> Option<usize> {
         usize::try_from(self.varint()?).ok()
     }
@@ -281,7 +260,7 @@ pub(super) struct Frame {
 
 /// Decodes the payload of a frame whose header is `header`; `None` if it is not well-formed.
 pub(super) fn decode(header: &Header, payload: &[u8]) -> Option<Frame> {
-    let mut r = Reader(payload);
+    let mut r = Reader::new(payload);
     let time = unzigzag(r.varint()?);
     let n_strings = r.len()?;
     // Each string takes at least a byte: a count above what is left is damage.
@@ -330,7 +309,7 @@ pub(super) fn decode(header: &Header, payload: &[u8]) -> Option<Frame> {
                         })
                     })
                     .collect::<Option<Vec<_>>>()?;
-                let mac: [u8; MAC_LEN] = r.take(MAC_LEN)?.try_into().ok()?;
+                let mac: [u8; MAC_LEN] = r.array()?;
                 let [
                     request_id,
                     subject,
@@ -371,7 +350,7 @@ pub(super) fn decode(header: &Header, payload: &[u8]) -> Option<Frame> {
         time_ms: unzigzag(r.varint()?),
         signature: hex::encode(r.take(64)?),
     };
-    r.0.is_empty().then_some(Frame { events, head })
+    r.is_empty().then_some(Frame { events, head })
 }
 
 /// What to frame for `stored` at `seq`: compact when it decodes to an event whose encoding it

@@ -88,6 +88,11 @@ struct State {
     rows_done: u64,
     /// The map's length when `rows_done` was recorded.
     map_bytes: u64,
+    /// The most batches a run of this import had in flight: a resumed run may find that many
+    /// batches past `rows_done` already committed by the vault (0 in a state from before it
+    /// was kept: the resumed run's own `--in-flight` then).
+    #[serde(default)]
+    in_flight: usize,
 }
 
 const STATE_FORMAT: &str = "strongroom-import-state/v1";
@@ -435,6 +440,7 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
         validated: false,
         rows_done: 0,
         map_bytes: 0,
+        in_flight: 0,
     };
     let mut resuming = false;
     let mut state = match std::fs::read(&state_path) {
@@ -505,31 +511,22 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
     let bar = progress(lines, "importing")?;
     bar.set_position(state.rows_done);
     let run = state.run.clone();
+    // A run may have sent this many batches past what the state records before it stopped.
+    state.in_flight = state.in_flight.max(args.in_flight.max(1));
+    save_state(&state_path, &state)?;
     let replay_end = if state.rows_done > 0 || resuming {
-        state.rows_done + (args.in_flight.max(1) * args.batch) as u64
+        state.rows_done + (state.in_flight * args.batch) as u64
     } else {
         0
     };
-    let mut pending = FuturesOrdered::new();
-    let mut next_row = state.rows_done;
     let (mut created, mut failed) = (0u64, 0u64);
-    loop {
-        while pending.len() < args.in_flight.max(1) {
-            let Some(batch) = Batch::read(&mut rows, next_row, args.batch, &args.collection)?
-            else {
-                break;
-            };
-            next_row += batch.rows.len() as u64;
-            let c = client.clone();
-            let key = format!("import:{run}:{}:{}", batch.first_row, batch.rows.len());
-            // Only a batch that was in flight when an earlier run stopped may come back
-            // replayed.
-            let resumed = batch.first_row < replay_end;
-            pending.push_back(batch.send(c, key, false, resumed));
-        }
-        let Some(done) = pending.next().await else {
-            break;
-        };
+    let send = |batch: Batch| {
+        let key = format!("import:{run}:{}:{}", batch.first_row, batch.rows.len());
+        // Only a batch that was in flight when an earlier run stopped may come back replayed.
+        let resumed = batch.first_row < replay_end;
+        batch.send(client.clone(), key, false, resumed)
+    };
+    send_all(&mut rows, state.rows_done, &args, send, |done| {
         let outcomes = match done {
             Ok(outcomes) => outcomes,
             Err(e) => {
@@ -564,7 +561,9 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
             .len();
         save_state(&state_path, &state)?;
         bar.set_position(state.rows_done);
-    }
+        Ok(())
+    })
+    .await?;
     bar.finish_and_clear();
     std::fs::remove_file(&state_path)
         .map_err(|e| format!("cannot remove {}: {e}", state_path.display()))?;
@@ -596,21 +595,9 @@ async fn validate(
 ) -> Result<u64, String> {
     let mut rows = Rows::open(&args.file, format)?;
     let bar = progress(lines, "checking")?;
-    let mut pending = FuturesOrdered::new();
-    let (mut next_row, mut bad, mut checked) = (0u64, 0u64, 0u64);
-    loop {
-        while pending.len() < args.in_flight.max(1) {
-            let Some(batch) = Batch::read(&mut rows, next_row, args.batch, &args.collection)?
-            else {
-                break;
-            };
-            next_row += batch.rows.len() as u64;
-            let c = client.clone();
-            pending.push_back(batch.send(c, String::new(), true, false));
-        }
-        let Some(done) = pending.next().await else {
-            break;
-        };
+    let (mut bad, mut checked) = (0u64, 0u64);
+    let send = |batch: Batch| batch.send(client.clone(), String::new(), true, false);
+    send_all(&mut rows, 0, args, send, |done| {
         let outcomes = done.map_err(|e| {
             bar.abandon();
             format!("checking the rows: {e}")
@@ -625,13 +612,43 @@ async fn validate(
             }
         }
         bar.set_position(checked);
-    }
+        Ok(())
+    })
+    .await?;
     bar.finish_and_clear();
     if bad > args.show_bad as u64 {
         eprintln!("... and {} more bad rows", bad - args.show_bad as u64);
     }
     eprintln!("checked {checked} rows: {bad} bad");
     Ok(bad)
+}
+
+/// Sends the rows from row `next_row` on, in batches, `in_flight` at a time (`send` sends one),
+/// and hands each batch's answer to `take` in file order.
+async fn send_all<Fut>(
+    rows: &mut Rows,
+    mut next_row: u64,
+    args: &ImportArgs,
+    send: impl Fn(Batch) -> Fut,
+    mut take: impl FnMut(Result<Outcomes, String>) -> Result<(), String>,
+) -> Result<(), String>
+where
+    Fut: Future<Output = Result<Outcomes, String>>,
+{
+    let mut pending = FuturesOrdered::new();
+    loop {
+        while pending.len() < args.in_flight.max(1) {
+            let Some(batch) = Batch::read(rows, next_row, args.batch, &args.collection)? else {
+                break;
+            };
+            next_row += batch.rows.len() as u64;
+            pending.push_back(send(batch));
+        }
+        let Some(done) = pending.next().await else {
+            return Ok(());
+        };
+        take(done)?;
+    }
 }
 
 /// A progress bar on stderr (hidden unless stderr is a terminal) over about `lines` rows.

@@ -7,7 +7,10 @@
 
 use super::Error;
 pub use crate::policy::Privilege;
-use crate::{domain::Principal, policy::PolicyEngine};
+use crate::{
+    domain::Principal,
+    policy::{DecisionTable, PolicyEngine},
+};
 
 /// The role the first token of a vault gets; the shipped policy gives it every privilege.
 pub const ADMIN_ROLE: &str = "role:admin";
@@ -33,7 +36,19 @@ fn what(privilege: Privilege) -> &'static str {
 /// # Errors
 /// `PermissionDenied` naming the roles that hold it in the live policy.
 pub fn require(policy: &PolicyEngine, by: &Principal, privilege: Privilege) -> Result<(), Error> {
-    let table = policy.table();
+    require_in(&policy.table(), by, privilege)
+}
+
+/// Checks that `by` holds `privilege` in the policy version `table` was compiled from (for a
+/// call that decides everything under one version).
+///
+/// # Errors
+/// `PermissionDenied` naming the roles that hold it in that version.
+pub fn require_in(
+    table: &DecisionTable,
+    by: &Principal,
+    privilege: Privilege,
+) -> Result<(), Error> {
     if table.holds(by, privilege) {
         return Ok(());
     }

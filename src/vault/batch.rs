@@ -19,13 +19,14 @@ use std::collections::BTreeMap;
 
 use super::{
     Decider, Error, FieldInput, RecordView, Vault, check_purpose, index, outcomes, refused,
-    require, sealed, times::Times,
+    require_in, sealed, times::Times,
 };
 use crate::{
     audit::{Call, Event},
+    bytes::Reader,
     crypto::Dek,
     domain::{Collection, FieldValue, InvalidInput, Principal, Purpose, RecordId},
-    policy::Privilege,
+    policy::{DecisionTable, Privilege},
     storage::{Batch, Keyspace},
 };
 
@@ -153,8 +154,7 @@ impl Vault {
         check_purpose(principal, purpose)?;
         self.check_count(fields.len(), "fields")?;
         self.check_batch(ids.len(), "ids")?;
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        if let Some(twice) = ids.iter().position(|id| !seen.insert(*id)) {
+        if let Some(twice) = repeated(ids.iter().copied().map(Some)) {
             return Err(InvalidInput::new(format!("ids[{twice}]"), "given more than once").into());
         }
         let mut decider = Decider::new(&self.policy);
@@ -214,12 +214,14 @@ impl Vault {
             }
             // The caller must still be allowed what it is given back: a token with fewer
             // roles for the same subject gets no ids of records it may not create now.
+            let table = self.policy.table();
             for (record, item) in records.iter().zip(&stored.results) {
                 if !matches!(item, StoredItem::Created(_)) {
                     continue;
                 }
-                if let Err(Error::PermissionDenied(msg)) =
-                    self.prepare_create(principal, call, record).map(|_| ())
+                if let Err(Error::PermissionDenied(msg)) = self
+                    .prepare_create(&table, principal, call, record)
+                    .map(|_| ())
                 {
                     return Err(Error::PermissionDenied(format!(
                         "{msg}; the earlier results of this idempotency_key are not replayed"
@@ -260,14 +262,27 @@ impl Vault {
     ) -> Result<Created, Error> {
         let mut prepared = Vec::with_capacity(records.len());
         let mut results: Vec<Result<Option<RecordId>, Error>> = Vec::with_capacity(records.len());
+        // Every record of the call is decided under one policy version.
+        let table = self.policy.table();
+        // What a repeat with the same idempotency key gets back.
+        let mut to_store = Vec::with_capacity(records.len());
         for record in records {
-            match self.prepare_create(principal, call, record) {
+            match self.prepare_create(&table, principal, call, record) {
                 Ok(p) => {
                     results.push(Ok((!options.validate_only).then_some(p.id)));
+                    to_store.push(StoredItem::Created(p.id));
                     prepared.push(p);
                 }
-                Err(e @ (Error::InvalidArgument(_) | Error::PermissionDenied(_))) => {
-                    results.push(Err(e));
+                Err(Error::InvalidArgument(e)) => {
+                    to_store.push(StoredItem::Invalid {
+                        input: e.field.clone(),
+                        problem: e.problem.clone(),
+                    });
+                    results.push(Err(Error::InvalidArgument(e)));
+                }
+                Err(Error::PermissionDenied(msg)) => {
+                    to_store.push(StoredItem::Denied(msg.clone()));
+                    results.push(Err(Error::PermissionDenied(msg)));
                 }
                 Err(e) => return Err(e),
             }
@@ -322,7 +337,7 @@ impl Vault {
             let stored = Stored {
                 created_ms: now,
                 digest,
-                results: results.iter().map(StoredItem::of).collect(),
+                results: to_store,
             };
             batch.put(Keyspace::Meta, slot, stored.encode());
         }
@@ -347,15 +362,17 @@ impl Vault {
         })
     }
 
-    /// Checks one record as `create` does and gives it an id and its event.
+    /// Checks one record as `create` does, under the policy version `table` was compiled
+    /// from, and gives it an id and its event.
     fn prepare_create<'s>(
         &'s self,
+        table: &DecisionTable,
         principal: &Principal,
         call: &Call,
         record: &NewRecord<'_>,
     ) -> Result<Prepared<'s>, Error> {
         if record.honeytoken {
-            require(&self.policy, principal, Privilege::ManageHoneytokens)?;
+            require_in(table, principal, Privilege::ManageHoneytokens)?;
         }
         let collection = self.schema.collection(record.collection, "collection")?;
         if record.fields.is_empty() {
@@ -364,9 +381,7 @@ impl Vault {
         self.check_count(record.fields.len(), "fields")?;
         let values = self.parse_values(collection, record.fields)?;
         let indices: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
-        let permit = self
-            .policy
-            .table()
+        let permit = table
             .check_write(principal, collection, &indices)
             .map_err(|r| refused(principal, r))?;
         let id = RecordId::random();
@@ -494,6 +509,14 @@ fn check_idempotency_key(key: &str) -> Result<(), Error> {
     .into())
 }
 
+/// Where the first id given a second time is among `ids` (`None` entries, ids that did not
+/// parse, keep their places).
+pub fn repeated(ids: impl IntoIterator<Item = Option<RecordId>>) -> Option<usize> {
+    let mut seen = std::collections::HashSet::new();
+    ids.into_iter()
+        .position(|id| id.is_some_and(|id| !seen.insert(id)))
+}
+
 fn first_16(slot: &[u8]) -> [u8; 16] {
     let tail = &slot[IDEMPOTENCY_PREFIX.len()..];
     std::array::from_fn(|i| tail.get(i).copied().unwrap_or(0))
@@ -518,21 +541,6 @@ enum StoredItem {
 const STORED_VERSION: u8 = 1;
 
 impl StoredItem {
-    fn of(result: &Result<Option<RecordId>, Error>) -> Self {
-        match result {
-            Ok(Some(id)) => Self::Created(*id),
-            Err(Error::InvalidArgument(e)) => Self::Invalid {
-                input: e.field.clone(),
-                problem: e.problem.clone(),
-            },
-            Err(Error::PermissionDenied(msg)) => Self::Denied(msg.clone()),
-            // Never stored: per-record errors are the two above, and idempotent batches are
-            // never validate-only.
-            Err(e) => Self::Denied(e.to_string()),
-            Ok(None) => Self::Denied("not created".into()),
-        }
-    }
-
     fn into_result(self) -> Result<Option<RecordId>, Error> {
         match self {
             Self::Created(id) => Ok(Some(id)),
@@ -579,27 +587,27 @@ impl Stored {
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader(bytes);
-        if r.take(1)? != [STORED_VERSION] {
+        let mut r = Reader::new(bytes);
+        if r.byte()? != STORED_VERSION {
             return None;
         }
-        let created_ms = i64::from_be_bytes(r.take(8)?.try_into().ok()?);
-        let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
-        let n = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+        let created_ms = r.i64()?;
+        let digest: [u8; 32] = r.array()?;
+        let n = r.u32()?;
         let mut results = Vec::new();
         for _ in 0..n {
-            let item = match r.take(1)?[0] {
-                0 => StoredItem::Created(RecordId::from_bytes(r.take(16)?.try_into().ok()?)),
+            let item = match r.byte()? {
+                0 => StoredItem::Created(RecordId::from_bytes(r.array()?)),
                 1 => StoredItem::Invalid {
-                    input: r.text()?,
-                    problem: r.text()?,
+                    input: text(&mut r)?,
+                    problem: text(&mut r)?,
                 },
-                2 => StoredItem::Denied(r.text()?),
+                2 => StoredItem::Denied(text(&mut r)?),
                 _ => return None,
             };
             results.push(item);
         }
-        r.0.is_empty().then_some(Self {
+        r.is_empty().then_some(Self {
             created_ms,
             digest,
             results,
@@ -607,22 +615,10 @@ impl Stored {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn text(&mut self) -> Option<String> {
-        let n = u16::from_be_bytes(self.take(2)?.try_into().ok()?);
-        String::from_utf8(self.take(usize::from(n))?.to_vec()).ok()
-    }
+/// A `u16`-prefixed text of the stored results.
+fn text(r: &mut Reader<'_>) -> Option<String> {
+    let n = r.u16()?;
+    r.utf8(usize::from(n))
 }
 
 #[cfg(test)]

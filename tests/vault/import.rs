@@ -164,7 +164,9 @@ async fn an_import_killed_part_way_resumes_without_creating_a_row_twice() {
     let first = map_rows(&map);
 
     // As if it had died after the vault committed the last batch but before the map and the
-    // state said so: the state one batch back, the map cut to match.
+    // state said so: the state one batch back, the map cut to match. The batch after it may
+    // have been in flight too when it was killed, so the state says two were in flight (as a
+    // run with `--in-flight 2` would), and the resume below runs one at a time.
     let mut saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     let rows_done = saved["rows_done"].as_u64().unwrap();
@@ -179,6 +181,7 @@ async fn an_import_killed_part_way_resumes_without_creating_a_row_twice() {
         .unwrap();
     saved["rows_done"] = back.into();
     saved["map_bytes"] = cut.into();
+    saved["in_flight"] = 2.into();
     std::fs::write(&state, serde_json::to_vec(&saved).unwrap()).unwrap();
 
     let (ok, out, err) = import(&vault, &token, &args).await;

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::RecordId;
+use crate::{bytes::Reader, domain::RecordId};
 
 /// The name of the current state's record entry.
 pub(in crate::vault) const STATE_ENTRY: &str = "consent";
@@ -139,7 +139,7 @@ impl ConsentState {
     /// Parses `encode`'s form; `None` for anything else (another version, a cut or padded
     /// buffer, a name that is not UTF-8, a flag byte other than 0 or 1).
     pub(in crate::vault) fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader(bytes);
+        let mut r = Reader::new(bytes);
         if r.byte()? != VERSION {
             return None;
         }
@@ -161,7 +161,7 @@ impl ConsentState {
                 since_ms: i64::from_be_bytes(r.array()?),
             });
         }
-        r.0.is_empty().then_some(Self {
+        r.is_empty().then_some(Self {
             consents,
             opt_outs,
             entries,
@@ -181,25 +181,16 @@ fn put_count(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
 }
 
-struct Reader<'a>(&'a [u8]);
+/// The entry encoding's counts (`u16`), flags (0 or 1) and names (`u8` prefixed).
+trait Entries {
+    fn count(&mut self) -> Option<u16>;
+    fn flag(&mut self) -> Option<bool>;
+    fn name(&mut self) -> Option<String>;
+}
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-
+impl Entries for Reader<'_> {
     fn count(&mut self) -> Option<u16> {
-        self.array().map(u16::from_be_bytes)
+        self.u16()
     }
 
     fn flag(&mut self) -> Option<bool> {
@@ -212,7 +203,7 @@ impl Reader<'_> {
 
     fn name(&mut self) -> Option<String> {
         let n = self.byte()?;
-        String::from_utf8(self.take(usize::from(n))?.to_vec()).ok()
+        self.utf8(usize::from(n))
     }
 }
 
