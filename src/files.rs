@@ -215,6 +215,24 @@ pub fn parent_of(path: &Path) -> Option<PathBuf> {
     }
 }
 
+/// Writes `bytes` whole to `path`: into a new file at `temporary` (0600, any leftover removed
+/// first), synced, then renamed over `path`. A crash leaves the old `path` or the new one, never
+/// part of it. The caller syncs the directory if the rename must survive a crash.
+///
+/// # Errors
+/// The I/O error of the step that failed.
+pub fn write_whole(temporary: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let _ = fs::remove_file(temporary);
+    fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temporary)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(temporary, path))
+}
+
 /// Makes the entries of `dir` durable (fsync of the directory itself).
 ///
 /// # Errors

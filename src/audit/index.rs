@@ -13,10 +13,9 @@
 //! index file from its segment and names one that differs.
 
 use std::{
-    fs::{self, File},
+    fs::File,
     hash::Hasher as _,
-    io::Write as _,
-    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
+    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -158,17 +157,11 @@ pub(super) fn encode(segment_len: u64, mut entries: Vec<Entry>) -> Vec<u8> {
 /// # Errors
 /// The I/O error if it cannot be written.
 pub(super) fn write(segment: &Path, segment_len: u64, entries: Vec<Entry>) -> std::io::Result<()> {
-    let path = path_of(segment);
-    let temporary = segment.with_extension("idx.new");
-    let _ = fs::remove_file(&temporary);
-    let bytes = encode(segment_len, entries);
-    File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&temporary, &path))
+    crate::files::write_whole(
+        &segment.with_extension("idx.new"),
+        &path_of(segment),
+        &encode(segment_len, entries),
+    )
 }
 
 /// An index file, opened for lookups.
@@ -264,21 +257,22 @@ mod tests {
         write(&segment, 10_000, entries).unwrap_or_else(|e| panic!("{e}"));
 
         let file = IndexFile::open(&segment, 10_000, true).unwrap_or_else(|| panic!("opens"));
-        assert_eq!(file.lookup(a).unwrap_or_default(), vec![3, 5]);
-        assert_eq!(file.lookup(b).unwrap_or_default(), vec![4]);
-        let threes = file.lookup(3).unwrap_or_default();
+        let lookup = |hash| file.lookup(hash).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lookup(a), vec![3, 5]);
+        assert_eq!(lookup(b), vec![4]);
+        let threes = lookup(3);
         assert_eq!(threes.len(), 143);
         assert!(threes.windows(2).all(|w| w[0] < w[1]));
-        assert!(file.lookup(u64::MAX).unwrap_or_default().is_empty());
+        assert!(lookup(u64::MAX).is_empty());
 
         // Another segment length, a flipped byte or a cut file: not this segment's index.
         assert!(IndexFile::open(&segment, 10_001, true).is_none());
         let path = path_of(&segment);
-        let mut bytes = fs::read(&path).unwrap_or_default();
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
         bytes[PREFIX + 3] ^= 1;
-        fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert!(IndexFile::open(&segment, 10_000, true).is_none());
-        fs::write(&path, &bytes[..bytes.len() - 1]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap_or_else(|e| panic!("{e}"));
         assert!(IndexFile::open(&segment, 10_000, false).is_none());
     }
 }

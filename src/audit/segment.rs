@@ -598,14 +598,7 @@ fn write_segment(
     if runs.is_empty() {
         bytes = frame::encode(first, &[], head, FLAG_DURABLE);
     }
-    let _ = fs::remove_file(&temporary);
-    File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&temporary, &path))
+    crate::files::write_whole(&temporary, &path, &bytes)
         .map_err(|e| io_error("cannot write", &path, &e))?;
     crate::files::sync_dir(dir).map_err(AuditError)?;
     Ok(path)
@@ -1302,7 +1295,7 @@ mod tests {
         let hash = IndexKey::Record(&format!("{:032x}", 3)).hash();
         let entries: Vec<Entry> = segment_entries(first)
             .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("indexable"))
             .into_iter()
             .filter(|(h, _)| *h != hash)
             .collect();
