@@ -23,8 +23,7 @@ use std::{
 
 use super::{
     AuditError, HEAD_KEY,
-    chain::decode_stored,
-    chain::{Checkpoint, checkpoint_key},
+    chain::{Checkpoint, checkpoint_key, decode_stored},
     frame::{self, FLAG_DURABLE, FLAG_WRITES, HEADER, Header, ToFrame},
     index::{self, Entry, IndexFile, IndexKey},
     log::{Append, AppendFailed, EventLog, StoredEvents},
