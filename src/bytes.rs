@@ -3,7 +3,7 @@
 //! rules (length prefixes, counts) next to its encoder, on top of this.
 
 /// A cursor over bytes: each read takes from the front; `None` when too few bytes are left.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

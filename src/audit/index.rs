@@ -72,8 +72,9 @@ pub(super) fn keys_of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<u6
 pub(super) struct Memory {
     chunks: Vec<Arc<[Entry]>>,
     open: Vec<Entry>,
-    /// A frame lies past what an entry can hold: the segment is not indexed.
-    overflow: bool,
+    /// A frame lies past what an entry can hold, or could not be read: the segment is not
+    /// indexed (queries read it through, and meet what is wrong with it).
+    unindexed: bool,
 }
 
 /// Entries per chunk of a `Memory`.
@@ -83,7 +84,7 @@ impl Memory {
     /// Adds the keys `hashes` of the frame at byte `offset`.
     pub(super) fn add(&mut self, offset: u64, hashes: &[u64]) {
         let Ok(offset) = u32::try_from(offset) else {
-            self.overflow = true;
+            self.unindexed = true;
             return;
         };
         self.open.extend(hashes.iter().map(|&h| (h, offset)));
@@ -92,9 +93,14 @@ impl Memory {
         }
     }
 
+    /// Gives up indexing the segment: a frame of it could not be read.
+    pub(super) fn give_up(&mut self) {
+        self.unindexed = true;
+    }
+
     /// The entries as they are now (`None` if the segment cannot be indexed).
     pub(super) fn view(&self) -> Option<View> {
-        (!self.overflow).then(|| {
+        (!self.unindexed).then(|| {
             let mut chunks = self.chunks.clone();
             chunks.push(self.open.as_slice().into());
             View(chunks)
@@ -164,6 +170,20 @@ pub(super) fn write(segment: &Path, segment_len: u64, entries: Vec<Entry>) -> st
     )
 }
 
+/// The length of an index file of `count` entries.
+fn size_of(count: u64) -> Option<u64> {
+    (PREFIX as u64)
+        .checked_add(count.checked_mul(ENTRY as u64)?)?
+        .checked_add(DIGEST as u64)
+}
+
+/// Whether the index file of the segment at `segment` could be one of a segment `segment_len`
+/// long (not longer than its entries allow): read whole only then.
+pub(super) fn plausible_size(segment: &Path, segment_len: u64) -> bool {
+    let longest = size_of(segment_len).unwrap_or(u64::MAX);
+    std::fs::metadata(path_of(segment)).is_ok_and(|m| m.len() <= longest)
+}
+
 /// An index file, opened for lookups.
 pub(super) struct IndexFile {
     file: File,
@@ -184,17 +204,25 @@ impl IndexFile {
         if magic != MAGIC || u64::from_be_bytes(*len) != segment_len {
             return None;
         }
-        let size = (PREFIX as u64)
-            .checked_add(count.checked_mul(ENTRY as u64)?)?
-            .checked_add(DIGEST as u64)?;
-        if file.metadata().ok()?.len() != size {
+        // Every entry stands for at least one byte of its segment.
+        if count > segment_len || file.metadata().ok()?.len() != size_of(count)? {
             return None;
         }
         if check {
-            let mut bytes = vec![0u8; usize::try_from(size).ok()?];
-            file.read_exact_at(&mut bytes, 0).ok()?;
-            let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
-            if Sha256::digest(body).as_slice() != digest {
+            // Hashed a block at a time: a large file costs time, not memory.
+            let mut hasher = Sha256::new();
+            let mut block = vec![0u8; 1 << 16];
+            let body = size_of(count)? - DIGEST as u64;
+            let mut at = 0;
+            while at < body {
+                let n = usize::try_from((body - at).min(block.len() as u64)).ok()?;
+                file.read_exact_at(&mut block[..n], at).ok()?;
+                hasher.update(&block[..n]);
+                at += n as u64;
+            }
+            let mut digest = [0u8; DIGEST];
+            file.read_exact_at(&mut digest, body).ok()?;
+            if hasher.finalize().as_slice() != digest {
                 return None;
             }
         }

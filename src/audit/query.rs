@@ -77,7 +77,11 @@ pub(super) fn query(
     };
     let mut scanned = 0usize;
     // A record id or a subject is looked up in the log's index when it has one.
-    let key = match (&filter.record_id, &filter.subject) {
+    // (An empty name is not indexed: events without one are found by a scan.)
+    fn named(name: &Option<String>) -> Option<&str> {
+        name.as_deref().filter(|n| !n.is_empty())
+    }
+    let key = match (named(&filter.record_id), named(&filter.subject)) {
         (Some(record), _) => Some(IndexKey::Record(record)),
         (None, Some(subject)) => Some(IndexKey::Subject(subject)),
         (None, None) => None,

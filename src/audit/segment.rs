@@ -97,6 +97,9 @@ impl Sealed {
         if let Some(view) = Self::lock(&self.pending).get(&seg.first) {
             return Some(view.lookup(hash));
         }
+        if seg.len > u64::from(u32::MAX) {
+            return None;
+        }
         let checked = Self::lock(&self.checked).contains(&seg.first);
         let file = IndexFile::open(&seg.path, seg.len, !checked)?;
         if !checked {
@@ -264,6 +267,7 @@ impl SegmentLog {
             segments = list_segments(dir)?;
         }
         clear_store_log(store.as_ref())?;
+        remove_stray_indexes(dir, &segments)?;
         let applied = store
             .get(Keyspace::Meta, APPLIED_KEY)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
@@ -288,10 +292,11 @@ impl SegmentLog {
                 match read_frame(&file, offset, seg.len) {
                     Ok(Some(read)) => {
                         offset = read.offset + HEADER as u64 + u64::from(read.header.len);
-                        // A frame that passes its checksum but does not decode is named by
-                        // verification; it holds nothing the index could point to.
-                        if let Some(keys) = frame_keys(&read) {
-                            active_index.add(read.offset, &keys);
+                        // A frame that passes its checksum but does not decode is damage:
+                        // queries read this segment through and name it.
+                        match frame_keys(&read) {
+                            Some(keys) => active_index.add(read.offset, &keys),
+                            None => active_index.give_up(),
                         }
                         last_frame = Some(read);
                     }
@@ -308,6 +313,7 @@ impl SegmentLog {
                                 "the audit log is damaged (not a write cut short by a crash): kept for `strongroom audit verify` to name; appends go on in a new segment"
                             );
                             damaged = true;
+                            active_index.give_up();
                             match next {
                                 Some(next) => offset = next,
                                 None => break,
@@ -664,6 +670,24 @@ fn clear_store_log(store: &dyn Store) -> Result<(), AuditError> {
     Ok(())
 }
 
+/// Removes index files of segments that are gone (pruned while their file was being written)
+/// and temporary files a crash left.
+fn remove_stray_indexes(dir: &Path, segments: &[Segment]) -> Result<(), AuditError> {
+    for entry in fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, &e))? {
+        let path = entry.map_err(|e| io_error("cannot list", dir, &e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let stray = name.ends_with(".idx.new")
+            || (name.ends_with(".idx")
+                && !segments.iter().any(|s| index::path_of(&s.path) == path));
+        if stray {
+            fs::remove_file(&path).map_err(|e| io_error("cannot remove", &path, &e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes the index file of `seg`, if any.
 fn remove_index(seg: &Segment) -> Result<(), AuditError> {
     let path = index::path_of(&seg.path);
@@ -914,13 +938,20 @@ impl EventLog for SegmentLog {
             let path = index::path_of(&seg.path);
             // No file: queries read the segment through. A segment that does not read through
             // is damage the chain's verification names.
-            let Ok(stored) = fs::read(&path) else {
+            if !path.exists() {
                 continue;
+            }
+            let matches = match segment_entries(seg) {
+                Ok(Some(entries)) => {
+                    index::plausible_size(&seg.path, seg.len)
+                        && fs::read(&path)
+                            .is_ok_and(|stored| index::encode(seg.len, entries) == stored)
+                }
+                // A segment too long to index has no index: a file beside it is not its own.
+                Ok(None) => false,
+                Err(_) => continue,
             };
-            let Ok(Some(entries)) = segment_entries(seg) else {
-                continue;
-            };
-            if index::encode(seg.len, entries) != stored {
+            if !matches {
                 return Ok(Some((
                     seg.first,
                     format!(
@@ -1319,6 +1350,31 @@ mod tests {
         check(&audit);
         let report = audit.verify(None, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.ok(), "{report:?}");
+        drop(audit);
+
+        // The first frame of the segment being written damaged (an intact frame follows, so it
+        // is not a torn tail): that segment is not indexed, and a query about the frame's record
+        // reads it through and names the damage instead of answering without it.
+        let last = list_segments(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .pop()
+            .unwrap_or_else(|| panic!("no segment"));
+        let mut first_frame = None;
+        frames(&last, 0, |read| {
+            first_frame = frame_keys(&read);
+            false
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let keys = first_frame.unwrap_or_else(|| panic!("an empty segment"));
+        let k = (0..5)
+            .find(|k| keys.contains(&IndexKey::Record(&format!("{k:032x}")).hash()))
+            .unwrap_or_else(|| panic!("no record in the first frame"));
+        let mut bytes = fs::read(&last.path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(bytes.len() > 2 * (HEADER + 8), "a second frame follows");
+        bytes[HEADER + 2] ^= 1;
+        fs::write(&last.path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let audit = open(dir.path(), &store, options);
+        assert!(by_record(&audit, k).is_err());
     }
 
     /// A crash between a frame and its data write is named at the next start, for the frames

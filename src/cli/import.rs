@@ -515,7 +515,9 @@ pub(super) async fn import(args: ImportArgs) -> Result<(), String> {
     state.in_flight = state.in_flight.max(args.in_flight.max(1));
     save_state(&state_path, &state)?;
     let replay_end = if state.rows_done > 0 || resuming {
-        state.rows_done + (state.in_flight * args.batch) as u64
+        state
+            .rows_done
+            .saturating_add(state.in_flight.saturating_mul(args.batch) as u64)
     } else {
         0
     };
