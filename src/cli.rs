@@ -279,8 +279,8 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
             .iter()
             // audit-cost and get-consent need a vault the bench starts itself: not with --addr.
             .filter(|w| args.addr.is_none() || !matches!(**w, "audit-cost" | "get-consent"))
-            // rotation and retention want many records, audit-query many events: asked for
-            // by name.
+            // rotation and retention want many records, audit-query many events, and settle
+            // belongs between the workloads it separates: asked for by name.
             .filter(|w| !matches!(**w, "rotation" | "retention" | "audit-query" | "settle"))
             .map(|w| (*w).to_owned())
             .collect()

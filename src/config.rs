@@ -752,6 +752,22 @@ mod tests {
     }
 
     #[test]
+    fn the_block_cache_is_64_mib_unless_configured_and_is_checked() {
+        let config = |text: &str| Config::from_toml(text, Overrides::default());
+        assert_eq!(config("").map(|c| c.store.block_cache_bytes), Ok(64 << 20));
+        assert_eq!(
+            config("block_cache_mib = 256\n").map(|c| c.store.block_cache_bytes),
+            Ok(256 << 20)
+        );
+        for bad in [0, 7, (1 << 20) + 1] {
+            let err = config(&format!("block_cache_mib = {bad}\n"))
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains("block_cache_mib"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn the_sweep_interval_is_an_hour_unless_configured_and_is_checked() {
         let config = |text: &str| Config::from_toml(text, Overrides::default());
         assert_eq!(

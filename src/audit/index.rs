@@ -84,7 +84,7 @@ impl Memory {
     /// Adds the keys `hashes` of the frame at byte `offset`.
     pub(super) fn add(&mut self, offset: u64, hashes: &[u64]) {
         let Ok(offset) = u32::try_from(offset) else {
-            self.unindexed = true;
+            self.give_up();
             return;
         };
         self.open.extend(hashes.iter().map(|&h| (h, offset)));
@@ -93,7 +93,8 @@ impl Memory {
         }
     }
 
-    /// Gives up indexing the segment: a frame of it could not be read.
+    /// Gives up indexing the segment: a frame of it could not be read, or lies past what an
+    /// entry can hold.
     pub(super) fn give_up(&mut self) {
         self.unindexed = true;
     }

@@ -14,7 +14,7 @@ use std::{
 
 use rand::Rng as _;
 
-use super::{Row, load::drive};
+use super::{CUSTOMER_FIELDS, Row, load::drive};
 use crate::{
     audit::{Audit, AuditOptions, Event, FieldOutcome, Filter},
     storage::{RocksStore, Store},
@@ -87,25 +87,16 @@ fn read_event(seq: u64, record: u64) -> Event {
         record_id: record_id(record),
         collection: "customers".into(),
         purpose: "support".into(),
-        fields: [
-            "name",
-            "email",
-            "phone",
-            "address",
-            "date_of_birth",
-            "ssn",
-            "card_number",
-            "notes",
-        ]
-        .iter()
-        .zip([
-            "plain", "masked", "masked", "withheld", "withheld", "withheld", "masked", "plain",
-        ])
-        .map(|(field, outcome)| FieldOutcome {
-            field: (*field).into(),
-            outcome: outcome.into(),
-        })
-        .collect(),
+        fields: CUSTOMER_FIELDS
+            .iter()
+            .zip([
+                "plain", "masked", "masked", "withheld", "withheld", "withheld", "masked", "plain",
+            ])
+            .map(|((field, _), outcome)| FieldOutcome {
+                field: (*field).into(),
+                outcome: outcome.into(),
+            })
+            .collect(),
         ..Event::default()
     }
 }
@@ -132,13 +123,14 @@ fn bytes_of(dir: &Path, extension: &str) -> u64 {
         .sum()
 }
 
-/// Times `QUERIES` queries, one at a time, each for the filter `filter(n)`.
+/// Times `QUERIES` queries, one at a time, each for the filter `filter(n)`: the row `name`.
 async fn time_queries(
     audit: &Arc<Audit>,
+    name: String,
     filter: impl Fn(u64) -> Filter + Clone + Send + Sync + 'static,
-) -> super::Stats {
+) -> Row {
     let audit = Arc::clone(audit);
-    drive(1, Duration::from_secs(3600), Some(QUERIES), move |n| {
+    let stats = drive(1, Duration::from_secs(3600), Some(QUERIES), move |n| {
         let (audit, filter) = (Arc::clone(&audit), filter(n));
         async move {
             tokio::task::spawn_blocking(move || audit.query(&filter, 0, PAGE))
@@ -148,7 +140,12 @@ async fn time_queries(
                 .map_err(|e| e.to_string())
         }
     })
-    .await
+    .await;
+    Row {
+        name,
+        stats,
+        server_cpu_us: None,
+    }
 }
 
 /// Appends `events` events in `dir` and times the queries.
@@ -192,41 +189,47 @@ pub(super) async fn run(dir: &Path, events: u64) -> Result<Figures, String> {
     progress.finish_and_clear();
 
     // Closed segments are indexed in the background: the queries start once they all are.
+    let waiting = Instant::now();
     while count_of(&audit_dir, "idx") + 1 < count_of(&audit_dir, "seg") {
+        if waiting.elapsed() > Duration::from_secs(600) {
+            return Err("the closed audit segments were not all indexed in 10 minutes".into());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut rows = Vec::new();
-    let by_record = time_queries(&audit, |_| Filter {
-        record_id: Some(record_id(rand::thread_rng().gen_range(0..RECORDS))),
-        ..Filter::default()
-    })
-    .await;
-    rows.push(Row {
-        name: format!("audit-query by record ({events} events)"),
-        stats: by_record,
-        server_cpu_us: None,
-    });
-    let rare = time_queries(&audit, |_| Filter {
-        subject: Some(RARE_SUBJECT.into()),
-        ..Filter::default()
-    })
-    .await;
-    rows.push(Row {
-        name: format!("audit-query by subject, 1 in {RARE_EVERY}"),
-        stats: rare,
-        server_cpu_us: None,
-    });
-    let common = time_queries(&audit, |n| Filter {
-        subject: Some(format!("svc:app{}", n % SERVICES)),
-        ..Filter::default()
-    })
-    .await;
-    rows.push(Row {
-        name: "audit-query by subject, every frame".into(),
-        stats: common,
-        server_cpu_us: None,
-    });
+    let rows = vec![
+        time_queries(
+            &audit,
+            format!("audit-query by record ({events} events)"),
+            |_| Filter {
+                record_id: Some(record_id(rand::thread_rng().gen_range(0..RECORDS))),
+                ..Filter::default()
+            },
+        )
+        .await,
+        time_queries(
+            &audit,
+            format!("audit-query by subject, 1 in {RARE_EVERY}"),
+            |_| Filter {
+                subject: Some(RARE_SUBJECT.into()),
+                ..Filter::default()
+            },
+        )
+        .await,
+        time_queries(&audit, "audit-query by subject, every frame".into(), |n| {
+            Filter {
+                subject: Some(format!("svc:app{}", n % SERVICES)),
+                ..Filter::default()
+            }
+        })
+        .await,
+    ];
+    if let Some((row, e)) = rows
+        .iter()
+        .find_map(|r| r.stats.first_error.as_ref().map(|e| (&r.name, e)))
+    {
+        return Err(format!("{row}: {e}"));
+    }
 
     // A filter on the purpose alone is not indexed: one page of the scan, timed.
     let scan = Filter {
