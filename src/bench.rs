@@ -74,6 +74,8 @@ pub struct BenchOptions {
     pub json: bool,
     /// The started vault's `rewrap_per_second` (its default if `None`).
     pub rewrap_per_second: Option<u32>,
+    /// The started vaults' `block_cache_mib` (their default if `None`).
+    pub block_cache_mib: Option<usize>,
     /// Also run get-masked and put on two fresh vaults, one serving TLS and one plaintext, back
     /// to back, and report what TLS costs.
     pub tls: bool,
@@ -200,10 +202,10 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 .into(),
         );
     }
-    if opts.addr.is_some() && opts.rewrap_per_second.is_some() {
+    if opts.addr.is_some() && (opts.rewrap_per_second.is_some() || opts.block_cache_mib.is_some()) {
         return Err(
-            "--rewrap-per-second configures the vault the bench starts; with --addr, set \
-             rewrap_per_second in that vault's config instead"
+            "--rewrap-per-second and --block-cache-mib configure the vault the bench starts; \
+             with --addr, set them in that vault's config instead"
                 .into(),
         );
     }
@@ -219,9 +221,10 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             (None, addr.clone(), token)
         }
         None => {
-            let mut config = opts
-                .rewrap_per_second
-                .map_or_else(String::new, |r| format!("rewrap_per_second = {r}\n"));
+            let mut config = store_config(&opts);
+            if let Some(r) = opts.rewrap_per_second {
+                config.push_str(&format!("rewrap_per_second = {r}\n"));
+            }
             let policies = consent::policies(&opts.policies, dir.path())?;
             if opts.workloads.iter().any(|w| w == "retention") {
                 retention::declare(&policies)?;
@@ -398,7 +401,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             &opts.policies,
             opts.pin,
             false,
-            "",
+            &store_config(&opts),
         )?;
         let quiet_clients = Clients::connect(&quiet.addr, &token, opts.connections).await?;
         let quiet_ids = Arc::new(
@@ -520,7 +523,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             json!({
                 "options": {"connections": opts.connections, "in_flight": opts.in_flight,
                             "duration_s": opts.duration.as_secs_f64(), "records": opts.records,
-                            "zipf": opts.zipf, "pinned": opts.pin},
+                            "zipf": opts.zipf, "pinned": opts.pin, "block_cache_mib": opts.block_cache_mib},
                 "workloads": rows_json,
                 "ceilings": {
                     "echo_per_second": echo_rate, "echo_p99_us": echo_stats.p99_us, "echo_server_cpu_us": echo_cpu,
@@ -560,13 +563,15 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "strongroom bench: {} connections, {} in flight, {:.0}s per workload, {} records ({}){}",
+        "strongroom bench: {} connections, {} in flight, {:.0}s per workload, {} records ({}){}{}",
         opts.connections,
         opts.in_flight,
         opts.duration.as_secs_f64(),
         opts.records,
         opts.zipf
             .map_or("uniform".to_owned(), |s| format!("zipf {s}")),
+        opts.block_cache_mib
+            .map_or_else(String::new, |m| format!(", block cache {m} MiB")),
         if opts.pin {
             ", server pinned to cpu 0"
         } else {
@@ -687,6 +692,12 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         println!("  note: {n}");
     }
     Ok(())
+}
+
+/// The config text every vault the bench starts shares: its store's options.
+fn store_config(opts: &BenchOptions) -> String {
+    opts.block_cache_mib
+        .map_or_else(String::new, |m| format!("block_cache_mib = {m}\n"))
 }
 
 /// Requests per second of workload `name` over get-masked reads per second, when both ran.

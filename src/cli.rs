@@ -261,6 +261,9 @@ struct BenchArgs {
     /// The started vault's key rewrap rate limit (keys/s), for the rotation workload.
     #[arg(long)]
     rewrap_per_second: Option<u32>,
+    /// The started vaults' RocksDB block cache (MiB; the config key `block_cache_mib`).
+    #[arg(long)]
+    block_cache_mib: Option<usize>,
     /// Also measure get-masked and put over TLS and over plaintext, on two fresh vaults the
     /// bench starts (the TLS one with a certificate from `tls init`), back to back.
     #[arg(long)]
@@ -300,6 +303,7 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
         pin: !args.no_pin,
         json: args.json,
         rewrap_per_second: args.rewrap_per_second,
+        block_cache_mib: args.block_cache_mib,
         tls: args.tls,
         audit_events: args.audit_events.max(1),
     })

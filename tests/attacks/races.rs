@@ -697,6 +697,13 @@ async fn every_bench_workload_runs_against_a_running_vault() {
         stderr.contains("audit-cost") && stderr.contains("--addr"),
         "{stderr}"
     );
+    // So do the options that configure the vault the bench starts.
+    let (ok, _, stderr) = bench(&vault, &["--block-cache-mib", "128"]).await;
+    assert!(!ok && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("--block-cache-mib") && stderr.contains("--addr"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
