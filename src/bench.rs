@@ -695,7 +695,7 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
 }
 
 /// The config text every vault the bench starts shares: its store's options.
-fn store_config(opts: &BenchOptions) -> String {
+pub(super) fn store_config(opts: &BenchOptions) -> String {
     opts.block_cache_mib
         .map_or_else(String::new, |m| format!("block_cache_mib = {m}\n"))
 }

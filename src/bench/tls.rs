@@ -31,7 +31,8 @@ pub(super) async fn run(dir: &Path, opts: &BenchOptions) -> Result<TlsCost, Stri
         clients: vec![],
     })?;
     let config = format!(
-        "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        "{}tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        super::store_config(opts),
         certs.join("server.pem").display().to_string(),
         certs.join("server.key").display().to_string(),
     );
@@ -64,8 +65,13 @@ pub(super) async fn run(dir: &Path, opts: &BenchOptions) -> Result<TlsCost, Stri
         )
         .await?,
     );
-    let (plain_server, token) =
-        Child::vault(&dir.join("vault-plain"), &opts.policies, opts.pin, true, "")?;
+    let (plain_server, token) = Child::vault(
+        &dir.join("vault-plain"),
+        &opts.policies,
+        opts.pin,
+        true,
+        &super::store_config(opts),
+    )?;
     let plain = Clients::connect(&plain_server.addr, token.trim(), opts.connections).await?;
     let ids = Arc::new(
         preload(
