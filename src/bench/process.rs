@@ -35,6 +35,9 @@ pub(super) fn pin_self_away_from_cpu0() {
     }
 }
 
+/// The last lines of a child's stderr kept, to say why it did not start.
+const STDERR_LINES_KEPT: usize = 20;
+
 impl Child {
     fn spawn(args: &[String], pin: bool, ready: &str) -> Result<(Self, Vec<String>), String> {
         let exe =
@@ -49,12 +52,25 @@ impl Child {
         };
         cmd.args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .stdin(Stdio::null());
         let mut proc = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         let stdout = proc.stdout.take().ok_or("no stdout")?;
+        // Stderr is drained for as long as the child runs (it must never block on a full
+        // pipe); its last lines say why a child that did not start stopped.
+        let stderr = proc.stderr.take().ok_or("no stderr")?;
+        let last_errors = std::thread::spawn(move || {
+            let mut last = std::collections::VecDeque::with_capacity(STDERR_LINES_KEPT);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if last.len() == STDERR_LINES_KEPT {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+            Vec::from(last)
+        });
         let mut lines = Vec::new();
         let mut reader = BufReader::new(stdout);
         let mut addr = None;
@@ -81,9 +97,12 @@ impl Child {
         }
         let Some(addr) = addr else {
             let _ = proc.kill();
+            let _ = proc.wait();
+            let mut said = lines;
+            said.extend(last_errors.join().unwrap_or_default());
             return Err(format!(
                 "the child server did not start: {}",
-                lines.join(" | ")
+                said.join(" | ")
             ));
         };
         // Keep draining stdout so the child never blocks on a full pipe.

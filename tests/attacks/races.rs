@@ -704,6 +704,22 @@ async fn every_bench_workload_runs_against_a_running_vault() {
         stderr.contains("--block-cache-mib") && stderr.contains("--addr"),
         "{stderr}"
     );
+    // A vault the bench starts that refuses its config says why, in the vault's own words.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .args(["bench", "--no-pin", "--block-cache-mib", "1", "--policies"])
+        .arg(policies_dir())
+        .args(["--workload", "get-masked", "--requests", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("block_cache_mib: must be between 8 and 1048576"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
