@@ -17,11 +17,12 @@ build: deps
 run: build
 	$(CARGO) run --release --locked --bin strongroom -- serve
 
-## The whole test suite: unit, property and integration tests against a real server and RocksDB.
+## The whole test suite: unit, property and integration tests against a real server and RocksDB,
+## the vault's end-to-end tests again on a real PostgreSQL cluster (a primary and two
+## synchronous standbys, started and stopped by scripts/test.sh), and the guard bench.
 test: deps
 	./scripts/python-env.sh >/dev/null
-	$(CARGO) test --locked
-	$(CARGO) bench --locked --bench guard
+	CARGO="$(CARGO)" ./scripts/test.sh
 
 ## The long fuzz run: every decoder harness with 1,000,000 inputs, in release mode
 ## (`make test` runs the same harnesses with proptest's default case counts).

@@ -69,48 +69,20 @@ done
 command -v python3 >/dev/null 2>&1 || die "python3 is required (to parse results)"
 
 # --- 1. Install what is missing -------------------------------------------------------------
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-
-pg_bindir() {
-  local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-    if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] &&
-      [ -x "$d/pgbench" ] && [ -x "$d/psql" ]; then
-      echo "$d"
-      return 0
-    fi
-  done
-  return 1
-}
+# shellcheck source=../scripts/pg-lib.sh
+. "$repo/scripts/pg-lib.sh"
 have_pgcrypto() {
   local bin="$1" share
   share="$("$bin/pg_config" --sharedir 2>/dev/null)" || share="/usr/share/postgresql/$(basename "$(dirname "$bin")")"
   [ -f "$share/extension/pgcrypto.control" ]
 }
-
 bindir="$(pg_bindir || true)"
-if [ -z "$bindir" ] || ! have_pgcrypto "$bindir"; then
-  log "installing postgresql and postgresql-contrib"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! $sudo apt-get install -y -qq postgresql postgresql-contrib >/dev/null 2>&1; then
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq postgresql postgresql-contrib
-  fi
-  bindir="$(pg_bindir)" || die "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin after install"
+if [ -z "$bindir" ] || [ ! -x "$bindir/pgbench" ] || ! have_pgcrypto "$bindir"; then
+  pg_install postgresql-contrib
   have_pgcrypto "$bindir" || die "pgcrypto not found after installing postgresql-contrib"
 fi
 pgversion="$("$bindir/postgres" --version)"
-
-# PostgreSQL refuses to run as root: as root, run everything PostgreSQL as the postgres user.
-if [ "$(id -u)" -eq 0 ]; then
-  id postgres >/dev/null 2>&1 || die "no 'postgres' OS user (it comes with the postgresql package)"
-  pg_user="postgres"
-  as_pg() { runuser -u postgres -- "$@"; }
-else
-  pg_user="$(id -un)"
-  as_pg() { "$@"; }
-fi
+[ "$(id -u)" -ne 0 ] || id postgres >/dev/null 2>&1 || die "no 'postgres' OS user (it comes with the postgresql package)"
 
 # CPU pinning: the server on CPU 0, the load generators on the others.
 ncpu="$(nproc 2>/dev/null || echo 1)"
@@ -148,7 +120,7 @@ trap 'exit 143' TERM
 
 mkdir -p "$tmp/scripts" "$tmp/logs"
 cp "$sqldir"/*.sql "$tmp/scripts/"
-[ "$pg_user" = "$(id -un)" ] || chown -R "$pg_user" "$tmp"
+pg_own "$tmp"
 
 log "$pgversion, cluster in $tmp, port $PG_PORT; $ncpu CPUs, pinning: $pinned"
 as_pg "$bindir/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 \

@@ -184,6 +184,12 @@ struct ServeArgs {
     /// Directory with model.conf, policy.csv and schema.toml [default: ./policies].
     #[arg(long)]
     policies: Option<PathBuf>,
+    /// Keep the data on PostgreSQL instead of the embedded RocksDB, so that several vault
+    /// nodes can serve it: `postgres://user@host1,host2/strongroom?target_session_attrs=read-write`.
+    /// The key store goes to the database of the same name + `_keys` unless `[postgres]
+    /// keys_url` says otherwise. Put a password in the URL's config file, not here.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Bench only: do not audit reads, to measure what auditing costs. Set by `strongroom
     /// bench` on the throwaway vault it starts; never for a vault that holds real data.
     #[arg(long, hide = true)]
@@ -351,6 +357,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             data_dir: args.data_dir,
             keys_dir: args.keys_dir,
             policies_dir: args.policies,
+            store_url: args.store,
         },
     )?;
     // Every file the vault creates (RocksDB's, the key file) is private to this user.

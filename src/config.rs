@@ -58,6 +58,10 @@ pub struct Config {
     pub audit: crate::audit::AuditOptions,
     /// Settings of the embedded stores (data and key store), such as their block cache.
     pub store: crate::storage::RocksOptions,
+    /// The data store and the key store on PostgreSQL instead of the embedded RocksDB (the
+    /// `[postgres]` table, or `serve --store postgres://...`): several vault nodes can share
+    /// them. `None`: RocksDB in the data dir and the keys dir.
+    pub postgres: Option<Postgres>,
     /// Do not audit reads. Not a config file key: only `strongroom bench` sets it (through a
     /// hidden flag of `serve`) on the throwaway vault it starts to measure what auditing costs.
     /// A start with it set is recorded in the audit log, warned about, and shown by health.
@@ -73,6 +77,76 @@ pub struct Config {
     pub max_vendor_token_lifetime: Duration,
     /// How often the retention sweeper runs (`[retention] sweep_interval`, default 1h).
     pub sweep_interval: Duration,
+}
+
+/// The PostgreSQL stores: the data store and the key store, each in a database of its own, so
+/// that a backup of the data database holds no data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// The data store.
+    pub data: crate::storage::PgOptions,
+    /// The key store (wrapped data keys, epoch times).
+    pub keys: crate::storage::PgOptions,
+}
+
+/// The `[postgres]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresFile {
+    url: Option<String>,
+    keys_url: Option<String>,
+    schema: Option<String>,
+    pool_size: Option<usize>,
+}
+
+/// The schema both stores use unless `[postgres] schema` says otherwise.
+pub const DEFAULT_PG_SCHEMA: &str = "strongroom";
+
+/// The `[postgres]` table (its `url` possibly from `--store`) checked: two URLs naming two
+/// different databases (the key store's defaults to the data database's name + `_keys`), a
+/// plain schema name, a pool size.
+fn postgres(file: PostgresFile, url: Option<String>) -> Result<Option<Postgres>, String> {
+    let Some(url) = url.or(file.url) else {
+        if file.keys_url.is_some() || file.schema.is_some() || file.pool_size.is_some() {
+            return Err("postgres.url: missing; the other [postgres] keys need it".into());
+        }
+        return Ok(None);
+    };
+    let data_db = crate::storage::pg_database(&url).map_err(|e| format!("postgres.url: {e}"))?;
+    let keys_url = match file.keys_url {
+        Some(keys) => keys,
+        None => crate::storage::pg_with_database(&url, &format!("{data_db}_keys"))
+            .map_err(|e| format!("postgres.url: {e}"))?,
+    };
+    let keys_db =
+        crate::storage::pg_database(&keys_url).map_err(|e| format!("postgres.keys_url: {e}"))?;
+    if keys_db == data_db && crate::storage::redacted(&keys_url) == crate::storage::redacted(&url) {
+        return Err(format!(
+            "postgres.keys_url: names the data database ({data_db}); the key store must be in \
+             a database of its own, so that a backup of the data holds no data key"
+        ));
+    }
+    let schema = file.schema.unwrap_or_else(|| DEFAULT_PG_SCHEMA.to_owned());
+    if !crate::storage::valid_schema(&schema) {
+        return Err(
+            "postgres.schema: must be a lowercase letter or _, then lowercase letters, digits \
+             and _, at most 63"
+                .into(),
+        );
+    }
+    let pool_size = file.pool_size.unwrap_or(16);
+    if !(1..=1000).contains(&pool_size) {
+        return Err("postgres.pool_size: must be between 1 and 1000".into());
+    }
+    let options = |url: String| crate::storage::PgOptions {
+        url,
+        schema: schema.clone(),
+        pool_size,
+    };
+    Ok(Some(Postgres {
+        data: options(url),
+        keys: options(keys_url),
+    }))
 }
 
 /// TLS settings of the listener.
@@ -162,6 +236,7 @@ pub struct ConfigFile {
     pkcs11: Option<Pkcs11File>,
     rate_limits: Option<std::collections::BTreeMap<String, RateLimitFile>>,
     retention: Option<RetentionFile>,
+    postgres: Option<PostgresFile>,
 }
 
 /// The `[retention]` table, as written.
@@ -406,6 +481,8 @@ pub struct Overrides {
     pub keys_dir: Option<PathBuf>,
     /// `--policies`.
     pub policies_dir: Option<PathBuf>,
+    /// `--store postgres://...`: `[postgres] url`.
+    pub store_url: Option<String>,
 }
 
 /// The keys dir next to a data dir: `strongroom-data` -> `strongroom-keys`, `data` -> `keys`,
@@ -511,6 +588,7 @@ impl Config {
     /// A message naming the setting that is invalid.
     pub fn resolve(file: ConfigFile, over: Overrides) -> Result<Self, String> {
         let transport = transport(&file)?;
+        let postgres = postgres(file.postgres.unwrap_or_default(), over.store_url)?;
         let sweep_interval = sweep_interval(file.retention)?;
         let rate_limits = rate_limits(file.rate_limits.unwrap_or_default())?;
         let listen_text = over
@@ -623,6 +701,15 @@ impl Config {
             block_cache_bytes: block_cache_mib << 20,
         };
         let in_store = match file.audit_log.as_deref() {
+            // Every node of a shared database appends to the one chain in it.
+            None if postgres.is_some() => true,
+            Some("segments") if postgres.is_some() => {
+                return Err(
+                    "audit_log: \"segments\" are files of one node; with [postgres] the audit \
+                     log is kept in the database (\"store\"), one chain for every node"
+                        .into(),
+                );
+            }
             None | Some("segments") => false,
             Some("store") => true,
             Some(_) => return Err("audit_log: must be \"segments\" or \"store\"".into()),
@@ -647,6 +734,7 @@ impl Config {
             tls,
             audit,
             store,
+            postgres,
             max_vendor_token_lifetime: Duration::from_secs(vendor_hours * 3600),
             sweep_interval,
             danger_disable_read_audit: false,
@@ -704,6 +792,7 @@ impl Config {
                 data_dir: Some(data_dir.to_owned()),
                 keys_dir: None,
                 policies_dir: Some(policies_dir.to_owned()),
+                store_url: None,
             },
         )
     }

@@ -244,6 +244,16 @@ fn open_provider(config: &Config) -> Result<(Arc<dyn KeyProvider>, String), Serv
 /// `ServerError` with an operator-facing message: unreadable policies, a bad keyring or key store,
 /// a store that cannot open, an address that cannot be bound.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    if let Some(pg) = &config.postgres {
+        let open = |options: &storage::PgOptions, what: &str| {
+            storage::PgStore::open(options)
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+                .map_err(|e| ServerError(format!("{what}: {e}")))
+        };
+        let store = open(&pg.data, "data store")?;
+        let key_store = open(&pg.keys, "key store")?;
+        return start_with_stores(config, store, key_store).await;
+    }
     files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
     let store: Arc<dyn Store> = Arc::new(
         storage::open_rocks(&config.data_dir.join("db"), config.store)

@@ -1,14 +1,18 @@
 //! Storage: the `Store` trait, its keyspaces, and atomic batches. `rocks.rs` is the only file
-//! that names RocksDB; `memory.rs` is a second implementation the conformance tests also run.
+//! that names RocksDB (the embedded default), `postgres.rs` the only one that names
+//! PostgreSQL (several vault nodes on one database); `memory.rs` is a third implementation the
+//! conformance tests also run.
 //!
 //! Knows nothing of records, keys or policies: it stores bytes.
 
 mod memory;
+mod postgres;
 mod rocks;
 
 use std::path::Path;
 
 pub use memory::MemoryStore;
+pub use postgres::{PgOptions, PgStore, pg_database, pg_with_database, redacted, valid_schema};
 pub use rocks::{RocksOptions, RocksStore};
 
 /// A named keyspace (a RocksDB column family).
@@ -415,6 +419,29 @@ mod conformance {
     fn rocks_store_conforms() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         suite(&RocksStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+    }
+
+    /// Against the test cluster `make test` starts (`scripts/pg-cluster.sh`), in a schema of
+    /// its own.
+    #[test]
+    fn postgres_store_conforms() {
+        let url = std::env::var("STRONGROOM_TEST_PG").unwrap_or_else(|_| {
+            panic!(
+                "STRONGROOM_TEST_PG is not set: run `make test`, or start the test cluster with \
+                 `eval \"$(scripts/pg-cluster.sh env)\"`"
+            )
+        });
+        let options = PgOptions {
+            url,
+            schema: format!(
+                "conformance_{}_{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            pool_size: 2,
+        };
+        let store = PgStore::open(&options).unwrap_or_else(|e| panic!("{e}"));
+        suite(&store);
     }
 
     #[test]

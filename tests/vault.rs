@@ -28,7 +28,7 @@ mod retention;
 
 use strongroom::{
     api::pb::{self, Disclosure},
-    storage::{Batch, Keyspace, Store},
+    storage::{Batch, Keyspace},
 };
 use support::*;
 use tonic::Code;
@@ -642,7 +642,7 @@ async fn a_restored_header_stays_shredded() {
     assert_code(get(&mut admin, &id, "support").await, Code::NotFound);
 }
 
-fn put(store: &strongroom::storage::RocksStore, ks: Keyspace, key: Vec<u8>, value: Vec<u8>) {
+fn put(store: &dyn strongroom::storage::Store, ks: Keyspace, key: Vec<u8>, value: Vec<u8>) {
     let mut batch = Batch::new();
     batch.put(ks, key, value);
     store.write(batch).unwrap();
@@ -797,7 +797,7 @@ fn flip(bytes: &[u8], i: usize) -> Vec<u8> {
 }
 
 /// No record exists in the store: a refused write left nothing behind.
-fn record_count(store: &strongroom::storage::RocksStore) -> (usize, usize) {
+fn record_count(store: &dyn strongroom::storage::Store) -> (usize, usize) {
     (
         store.scan_prefix(Keyspace::Headers, b"").unwrap().len(),
         store.scan_prefix(Keyspace::Records, b"").unwrap().len(),

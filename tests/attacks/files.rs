@@ -155,6 +155,7 @@ async fn start_in_process(data: &Path, toml: &str) -> Result<server::Running, St
         data_dir: Some(data.to_owned()),
         keys_dir: None,
         policies_dir: Some(policies_dir()),
+        store_url: None,
     };
     let config = Config::from_toml(toml, over)?;
     server::start(config).await.map_err(|e| e.to_string())

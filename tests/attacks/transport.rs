@@ -52,6 +52,7 @@ async fn start(dir: &Path, text: &str) -> Result<Running, String> {
         data_dir: Some(dir.join("data")),
         keys_dir: None,
         policies_dir: Some(support::policies_dir()),
+        store_url: None,
     };
     let config = Config::from_toml(text, over)?;
     server::start(config).await.map_err(|e| e.to_string())

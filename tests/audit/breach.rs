@@ -683,7 +683,7 @@ async fn a_find_hit_an_export_and_a_subject_export_of_a_honeytoken_each_raise_on
 
 #[tokio::test]
 async fn clearing_the_honeytoken_flag_in_the_data_dir_makes_the_decoy_unreadable_not_silent() {
-    use strongroom::storage::{Batch, Keyspace, Store};
+    use strongroom::storage::{Batch, Keyspace};
 
     use crate::support::id_bytes;
 
@@ -699,7 +699,7 @@ async fn clearing_the_honeytoken_flag_in_the_data_dir_makes_the_decoy_unreadable
     // With the vault stopped, someone who can write the data dir clears the decoy's flag (the
     // top bit of the byte before the collection) and sets it on the normal record.
     const FLAG_BYTE: usize = 1 + 8 + 8;
-    let flip = |store: &strongroom::storage::RocksStore, id: &str| {
+    let flip = |store: &dyn strongroom::storage::Store, id: &str| {
         let header = store
             .get(Keyspace::Headers, &id_bytes(id))
             .unwrap()

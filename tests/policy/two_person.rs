@@ -5,7 +5,7 @@
 use strongroom::{
     api::pb::{self, Disclosure},
     client::Client,
-    storage::{Batch, Keyspace, Store},
+    storage::{Batch, Keyspace},
 };
 use tonic::Code;
 

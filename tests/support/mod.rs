@@ -17,7 +17,9 @@ use strongroom::{
     config::{Config, Overrides},
     domain::Clock,
     server::{self, Running},
-    storage::{Batch, KeyValue, Keyspace, RocksStore, Snapshot, Store, StoreError},
+    storage::{
+        Batch, KeyValue, Keyspace, PgOptions, PgStore, RocksStore, Snapshot, Store, StoreError,
+    },
 };
 use tonic::{Code, transport::Channel};
 
@@ -26,15 +28,86 @@ pub fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
+/// Whether the vaults the tests start keep their data on PostgreSQL: `STRONGROOM_TEST_STORE=
+/// postgres` (with `STRONGROOM_TEST_PG` and `STRONGROOM_TEST_PG_KEYS` naming the test cluster's
+/// two databases, as `scripts/pg-cluster.sh env` prints them). `make test` runs the vault's
+/// end-to-end tests on both stores.
+pub fn on_postgres() -> bool {
+    std::env::var("STRONGROOM_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+fn pg_url(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: run `make test`, or start the test cluster with \
+             `eval \"$(scripts/pg-cluster.sh env)\"`"
+        )
+    })
+}
+
+/// The schema of the vault in `dir` on the test cluster: one per vault, the same across its
+/// restarts.
+fn pg_schema(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    format!("t{}_{:016x}", std::process::id(), h.finish())
+}
+
+/// The stores of the vault in `dir` on the test cluster: data, then keys.
+pub fn pg_options(dir: &Path) -> (PgOptions, PgOptions) {
+    let options = |var| PgOptions {
+        url: pg_url(var),
+        schema: pg_schema(dir),
+        pool_size: 4,
+    };
+    (
+        options("STRONGROOM_TEST_PG"),
+        options("STRONGROOM_TEST_PG_KEYS"),
+    )
+}
+
+/// The config lines that put the vault in `dir` on the test cluster, or none on RocksDB.
+pub fn store_config(dir: &Path) -> String {
+    if !on_postgres() {
+        return String::new();
+    }
+    let (data, keys) = pg_options(dir);
+    format!(
+        "\n[postgres]\nurl = {:?}\nkeys_url = {:?}\nschema = {:?}\npool_size = 4\n",
+        data.url, keys.url, data.schema
+    )
+}
+
+/// The data store and the key store of the vault in `dir` (with the server stopped, or shared
+/// with it).
+pub fn open_stores(dir: &Path) -> (Arc<dyn Store>, Arc<dyn Store>) {
+    if on_postgres() {
+        let (data, keys) = pg_options(dir);
+        (
+            Arc::new(PgStore::open(&data).unwrap()),
+            Arc::new(PgStore::open(&keys).unwrap()),
+        )
+    } else {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        (
+            Arc::new(RocksStore::open(&data.join("db")).unwrap()),
+            Arc::new(RocksStore::open(&dir.join("keys").join(server::KEY_STORE_DIR)).unwrap()),
+        )
+    }
+}
+
 /// A running vault in a temp dir.
 pub struct Vault {
     pub dir: tempfile::TempDir,
     pub running: Option<Running>,
     pub admin_token: String,
     /// The store, shared with the running server (only for vaults from `start_shared`).
-    pub shared: Option<Arc<RocksStore>>,
+    pub shared: Option<Arc<dyn Store>>,
     /// The key store, likewise.
-    pub shared_keys: Option<Arc<RocksStore>>,
+    pub shared_keys: Option<Arc<dyn Store>>,
     /// The server's clock, kept across restarts: a manual one (`start_with_clock`) moves only
     /// when the test advances it.
     pub clock: Clock,
@@ -83,8 +156,10 @@ impl Vault {
             data_dir: Some(dir.path().join("data")),
             keys_dir: None,
             policies_dir: Some(policies),
+            store_url: None,
         };
-        let mut config = Config::from_toml(config, over).unwrap();
+        let config = format!("{config}{}", store_config(dir.path()));
+        let mut config = Config::from_toml(&config, over).unwrap();
         config.clock = clock.clone();
         let mut running = server::start(config).await.unwrap();
         let admin_token = running.first_admin_token.take().unwrap().to_string();
@@ -102,13 +177,8 @@ impl Vault {
     /// server runs (as an attacker with disk access would).
     pub async fn start_shared() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let store = Arc::new(RocksStore::open(&data.join("db")).unwrap());
-        let config = Config::with(&data, "127.0.0.1:0", &policies_dir()).unwrap();
-        std::fs::create_dir_all(&config.keys_dir).unwrap();
-        let keys =
-            Arc::new(RocksStore::open(&config.keys_dir.join(server::KEY_STORE_DIR)).unwrap());
+        let (store, keys) = open_stores(dir.path());
+        let config = config_in(dir.path());
         let mut running = server::start_with_stores(config, store.clone(), keys.clone())
             .await
             .unwrap();
@@ -136,6 +206,7 @@ impl Vault {
             data_dir: Some(data),
             keys_dir: None,
             policies_dir: Some(policies_dir()),
+            store_url: None,
         };
         let config = Config::from_toml(config, over).unwrap();
         let mut running = server::start_with_store(config, store).await.unwrap();
@@ -144,12 +215,12 @@ impl Vault {
     }
 
     /// The live store of a `start_shared` vault.
-    pub fn store(&self) -> &RocksStore {
+    pub fn store(&self) -> &dyn Store {
         self.shared.as_deref().expect("start_shared")
     }
 
     /// The live key store of a `start_shared` vault.
-    pub fn key_store(&self) -> &RocksStore {
+    pub fn key_store(&self) -> &dyn Store {
         self.shared_keys.as_deref().expect("start_shared")
     }
 
@@ -235,20 +306,27 @@ impl Vault {
     }
 
     /// The audit log's events as the chain stores them (each event's encoding and hash), read
-    /// from its segment files with the server stopped; then starts the server again.
+    /// with the server stopped (from its segment files, or from the database on PostgreSQL);
+    /// then starts the server again.
     pub async fn audit_entries(&mut self) -> Vec<(u64, Vec<u8>)> {
+        use strongroom::audit::{EventLog, StoreLog};
         self.stop().await;
-        let out = audit_entries_in(&self.data_dir());
+        let out = if on_postgres() {
+            let (store, _) = open_stores(self.dir.path());
+            StoreLog::new(store).scan(0, None, usize::MAX).unwrap()
+        } else {
+            audit_entries_in(&self.data_dir())
+        };
         self.restart().await;
         out
     }
 
     /// Runs `f` on the raw store with the server stopped, then starts the server again.
-    pub async fn with_store<T>(&mut self, f: impl FnOnce(&RocksStore) -> T) -> T {
+    pub async fn with_store<T>(&mut self, f: impl FnOnce(&dyn Store) -> T) -> T {
         self.stop().await;
         let out = {
-            let store = RocksStore::open(&self.data_dir().join("db")).unwrap();
-            f(&store)
+            let (store, _) = open_stores(self.dir.path());
+            f(store.as_ref())
         };
         self.restart().await;
         out
@@ -379,8 +457,20 @@ impl<S: Store> Store for Faulty<S> {
     }
 }
 
+/// The default config of a vault in `dir` (data in `dir/data`), on the store the tests run on.
+pub fn config_in(dir: &Path) -> Config {
+    let over = Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.join("data")),
+        keys_dir: None,
+        policies_dir: Some(policies_dir()),
+        store_url: None,
+    };
+    Config::from_toml(&store_config(dir), over).unwrap()
+}
+
 async fn start_in(dir: &Path, clock: &Clock) -> Running {
-    let mut config = Config::with(&dir.join("data"), "127.0.0.1:0", &policies_dir()).unwrap();
+    let mut config = config_in(dir);
     config.clock = clock.clone();
     server::start(config).await.unwrap()
 }
@@ -572,7 +662,7 @@ pub fn wrapped_key_of(keys_dir: &Path, id: &str) -> Vec<u8> {
 
 /// The stored header and `(key, ciphertext)` of each field of a record (not its own entries,
 /// `id | '#' | name`, such as its times).
-pub fn stored(store: &RocksStore, id: &str) -> (Vec<u8>, Vec<KeyValue>) {
+pub fn stored(store: &dyn Store, id: &str) -> (Vec<u8>, Vec<KeyValue>) {
     let key = id_bytes(id);
     let header = store.get(Keyspace::Headers, &key).unwrap().expect("header");
     let fields = store

@@ -62,7 +62,7 @@ fn created(r: &pb::BatchCreateResult) -> Result<&str, &pb::ItemError> {
     }
 }
 
-fn headers(store: &impl Store) -> usize {
+fn headers(store: &dyn Store) -> usize {
     store.scan_prefix(Keyspace::Headers, b"").unwrap().len()
 }
 
@@ -445,7 +445,7 @@ async fn a_duplicate_id_is_named_by_its_place_in_the_request() {
 async fn the_retention_sweep_forgets_idempotency_keys_after_seven_days() {
     const T0: i64 = 1_800_000_000_000;
     let mut vault = Vault::start_with_clock(Clock::manual(T0)).await;
-    let stored = |s: &RocksStore| {
+    let stored = |s: &dyn Store| {
         s.scan_prefix(Keyspace::Meta, b"idempotency/")
             .unwrap()
             .len()

@@ -8,7 +8,7 @@ use strongroom::{
     api::pb::{self, Disclosure},
     client::Client,
     domain::Clock,
-    storage::{Keyspace, Store},
+    storage::Keyspace,
 };
 use tonic::Code;
 

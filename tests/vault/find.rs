@@ -3,7 +3,7 @@
 
 use strongroom::{
     api::pb::{self, Disclosure},
-    storage::{Keyspace, Store},
+    storage::Keyspace,
 };
 use tonic::Code;
 

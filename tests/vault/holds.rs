@@ -10,7 +10,7 @@ use strongroom::{
     client::Client,
     crypto::PublicKey,
     domain::Clock,
-    storage::{Keyspace, Store},
+    storage::Keyspace,
     vault::{
         receipt::{self, SignedReceipt},
         subject::ErasureDocument,

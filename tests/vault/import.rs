@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, path::Path, process::Command};
 
-use strongroom::storage::{Keyspace, Store};
+use strongroom::storage::Keyspace;
 
 use crate::support::*;
 

@@ -11,7 +11,7 @@ use strongroom::{
     api::pb,
     client::Client,
     domain::Clock,
-    storage::{Batch, Keyspace, Store},
+    storage::{Batch, Keyspace},
     vault::holds::Hold,
 };
 use tonic::Code;

@@ -1,0 +1,724 @@
+//! The PostgreSQL store: one table `kv (ks smallint, k bytea, v bytea)` per schema, keyed
+//! `(ks, k)`, so that prefix and range scans are index range scans in bytea order (memcmp, then
+//! length: the order of RocksDB's bytewise comparator). A batch is one transaction; a snapshot
+//! is a read-only REPEATABLE READ transaction on a connection of its own. The only file that
+//! names `tokio_postgres`.
+//!
+//! The `Store` trait is synchronous (RocksDB answers in microseconds). Here every call is a
+//! round trip, so the store runs its connections on a small runtime of its own and the calling
+//! thread waits for the answer; a caller on a worker of a multi-threaded tokio runtime waits
+//! through `block_in_place`, which hands the worker's other tasks to another thread meanwhile.
+//!
+//! Durability is the database's: a batch is acknowledged when its COMMIT is, which on a cluster
+//! with `synchronous_standby_names` means flushed on the primary and the standbys it names.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, error::SqlState, types::ToSql};
+
+use super::{Batch, KeyValue, Keyspace, Op, Snapshot, Store, StoreError, prefix_end};
+
+/// How many times a batch is tried when the database aborts it for a serialization failure or
+/// a deadlock (nothing of it was applied), and a read when its connection broke.
+const ATTEMPTS: u32 = 5;
+/// The first wait before another attempt; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// How long a purge waits for transactions older than it to end.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+/// How long a caller waits for a pooled connection, and a new connection to open.
+const POOL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of a PostgreSQL store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// `postgres://user@host1:port1,host2:port2/db?target_session_attrs=read-write`. Several
+    /// hosts are tried in order; `target_session_attrs=read-write` finds the primary.
+    pub url: String,
+    /// The schema holding the table, created if missing: a letter or `_`, then letters, digits
+    /// and `_`, at most 63.
+    pub schema: String,
+    /// Connections kept open.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show where it points, never who connects.
+        f.debug_struct("PgOptions")
+            .field("url", &redacted(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// The URL without its user information (`postgres://host/db`), for messages and logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a postgres:// URL)".into();
+    };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
+    format!("{scheme}://{rest}")
+}
+
+/// Where a URL's database name is: the path after the hosts, up to the query.
+fn database_span(url: &str) -> Result<std::ops::Range<usize>, String> {
+    let Some(after) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Err("must start with postgres://".into());
+    };
+    let at = url.len() - after.len();
+    let end = url.find('?').unwrap_or(url.len());
+    let start = after
+        .find('/')
+        .map(|i| at + i + 1)
+        .filter(|&i| i < end)
+        .ok_or_else(|| "name the database: postgres://host/strongroom".to_owned())?;
+    Ok(start..end)
+}
+
+/// The database a `postgres://` URL names.
+///
+/// # Errors
+/// A message if it is not such a URL or names no database.
+pub fn pg_database(url: &str) -> Result<String, String> {
+    let span = database_span(url)?;
+    let db = &url[span];
+    if db.is_empty()
+        || !db
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(
+            "name the database with letters, digits, _ and -: postgres://host/strongroom".into(),
+        );
+    }
+    Ok(db.to_owned())
+}
+
+/// The same URL naming another database.
+///
+/// # Errors
+/// As `pg_database`.
+pub fn pg_with_database(url: &str, database: &str) -> Result<String, String> {
+    pg_database(url)?;
+    let span = database_span(url)?;
+    Ok(format!(
+        "{}{database}{}",
+        &url[..span.start],
+        &url[span.end..]
+    ))
+}
+
+/// Whether `schema` is a plain SQL identifier (never quoted, so never case-folded).
+pub fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.len() <= 63
+}
+
+/// The SQL of every statement, with the schema in it.
+struct Sql {
+    schema: String,
+    get: String,
+    multi_get: String,
+    scan_from: String,
+    scan_between: String,
+    range_from: String,
+    range_between: String,
+    last: String,
+    put: String,
+    delete: String,
+    delete_range: String,
+    vacuum: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        let t = format!("{schema}.kv");
+        Self {
+            schema: schema.to_owned(),
+            get: format!("SELECT v FROM {t} WHERE ks = $1 AND k = $2"),
+            multi_get: format!("SELECT k, v FROM {t} WHERE ks = $1 AND k = ANY($2)"),
+            scan_from: format!("SELECT k, v FROM {t} WHERE ks = $1 AND k >= $2 ORDER BY k"),
+            scan_between: format!(
+                "SELECT k, v FROM {t} WHERE ks = $1 AND k >= $2 AND k < $3 ORDER BY k"
+            ),
+            range_from: format!(
+                "SELECT k, v FROM {t} WHERE ks = $1 AND k >= $2 ORDER BY k LIMIT $3"
+            ),
+            range_between: format!(
+                "SELECT k, v FROM {t} WHERE ks = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4"
+            ),
+            last: format!("SELECT k, v FROM {t} WHERE ks = $1 ORDER BY k DESC LIMIT 1"),
+            put: format!(
+                "INSERT INTO {t} (ks, k, v) VALUES ($1, $2, $3) \
+                 ON CONFLICT (ks, k) DO UPDATE SET v = EXCLUDED.v"
+            ),
+            delete: format!("DELETE FROM {t} WHERE ks = $1 AND k = $2"),
+            delete_range: format!("DELETE FROM {t} WHERE ks = $1 AND k >= $2 AND k < $3"),
+            vacuum: format!("VACUUM (INDEX_CLEANUP ON) {t}"),
+        }
+    }
+
+    /// Creates the schema and the table if missing. Values are stored out of line without
+    /// compression: ciphertext does not compress.
+    fn create(&self) -> String {
+        let s = &self.schema;
+        format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.kv (
+                 ks smallint NOT NULL,
+                 k bytea NOT NULL,
+                 v bytea NOT NULL,
+                 PRIMARY KEY (ks, k)
+             );
+             ALTER TABLE {s}.kv ALTER COLUMN v SET STORAGE EXTERNAL;"
+        )
+    }
+}
+
+/// The keyspace's number in the table. Fixed: changing one would move stored data.
+fn code(ks: Keyspace) -> i16 {
+    match ks {
+        Keyspace::Audit => 1,
+        Keyspace::Deks => 2,
+        Keyspace::Headers => 3,
+        Keyspace::Index => 4,
+        Keyspace::Meta => 5,
+        Keyspace::Records => 6,
+        Keyspace::Tombstones => 7,
+    }
+}
+
+/// The database's error as a store error: its SQLSTATE and message, never its detail (which
+/// can quote a key).
+fn pg(e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Io(match e.as_db_error() {
+        Some(db) => format!(
+            "PostgreSQL {} ({}): {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        ),
+        None => format!("PostgreSQL: {e}"),
+    })
+}
+
+fn pool_error(e: &deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => pg(e),
+        PoolError::Timeout(_)
+        | PoolError::Closed
+        | PoolError::NoRuntimeSpecified
+        | PoolError::PostCreateHook(_) => {
+            StoreError::Io(format!("PostgreSQL connection pool: {e}"))
+        }
+    }
+}
+
+/// Whether the database aborted the transaction before applying any of it and asked for a
+/// retry: a serialization failure or a deadlock.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// A failure of the connection rather than of the statement: the server went away (a crash, a
+/// failover), so the call may succeed on a new connection.
+fn broken(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::READ_ONLY_SQL_TRANSACTION
+        })
+        || (e.as_db_error().is_none() && e.code().is_none())
+}
+
+/// PostgreSQL behind the `Store` trait.
+pub struct PgStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    sql: Arc<Sql>,
+    shown: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.shown)
+            .field("schema", &self.sql.schema)
+            .finish()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The store may be dropped on an async task: a runtime must not block one there.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects (creating the schema and the table if missing).
+    ///
+    /// # Errors
+    /// `StoreError::Open` naming the database (never its credentials) and what went wrong.
+    pub fn open(options: &PgOptions) -> Result<Self, StoreError> {
+        let shown = format!("{} schema {}", redacted(&options.url), options.schema);
+        let open_error = |detail: String| StoreError::Open {
+            path: shown.clone(),
+            detail,
+        };
+        if !valid_schema(&options.schema) {
+            return Err(open_error(
+                "the schema must be a lowercase letter or _, then lowercase letters, digits and _, at most 63".into(),
+            ));
+        }
+        let config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|_| open_error("not a valid postgres:// URL".into()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("strongroom-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| open_error(format!("cannot start its runtime: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection returned to the pool is checked before reuse (a failover closes
+                // every connection to the old primary).
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| open_error(format!("cannot build the connection pool: {e}")))?;
+        let store = Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            pool,
+            sql: Arc::new(Sql::new(&options.schema)),
+            shown: shown.clone(),
+        };
+        let create = store.sql.create();
+        store
+            .run(|pool, _| async move {
+                let client = pool.get().await.map_err(|e| pool_error(&e))?;
+                client.batch_execute(&create).await.map_err(|e| pg(&e))
+            })
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(store)
+    }
+
+    /// Runs the future `f` makes on the store's runtime, and waits for its answer.
+    fn run<T, Fut>(&self, f: impl FnOnce(Pool, Arc<Sql>) -> Fut) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.block_on(f(self.pool.clone(), Arc::clone(&self.sql)))
+    }
+
+    fn block_on<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        let wait = || rx.recv();
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            Ok(_) | Err(_) => wait(),
+        };
+        answer.map_err(|_| StoreError::Io("the PostgreSQL store stopped".into()))?
+    }
+
+    /// A read on a pooled connection, tried again on a new one when its connection broke (a
+    /// crash, a failover), up to `ATTEMPTS` times.
+    fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Object, Arc<Sql>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send,
+    {
+        self.run(move |pool, sql| async move {
+            let mut wait = FIRST_BACKOFF;
+            let mut attempt = 1;
+            loop {
+                let client = pool.get().await.map_err(|e| pool_error(&e))?;
+                match f(client, Arc::clone(&sql)).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if broken(&e) && attempt < ATTEMPTS => {
+                        tracing::warn!(error = %pg(&e), attempt, "PostgreSQL read failed; trying a new connection");
+                    }
+                    Err(e) => return Err(pg(&e)),
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+        })
+    }
+}
+
+fn rows_to_pairs(rows: Vec<tokio_postgres::Row>) -> Result<Vec<KeyValue>, tokio_postgres::Error> {
+    rows.into_iter()
+        .map(|row| Ok((row.try_get::<_, Vec<u8>>(0)?, row.try_get::<_, Vec<u8>>(1)?)))
+        .collect()
+}
+
+/// The reads a snapshot and the store share, on one client (a pooled one, or the snapshot's
+/// transaction).
+async fn get(
+    c: &Object,
+    sql: &Sql,
+    ks: Keyspace,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
+    let stmt = c.prepare_cached(&sql.get).await?;
+    let row = c.query_opt(&stmt, &[&code(ks), &key]).await?;
+    row.map(|r| r.try_get::<_, Vec<u8>>(0)).transpose()
+}
+
+async fn multi_get(
+    c: &Object,
+    sql: &Sql,
+    ks: Keyspace,
+    keys: &[Vec<u8>],
+) -> Result<Vec<Option<Vec<u8>>>, tokio_postgres::Error> {
+    let stmt = c.prepare_cached(&sql.multi_get).await?;
+    let rows = c.query(&stmt, &[&code(ks), &keys]).await?;
+    let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+        rows_to_pairs(rows)?.into_iter().collect();
+    Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+}
+
+async fn scan_prefix(
+    c: &Object,
+    sql: &Sql,
+    ks: Keyspace,
+    prefix: &[u8],
+) -> Result<Vec<KeyValue>, tokio_postgres::Error> {
+    let rows = match prefix_end(prefix) {
+        Some(end) => {
+            let stmt = c.prepare_cached(&sql.scan_between).await?;
+            c.query(&stmt, &[&code(ks), &prefix, &end]).await?
+        }
+        None => {
+            let stmt = c.prepare_cached(&sql.scan_from).await?;
+            c.query(&stmt, &[&code(ks), &prefix]).await?
+        }
+    };
+    rows_to_pairs(rows)
+}
+
+impl Store for PgStore {
+    fn snapshot(&self) -> Box<dyn Snapshot + '_> {
+        let begun = self.run(|pool, _| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+            // The snapshot is taken by the transaction's first statement.
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+                .await
+                .map_err(|e| pg(&e))?;
+            Ok(client)
+        });
+        Box::new(PgSnapshot {
+            store: self,
+            client: Mutex::new(begun),
+        })
+    }
+
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.read(move |c, sql| {
+            let key = key.clone();
+            async move { get(&c, &sql, ks, &key).await }
+        })
+    }
+
+    fn multi_get(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let keys = keys.to_vec();
+        self.read(move |c, sql| {
+            let keys = keys.clone();
+            async move { multi_get(&c, &sql, ks, &keys).await }
+        })
+    }
+
+    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let prefix = prefix.to_vec();
+        self.read(move |c, sql| {
+            let prefix = prefix.clone();
+            async move { scan_prefix(&c, &sql, ks, &prefix).await }
+        })
+    }
+
+    fn scan_range(
+        &self,
+        ks: Keyspace,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let from = from.to_vec();
+        let to = to.map(<[u8]>::to_vec);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c, sql| {
+            let (from, to) = (from.clone(), to.clone());
+            async move {
+                let rows = match &to {
+                    Some(to) => {
+                        let stmt = c.prepare_cached(&sql.range_between).await?;
+                        c.query(&stmt, &[&code(ks), &from, to, &limit]).await?
+                    }
+                    None => {
+                        let stmt = c.prepare_cached(&sql.range_from).await?;
+                        c.query(&stmt, &[&code(ks), &from, &limit]).await?
+                    }
+                };
+                rows_to_pairs(rows)
+            }
+        })
+    }
+
+    fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError> {
+        self.read(move |c, sql| async move {
+            let stmt = c.prepare_cached(&sql.last).await?;
+            let rows = c.query(&stmt, &[&code(ks)]).await?;
+            Ok(rows_to_pairs(rows)?.into_iter().next())
+        })
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.run(|pool, sql| async move {
+            let mut wait = FIRST_BACKOFF;
+            let mut attempt = 1;
+            loop {
+                let mut client = pool.get().await.map_err(|e| pool_error(&e))?;
+                match apply(&mut client, &sql, &batch).await {
+                    Ok(()) => return Ok(()),
+                    // Aborted by the database: nothing was applied, so it may run again.
+                    Err(e) if retryable(&e) && attempt < ATTEMPTS => {}
+                    // Anything else, a broken connection included, is the caller's to see:
+                    // whether a COMMIT that lost its connection was applied is unknown.
+                    Err(e) => return Err(pg(&e)),
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+        })
+    }
+
+    fn purge(&self, _prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
+        self.run(|pool, sql| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+            // Every batch acknowledged before now was committed by a transaction older than
+            // this one's id. A transaction still running from before it may see the deleted
+            // rows, and would keep VACUUM from removing them: wait for those to end.
+            let row = client
+                .query_one("SELECT txid_current()::text", &[])
+                .await
+                .map_err(|e| pg(&e))?;
+            let start: String = row.try_get(0).map_err(|e| pg(&e))?;
+            let deadline = Instant::now() + SNAPSHOT_WAIT;
+            loop {
+                let older = client
+                    .query_one(
+                        "SELECT count(*) FROM (
+                             SELECT backend_xmin AS x FROM pg_stat_activity
+                              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                                AND backend_type = 'client backend'
+                             UNION ALL
+                             SELECT backend_xid FROM pg_stat_activity
+                              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                                AND backend_type = 'client backend'
+                             UNION ALL
+                             SELECT xmin FROM pg_replication_slots
+                             UNION ALL
+                             SELECT backend_xmin FROM pg_stat_replication
+                         ) t WHERE x IS NOT NULL AND age(x) >= age(($1::bigint % 4294967296)::text::xid)",
+                        &[&start.parse::<i64>().unwrap_or(i64::MAX)],
+                    )
+                    .await
+                    .map_err(|e| pg(&e))?;
+                let older: i64 = row_count(&older)?;
+                if older == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Io(format!(
+                        "purge: {older} transaction(s) older than the purge still run and could \
+                         keep the deleted rows alive; try again"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client.batch_execute(&sql.vacuum).await.map_err(|e| pg(&e))?;
+            // The WAL that holds the deleted rows becomes recyclable after a checkpoint.
+            client.batch_execute("CHECKPOINT").await.map_err(|e| pg(&e))
+        })
+    }
+}
+
+fn row_count(row: &tokio_postgres::Row) -> Result<i64, StoreError> {
+    row.try_get(0).map_err(|e| pg(&e))
+}
+
+/// Applies a batch in one transaction, its statements pipelined in order.
+async fn apply(client: &mut Object, sql: &Sql, batch: &Batch) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let put = tx.prepare_cached(&sql.put).await?;
+    let delete = tx.prepare_cached(&sql.delete).await?;
+    let delete_range = tx.prepare_cached(&sql.delete_range).await?;
+    let codes: Vec<i16> = batch
+        .ops()
+        .iter()
+        .map(|op| match op {
+            Op::Put(ks, ..) | Op::Delete(ks, _) | Op::DeleteRange(ks, ..) => code(*ks),
+        })
+        .collect();
+    let statements: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = batch
+        .ops()
+        .iter()
+        .zip(&codes)
+        .map(|(op, ks)| match op {
+            Op::Put(_, k, v) => (&put, vec![ks as &(dyn ToSql + Sync), k, v]),
+            Op::Delete(_, k) => (&delete, vec![ks as &(dyn ToSql + Sync), k]),
+            Op::DeleteRange(_, from, to) => {
+                (&delete_range, vec![ks as &(dyn ToSql + Sync), from, to])
+            }
+        })
+        .collect();
+    // Sent in order, one after another without waiting: the server runs them in that order.
+    futures_util::future::try_join_all(
+        statements
+            .iter()
+            .map(|(stmt, params)| tx.execute(*stmt, params)),
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// A read-only REPEATABLE READ transaction on a connection of its own; rolled back when dropped.
+struct PgSnapshot<'a> {
+    store: &'a PgStore,
+    /// The connection holding the transaction (taken out while a read runs on it), or why the
+    /// transaction could not begin.
+    client: Mutex<Result<Object, StoreError>>,
+}
+
+impl PgSnapshot<'_> {
+    fn on<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Object, Arc<Sql>) -> Fut + Send + 'static,
+        Fut: Future<Output = (Object, Result<T, tokio_postgres::Error>)> + Send,
+    {
+        let mut slot = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        let client = match std::mem::replace(
+            &mut *slot,
+            Err(StoreError::Io("a snapshot read is running".into())),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                let again = StoreError::Io(e.to_string());
+                *slot = Err(e);
+                return Err(again);
+            }
+        };
+        let sql = Arc::clone(&self.store.sql);
+        let (client, result) = self
+            .store
+            .block_on(async move { Ok(f(client, sql).await) })?;
+        *slot = Ok(client);
+        result.map_err(|e| pg(&e))
+    }
+}
+
+impl Drop for PgSnapshot<'_> {
+    fn drop(&mut self) {
+        let slot = std::mem::replace(
+            self.client
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+            Err(StoreError::Io("dropped".into())),
+        );
+        if let Ok(client) = slot {
+            // Ended before returning: a purge right after the drop must not see it running.
+            let _ = self.store.block_on(async move {
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    // Never hand out a connection still inside a transaction.
+                    let _ = Object::take(client);
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Snapshot for PgSnapshot<'_> {
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.on(move |c, sql| async move {
+            let r = get(&c, &sql, ks, &key).await;
+            (c, r)
+        })
+    }
+
+    fn multi_get(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let keys = keys.to_vec();
+        self.on(move |c, sql| async move {
+            let r = multi_get(&c, &sql, ks, &keys).await;
+            (c, r)
+        })
+    }
+
+    fn scan_prefix(&self, ks: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let prefix = prefix.to_vec();
+        self.on(move |c, sql| async move {
+            let r = scan_prefix(&c, &sql, ks, &prefix).await;
+            (c, r)
+        })
+    }
+}
