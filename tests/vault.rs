@@ -494,7 +494,8 @@ async fn plaintext_never_reaches_disk() {
         canaries.push(email);
     }
     vault.stop().await;
-    let dir = vault.data_dir();
+    // On PostgreSQL: every node's files, the WAL included.
+    let dir = support::store_files_dir(&vault);
     assert!(
         files_under(&dir).len() > 3,
         "the scan must see the store's files"
@@ -504,7 +505,8 @@ async fn plaintext_never_reaches_disk() {
         assert!(hits.is_empty(), "{canary} found in {hits:?}");
     }
     // The scan itself works: the same bytes planted in a file are found.
-    std::fs::write(dir.join("planted"), canaries[0].as_bytes()).unwrap();
+    let planted = tempfile::NamedTempFile::new_in(&dir).unwrap();
+    std::fs::write(planted.path(), canaries[0].as_bytes()).unwrap();
     assert_eq!(files_containing(&dir, canaries[0].as_bytes()).len(), 1);
 }
 
@@ -528,13 +530,27 @@ async fn shredding_removes_the_key_and_ciphertexts_from_every_live_file() {
     // Before the shred the captured bytes are on disk (the scan can see them): the wrapped
     // DEK in the key store in the keys dir, never in the data dir.
     vault.stop().await;
-    let wrapped = support::wrapped_key_of(&vault.keys_dir(), &doomed);
-    assert!(
-        !files_containing(&vault.keys_dir(), &wrapped).is_empty(),
-        "wrapped DEK should be on disk before the shred"
-    );
-    assert!(files_containing(&vault.data_dir(), &wrapped).is_empty());
-    assert!(!files_containing(&vault.data_dir(), &header).is_empty());
+    let on_postgres = support::on_postgres();
+    let mut wrapped = Vec::new();
+    if on_postgres {
+        // In the key store's database, never in the data store's.
+        let (data, keys) = support::open_stores(vault.dir.path());
+        let prefix = support::id_bytes(&doomed);
+        assert_eq!(keys.scan_prefix(Keyspace::Deks, &prefix).unwrap().len(), 1);
+        assert!(
+            data.scan_prefix(Keyspace::Deks, &prefix)
+                .unwrap()
+                .is_empty()
+        );
+    } else {
+        wrapped = support::wrapped_key_of(&vault.keys_dir(), &doomed);
+        assert!(
+            !files_containing(&vault.keys_dir(), &wrapped).is_empty(),
+            "wrapped DEK should be on disk before the shred"
+        );
+        assert!(files_containing(&vault.data_dir(), &wrapped).is_empty());
+        assert!(!files_containing(&vault.data_dir(), &header).is_empty());
+    }
     vault.restart().await;
 
     let mut admin = vault.admin().await;
@@ -586,22 +602,45 @@ async fn shredding_removes_the_key_and_ciphertexts_from_every_live_file() {
     );
 
     vault.stop().await;
-    let dir = vault.data_dir();
-    // (The header is not secret, and a record of the same shape has the same header bytes.)
-    let mut needles = Vec::new();
-    for (_, ct) in &fields {
-        needles.push(ct[ct.len() - 32..].to_vec());
-    }
-    for needle in &needles {
-        let hits = files_containing(&dir, needle);
-        assert!(hits.is_empty(), "shredded bytes found in {hits:?}");
-    }
-    for needle in [&wrapped[..], &wrapped[wrapped.len() - 40..]] {
-        let hits = files_containing(&vault.keys_dir(), needle);
+    if on_postgres {
+        // PostgreSQL keeps a deleted row's bytes in its page's free space and in WAL segments
+        // until they are overwritten (README, "Crypto-shredding on PostgreSQL"): what the
+        // purge proves on this backend is that no table and no index holds them any more.
+        let (data, keys) = support::open_stores(vault.dir.path());
+        let prefix = support::id_bytes(&doomed);
         assert!(
-            hits.is_empty(),
-            "the shredded wrapped key found in {hits:?}"
+            keys.scan_prefix(Keyspace::Deks, &prefix)
+                .unwrap()
+                .is_empty()
         );
+        for ks in [Keyspace::Headers, Keyspace::Records] {
+            assert!(data.scan_prefix(ks, &prefix).unwrap().is_empty(), "{ks:?}");
+        }
+        let all = data.scan_prefix(Keyspace::Records, b"").unwrap();
+        assert!(
+            fields
+                .iter()
+                .all(|(_, ct)| all.iter().all(|(_, v)| v != ct)),
+            "no field ciphertext is left"
+        );
+    } else {
+        let dir = vault.data_dir();
+        // (The header is not secret, and a record of the same shape has the same header bytes.)
+        let mut needles = Vec::new();
+        for (_, ct) in &fields {
+            needles.push(ct[ct.len() - 32..].to_vec());
+        }
+        for needle in &needles {
+            let hits = files_containing(&dir, needle);
+            assert!(hits.is_empty(), "shredded bytes found in {hits:?}");
+        }
+        for needle in [&wrapped[..], &wrapped[wrapped.len() - 40..]] {
+            let hits = files_containing(&vault.keys_dir(), needle);
+            assert!(
+                hits.is_empty(),
+                "the shredded wrapped key found in {hits:?}"
+            );
+        }
     }
     vault.restart().await;
     let mut admin = vault.admin().await;

@@ -36,7 +36,7 @@ pub fn on_postgres() -> bool {
     std::env::var("STRONGROOM_TEST_STORE").as_deref() == Ok("postgres")
 }
 
-fn pg_url(var: &str) -> String {
+fn pg_env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!(
             "{var} is not set: run `make test`, or start the test cluster with \
@@ -57,7 +57,7 @@ fn pg_schema(dir: &Path) -> String {
 /// The stores of the vault in `dir` on the test cluster: data, then keys.
 pub fn pg_options(dir: &Path) -> (PgOptions, PgOptions) {
     let options = |var| PgOptions {
-        url: pg_url(var),
+        url: pg_env(var),
         schema: pg_schema(dir),
         pool_size: 4,
     };
@@ -620,6 +620,16 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Where the vault's store keeps its files: the data dir, or on PostgreSQL the test cluster's
+/// directory (every node's data files and WAL).
+pub fn store_files_dir(vault: &Vault) -> PathBuf {
+    if on_postgres() {
+        PathBuf::from(pg_env("STRONGROOM_TEST_PG_CLUSTER"))
+    } else {
+        vault.data_dir()
+    }
+}
+
 /// The files under `dir` that contain `needle`.
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     assert!(!needle.is_empty());
@@ -627,7 +637,7 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .into_iter()
         .filter(|path| {
             let bytes = std::fs::read(path).unwrap_or_default();
-            bytes.windows(needle.len()).any(|w| w == needle)
+            memchr::memmem::find(&bytes, needle).is_some()
         })
         .collect()
 }
