@@ -803,6 +803,77 @@ mod tests {
     use super::*;
 
     #[test]
+    fn postgres_puts_the_key_store_in_a_database_of_its_own_and_the_audit_log_in_the_store() {
+        let config = |text: &str| {
+            Config::from_toml(
+                text,
+                Overrides {
+                    data_dir: Some(PathBuf::from("/tmp/x/data")),
+                    ..Overrides::default()
+                },
+            )
+        };
+        let url = "postgres://vault:secret@db1:5432,db2:5432/vault?target_session_attrs=read-write";
+        let pg = config(&format!("[postgres]\nurl = {url:?}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let stores = pg.postgres.as_ref().unwrap_or_else(|| panic!("postgres"));
+        assert_eq!(
+            stores.keys.url,
+            "postgres://vault:secret@db1:5432,db2:5432/vault_keys?target_session_attrs=read-write"
+        );
+        assert_eq!(stores.data.schema, DEFAULT_PG_SCHEMA);
+        assert!(pg.audit.in_store, "one chain in the database");
+        assert!(
+            !format!("{pg:?}").contains("secret"),
+            "the password never reaches Debug"
+        );
+        assert!(
+            config("")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .postgres
+                .is_none()
+        );
+        for (text, named) in [
+            (
+                format!("[postgres]\nurl = {url:?}\nkeys_url = {url:?}\n"),
+                "postgres.keys_url",
+            ),
+            (
+                format!("[postgres]\nurl = {url:?}\nschema = \"Bad-Name\"\n"),
+                "postgres.schema",
+            ),
+            (
+                format!("[postgres]\nurl = {url:?}\npool_size = 0\n"),
+                "postgres.pool_size",
+            ),
+            (
+                "[postgres]\nurl = \"postgres://db1:5432\"\n".into(),
+                "postgres.url",
+            ),
+            (
+                "[postgres]\nurl = \"mysql://db1/x\"\n".into(),
+                "postgres.url",
+            ),
+            ("[postgres]\nschema = \"x\"\n".into(), "postgres.url"),
+            (
+                format!("audit_log = \"segments\"\n[postgres]\nurl = {url:?}\n"),
+                "audit_log",
+            ),
+        ] {
+            let err = config(&text).err().unwrap_or_default();
+            assert!(err.starts_with(named), "{text}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+        // `serve --store` sets the URL.
+        let over = Overrides {
+            data_dir: Some(PathBuf::from("/tmp/x/data")),
+            store_url: Some(url.into()),
+            ..Overrides::default()
+        };
+        let from_flag = Config::from_toml("", over).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_flag.postgres, pg.postgres);
+    }
+
+    #[test]
     fn unknown_keys_are_an_error() {
         let err = toml::from_str::<ConfigFile>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n")
             .err()

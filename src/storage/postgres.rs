@@ -722,3 +722,58 @@ impl Snapshot for PgSnapshot<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_database_and_hide_their_credentials() {
+        let url = "postgres://vault:pw@h1:5432,h2:5433/data?target_session_attrs=read-write";
+        assert_eq!(pg_database(url).as_deref(), Ok("data"));
+        assert_eq!(
+            pg_with_database(url, "data_keys").as_deref(),
+            Ok("postgres://vault:pw@h1:5432,h2:5433/data_keys?target_session_attrs=read-write")
+        );
+        assert_eq!(
+            redacted(url),
+            "postgres://h1:5432,h2:5433/data?target_session_attrs=read-write"
+        );
+        assert_eq!(pg_database("postgresql://h/db").as_deref(), Ok("db"));
+        for bad in [
+            "postgres://h1:5432",
+            "postgres://h1/",
+            "postgres://h1/?x=1",
+            "http://h/db",
+            "postgres://h/d;b",
+        ] {
+            assert!(pg_database(bad).is_err(), "{bad}");
+        }
+        assert!(valid_schema("strongroom_2"));
+        for bad in ["", "2x", "Strong", "a-b", "a b", &"x".repeat(64)] {
+            assert!(!valid_schema(bad), "{bad}");
+        }
+        let options = PgOptions {
+            url: url.into(),
+            schema: "s".into(),
+            pool_size: 1,
+        };
+        assert!(!format!("{options:?}").contains("pw"));
+    }
+
+    #[test]
+    fn an_unreachable_database_fails_the_open_naming_it_without_credentials() {
+        let options = PgOptions {
+            // A port nothing listens on.
+            url: "postgres://vault:pw@127.0.0.1:1/data?connect_timeout=2".into(),
+            schema: "s".into(),
+            pool_size: 1,
+        };
+        let err = PgStore::open(&options)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("postgres://127.0.0.1:1/data"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+    }
+}
