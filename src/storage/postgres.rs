@@ -553,10 +553,10 @@ impl Store for PgStore {
             // this one's id. A transaction still running from before it may see the deleted
             // rows, and would keep VACUUM from removing them: wait for those to end.
             let row = client
-                .query_one("SELECT txid_current()::text", &[])
+                .query_one("SELECT txid_current()", &[])
                 .await
                 .map_err(|e| pg(&e))?;
-            let start: String = row.try_get(0).map_err(|e| pg(&e))?;
+            let start: i64 = first_bigint(&row)?;
             let deadline = Instant::now() + SNAPSHOT_WAIT;
             loop {
                 let older = client
@@ -574,11 +574,11 @@ impl Store for PgStore {
                              UNION ALL
                              SELECT backend_xmin FROM pg_stat_replication
                          ) t WHERE x IS NOT NULL AND age(x) >= age(($1::bigint % 4294967296)::text::xid)",
-                        &[&start.parse::<i64>().unwrap_or(i64::MAX)],
+                        &[&start],
                     )
                     .await
                     .map_err(|e| pg(&e))?;
-                let older: i64 = row_count(&older)?;
+                let older: i64 = first_bigint(&older)?;
                 if older == 0 {
                     break;
                 }
@@ -597,7 +597,8 @@ impl Store for PgStore {
     }
 }
 
-fn row_count(row: &tokio_postgres::Row) -> Result<i64, StoreError> {
+/// The first column of a row, a bigint.
+fn first_bigint(row: &tokio_postgres::Row) -> Result<i64, StoreError> {
     row.try_get(0).map_err(|e| pg(&e))
 }
 
