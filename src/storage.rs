@@ -425,22 +425,8 @@ mod conformance {
     /// its own.
     #[test]
     fn postgres_store_conforms() {
-        let url = std::env::var("STRONGROOM_TEST_PG").unwrap_or_else(|_| {
-            panic!(
-                "STRONGROOM_TEST_PG is not set: run `make test`, or start the test cluster with \
-                 `eval \"$(scripts/pg-cluster.sh env)\"`"
-            )
-        });
-        let options = PgOptions {
-            url,
-            schema: format!(
-                "conformance_{}_{}",
-                std::process::id(),
-                rand::random::<u32>()
-            ),
-            pool_size: 2,
-        };
-        let store = PgStore::open(&options).unwrap_or_else(|e| panic!("{e}"));
+        let store = PgStore::open(&postgres::test_options("conformance", 2))
+            .unwrap_or_else(|e| panic!("{e}"));
         suite(&store);
     }
 

@@ -42,7 +42,7 @@ pub struct PgOptions {
     /// The schema holding the table, created if missing: a letter or `_`, then letters, digits
     /// and `_`, at most 63.
     pub schema: String,
-    /// Connections kept open.
+    /// Connections kept open for reads and writes, and as many again for snapshots.
     pub pool_size: usize,
 }
 
@@ -254,6 +254,9 @@ pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     pool: Pool,
+    /// The connections that hold snapshots, apart: a caller holding a snapshot may read or write
+    /// through the store too, and must not wait for a connection other snapshots hold.
+    snapshots: Pool,
     sql: Arc<Sql>,
     shown: String,
 }
@@ -302,26 +305,29 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| open_error(format!("cannot start its runtime: {e}")))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                // A connection returned to the pool is checked before reuse (a failover closes
-                // every connection to the old primary).
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
-            .build()
-            .map_err(|e| open_error(format!("cannot build the connection pool: {e}")))?;
+        let pool = || {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    // A connection returned to the pool is checked before reuse (a failover
+                    // closes every connection to the old primary).
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(options.pool_size.max(1))
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(POOL_TIMEOUT))
+                .create_timeout(Some(POOL_TIMEOUT))
+                .build()
+                .map_err(|e| open_error(format!("cannot build the connection pool: {e}")))
+        };
         let store = Self {
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
-            pool,
+            pool: pool()?,
+            snapshots: pool()?,
             sql: Arc::new(Sql::new(&options.schema)),
             shown: shown.clone(),
         };
@@ -443,8 +449,9 @@ async fn scan_prefix(
 
 impl Store for PgStore {
     fn snapshot(&self) -> Box<dyn Snapshot + '_> {
-        let begun = self.run(|pool, _| async move {
-            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+        let snapshots = self.snapshots.clone();
+        let begun = self.block_on(async move {
+            let client = snapshots.get().await.map_err(|e| pool_error(&e))?;
             // The snapshot is taken by the transaction's first statement.
             client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
@@ -724,9 +731,52 @@ impl Snapshot for PgSnapshot<'_> {
     }
 }
 
+/// A store on the test cluster `make test` starts (`scripts/pg-cluster.sh`), in a new schema.
+#[cfg(test)]
+pub(super) fn test_options(tag: &str, pool_size: usize) -> PgOptions {
+    let url = std::env::var("STRONGROOM_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "STRONGROOM_TEST_PG is not set: run `make test`, or start the test cluster with \
+             `eval \"$(scripts/pg-cluster.sh env)\"`"
+        )
+    });
+    PgOptions {
+        url,
+        schema: format!("{tag}_{}_{}", std::process::id(), rand::random::<u32>()),
+        pool_size,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A use case reads its record through a snapshot and writes its audit event through the
+    /// store while the snapshot lives: with every pooled connection held by snapshots, that
+    /// write would wait for a connection until the pool's timeout.
+    #[test]
+    fn a_caller_holding_snapshots_still_reads_and_writes_with_a_pool_of_one() {
+        let store = PgStore::open(&test_options("pool", 1)).unwrap_or_else(|e| panic!("{e}"));
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Records, b"a".to_vec(), b"1".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let snap = store.snapshot();
+        assert_eq!(
+            snap.get(Keyspace::Records, b"a")
+                .unwrap_or_else(|e| panic!("{e}")),
+            Some(b"1".to_vec())
+        );
+        let started = Instant::now();
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Audit, b"e".to_vec(), b"event".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.get(Keyspace::Audit, b"e").is_ok_and(|v| v.is_some()));
+        assert!(
+            started.elapsed() < POOL_TIMEOUT,
+            "the write waited for the snapshot's connection"
+        );
+        drop(snap);
+    }
 
     #[test]
     fn urls_name_their_database_and_hide_their_credentials() {
