@@ -134,25 +134,27 @@ cmd_kill() {
 cmd_promote() {
   pg_require_bindir
   local best="" best_lsn="" n lsn
-  for n in r2 r3 r1; do
-    running "$n" || continue
-    [ "$(psql_at "$n" -c "SELECT pg_is_in_recovery()")" = t ] || continue
-    lsn="$(psql_at "$n" -c "SELECT pg_last_wal_receive_lsn() - '0/0'::pg_lsn")"
+  # Every standby must answer: with ANY 1 (r2, r3) an acknowledged write may be on one of them
+  # only, so the one to promote is the one that received the most WAL.
+  for n in r2 r3; do
+    running "$n" || die "promote: standby $n is not running; compare every standby's WAL before promoting"
+    [ "$(psql_at "$n" -c "SELECT pg_is_in_recovery()")" = t ] || die "promote: $n is not a standby"
+    lsn="$(psql_at "$n" -c "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn")"
+    lsn="${lsn%%.*}"
     lsn="${lsn:-0}"
     if [ -z "$best" ] || [ "$lsn" -gt "$best_lsn" ]; then
       best="$n"
       best_lsn="$lsn"
     fi
   done
-  [ -n "$best" ] || die "promote: no running standby"
   as_pg "$bindir/pg_ctl" -D "$(data_of "$best")" promote -w -t 60 >/dev/null || die "pg_ctl promote $best failed"
-  for n in "${nodes[@]}"; do
+  for n in r2 r3; do
     [ "$n" != "$best" ] || continue
-    running "$n" || continue
-    [ "$(psql_at "$n" -c "SELECT pg_is_in_recovery()")" = t ] || continue
     psql_at "$n" -c "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=$(port_of "$best") user=postgres application_name=$n'" \
       -c "SELECT pg_reload_conf()" >/dev/null
   done
+  # The old primary must not come back as a primary: a vault trying hosts in order would write
+  # to its old timeline. This script never restarts it.
   log "promoted $best"
   echo "$best"
 }

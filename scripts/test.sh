@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
 
-# A cluster of its own: a fresh directory, and ports apart from a developer's cluster on the
+# A cluster of its own: a fresh directory (never an inherited one: it is removed on exit), in
+# /tmp, which the postgres user can enter, and ports apart from a developer's cluster on the
 # script's default ones.
-export PG_CLUSTER_DIR="${PG_CLUSTER_DIR:-${TMPDIR:-/tmp}/strongroom-test-pg.$$}"
+export PG_CLUSTER_DIR="/tmp/strongroom-test-pg.$$"
 export PG_CLUSTER_PORT="${PG_CLUSTER_PORT:-55450}"
 trap 'scripts/pg-cluster.sh stop' EXIT
 scripts/pg-cluster.sh start >/dev/null

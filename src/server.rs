@@ -205,6 +205,37 @@ fn check_key_placement(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Where each store records which store it is (in its `meta`), at its first start.
+const STORE_ROLE_KEY: &[u8] = b"store/role";
+
+/// Marks the data store and the key store with their roles at the first start, and refuses
+/// either when it carries the other's mark: two settings that name one database (one spelled
+/// `db1`, the other `db1:5432`) would put the data keys next to the data they open.
+fn check_store_roles(store: &dyn Store, key_store: &dyn Store) -> Result<(), ServerError> {
+    for (s, role, other) in [(store, "data", "key"), (key_store, "key", "data")] {
+        let fail = |e: &dyn std::fmt::Display| ServerError(format!("{role} store: {e}"));
+        match s
+            .get(storage::Keyspace::Meta, STORE_ROLE_KEY)
+            .map_err(|e| fail(&e))?
+        {
+            Some(mark) if mark == role.as_bytes() => {}
+            Some(_) => {
+                return Err(ServerError(format!(
+                    "the {role} store is the {other} store (it is marked as the {other} \
+                     store): the data and the key store must be apart, so that a copy of the \
+                     data holds no data key; point them at two databases"
+                )));
+            }
+            None => {
+                let mut batch = Batch::new();
+                batch.put(storage::Keyspace::Meta, STORE_ROLE_KEY, role.as_bytes());
+                s.write(batch).map_err(|e| fail(&e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The key provider the config names, and how it was found (for the audit log).
 fn open_provider(config: &Config) -> Result<(Arc<dyn KeyProvider>, String), ServerError> {
     if let Some(hsm) = &config.pkcs11 {
@@ -293,6 +324,7 @@ pub async fn start_with_stores(
     let tls = config.tls.as_ref().map(server_tls).transpose()?;
     files::private_dir(&config.data_dir, "data dir").map_err(ServerError)?;
     check_key_placement(&config)?;
+    check_store_roles(store.as_ref(), key_store.as_ref())?;
     let (provider, key_source) = open_provider(&config)?;
     let schema = Arc::new(
         Schema::parse(&read(&config.policies_dir, "schema.toml")?)

@@ -248,3 +248,30 @@ async fn a_killed_primary_loses_no_acknowledged_write() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A `keys_url` that spells the data database's address another way passes the config check;
+/// the stores' role marks catch it at the start, before anything is written to either.
+#[tokio::test]
+async fn a_key_store_url_naming_the_data_database_another_way_is_refused() {
+    let url = std::env::var("STRONGROOM_TEST_PG").expect("STRONGROOM_TEST_PG: run `make test`");
+    let spelled = url.replacen("127.0.0.1:", "localhost:", 1);
+    assert_ne!(url, spelled);
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("roles_{}", rand_suffix());
+    let toml = format!(
+        "[postgres]\nurl = {url:?}\nkeys_url = {spelled:?}\nschema = {schema:?}\npool_size = 2\n"
+    );
+    let over = Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.path().join("data")),
+        keys_dir: None,
+        policies_dir: Some(policies_dir()),
+        store_url: None,
+    };
+    let err = server::start(Config::from_toml(&toml, over).unwrap())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("the key store is the data store"), "{err}");
+}

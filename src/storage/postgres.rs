@@ -30,6 +30,10 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// How long a purge waits for transactions older than it to end.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+/// The longest a caller waits for the database's answer (a commit waiting for a synchronous
+/// standby that is gone waits until one is back): past it the call fails, and a write's
+/// outcome is unknown.
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// How long a caller waits for a pooled connection, and a new connection to open.
 const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,13 +61,23 @@ impl std::fmt::Debug for PgOptions {
     }
 }
 
-/// The URL without its user information (`postgres://host/db`), for messages and logs.
+/// The URL without its user information (`postgres://host/db`) nor a `password` parameter, for
+/// messages and logs.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not a postgres:// URL)".into();
     };
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
-    format!("{scheme}://{rest}")
+    let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let address = address.rsplit_once('@').map_or(address, |(_, hosts)| hosts);
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.to_ascii_lowercase().contains("password"))
+        .collect();
+    if kept.is_empty() {
+        format!("{scheme}://{address}")
+    } else {
+        format!("{scheme}://{address}?{}", kept.join("&"))
+    }
 }
 
 /// Where a URL's database name is: the path after the hosts, up to the query.
@@ -358,14 +372,24 @@ impl PgStore {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        let wait = || rx.recv();
+        let wait = || rx.recv_timeout(ANSWER_WAIT);
         let answer = match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(wait)
             }
             Ok(_) | Err(_) => wait(),
         };
-        answer.map_err(|_| StoreError::Io("the PostgreSQL store stopped".into()))?
+        answer.map_err(|e| {
+            StoreError::Io(match e {
+                std::sync::mpsc::RecvTimeoutError::Timeout => format!(
+                    "PostgreSQL did not answer within {} s",
+                    ANSWER_WAIT.as_secs()
+                ),
+                std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                    "the PostgreSQL store stopped".into()
+                }
+            })
+        })?
     }
 
     /// A read on a pooled connection, tried again on a new one when its connection broke (a
@@ -453,11 +477,17 @@ impl Store for PgStore {
         let begun = self.block_on(async move {
             let client = snapshots.get().await.map_err(|e| pool_error(&e))?;
             // The snapshot is taken by the transaction's first statement.
-            client
+            match client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
                 .await
-                .map_err(|e| pg(&e))?;
-            Ok(client)
+            {
+                Ok(()) => Ok(client),
+                Err(e) => {
+                    // Never hand out a connection that may be inside a transaction.
+                    let _ = Object::take(client);
+                    Err(pg(&e))
+                }
+            }
         });
         Box::new(PgSnapshot {
             store: self,
@@ -571,11 +601,12 @@ impl Store for PgStore {
                         "SELECT count(*) FROM (
                              SELECT backend_xmin AS x FROM pg_stat_activity
                               WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                AND backend_type = 'client backend'
                              UNION ALL
                              SELECT backend_xid FROM pg_stat_activity
                               WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                AND backend_type = 'client backend'
+                             UNION ALL
+                             SELECT transaction FROM pg_prepared_xacts
+                              WHERE database = current_database()
                              UNION ALL
                              SELECT xmin FROM pg_replication_slots
                              UNION ALL
