@@ -121,7 +121,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() {
     let killed_at = Arc::new(Mutex::new(Instant::now() + Duration::from_secs(86_400)));
     let first_after: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut writers = Vec::new();
-    for w in 0..4 {
+    for w in 0..4_u64 {
         let (acked, stop, addr, token) = (acked.clone(), stop.clone(), addr.clone(), token.clone());
         let (killed_at, first_after) = (killed_at.clone(), first_after.clone());
         writers.push(tokio::spawn(async move {
@@ -130,16 +130,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() {
             let mut n = 0_u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
-                let tag: String = format!("w{w}n{n}")
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_digit() {
-                            (b'a' + (c as u8 - b'0')) as char
-                        } else {
-                            c
-                        }
-                    })
-                    .collect();
+                let tag = format!("w{}n{}", support::letters(w), support::letters(n));
                 let sent = Instant::now();
                 let result = client
                     .records

@@ -21,7 +21,7 @@ use tonic::Code;
 
 use crate::support::{
     ChildVault, Faulty, Vault, assert_code, create, customer, field, files_containing, get,
-    policies_dir, stored,
+    letters, policies_dir, stored,
 };
 
 /// How long a test waits for something that must happen before calling it hung.
@@ -80,7 +80,13 @@ async fn reads_racing_updates_and_shreds_never_report_data_loss() {
     // 1,000 update/get pairs over 8 records (so each record is updated ~125 times while read).
     let mut hot = Vec::new();
     for i in 0..8 {
-        hot.push(create(&mut admin.clone(), customer(&format!("hot{}", letters(i)))).await);
+        hot.push(
+            create(
+                &mut admin.clone(),
+                customer(&format!("hot{}", letters(i as u64))),
+            )
+            .await,
+        );
     }
     // 200 get/shred pairs, each on its own record.
     let mut doomed = Vec::new();
@@ -88,7 +94,7 @@ async fn reads_racing_updates_and_shreds_never_report_data_loss() {
         doomed.push(
             create(
                 &mut admin.clone(),
-                customer(&format!("doomed{}", letters(i))),
+                customer(&format!("doomed{}", letters(i as u64))),
             )
             .await,
         );
@@ -221,7 +227,7 @@ async fn a_purge_queued_when_the_vault_is_killed_runs_after_the_restart() {
     let mut canaries = Vec::new();
     for i in 0..12 {
         let canary = format!("kx{}q{i}canary", rand_tag());
-        let mut fields = customer(&letters(i));
+        let mut fields = customer(&letters(i as u64));
         for f in &mut fields {
             if f.name == "notes" {
                 f.value.clone_from(&canary);
@@ -294,14 +300,6 @@ async fn a_purge_queued_when_the_vault_is_killed_runs_after_the_restart() {
         secrets.len() + canaries.len()
     );
     assert_eq!(hits, 0);
-}
-
-/// `n` spelled with letters (names may not hold digits).
-fn letters(n: usize) -> String {
-    n.to_string()
-        .bytes()
-        .map(|b| char::from(b'a' + (b - b'0')))
-        .collect()
 }
 
 fn rand_tag() -> u32 {

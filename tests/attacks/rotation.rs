@@ -26,7 +26,7 @@ use strongroom::{
 };
 use tonic::Code;
 
-use crate::support::{ChildVault, customer, events_of, field, get, value_of};
+use crate::support::{ChildVault, customer, events_of, field, get, letters, value_of};
 
 /// Seeded keys unless `STRONGROOM_ROTATION_KEYS` says otherwise.
 const DEFAULT_KEYS: usize = 3_000;
@@ -41,14 +41,6 @@ fn keys_wanted() -> usize {
         .and_then(|v| v.replace(['_', ','], "").parse().ok())
         .unwrap_or(DEFAULT_KEYS)
         .max(500)
-}
-
-/// `n` in letters (names take letters only): 12 -> "bc".
-fn letters(n: u64) -> String {
-    n.to_string()
-        .bytes()
-        .map(|b| char::from(b'a' + (b - b'0')))
-        .collect()
 }
 
 /// The email of seeded customer `i`.

@@ -50,13 +50,6 @@ struct Tally {
     in_doubt_not_applied: u64,
 }
 
-fn letters(n: u64) -> String {
-    n.to_string()
-        .bytes()
-        .map(|b| char::from(b'a' + (b - b'0')))
-        .collect()
-}
-
 fn soak_fields(n: u64) -> (String, String) {
     (
         format!("Ada {} Lovelace", letters(n)),

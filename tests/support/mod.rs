@@ -475,6 +475,14 @@ async fn start_in(dir: &Path, clock: &Clock) -> Running {
     server::start(config).await.unwrap()
 }
 
+/// `n` spelled with letters, a digit each (names may not hold digits): 12 -> `bc`.
+pub fn letters(n: u64) -> String {
+    n.to_string()
+        .bytes()
+        .map(|b| char::from(b'a' + (b - b'0')))
+        .collect()
+}
+
 /// A customer with every field type set.
 pub fn customer(tag: &str) -> Vec<pb::Field> {
     [
