@@ -1,6 +1,6 @@
 //! Storage: the `Store` trait, its keyspaces, and atomic batches. `rocks.rs` is the only file
 //! that names RocksDB (the embedded default), `postgres.rs` the only one that names
-//! PostgreSQL (several vault nodes on one database); `memory.rs` is a third implementation the
+//! PostgreSQL (a database replicated to standbys); `memory.rs` is a third implementation the
 //! conformance tests also run.
 //!
 //! Knows nothing of records, keys or policies: it stores bytes.

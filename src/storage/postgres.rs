@@ -67,8 +67,10 @@ pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not a postgres:// URL)".into();
     };
+    // Everything up to the last `@` goes, so a `?` or `/` in a password cannot hide its end
+    // (an `@` in a query parameter only hides more).
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
     let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let address = address.rsplit_once('@').map_or(address, |(_, hosts)| hosts);
     let kept: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty() && !p.to_ascii_lowercase().contains("password"))
@@ -88,12 +90,12 @@ fn database_span(url: &str) -> Result<std::ops::Range<usize>, String> {
     else {
         return Err("must start with postgres://".into());
     };
-    let at = url.len() - after.len();
-    let end = url.find('?').unwrap_or(url.len());
-    let start = after
+    // The hosts begin after the user information, which may hold a `/` or `?` of its own.
+    let at = url.len() - after.len() + after.rfind('@').map_or(0, |i| i + 1);
+    let end = url[at..].find('?').map_or(url.len(), |i| at + i);
+    let start = url[at..end]
         .find('/')
         .map(|i| at + i + 1)
-        .filter(|&i| i < end)
         .ok_or_else(|| "name the database: postgres://host/strongroom".to_owned())?;
     Ok(start..end)
 }
@@ -159,7 +161,9 @@ struct Sql {
 
 impl Sql {
     fn new(schema: &str) -> Self {
-        let t = format!("{schema}.kv");
+        // Quoted, so that a reserved word (`user`) is a schema name too; it is lowercase, so
+        // quoting changes nothing else.
+        let t = format!("\"{schema}\".kv");
         Self {
             schema: schema.to_owned(),
             get: format!("SELECT v FROM {t} WHERE ks = $1 AND k = $2"),
@@ -188,7 +192,7 @@ impl Sql {
     /// Creates the schema and the table if missing. Values are stored out of line without
     /// compression: ciphertext does not compress.
     fn create(&self) -> String {
-        let s = &self.schema;
+        let s = format!("\"{}\"", self.schema);
         format!(
             "CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}.kv (
@@ -397,26 +401,40 @@ impl PgStore {
     fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(Object, Arc<Sql>) -> Fut + Send + 'static,
+        F: Fn(Object, Arc<Sql>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send,
     {
         self.run(move |pool, sql| async move {
-            let mut wait = FIRST_BACKOFF;
-            let mut attempt = 1;
-            loop {
-                let client = pool.get().await.map_err(|e| pool_error(&e))?;
-                match f(client, Arc::clone(&sql)).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if broken(&e) && attempt < ATTEMPTS => {
-                        tracing::warn!(error = %pg(&e), attempt, "PostgreSQL read failed; trying a new connection");
-                    }
-                    Err(e) => return Err(pg(&e)),
-                }
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                attempt += 1;
-            }
+            with_retries(&pool, broken, |c| f(c, Arc::clone(&sql))).await
         })
+    }
+}
+
+/// Runs `f` on a pooled connection, and again on another after a growing wait when its error
+/// passes `may_retry`, up to `ATTEMPTS` times in all.
+async fn with_retries<T, F, Fut>(
+    pool: &Pool,
+    may_retry: fn(&tokio_postgres::Error) -> bool,
+    f: F,
+) -> Result<T, StoreError>
+where
+    F: Fn(Object) -> Fut,
+    Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let mut wait = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let client = pool.get().await.map_err(|e| pool_error(&e))?;
+        match f(client).await {
+            Ok(v) => return Ok(v),
+            Err(e) if may_retry(&e) && attempt < ATTEMPTS => {
+                tracing::warn!(error = %pg(&e), attempt, "PostgreSQL call failed; trying again");
+            }
+            Err(e) => return Err(pg(&e)),
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        attempt += 1;
     }
 }
 
@@ -563,26 +581,20 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // Tried again only when the database aborted it (nothing was applied). Any other
+        // error, a broken connection included, is the caller's to see: whether a COMMIT that
+        // lost its connection was applied is unknown.
+        let batch = Arc::new(batch);
         self.run(|pool, sql| async move {
-            let mut wait = FIRST_BACKOFF;
-            let mut attempt = 1;
-            loop {
-                let mut client = pool.get().await.map_err(|e| pool_error(&e))?;
-                match apply(&mut client, &sql, &batch).await {
-                    Ok(()) => return Ok(()),
-                    // Aborted by the database: nothing was applied, so it may run again.
-                    Err(e) if retryable(&e) && attempt < ATTEMPTS => {}
-                    // Anything else, a broken connection included, is the caller's to see:
-                    // whether a COMMIT that lost its connection was applied is unknown.
-                    Err(e) => return Err(pg(&e)),
-                }
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                attempt += 1;
-            }
+            with_retries(&pool, retryable, |mut c| {
+                let (sql, batch) = (Arc::clone(&sql), Arc::clone(&batch));
+                async move { apply(&mut c, &sql, &batch).await }
+            })
+            .await
         })
     }
 
+    /// Vacuums the whole table, whatever the prefixes: VACUUM works by table.
     fn purge(&self, _prefixes: &[(Keyspace, &[u8])]) -> Result<(), StoreError> {
         self.run(|pool, sql| async move {
             let client = pool.get().await.map_err(|e| pool_error(&e))?;
@@ -782,6 +794,23 @@ pub(super) fn test_options(tag: &str, pool_size: usize) -> PgOptions {
 mod tests {
     use super::*;
 
+    /// A schema named by a reserved word works like any other.
+    #[test]
+    fn a_schema_named_like_a_keyword_opens_and_stores() {
+        let mut options = test_options("unused", 1);
+        options.schema = "user".into();
+        let store = PgStore::open(&options).unwrap_or_else(|e| panic!("{e}"));
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Meta, b"k".to_vec(), b"v".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            store
+                .get(Keyspace::Meta, b"k")
+                .unwrap_or_else(|e| panic!("{e}")),
+            Some(b"v".to_vec())
+        );
+    }
+
     /// A use case reads its record through a snapshot and writes its audit event through the
     /// store while the snapshot lives: with every pooled connection held by snapshots, that
     /// write would wait for a connection until the pool's timeout.
@@ -822,6 +851,14 @@ mod tests {
             "postgres://h1:5432,h2:5433/data?target_session_attrs=read-write"
         );
         assert_eq!(pg_database("postgresql://h/db").as_deref(), Ok("db"));
+        // A password may hold `/`, `?` and `@`-free text of any kind.
+        let odd = "postgres://vault:p/w?x@h1/data?connect_timeout=2";
+        assert_eq!(pg_database(odd).as_deref(), Ok("data"));
+        assert_eq!(
+            pg_with_database(odd, "data_keys").as_deref(),
+            Ok("postgres://vault:p/w?x@h1/data_keys?connect_timeout=2")
+        );
+        assert_eq!(redacted(odd), "postgres://h1/data?connect_timeout=2");
         for bad in [
             "postgres://h1:5432",
             "postgres://h1/",
