@@ -143,12 +143,35 @@ impl Call {
 
 /// The audit log could not be written or read. Callers fail closed: no data, no write.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("audit log unavailable: {0}")]
-pub struct AuditError(pub String);
+#[error("audit log unavailable: {message}")]
+pub struct AuditError {
+    pub(crate) message: String,
+    /// A precondition of the call's own writes failed: another writer (another vault node)
+    /// changed what the call read. Nothing was written; the call may be tried again.
+    conflict: bool,
+}
+
+impl AuditError {
+    /// A failure described by `message` (for logs).
+    pub fn new(message: String) -> Self {
+        Self {
+            message,
+            conflict: false,
+        }
+    }
+
+    /// Whether the call's writes lost a race with another writer (nothing written).
+    pub fn is_conflict(&self) -> bool {
+        self.conflict
+    }
+}
 
 impl From<StoreError> for AuditError {
     fn from(e: StoreError) -> Self {
-        Self(e.to_string())
+        Self {
+            conflict: matches!(e, StoreError::Conflict(_)),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -273,7 +296,7 @@ impl Audit {
         let appender = std::thread::Builder::new()
             .name("strongroom-audit".into())
             .spawn(move || appender.run(rx))
-            .map_err(|e| AuditError(format!("cannot start the audit appender: {e}")))?;
+            .map_err(|e| AuditError::new(format!("cannot start the audit appender: {e}")))?;
         Ok(Self {
             jobs,
             appender: Some(appender),
@@ -291,7 +314,7 @@ impl Audit {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| AuditError("the audit appender has stopped".into()))
+            .map_err(|_| AuditError::new("the audit appender has stopped".into()))
     }
 
     /// Commits `batch` and `events` together, durably, in chain order; returns the events'
@@ -309,7 +332,7 @@ impl Audit {
         })
         .await?;
         rx.await
-            .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
+            .map_err(|_| AuditError::new("the audit appender stopped before answering".into()))?
     }
 
     /// Counts a refused unauthenticated call from `source` to `method` (`None`: a method the
@@ -355,7 +378,7 @@ impl Audit {
         })
         .await?;
         rx.await
-            .map_err(|_| AuditError("the audit appender stopped before answering".into()))?
+            .map_err(|_| AuditError::new("the audit appender stopped before answering".into()))?
             .map(|_| ())
     }
 

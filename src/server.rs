@@ -30,6 +30,7 @@ use crate::{
     storage::{self, Batch, Store},
     vault::{
         ADMIN_ROLE, Keys, Vault,
+        changes::{self, Followed, Watcher},
         governance::Governance,
         limits::{Limiter, SubjectLimits},
         now_ms,
@@ -356,6 +357,12 @@ pub async fn start_with_stores(
         .await
         .map_err(|e| fail(&e))?;
 
+    // Several vault nodes share a PostgreSQL store: each follows the others' changes. Read
+    // before the tokens and the policy are, so a change made in between is reloaded.
+    let watcher = match config.postgres {
+        Some(_) => Some(Watcher::new(Arc::clone(&store)).map_err(|e| fail(&e))?),
+        None => None,
+    };
     let token_options = TokenOptions {
         clock: config.clock.clone(),
         max_vendor_lifetime: config.max_vendor_token_lifetime,
@@ -394,6 +401,16 @@ pub async fn start_with_stores(
         .map_err(ServerError)?,
     );
     let policy = governance.engine();
+    let followed = watcher.map(|watcher| {
+        let followed = Followed {
+            store: Arc::clone(&store),
+            schema: Arc::clone(&schema),
+            tokens: Arc::clone(&tokens),
+            governance: Arc::clone(&governance),
+            provider: Arc::clone(&provider),
+        };
+        (followed, watcher)
+    });
     let mut vault = Vault::new(
         Arc::clone(&store),
         Keys {
@@ -603,6 +620,9 @@ pub async fn start_with_stores(
         .add_service(auth.guard(holds_svc))
         .add_service(auth.guard(consent_svc))
         .add_service(auth.guard(retention_svc));
+    // Started last: nothing after it can fail the start and leave it holding the store.
+    let follower =
+        followed.map(|(followed, watcher)| tokio::spawn(changes::follow(followed, watcher)));
     let task = tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(
@@ -623,6 +643,10 @@ pub async fn start_with_stores(
             .map_err(|e| ServerError(format!("server failed: {e}")));
         pruner.abort();
         let _ = pruner.await;
+        if let Some(follower) = follower {
+            follower.abort();
+            let _ = follower.await;
+        }
         background.stop().await;
         // The last window of refused calls, before the final checkpoint.
         let _ = stop_refusals.send(());

@@ -73,6 +73,11 @@ pub enum Op {
     DeleteRange(Keyspace, Vec<u8>, Vec<u8>),
     /// Set a key.
     Put(Keyspace, Vec<u8>, Vec<u8>),
+    /// A precondition: the key holds exactly this value (`None`: the key is absent) before any
+    /// write of the batch, or nothing of the batch is applied (`StoreError::Conflict`). Checked
+    /// atomically with the writes, also against writers in other processes on a shared
+    /// database: the compare-and-set that keeps several vault nodes from losing an update.
+    Expect(Keyspace, Vec<u8>, Option<Vec<u8>>),
 }
 
 /// Changes applied together or not at all.
@@ -100,6 +105,32 @@ impl Batch {
     /// Adds the removal of every key `from <= key < to`.
     pub fn delete_range(&mut self, ks: Keyspace, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
         self.ops.push(Op::DeleteRange(ks, from.into(), to.into()));
+    }
+
+    /// Adds a precondition: `key` holds `value` (`None`: is absent) when the batch is applied.
+    pub fn expect(&mut self, ks: Keyspace, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) {
+        self.ops.push(Op::Expect(ks, key.into(), value));
+    }
+
+    /// Whether the batch puts or deletes `key` itself (a range delete counts).
+    pub fn writes(&self, ks: Keyspace, key: &[u8]) -> bool {
+        self.ops.iter().any(|op| match op {
+            Op::Put(k_ks, k, _) | Op::Delete(k_ks, k) => *k_ks == ks && k == key,
+            Op::DeleteRange(k_ks, from, to) => {
+                *k_ks == ks && from.as_slice() <= key && key < to.as_slice()
+            }
+            Op::Expect(..) => false,
+        })
+    }
+
+    /// Whether the batch holds a precondition.
+    pub fn is_conditional(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, Op::Expect(..)))
+    }
+
+    /// Copies every change of `other` to the end of this batch.
+    pub fn extend_from(&mut self, other: &Batch) {
+        self.ops.extend_from_slice(&other.ops);
     }
 
     /// Moves every change of `other` to the end of this batch.
@@ -132,6 +163,26 @@ pub enum StoreError {
     /// A read, write, sync or purge failed.
     #[error("storage I/O failed: {0}")]
     Io(String),
+    /// A precondition of the batch (`Op::Expect`) did not hold: another writer changed the key
+    /// first. Nothing of the batch was applied.
+    #[error("a precondition failed in keyspace {0}: the key was changed by another writer")]
+    Conflict(&'static str),
+}
+
+/// Checks a batch's preconditions against the current values (`get`): the first that fails is
+/// a `Conflict`. For stores that check under a lock of their own (memory, RocksDB).
+pub(crate) fn check_expected(
+    batch: &Batch,
+    mut get: impl FnMut(Keyspace, &[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<(), StoreError> {
+    for op in batch.ops() {
+        if let Op::Expect(ks, key, value) = op
+            && get(*ks, key)? != *value
+        {
+            return Err(StoreError::Conflict(ks.name()));
+        }
+    }
+    Ok(())
 }
 
 /// A consistent view of the store at one moment: every read through it sees every batch
@@ -309,6 +360,79 @@ mod conformance {
         );
         snapshots(store);
         ranges(store);
+        preconditions(store);
+    }
+
+    /// A precondition that does not hold applies nothing of its batch; one that holds applies
+    /// all of it; and compare-and-set from several threads at once loses no increment.
+    fn preconditions(store: &dyn Store) {
+        let get = |k: &[u8]| {
+            store
+                .get(Keyspace::Meta, k)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut batch = Batch::new();
+        batch.expect(Keyspace::Meta, b"p/head".to_vec(), None);
+        batch.put(Keyspace::Meta, b"p/head".to_vec(), b"1".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        // Expected absent, but present: nothing of the batch is applied.
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Meta, b"p/other".to_vec(), b"x".to_vec());
+        batch.expect(Keyspace::Meta, b"p/head".to_vec(), None);
+        batch.put(Keyspace::Meta, b"p/head".to_vec(), b"9".to_vec());
+        assert!(matches!(
+            store.write(batch),
+            Err(StoreError::Conflict("meta"))
+        ));
+        // Expected another value: the same.
+        let mut batch = Batch::new();
+        batch.expect(Keyspace::Meta, b"p/head".to_vec(), Some(b"0".to_vec()));
+        batch.put(Keyspace::Meta, b"p/other".to_vec(), b"x".to_vec());
+        assert!(matches!(
+            store.write(batch),
+            Err(StoreError::Conflict("meta"))
+        ));
+        assert_eq!(
+            get(b"p/other"),
+            None,
+            "a failed precondition applies nothing"
+        );
+        assert_eq!(get(b"p/head").as_deref(), Some(&b"1"[..]));
+
+        let threads = 4;
+        let each = 25;
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    for _ in 0..each {
+                        loop {
+                            let now = get(b"p/head");
+                            let n: u64 = now
+                                .as_deref()
+                                .map(|v| String::from_utf8_lossy(v).parse().unwrap_or(0))
+                                .unwrap_or(0);
+                            let mut batch = Batch::new();
+                            batch.expect(Keyspace::Meta, b"p/head".to_vec(), now);
+                            batch.put(
+                                Keyspace::Meta,
+                                b"p/head".to_vec(),
+                                (n + 1).to_string().into_bytes(),
+                            );
+                            match store.write(batch) {
+                                Ok(()) => break,
+                                Err(StoreError::Conflict(_)) => {}
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            get(b"p/head"),
+            Some((1 + threads * each).to_string().into_bytes()),
+            "compare-and-set lost an update"
+        );
     }
 
     /// A snapshot sees the store as it was when taken, through every read, and a purge refuses

@@ -8,6 +8,7 @@
 
 mod access;
 pub mod batch;
+pub mod changes;
 pub mod consent;
 mod export;
 mod find;
@@ -121,15 +122,25 @@ pub enum Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        Self::Unavailable(e.to_string())
+        AuditError::from(e).into()
     }
 }
 
 impl From<AuditError> for Error {
     fn from(e: AuditError) -> Self {
+        if e.is_conflict() {
+            return Self::Aborted(
+                "the record was changed by another call meanwhile; nothing was written: read it \
+                 again and retry"
+                    .into(),
+            );
+        }
         Self::Unavailable(e.to_string())
     }
 }
+
+/// Versions an update skips at most when other writers hold the next ones.
+const MAX_VERSION_SKIPS: u64 = 8;
 
 fn refused(principal: &Principal, r: Refusal) -> Error {
     Error::PermissionDenied(format!(
@@ -839,24 +850,53 @@ impl Vault {
             )
             .into());
         }
+        // Another writer (another vault node) that read the same version loses: the record
+        // must still be at the version read when the batch commits.
+        batch.expect(
+            Keyspace::Headers,
+            id.as_bytes().to_vec(),
+            Some(loaded.header.encode()),
+        );
         // A new data key for the new version; the old one is destroyed once the new version is
-        // durable, so replaced and cleared values are shredded too.
+        // durable, so replaced and cleared values are shredded too. The version is claimed in
+        // the key store: one taken (by a writer whose commit lost, or never happened) is
+        // skipped, so versions grow but may leave gaps.
         drop(dek);
         let dek = Dek::generate();
-        self.seal_record(
-            &mut batch,
-            id,
-            collection,
-            &dek,
-            (version, loaded.header.honeytoken),
-            &current,
-        )
-        .await?;
+        let mut version = version;
+        let sealed = loop {
+            let mut sealed = batch.clone();
+            if self
+                .seal_record(
+                    &mut sealed,
+                    id,
+                    collection,
+                    &dek,
+                    (version, loaded.header.honeytoken),
+                    &current,
+                )
+                .await?
+            {
+                break sealed;
+            }
+            if version > loaded.header.version + MAX_VERSION_SKIPS {
+                return Err(Error::Aborted(
+                    "the record is being changed by other calls; read it again and retry".into(),
+                ));
+            }
+            version += 1;
+        };
+        let mut batch = sealed;
         index::put_entries(&mut batch, &self.index, id, collection, &current)?;
         self.put_times(&mut batch, id, times);
         // As in `create`, a failed commit leaves the new key: the next start keeps the one the
-        // header names.
-        self.audit.commit(batch, vec![event]).await?;
+        // header names. One that lost to another writer is known not to be applied: its key goes.
+        if let Err(e) = self.audit.commit(batch, vec![event]).await {
+            if e.is_conflict() {
+                self.keys.delete(id, version..version + 1).await?;
+            }
+            return Err(e.into());
+        }
         // Left behind on a crash before this point, the old key is removed at the next start.
         self.forget_older_keys(id, version).await;
         Ok(version)
@@ -937,6 +977,13 @@ impl Vault {
             batch.delete(Keyspace::Records, key);
         }
         batch.append(index_entries);
+        // Another vault node may have updated the record since it was read: then this batch
+        // is refused (ABORTED; the keys are gone already, and a retry finishes the shred).
+        batch.expect(
+            Keyspace::Headers,
+            id.as_bytes().to_vec(),
+            Some(loaded.header.encode()),
+        );
         batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
         batch.put(
             Keyspace::Tombstones,

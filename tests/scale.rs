@@ -266,3 +266,256 @@ async fn a_key_store_url_naming_the_data_database_another_way_is_refused() {
         .unwrap_or_default();
     assert!(err.contains("the key store is the data store"), "{err}");
 }
+
+/// A node on the shared test cluster (`make test` starts it), in schema `schema`, with its own
+/// data dir and the keys dir `keys` (shared by the nodes: the keyring file is one).
+async fn shared_node(schema: &str, data: &Path, keys: &Path) -> server::Running {
+    let url = std::env::var("STRONGROOM_TEST_PG").expect("STRONGROOM_TEST_PG: run `make test`");
+    let keys_url =
+        std::env::var("STRONGROOM_TEST_PG_KEYS").expect("STRONGROOM_TEST_PG_KEYS: run `make test`");
+    let toml = format!(
+        "[postgres]\nurl = {url:?}\nkeys_url = {keys_url:?}\nschema = {schema:?}\npool_size = 4\n"
+    );
+    let over = Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(data.to_path_buf()),
+        keys_dir: Some(keys.to_path_buf()),
+        policies_dir: Some(policies_dir()),
+        store_url: None,
+    };
+    server::start(Config::from_toml(&toml, over).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Polls `check` until it holds, at most `limit`; prints how long that took.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "{what}: not seen within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("{what}: after {} ms", start.elapsed().as_millis());
+}
+
+/// Whether `client` (support) reads the name of record `id` in plaintext.
+async fn name_shown(client: &strongroom::client::Client, id: &str) -> bool {
+    let Ok(got) = support::get(&mut client.clone(), id, "support").await else {
+        return false;
+    };
+    support::view(&got)
+        .into_iter()
+        .any(|(name, d, _)| name == "name" && d == pb::Disclosure::Plain)
+}
+
+/// Two vault nodes on one database: a token issued or revoked, a policy version applied and a
+/// key epoch rotated on one are acted on by the other within a second; concurrent updates of
+/// one record through both lose none; and the audit chain the two wrote verifies as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_share_tokens_policy_keys_records_and_one_audit_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let schema = format!("nodes_{}", rand_suffix());
+    let a = shared_node(&schema, &dir.path().join("a"), &keys).await;
+    let b = shared_node(&schema, &dir.path().join("b"), &keys).await;
+    assert!(
+        b.first_admin_token.is_none(),
+        "the second node found the first's admin"
+    );
+    let admin_token = a.first_admin_token.clone().unwrap().to_string();
+    let (addr_a, addr_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let connect = |addr: &str, token: &str| {
+        let (addr, token) = (addr.to_owned(), token.to_owned());
+        async move { strongroom::client::connect(&addr, &token).await.unwrap() }
+    };
+    let mut admin_a = connect(&addr_a, &admin_token).await;
+    let mut admin_b = connect(&addr_b, &admin_token).await;
+
+    // A token issued on A works on B.
+    let issued = admin_a
+        .tokens
+        .create_token(pb::CreateTokenRequest {
+            subject: "svc:helpdesk".into(),
+            roles: vec!["role:support".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let id = support::create(&mut admin_a, customer("shared")).await;
+    let support_b = connect(&addr_b, &issued).await;
+    within(Duration::from_secs(1), "a token issued on A, on B", || {
+        name_shown(&support_b, &id)
+    })
+    .await;
+
+    // A policy version applied on A decides on B: support no longer reads names.
+    let default_policy = std::fs::read_to_string(policies_dir().join("policy.csv")).unwrap();
+    let text = default_policy.replace(
+        "p, role:support, customers.name, read, support, allow\n",
+        "",
+    );
+    let applied = admin_a
+        .policies
+        .apply_policy(pb::ApplyPolicyRequest {
+            text,
+            comment: "names withheld from support".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let applied = applied.version.expect("applied at once").version;
+    within(
+        Duration::from_secs(1),
+        "a policy applied on A, on B",
+        || async { !name_shown(&support_b, &id).await },
+    )
+    .await;
+    // The version numbers are one sequence: B applies the next, after A's.
+    let back = admin_b
+        .policies
+        .apply_policy(pb::ApplyPolicyRequest {
+            text: default_policy.clone(),
+            comment: "names back".into(),
+            expected_version: Some(applied),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.version.map(|v| v.version), Some(applied + 1));
+
+    // A token revoked on A is refused on B.
+    admin_a
+        .tokens
+        .revoke_tokens(pb::RevokeTokensRequest {
+            subject: "svc:helpdesk".into(),
+        })
+        .await
+        .unwrap();
+    within(Duration::from_secs(1), "a token revoked on A, on B", || {
+        let mut c = support_b.clone();
+        let id = id.clone();
+        async move {
+            support::get(&mut c, &id, "support")
+                .await
+                .is_err_and(|s| s.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+
+    // A rotation on A: B reads a record written under the new epoch, and every record after
+    // the old epoch is destroyed.
+    admin_a
+        .keys
+        .rotate_keys(pb::RotateKeysRequest {})
+        .await
+        .unwrap();
+    let after = support::create(&mut admin_a, customer("rotated")).await;
+    within(Duration::from_secs(1), "the new epoch, on B", || {
+        let mut c = admin_b.clone();
+        let after = after.clone();
+        async move { support::get(&mut c, &after, "support").await.is_ok() }
+    })
+    .await;
+    within(Duration::from_secs(30), "the rotation's end", || {
+        let mut c = admin_a.clone();
+        async move {
+            !c.keys
+                .get_key_status(pb::GetKeyStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .rotating
+        }
+    })
+    .await;
+    for record in [&id, &after] {
+        support::get(&mut admin_b, record, "support")
+            .await
+            .unwrap_or_else(|e| panic!("{record} after the rotation, on B: {e:?}"));
+    }
+
+    // Read-modify-write through both nodes at once: each update names the version it read;
+    // one that lost is refused (ABORTED) and tried again. None is lost.
+    let per_node = 15_u64;
+    let mut writers = Vec::new();
+    for (n, addr) in [addr_a.clone(), addr_b.clone()].into_iter().enumerate() {
+        let (token, id) = (admin_token.clone(), id.clone());
+        writers.push(tokio::spawn(async move {
+            let mut c = strongroom::client::connect(&addr, &token).await.unwrap();
+            let mut aborted = 0_u64;
+            for i in 0..per_node {
+                loop {
+                    let got = support::get(&mut c, &id, "support").await.unwrap();
+                    let update = c
+                        .records
+                        .update_record(pb::UpdateRecordRequest {
+                            id: id.clone(),
+                            set: vec![support::field(
+                                "notes",
+                                &format!(
+                                    "node {} write {}",
+                                    support::letters(n as u64),
+                                    support::letters(i)
+                                ),
+                            )],
+                            clear: vec![],
+                            expected_version: Some(got.version),
+                        })
+                        .await;
+                    match update {
+                        Ok(_) => break,
+                        Err(s) if s.code() == Code::Aborted => aborted += 1,
+                        Err(s) => panic!("update through node {n}: {s:?}"),
+                    }
+                }
+            }
+            aborted
+        }));
+    }
+    let mut aborted = 0;
+    for w in writers {
+        aborted += w.await.unwrap();
+    }
+    let record = support::get(&mut admin_b, &id, "support").await.unwrap();
+    let updates = support::events_of(&mut admin_a, "Records/UpdateRecord")
+        .await
+        .into_iter()
+        .filter(|e| e.record_id == id && e.result == "OK")
+        .count();
+    println!(
+        "{} updates through two nodes: {aborted} refused as stale and retried; version {}",
+        2 * per_node,
+        record.version
+    );
+    assert_eq!(
+        updates as u64,
+        2 * per_node,
+        "an acknowledged update has no event"
+    );
+    assert!(
+        record.version > 2 * per_node,
+        "version {} after {} acknowledged updates: one was lost",
+        record.version,
+        2 * per_node
+    );
+
+    // One chain: both nodes wrote to it, and it verifies end to end from either.
+    for admin in [&mut admin_a, &mut admin_b] {
+        let report = admin
+            .audit
+            .verify_log(pb::VerifyLogRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(report.ok, "the chain two nodes wrote: {}", report.problem);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

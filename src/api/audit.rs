@@ -419,7 +419,7 @@ mod tests {
     fn storage_detail_never_reaches_the_client() {
         let detail =
             "storage I/O failed: IO error: /srv/strongroom-data/db/000042.sst: No space left";
-        let status = unavailable(audit::AuditError(detail.to_owned()));
+        let status = unavailable(audit::AuditError::new(detail.to_owned()));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(!status.message().contains(".sst"), "{}", status.message());
         assert!(!status.message().contains("/srv"), "{}", status.message());

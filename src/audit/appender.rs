@@ -23,13 +23,18 @@ const MAX_JOBS_PER_BATCH: usize = 1024;
 const LINGER_STEP: std::time::Duration = std::time::Duration::from_micros(250);
 const LINGER_STEPS: u32 = 8;
 const ENOUGH: usize = 128;
+/// Reloads of the head one commit makes at most when other writers keep moving it.
+const MAX_RELOADS: u32 = 64;
 
 /// Where the chain stands.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct State {
     seq: u64,
     head: [u8; 32],
     last_time_ms: i64,
+    /// The signed head as the log holds it: the next append expects it there (a log shared by
+    /// several vault nodes then serializes their appends).
+    signed: Option<Checkpoint>,
 }
 
 impl State {
@@ -42,10 +47,11 @@ impl State {
                 seq: 0,
                 head: [0; 32],
                 last_time_ms: 0,
+                signed: None,
             },
             Some((seq, value)) => {
                 let (event, mac) = decode_stored(&value).ok_or_else(|| {
-                    AuditError(format!(
+                    AuditError::new(format!(
                         "audit event {seq} is malformed; run `strongroom audit verify`"
                     ))
                 })?;
@@ -53,6 +59,7 @@ impl State {
                     seq,
                     head: mac,
                     last_time_ms: event.time_ms,
+                    signed: None,
                 }
             }
         };
@@ -60,7 +67,7 @@ impl State {
         if let Some(head) = &head
             && !head.valid(&keys.public)
         {
-            return Err(AuditError(
+            return Err(AuditError::new(
                 "the audit log's last checkpoint does not verify under this vault's signing key: \
                  the keys are not the ones this vault was created with (or the checkpoint was \
                  altered); refusing to start"
@@ -72,14 +79,14 @@ impl State {
         // and the vault must not sign over it.
         match &head {
             None if state.seq > 0 => {
-                return Err(AuditError(
+                return Err(AuditError::new(
                     "the audit log holds events but no signed head (its checkpoints were \
                      removed): refusing to start; run `strongroom audit verify`"
                         .into(),
                 ));
             }
             Some(h) if h.seq < state.seq => {
-                return Err(AuditError(format!(
+                return Err(AuditError::new(format!(
                     "audit events {} to {} come after the signed head: they were appended \
                      without the vault's signing key; refusing to start",
                     h.seq + 1,
@@ -87,7 +94,7 @@ impl State {
                 )));
             }
             Some(h) if h.seq == state.seq && h.head_bytes() != Some(state.head) => {
-                return Err(AuditError(format!(
+                return Err(AuditError::new(format!(
                     "audit event {} is not the one the signed head covers: the log was \
                      rewritten; refusing to start",
                     h.seq
@@ -95,6 +102,7 @@ impl State {
             }
             None | Some(_) => {}
         }
+        state.signed.clone_from(&head);
         if let Some(head) = head
             && head.seq > state.seq
         {
@@ -105,12 +113,15 @@ impl State {
             );
             // `load_valid` returns only validly signed checkpoints, whose head decodes.
             let Some(head_mac) = head.head_bytes() else {
-                return Err(AuditError("the audit head checkpoint is malformed".into()));
+                return Err(AuditError::new(
+                    "the audit head checkpoint is malformed".into(),
+                ));
             };
             state = Self {
                 seq: head.seq,
                 head: head_mac,
                 last_time_ms: head.time_ms.max(state.last_time_ms),
+                signed: Some(head),
             };
         }
         Ok(state)
@@ -178,18 +189,57 @@ impl Appender {
         }
     }
 
-    fn commit(&mut self, mut jobs: Vec<Job>) {
-        let mut next = self.state;
+    /// Commits `jobs` in one append. When the log's head is not where this appender left it
+    /// (another vault node appended to a shared log, or a commit whose answer was lost was
+    /// applied after all), nothing was written: the appender reloads the head and chains the
+    /// same jobs after it. A job whose own writes' precondition failed is answered with that
+    /// conflict, and the others are committed without it.
+    fn commit(&mut self, jobs: Vec<Job>) {
+        let mut pending = vec![jobs];
+        let mut reloads = 0;
+        while let Some(jobs) = pending.pop() {
+            let Err((jobs, e)) = self.try_commit(jobs) else {
+                continue;
+            };
+            let expected = self.state.signed.clone();
+            let reloaded = if e.is_conflict() && reloads < MAX_RELOADS {
+                reloads += 1;
+                State::load(self.log.as_ref(), &self.keys)
+            } else {
+                Err(e.clone())
+            };
+            match reloaded {
+                Ok(state) if state.signed != expected => {
+                    // Another writer moved the head: the same jobs, after it.
+                    self.state = state;
+                    pending.push(jobs);
+                }
+                Ok(_) if jobs.len() > 1 => {
+                    // The head is where it was: a job's own precondition failed. Alone, each
+                    // job finds out whether it was its own.
+                    pending.extend(jobs.into_iter().rev().map(|job| vec![job]));
+                }
+                Ok(_) | Err(_) => fail(jobs, &e),
+            }
+        }
+    }
+
+    /// One append of `jobs`; on failure, gives the jobs back when nothing was written and the
+    /// failure was a conflict (they may be tried again), and answers them otherwise.
+    fn try_commit(&mut self, mut jobs: Vec<Job>) -> Result<(), (Vec<Job>, AuditError)> {
+        let mut next = self.state.clone();
         let time = now_ms().max(next.last_time_ms);
         let mut writes = Batch::new();
         let mut seqs: Vec<Vec<u64>> = Vec::with_capacity(jobs.len());
         let mut force_checkpoint = false;
         let mut chained: Vec<Chained> = Vec::new();
         for job in &mut jobs {
-            writes.append(std::mem::take(&mut job.batch));
+            // Kept in the job: a conflict tries it again.
+            writes.extend_from(&job.batch);
             force_checkpoint |= job.checkpoint;
             let mut job_seqs = Vec::with_capacity(job.events.len());
-            for mut event in std::mem::take(&mut job.events) {
+            for event in &job.events {
+                let mut event = event.clone();
                 next.seq += 1;
                 event.seq = next.seq;
                 event.time_ms = time;
@@ -201,36 +251,33 @@ impl Appender {
             seqs.push(job_seqs);
         }
         next.last_time_ms = time;
-        let fail = |jobs: Vec<Job>, e: &AuditError| {
-            tracing::error!(error = %e, "audit batch failed; its requests fail closed");
-            for job in jobs {
-                if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        };
         if next.seq == self.state.seq && !force_checkpoint && writes.is_empty() {
             for job in jobs {
                 if let Some(reply) = job.reply {
                     let _ = reply.send(Ok(Vec::new()));
                 }
             }
-            return;
+            return Ok(());
         }
         let head = match Checkpoint::sign(&self.keys, next.seq, next.head, time) {
             Ok(checkpoint) => checkpoint,
-            Err(e) => return fail(jobs, &e),
+            Err(e) => {
+                fail(jobs, &e);
+                return Ok(());
+            }
         };
         let crossed = next.seq / self.checkpoint_every > self.state.seq / self.checkpoint_every;
         let durable = crossed || force_checkpoint;
         let appended = self.log.append(Append {
             events: &chained,
             head: &head,
+            previous: self.state.signed.as_ref(),
             writes,
             durable,
         });
         match appended {
             Ok(()) => {
+                next.signed = Some(head);
                 self.state = next;
                 if self.live.receiver_count() > 0 {
                     for c in chained {
@@ -243,28 +290,47 @@ impl Appender {
                         let _ = reply.send(Ok(seqs));
                     }
                 }
+                Ok(())
             }
+            Err(AppendFailed {
+                error,
+                events_durable: false,
+                writes_lost: false,
+            }) if error.is_conflict() => Err((jobs, error)),
             Err(AppendFailed {
                 error,
                 events_durable,
                 writes_lost,
             }) => {
                 fail(jobs, &error);
+                let last = next.seq;
                 if events_durable {
                     // The events are in the chain: it goes on after them.
+                    next.signed = Some(head);
                     self.state = next;
                 }
                 if writes_lost {
                     // Their writes are not: say so in the chain.
-                    let first = chained.first().map_or(next.seq, |c| c.event.seq);
+                    let first = chained.first().map_or(last, |c| c.event.seq);
                     self.commit(vec![Job {
                         batch: Batch::new(),
-                        events: vec![writes_not_applied(first, next.seq, "the data write failed")],
+                        events: vec![writes_not_applied(first, last, "the data write failed")],
                         checkpoint: false,
                         reply: None,
                     }]);
                 }
+                Ok(())
             }
+        }
+    }
+}
+
+/// Answers `jobs` with `e`: their calls fail closed.
+fn fail(jobs: Vec<Job>, e: &AuditError) {
+    tracing::error!(error = %e, "audit batch failed; its requests fail closed");
+    for job in jobs {
+        if let Some(reply) = job.reply {
+            let _ = reply.send(Err(e.clone()));
         }
     }
 }

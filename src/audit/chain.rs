@@ -70,7 +70,7 @@ impl Checkpoint {
         let sig = keys
             .signer
             .sign(&signed_bytes(seq, &head, time_ms))
-            .map_err(|e| AuditError(format!("cannot sign the audit head: {e}")))?;
+            .map_err(|e| AuditError::new(format!("cannot sign the audit head: {e}")))?;
         Ok(Self {
             seq,
             head: hex::encode(head),

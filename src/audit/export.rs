@@ -146,7 +146,7 @@ impl Export {
             }
             for (seq, value) in chunk {
                 let (event, hash) = decode_stored(&value).ok_or_else(|| {
-                    AuditError(format!(
+                    AuditError::new(format!(
                         "audit event {seq} is malformed; run `strongroom audit verify`"
                     ))
                 })?;

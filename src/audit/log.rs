@@ -34,6 +34,9 @@ pub struct Append<'a> {
     pub events: &'a [Chained],
     /// The signed head after them.
     pub head: &'a Checkpoint,
+    /// The signed head the log is expected to hold now (`None`: none yet). A log that other
+    /// writers share refuses the append, as a conflict, when it holds another.
+    pub previous: Option<&'a Checkpoint>,
     /// The data writes of the calls the events describe.
     pub writes: Batch,
     /// The head is also kept as a durable checkpoint (in the store's `meta`; a segment may end
@@ -141,7 +144,7 @@ pub trait EventLog: Send + Sync {
 fn seq_of(key: &[u8]) -> Result<u64, AuditError> {
     <[u8; 8]>::try_from(key)
         .map(u64::from_be_bytes)
-        .map_err(|_| AuditError("a malformed key in the audit keyspace".into()))
+        .map_err(|_| AuditError::new("a malformed key in the audit keyspace".into()))
 }
 
 /// Events in the store's `audit` keyspace under their big-endian sequence numbers, and the head
@@ -167,6 +170,13 @@ impl EventLog for StoreLog {
                 c.stored.clone(),
             );
         }
+        // The database serializes the appends of every node: an append made after another
+        // writer moved the head is refused whole, and the appender chains it after that head.
+        batch.expect(
+            Keyspace::Meta,
+            HEAD_KEY.to_vec(),
+            append.previous.map(Checkpoint::encode),
+        );
         batch.put(Keyspace::Meta, HEAD_KEY.to_vec(), append.head.encode());
         if append.durable {
             batch.put(

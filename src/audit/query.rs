@@ -101,7 +101,7 @@ pub(super) fn query(
         cursor = last.saturating_add(1);
         for (seq, value) in chunk {
             let (event, _) = decode_stored(&value).ok_or_else(|| {
-                AuditError(format!(
+                AuditError::new(format!(
                     "audit event {seq} is malformed; run `strongroom audit verify`"
                 ))
             })?;
@@ -138,8 +138,8 @@ mod tests {
         batch.put(Keyspace::Audit, 1u64.to_be_bytes().to_vec(), b"x".to_vec());
         store.write(batch).unwrap_or_else(|e| panic!("{e}"));
         let log = StoreLog::new(store);
-        let (events, next) =
-            query(&log, &Filter::default(), u64::MAX, 10).unwrap_or_else(|e| panic!("{}", e.0));
+        let (events, next) = query(&log, &Filter::default(), u64::MAX, 10)
+            .unwrap_or_else(|e| panic!("{}", e.message));
         assert!(events.is_empty());
         assert_eq!(next, None);
     }

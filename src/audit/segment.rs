@@ -122,7 +122,7 @@ impl Sealed {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(
                     segment = %seg.path.display(),
-                    error = %e.0,
+                    error = %e.message,
                     "cannot index an audit segment: queries scan it"
                 ),
             }
@@ -172,7 +172,7 @@ pub struct SegmentLog {
 }
 
 fn io_error(what: &str, path: &Path, e: &std::io::Error) -> AuditError {
-    AuditError(format!("audit segment {}: {what}: {e}", path.display()))
+    AuditError::new(format!("audit segment {}: {what}: {e}", path.display()))
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -260,7 +260,7 @@ impl SegmentLog {
     /// `AuditError` if the directory cannot be read or a segment is damaged other than at its
     /// tail.
     pub fn open(dir: &Path, store: Arc<dyn Store>, segment_bytes: u64) -> Result<Self, AuditError> {
-        crate::files::private_dir(dir, "audit log directory").map_err(AuditError)?;
+        crate::files::private_dir(dir, "audit log directory").map_err(AuditError::new)?;
         let mut segments = list_segments(dir)?;
         if segments.is_empty() && store.last(Keyspace::Audit)?.is_some() {
             migrate_from_store(dir, store.as_ref())?;
@@ -341,7 +341,9 @@ impl SegmentLog {
         match &last_frame {
             Some(read) => {
                 let decoded = frame::decode(&read.header, &read.payload).ok_or_else(|| {
-                    AuditError("the last audit frame does not decode; refusing to start".into())
+                    AuditError::new(
+                        "the last audit frame does not decode; refusing to start".into(),
+                    )
                 })?;
                 head = Some(decoded.head);
                 last = decoded.events.last().cloned();
@@ -375,7 +377,7 @@ impl SegmentLog {
         }
         let file = match segments.last() {
             Some(seg) => open_for_append(&seg.path)?,
-            None => return Err(AuditError("the audit log has no segment".into())),
+            None => return Err(AuditError::new("the audit log has no segment".into())),
         };
         let sealed = Arc::new(Sealed::default());
         let closed = segments[..segments.len() - 1].to_vec();
@@ -384,7 +386,7 @@ impl SegmentLog {
             std::thread::Builder::new()
                 .name("strongroom-audit-index".into())
                 .spawn(move || sealed.build(&closed))
-                .map_err(|e| AuditError(format!("cannot start the audit indexer: {e}")))?;
+                .map_err(|e| AuditError::new(format!("cannot start the audit indexer: {e}")))?;
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -427,7 +429,7 @@ impl SegmentLog {
         durable: bool,
     ) -> Result<u64, AuditError> {
         if state.active.broken {
-            return Err(AuditError(
+            return Err(AuditError::new(
                 "the audit log could not undo a failed write; restart the vault".into(),
             ));
         }
@@ -435,7 +437,7 @@ impl SegmentLog {
             self.close_segment(state, first)?;
         }
         let Some(seg) = state.segments.last_mut() else {
-            return Err(AuditError("the audit log has no segment".into()));
+            return Err(AuditError::new("the audit log has no segment".into()));
         };
         let written = state
             .active
@@ -522,7 +524,7 @@ fn frames(seg: &Segment, from: u64, mut visit: impl FnMut(Read) -> bool) -> Resu
         file.read_exact_at(&mut header_bytes, offset)
             .map_err(|e| io_error("cannot read", &seg.path, &e))?;
         let header = Header::parse(&header_bytes).ok_or_else(|| {
-            AuditError(format!(
+            AuditError::new(format!(
                 "audit segment {} is damaged at byte {offset}: run `strongroom audit verify`",
                 seg.path.display()
             ))
@@ -530,7 +532,7 @@ fn frames(seg: &Segment, from: u64, mut visit: impl FnMut(Read) -> bool) -> Resu
         let next = offset + HEADER as u64 + u64::from(header.len);
         if header.end_seq() > from || header.count == 0 {
             let read = read_frame(&file, offset, seg.len).map_err(|at| {
-                AuditError(format!(
+                AuditError::new(format!(
                     "audit segment {}: the frame of events {} to {} at byte {at} is \
                      damaged (altered or cut): run `strongroom audit verify`",
                     seg.path.display(),
@@ -550,7 +552,7 @@ fn frames(seg: &Segment, from: u64, mut visit: impl FnMut(Read) -> bool) -> Resu
 }
 
 fn damaged(seg: &Segment, read: &Read) -> AuditError {
-    AuditError(format!(
+    AuditError::new(format!(
         "audit segment {}: the frame of events {} to {} at byte {} does not decode: run \
          `strongroom audit verify`",
         seg.path.display(),
@@ -605,7 +607,7 @@ fn write_segment(
     }
     crate::files::write_whole(&temporary, &path, &bytes)
         .map_err(|e| io_error("cannot write", &path, &e))?;
-    crate::files::sync_dir(dir).map_err(AuditError)?;
+    crate::files::sync_dir(dir).map_err(AuditError::new)?;
     Ok(path)
 }
 
@@ -645,12 +647,12 @@ fn migrate_from_store(dir: &Path, store: &dyn Store) -> Result<(), AuditError> {
         };
         from = <[u8; 8]>::try_from(last.as_slice())
             .map(u64::from_be_bytes)
-            .map_err(|_| AuditError("a malformed key in the audit keyspace".into()))?
+            .map_err(|_| AuditError::new("a malformed key in the audit keyspace".into()))?
             .saturating_add(1);
         for (key, value) in chunk {
             let seq = <[u8; 8]>::try_from(key.as_slice())
                 .map(u64::from_be_bytes)
-                .map_err(|_| AuditError("a malformed key in the audit keyspace".into()))?;
+                .map_err(|_| AuditError::new("a malformed key in the audit keyspace".into()))?;
             events.push((seq, value));
         }
     }
@@ -714,7 +716,7 @@ fn create_segment(dir: &Path, path: &Path) -> Result<(), AuditError> {
         .open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| io_error("cannot create", path, &e))?;
-    crate::files::sync_dir(dir).map_err(AuditError)
+    crate::files::sync_dir(dir).map_err(AuditError::new)
 }
 
 impl EventLog for SegmentLog {
@@ -724,6 +726,8 @@ impl EventLog for SegmentLog {
             head,
             mut writes,
             durable,
+            // Segment files are one vault's own: nobody else moves their head.
+            previous: _,
         } = append;
         let first = events.first().map_or(head.seq + 1, |c| c.event.seq);
         let to_frame: Vec<ToFrame<'_>> = events
@@ -854,7 +858,7 @@ impl EventLog for SegmentLog {
             removed += 1;
         }
         if removed > 0 {
-            crate::files::sync_dir(&self.dir).map_err(AuditError)?;
+            crate::files::sync_dir(&self.dir).map_err(AuditError::new)?;
             self.state().segments.drain(..removed);
         }
         self.first_seq()
@@ -908,7 +912,7 @@ impl EventLog for SegmentLog {
                             }
                             Ok(None) => break,
                             Err(at) => {
-                                return Err(AuditError(format!(
+                                return Err(AuditError::new(format!(
                                     "audit segment {}: the frame at byte {at} is damaged \
                                      (altered or cut): run `strongroom audit verify`",
                                     seg.path.display()

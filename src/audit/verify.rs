@@ -276,7 +276,7 @@ pub(super) fn verify(
             // the next event, like any other alteration.
             let chunk = match log.scan(cursor, None, 4096) {
                 Ok(chunk) => chunk,
-                Err(e) => return fail(report, (walk.last().0 + 1, e.0)),
+                Err(e) => return fail(report, (walk.last().0 + 1, e.message)),
             };
             let Some(&(last, _)) = chunk.last() else {
                 break;

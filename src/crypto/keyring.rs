@@ -289,22 +289,45 @@ impl Keyring {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies `change` to a copy of the keyring, writes it, and only then makes it live.
+    /// An exclusive lock on `keyring.lock` beside the keyring file, held until dropped.
+    fn lock_file(&self) -> Result<fs::File, String> {
+        let path = self.path.with_extension("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(no_follow())
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+        Ok(file)
+    }
+
+    /// Applies `change` to the keyring as the file holds it now, writes it, and only then
+    /// makes it live. Other processes sharing the file (vault nodes on one keys dir) change it
+    /// one at a time: each holds an exclusive lock on `keyring.lock` beside it from the read to
+    /// the rename, so none writes over an epoch another added.
     fn change(
         &self,
         change: impl FnOnce(&mut State) -> Result<(), KeyError>,
     ) -> Result<(), KeyError> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = {
-            let now = self.read();
-            State {
-                epochs: now
-                    .epochs
-                    .iter()
-                    .map(|(id, key)| (*id, Zeroizing::new(**key)))
-                    .collect(),
-                signing: SigningKey::from_bytes(&Zeroizing::new(now.signing.to_bytes())),
-                derive: Zeroizing::new(*now.derive),
+        let _shared_file = self.lock_file().map_err(KeyError::Provider)?;
+        let mut next = match self.read_file().map_err(KeyError::Provider)? {
+            Some((state, _)) => state,
+            None => {
+                let now = self.read();
+                State {
+                    epochs: now
+                        .epochs
+                        .iter()
+                        .map(|(id, key)| (*id, Zeroizing::new(**key)))
+                        .collect(),
+                    signing: SigningKey::from_bytes(&Zeroizing::new(now.signing.to_bytes())),
+                    derive: Zeroizing::new(*now.derive),
+                }
             }
         };
         change(&mut next)?;
@@ -434,6 +457,21 @@ impl KeyProvider for Keyring {
             Ok(())
         })?;
         Ok(added)
+    }
+
+    fn refresh(&self) -> Result<(), KeyError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _shared_file = self.lock_file().map_err(KeyError::Provider)?;
+        match self.read_file().map_err(KeyError::Provider)? {
+            Some((state, _)) => {
+                *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+                Ok(())
+            }
+            None => Err(KeyError::Provider(format!(
+                "keyring file {} is gone",
+                self.path.display()
+            ))),
+        }
     }
 
     fn destroy_epoch(&self, epoch: EpochId) -> Result<(), KeyError> {

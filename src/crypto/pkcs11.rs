@@ -444,6 +444,16 @@ impl KeyProvider for Pkcs11Provider {
         Ok(EpochId(next))
     }
 
+    fn refresh(&self) -> Result<(), KeyError> {
+        let mut session = self.lease()?;
+        let listed = list_epochs(&session).map_err(|e| {
+            session.broken(&e);
+            self.failed("listing epoch keys", &e)
+        })?;
+        *self.epochs.write().unwrap_or_else(PoisonError::into_inner) = listed;
+        Ok(())
+    }
+
     fn destroy_epoch(&self, epoch: EpochId) -> Result<(), KeyError> {
         let mut epochs = self.epochs.write().unwrap_or_else(PoisonError::into_inner);
         let Some(&handle) = epochs.get(&epoch.0) else {

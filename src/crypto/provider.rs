@@ -97,6 +97,13 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// `UnknownEpoch`, or `Provider` if it is the current epoch or the store failed.
     fn destroy_epoch(&self, epoch: EpochId) -> Result<(), KeyError>;
 
+    /// Reads the epochs again from the provider's own storage: another process sharing it (a
+    /// second vault node with the same keyring file or HSM token) added or destroyed one.
+    ///
+    /// # Errors
+    /// `Provider` if the storage cannot be read; the epochs known before stay.
+    fn refresh(&self) -> Result<(), KeyError>;
+
     /// Signs `message` with the vault's Ed25519 signing key.
     ///
     /// # Errors

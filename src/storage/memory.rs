@@ -117,6 +117,9 @@ impl Store for MemoryStore {
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        super::check_expected(&batch, |ks, key| {
+            Ok(guard.get(&(ks, key.to_vec())).cloned())
+        })?;
         if Arc::strong_count(&guard) > 1 {
             self.retired
                 .lock()
@@ -139,7 +142,7 @@ impl Store for MemoryStore {
                         data.remove(&key);
                     }
                 }
-                Op::DeleteRange(..) => {}
+                Op::DeleteRange(..) | Op::Expect(..) => {}
                 Op::Put(ks, key, value) => {
                     data.insert((*ks, key.clone()), value.clone());
                 }

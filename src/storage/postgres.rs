@@ -147,6 +147,8 @@ pub fn valid_schema(schema: &str) -> bool {
 struct Sql {
     schema: String,
     get: String,
+    get_for_update: String,
+    get_for_share: String,
     multi_get: String,
     scan_from: String,
     scan_between: String,
@@ -167,6 +169,8 @@ impl Sql {
         Self {
             schema: schema.to_owned(),
             get: format!("SELECT v FROM {t} WHERE ks = $1 AND k = $2"),
+            get_for_update: format!("SELECT v FROM {t} WHERE ks = $1 AND k = $2 FOR UPDATE"),
+            get_for_share: format!("SELECT v FROM {t} WHERE ks = $1 AND k = $2 FOR SHARE"),
             multi_get: format!("SELECT k, v FROM {t} WHERE ks = $1 AND k = ANY($2)"),
             scan_from: format!("SELECT k, v FROM {t} WHERE ks = $1 AND k >= $2 ORDER BY k"),
             scan_between: format!(
@@ -590,7 +594,8 @@ impl Store for PgStore {
                 let (sql, batch) = (Arc::clone(&sql), Arc::clone(&batch));
                 async move { apply(&mut c, &sql, &batch).await }
             })
-            .await
+            .await?
+            .map_err(StoreError::Conflict)
         })
     }
 
@@ -652,29 +657,66 @@ fn first_bigint(row: &tokio_postgres::Row) -> Result<i64, StoreError> {
     row.try_get(0).map_err(|e| pg(&e))
 }
 
-/// Applies a batch in one transaction, its statements pipelined in order.
-async fn apply(client: &mut Object, sql: &Sql, batch: &Batch) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
+/// Applies a batch in one transaction, its statements pipelined in order; `Ok(Err(keyspace))`
+/// if a precondition did not hold (nothing applied).
+///
+/// A batch with preconditions runs SERIALIZABLE and locks each expected row before it writes
+/// (`FOR UPDATE` where the batch writes the row, `FOR SHARE` where it only expects it): a writer that changed the row after this transaction began makes it fail
+/// with a serialization failure (retried, and the retry sees the change), and one that changes
+/// it later waits for the commit. An expected absence is covered by SERIALIZABLE's predicate
+/// locks. Both are portable SQL (CockroachDB runs every transaction SERIALIZABLE).
+async fn apply(
+    client: &mut Object,
+    sql: &Sql,
+    batch: &Batch,
+) -> Result<Result<(), &'static str>, tokio_postgres::Error> {
+    let tx = if batch.is_conditional() {
+        client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+            .start()
+            .await?
+    } else {
+        client.transaction().await?
+    };
+    let for_update = tx.prepare_cached(&sql.get_for_update).await?;
+    let for_share = tx.prepare_cached(&sql.get_for_share).await?;
+    for op in batch.ops() {
+        if let Op::Expect(ks, key, value) = op {
+            // Locked for update only where the batch writes it: batches that only expect a
+            // value (a fence) do not wait for one another.
+            let lock = match batch.writes(*ks, key) {
+                true => &for_update,
+                false => &for_share,
+            };
+            let row = tx.query_opt(lock, &[&code(*ks), key]).await?;
+            let now = row.map(|r| r.try_get::<_, Vec<u8>>(0)).transpose()?;
+            if now != *value {
+                tx.rollback().await?;
+                return Ok(Err(ks.name()));
+            }
+        }
+    }
     let put = tx.prepare_cached(&sql.put).await?;
     let delete = tx.prepare_cached(&sql.delete).await?;
     let delete_range = tx.prepare_cached(&sql.delete_range).await?;
-    let codes: Vec<i16> = batch
+    let writes: Vec<(&Op, i16)> = batch
         .ops()
         .iter()
-        .map(|op| match op {
-            Op::Put(ks, ..) | Op::Delete(ks, _) | Op::DeleteRange(ks, ..) => code(*ks),
+        .filter_map(|op| match op {
+            Op::Put(ks, ..) | Op::Delete(ks, _) | Op::DeleteRange(ks, ..) => Some((op, code(*ks))),
+            Op::Expect(..) => None,
         })
         .collect();
-    let statements: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = batch
-        .ops()
+    let statements: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = writes
         .iter()
-        .zip(&codes)
-        .map(|(op, ks)| match op {
-            Op::Put(_, k, v) => (&put, vec![ks as &(dyn ToSql + Sync), k, v]),
-            Op::Delete(_, k) => (&delete, vec![ks as &(dyn ToSql + Sync), k]),
+        .filter_map(|(op, ks)| match op {
+            Op::Put(_, k, v) => Some((&put, vec![ks as &(dyn ToSql + Sync), k, v])),
+            Op::Delete(_, k) => Some((&delete, vec![ks as &(dyn ToSql + Sync), k])),
             Op::DeleteRange(_, from, to) => {
-                (&delete_range, vec![ks as &(dyn ToSql + Sync), from, to])
+                Some((&delete_range, vec![ks as &(dyn ToSql + Sync), from, to]))
             }
+            Op::Expect(..) => None,
         })
         .collect();
     // Sent in order, one after another without waiting: the server runs them in that order.
@@ -684,7 +726,7 @@ async fn apply(client: &mut Object, sql: &Sql, batch: &Batch) -> Result<(), toki
             .map(|(stmt, params)| tx.execute(*stmt, params)),
     )
     .await?;
-    tx.commit().await
+    tx.commit().await.map(Ok)
 }
 
 /// A read-only REPEATABLE READ transaction on a connection of its own; rolled back when dropped.

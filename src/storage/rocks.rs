@@ -19,6 +19,11 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 /// RocksDB behind the `Store` trait.
 pub struct RocksStore {
     db: DB,
+    /// A batch with preconditions holds the stripes of its expected keys from the check to
+    /// the write, so two such batches on one key never both pass; unrelated ones, and every
+    /// batch without a precondition, still share fsyncs through RocksDB's group commit. A
+    /// batch without a precondition is a blind write: it does not wait.
+    stripes: Vec<std::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -128,7 +133,10 @@ impl RocksStore {
             path: dir.display().to_string(),
             detail: e.into_string(),
         })?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            stripes: (0..64).map(|_| std::sync::RwLock::new(())).collect(),
+        })
     }
 
     fn cf(&self, ks: Keyspace) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -321,12 +329,48 @@ impl Store for RocksStore {
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        // Taken in ascending order, so two batches never wait for each other: exclusively for
+        // a key the batch writes, shared for one it only expects.
+        let mut stripes: Vec<(usize, bool)> = batch
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                Op::Expect(ks, key, _) => {
+                    let mut h = std::hash::DefaultHasher::new();
+                    std::hash::Hash::hash(&(ks, key), &mut h);
+                    let n = std::hash::Hasher::finish(&h) % self.stripes.len() as u64;
+                    Some((usize::try_from(n).ok()?, batch.writes(*ks, key)))
+                }
+                Op::Delete(..) | Op::DeleteRange(..) | Op::Put(..) => None,
+            })
+            .collect();
+        // Exclusive first for each stripe, and each stripe once.
+        stripes.sort_unstable_by_key(|&(i, exclusive)| (i, !exclusive));
+        stripes.dedup_by_key(|&mut (i, _)| i);
+        #[allow(dead_code, reason = "held for what their drop does: unlock")]
+        enum Held<'a> {
+            Shared(std::sync::RwLockReadGuard<'a, ()>),
+            Alone(std::sync::RwLockWriteGuard<'a, ()>),
+        }
+        use std::sync::PoisonError;
+        let _held: Vec<Held<'_>> = stripes
+            .iter()
+            .filter_map(|&(i, exclusive)| {
+                let stripe = self.stripes.get(i)?;
+                Some(match exclusive {
+                    true => Held::Alone(stripe.write().unwrap_or_else(PoisonError::into_inner)),
+                    false => Held::Shared(stripe.read().unwrap_or_else(PoisonError::into_inner)),
+                })
+            })
+            .collect();
+        super::check_expected(&batch, |ks, key| self.get(ks, key))?;
         let mut wb = WriteBatch::default();
         for op in batch.ops() {
             match op {
                 Op::Delete(ks, key) => wb.delete_cf(self.cf(*ks)?, key),
                 Op::DeleteRange(ks, from, to) => wb.delete_range_cf(self.cf(*ks)?, from, to),
                 Op::Put(ks, key, value) => wb.put_cf(self.cf(*ks)?, key, value),
+                Op::Expect(..) => {}
             }
         }
         let mut opts = WriteOptions::default();

@@ -24,6 +24,7 @@ use crate::{
     vault::{
         Error,
         access::{ADMIN_ROLE, Privilege, require},
+        changes::{self, Change},
         now_ms,
         tokens::TokenRegistry,
     },
@@ -230,6 +231,35 @@ impl Governance {
             Err(ReplaceError::Policy(e)) => Err(policy_input(e)),
             Err(ReplaceError::Persist(e)) => Err(e.into()),
         }
+    }
+
+    /// Installs the newest stored policy version if it is not the running one (another vault
+    /// node applied it). Serialized with this node's own changes.
+    ///
+    /// # Errors
+    /// `Unavailable` if the store fails, `DataLoss` if the stored version is malformed or does
+    /// not compile (the running policy stays).
+    pub async fn reload(&self) -> Result<(), Error> {
+        let _change = self.changes.lock().await;
+        let versions = load_versions(self.store.as_ref())?;
+        let Some(newest) = versions.last() else {
+            return Ok(());
+        };
+        if newest.version == self.engine.text().version() {
+            return Ok(());
+        }
+        self.engine
+            .replace(&newest.text, newest.version, |_| async {
+                Ok::<_, std::convert::Infallible>(Commit::Install(()))
+            })
+            .await
+            .map_err(|e| match e {
+                ReplaceError::Policy(e) => {
+                    tracing::error!(version = newest.version, error = %e, "a stored policy version does not compile");
+                    Error::DataLoss
+                }
+                ReplaceError::Persist(never) => match never {},
+            })
     }
 
     /// The audit log policy changes are recorded in.
@@ -660,6 +690,10 @@ fn version_batch(record: &PolicyVersion) -> Batch {
     #[allow(clippy::expect_used)]
     let value = serde_json::to_vec(record).expect("a policy version always serializes");
     let mut batch = Batch::new();
+    // Another vault node that applied a version first took this number: this one is refused
+    // (ABORTED), rather than writing over it.
+    batch.expect(Keyspace::Meta, key(record.version), None);
     batch.put(Keyspace::Meta, key(record.version), value);
+    changes::stamp(&mut batch, Change::Policy);
     batch
 }

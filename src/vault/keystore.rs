@@ -25,7 +25,7 @@ use super::Error;
 use crate::{
     crypto::{self, Dek, DekContext, EpochId, KeyError, KeyProvider, WrappedDek},
     domain::RecordId,
-    storage::{Batch, Keyspace, Store, prefix_end},
+    storage::{Batch, Keyspace, Store, StoreError, prefix_end},
 };
 
 const ENTRY_V1: u8 = 0x01;
@@ -47,6 +47,10 @@ const INITIALIZED_KEY: &[u8] = b"initialized";
 
 /// Where the key store keeps each epoch's creation time (in its `meta`).
 const EPOCH_PREFIX: &[u8] = b"epoch/";
+/// The current epoch as the key store knows it (`u32` big-endian): every data key is written
+/// expecting it, so a vault node whose provider still names an older epoch (another node just
+/// rotated) cannot store a key under an epoch about to be destroyed. It reloads and wraps again.
+const CURRENT_EPOCH_KEY: &[u8] = b"current-epoch";
 
 /// A stored key: its epoch, the context it is bound to, and the wrapped bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,22 +179,33 @@ impl KeyStore {
     }
 
     /// Wraps `dek` under the current epoch and stores it for `id` at `ctx.record_version`,
-    /// synced.
-    pub(crate) async fn put(
+    /// synced, unless a key is stored there already: then returns `false` and writes nothing.
+    /// The version a writer claims this way is its own, whichever vault node it runs on.
+    pub(crate) async fn put_new(
         &self,
         id: &RecordId,
         ctx: &DekContext<'_>,
         dek: &Dek,
-    ) -> Result<(), Error> {
-        self.put_many(&[(id, ctx, dek)]).await
+    ) -> Result<bool, Error> {
+        self.write_keys(&[(id, ctx, dek)], true).await
     }
 
     /// Wraps each key under the current epoch and stores them all in one synced write (a
-    /// batch of creates pays for one sync).
+    /// batch of creates pays for one sync). For new records: their ids are fresh.
     pub(crate) async fn put_many(
         &self,
         keys: &[(&RecordId, &DekContext<'_>, &Dek)],
     ) -> Result<(), Error> {
+        self.write_keys(keys, false).await.map(|_| ())
+    }
+
+    /// Wraps and writes `keys`; with `new_only`, only where no key is stored yet (`false`:
+    /// one was, and nothing was written).
+    async fn write_keys(
+        &self,
+        keys: &[(&RecordId, &DekContext<'_>, &Dek)],
+        new_only: bool,
+    ) -> Result<bool, Error> {
         loop {
             let epoch = self.keys.current();
             let mut batch = Batch::new();
@@ -204,30 +219,126 @@ impl KeyStore {
                     honeytoken: ctx.honeytoken,
                     wrapped,
                 };
-                batch.put(
-                    Keyspace::Deks,
-                    entry_key(id, ctx.record_version),
-                    entry.encode(),
-                );
+                let key = entry_key(id, ctx.record_version);
+                if new_only {
+                    batch.expect(Keyspace::Deks, key.clone(), None);
+                }
+                batch.put(Keyspace::Deks, key, entry.encode());
             }
+            batch.expect(
+                Keyspace::Meta,
+                CURRENT_EPOCH_KEY.to_vec(),
+                Some(epoch.0.to_be_bytes().to_vec()),
+            );
             let store = Arc::clone(&self.store);
-            let keys = Arc::clone(&self.keys);
+            let provider = Arc::clone(&self.keys);
             let gate = Arc::clone(&self.gate);
             let stored = tokio::task::spawn_blocking(move || {
                 let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
                 // Under the shared lock an epoch cannot be destroyed: if it is still live now,
                 // the rotation's final check will see these keys.
-                if !keys.epochs().contains(&epoch) {
-                    return Ok(false);
+                if !provider.epochs().contains(&epoch) {
+                    return Ok(None);
                 }
-                store.write(batch).map(|()| true)
+                match store.write(batch) {
+                    Ok(()) => Ok(Some(true)),
+                    Err(StoreError::Conflict(_)) => Ok(Some(false)),
+                    Err(e) => Err(e),
+                }
             })
             .await
             .map_err(|e| Error::Internal(format!("key store write task failed: {e}")))??;
-            if stored {
-                return Ok(());
+            match stored {
+                Some(true) => return Ok(true),
+                // The current epoch moved (or was never recorded): catch up, wrap again.
+                Some(false) if !self.sync_current_epoch(epoch).await? => {}
+                Some(false) => {
+                    // The epoch stands: a slot was taken, unless the epoch was only recorded
+                    // meanwhile (then the write is tried again).
+                    let slots: Vec<Vec<u8>> = keys
+                        .iter()
+                        .map(|(id, ctx, _)| entry_key(id, ctx.record_version))
+                        .collect();
+                    let taken = self.store.multi_get(Keyspace::Deks, &slots)?;
+                    if new_only && taken.iter().any(Option::is_some) {
+                        return Ok(false);
+                    }
+                }
+                None => {}
             }
         }
+    }
+
+    /// After a conflict on a key write under `epoch`: `true` if the key store's current epoch
+    /// is `epoch` (the conflict was on a data key's slot). Otherwise reloads the provider's
+    /// epochs, records the provider's current epoch if the key store's is older or missing,
+    /// and returns `false` (wrap again under the provider's current epoch).
+    ///
+    /// # Errors
+    /// `Unavailable` if the key store names a newer epoch than this node's provider holds (the
+    /// nodes do not share one keyring or HSM token), or if a store or the provider fails.
+    async fn sync_current_epoch(&self, epoch: EpochId) -> Result<bool, Error> {
+        let recorded = self.recorded_epoch()?;
+        if recorded == Some(epoch) {
+            return Ok(true);
+        }
+        let keys = Arc::clone(&self.keys);
+        tokio::task::spawn_blocking(move || keys.refresh())
+            .await
+            .map_err(|e| Error::Internal(format!("key provider task failed: {e}")))?
+            .map_err(|e| Error::Unavailable(format!("key provider: {e}")))?;
+        let current = self.keys.current();
+        match recorded {
+            Some(r) if r > current => Err(Error::Unavailable(format!(
+                "the key store's current epoch is {r}, and this node's key provider holds only                  up to {current}: every vault node must share one keyring file (the same keys                  dir) or one HSM token"
+            ))),
+            Some(r) if r == current => Ok(false),
+            _ => {
+                self.record_current_epoch(recorded, current)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn recorded_epoch(&self) -> Result<Option<EpochId>, Error> {
+        Ok(self
+            .meta(CURRENT_EPOCH_KEY)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map(|b| EpochId(u32::from_be_bytes(b))))
+    }
+
+    /// Records `current` as the key store's current epoch, if it still is `was` (another node
+    /// may have recorded a newer one meanwhile: then that one stays).
+    fn record_current_epoch(&self, was: Option<EpochId>, current: EpochId) -> Result<(), Error> {
+        let mut batch = Batch::new();
+        batch.expect(
+            Keyspace::Meta,
+            CURRENT_EPOCH_KEY.to_vec(),
+            was.map(|e| e.0.to_be_bytes().to_vec()),
+        );
+        batch.put(
+            Keyspace::Meta,
+            CURRENT_EPOCH_KEY.to_vec(),
+            current.0.to_be_bytes().to_vec(),
+        );
+        match self.store.write(batch) {
+            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records the provider's current epoch as the key store's (after a rotation added it):
+    /// from then on no vault node stores a key under an older one.
+    ///
+    /// # Errors
+    /// `Unavailable` if the store fails.
+    pub(crate) fn fence_epoch(&self) -> Result<(), Error> {
+        let current = self.keys.current();
+        let recorded = self.recorded_epoch()?;
+        if recorded.is_none_or(|r| r < current) {
+            self.record_current_epoch(recorded, current)?;
+        }
+        Ok(())
     }
 
     /// The data key of `id` at `ctx.record_version`; `None` if the store holds none (the record
@@ -417,6 +528,8 @@ impl KeyStore {
         limit: usize,
         cursor_key: &[u8],
     ) -> Result<Rewrapped, Error> {
+        // A rotation resumed after a crash may not have recorded its epoch yet.
+        self.fence_epoch()?;
         let chunk = self.store.scan_range(Keyspace::Deks, from, None, limit)?;
         let next = chunk.last().map(|(k, _)| next_key(k));
         let current = self.keys.current();
@@ -463,14 +576,33 @@ impl KeyStore {
         }
         let mut count = 0;
         for ((key, before, after), now) in moved.into_iter().zip(now) {
-            // Deleted (shred, update) or changed since the scan: leave it as it is.
+            // Deleted (shred, update) or changed since the scan: leave it as it is. Another
+            // vault node may delete it between this read and the write: the write expects it
+            // unchanged, so a shredded key never comes back.
             if now.as_ref() == Some(&before) {
+                batch.expect(Keyspace::Deks, key.clone(), Some(before));
                 batch.put(Keyspace::Deks, key, after);
                 count += 1;
             }
         }
-        self.store.write(batch)?;
-        Ok(Rewrapped { moved: count, next })
+        batch.expect(
+            Keyspace::Meta,
+            CURRENT_EPOCH_KEY.to_vec(),
+            Some(current.0.to_be_bytes().to_vec()),
+        );
+        match self.store.write(batch) {
+            Ok(()) => Ok(Rewrapped { moved: count, next }),
+            // Another writer changed a key of the chunk, or the epoch moved on: the chunk is
+            // read again (a key under the current epoch is skipped).
+            Err(StoreError::Conflict(_)) => {
+                self.fence_epoch()?;
+                Ok(Rewrapped {
+                    moved: 0,
+                    next: Some(from.to_vec()),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Destroys every epoch older than the current one, once no stored key is wrapped under
@@ -660,12 +792,22 @@ mod tests {
         };
         let (decoy_ctx, record_ctx) = (ctx(&[1; 16], true), ctx(&[2; 16], false));
         let (dek, other) = (Dek::generate(), Dek::generate());
-        keys.put(&decoy, &decoy_ctx, &dek)
+        keys.put_many(&[(&decoy, &decoy_ctx, &dek), (&record, &record_ctx, &other)])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        keys.put(&record, &record_ctx, &other)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        // A version already stored is not overwritten: another writer claimed it.
+        assert!(
+            !keys
+                .put_new(&record, &record_ctx, &Dek::generate())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert!(
+            keys.get(&record, &record_ctx)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_some_and(|k| k.id() == other.id()),
+            "the first writer's key stays"
+        );
         let old = ring.current();
         let new = ring.add_epoch().unwrap_or_else(|e| panic!("{e}"));
         let done = keys
@@ -690,7 +832,7 @@ mod tests {
         assert!(matches!(keys.get(&record, &set), Err(Error::DataLoss)));
     }
 
-    use crate::storage::{KeyValue, StoreError};
+    use crate::storage::KeyValue;
 
     /// A memory store that keeps every written batch's operations.
     #[derive(Default)]
@@ -766,9 +908,11 @@ mod tests {
                 manifest: 0b1,
                 honeytoken: false,
             };
-            keys.put(rid, &ctx, &Dek::generate())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                keys.put_new(rid, &ctx, &Dek::generate())
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            );
         }
         let versions = |rid: &RecordId| -> Vec<u64> {
             store

@@ -41,7 +41,7 @@ pub struct Reconciled {
     pub records: u64,
     /// Records without any key, whose shred was finished now.
     pub shredded: u64,
-    /// Keys of versions no header names, removed.
+    /// Keys of versions older than their record header names, removed.
     pub stale_keys: u64,
     /// Records whose header names a version the key store has no key for, while it has others.
     pub unreadable: u64,
@@ -94,10 +94,14 @@ impl Vault {
                 None => unknown += 1,
                 Some(versions) if versions.contains(&header.version) => {
                     readable.push(record);
+                    // Only older versions: a newer key may be another vault node's update in
+                    // flight (its header not yet committed). One a write left behind is never
+                    // reused (an update skips a version whose key is taken), and the record's
+                    // next update or its shred removes it.
                     stale.extend(
                         versions
                             .into_iter()
-                            .filter(|&v| v != header.version)
+                            .filter(|&v| v < header.version)
                             .map(|v| (record, v)),
                     );
                 }

@@ -19,7 +19,12 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Error, Privilege, keystore::KeyStore, now_ms, require};
+use super::{
+    Error, Privilege,
+    changes::{self, Change},
+    keystore::KeyStore,
+    now_ms, require,
+};
 use crate::{
     audit::{Audit, Call, Event},
     crypto::EpochId,
@@ -219,6 +224,8 @@ impl Rotator {
             .await
             .map_err(|e| Error::Internal(format!("rotation task failed: {e}")))?
             .map_err(|e| provider_error(&e))?;
+        // Every node wraps under the new epoch from here on, before any key is rewrapped.
+        self.keys.fence_epoch()?;
         self.keys.epoch_times(now_ms())?;
         self.keys.set_meta(CURSOR_KEY, None)?;
         let keys = self.keys.counts()?.values().sum::<u64>();
@@ -242,7 +249,9 @@ impl Rotator {
             ),
             ..base
         };
-        self.audit.commit(Batch::new(), vec![event]).await?;
+        let mut batch = Batch::new();
+        changes::stamp(&mut batch, Change::Keys);
+        self.audit.commit(batch, vec![event]).await?;
         self.wake.notify_one();
         Ok(())
     }
@@ -392,7 +401,9 @@ impl Rotator {
             },
             ..Event::default()
         });
-        self.audit.commit(Batch::new(), events).await?;
+        let mut batch = Batch::new();
+        changes::stamp(&mut batch, Change::Keys);
+        self.audit.commit(batch, events).await?;
         self.keys.set_meta(DESTROYING_KEY, None)?;
         self.keys.set_meta(CURSOR_KEY, None)?;
         Ok(())

@@ -176,7 +176,8 @@ impl Vault {
     /// Stores `dek`, wrapped, in the key store for `version` (synced), then seals every value
     /// and adds the header (with the `honeytoken` flag) and ciphertexts to `batch`. The key is
     /// stored first: a crash before the batch leaves an unused key, never a record without its
-    /// key.
+    /// key. `false` if a key is stored for `version` already (another writer, on this vault
+    /// node or another, claimed it, or a write that never committed left it): nothing stored.
     pub(super) async fn seal_record(
         &self,
         batch: &mut Batch,
@@ -185,9 +186,9 @@ impl Vault {
         dek: &Dek,
         version: (u64, bool),
         values: &BTreeMap<usize, FieldValue>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let header = seal_values(batch, id, collection, dek, version, values);
-        self.keys.put(id, &dek_context(id, &header), dek).await
+        self.keys.put_new(id, &dek_context(id, &header), dek).await
     }
 }
 

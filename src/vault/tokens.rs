@@ -38,6 +38,7 @@ use crate::{
     vault::{
         Error,
         access::{ADMIN_ROLE, Privilege, require},
+        changes::{self, Change},
     },
 };
 
@@ -248,6 +249,60 @@ fn policy_form(principal: &Principal) -> Principal {
     p
 }
 
+/// Every stored token, by hash. Purposes are resolved against `schema`, as in `load`.
+fn read_tokens(store: &dyn Store, schema: &Schema) -> Result<HashMap<[u8; 32], Issued>, Error> {
+    let mut by_hash = HashMap::new();
+    for (key, value) in store.scan_prefix(Keyspace::Meta, PREFIX)? {
+        let hash: [u8; 32] = key[PREFIX.len()..]
+            .try_into()
+            .map_err(|_| Error::DataLoss)?;
+        let stored: StoredToken = serde_json::from_slice(&value).map_err(|_| Error::DataLoss)?;
+        let subject = Subject::parse(&stored.subject, "subject").map_err(|_| Error::DataLoss)?;
+        let roles = stored
+            .roles
+            .iter()
+            .map(|r| Role::parse(r, "role"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::DataLoss)?;
+        let id = hex::encode(&hash[..4]);
+        let purposes = stored.purposes.map(|names| {
+            names
+                .iter()
+                .filter_map(|name| match schema.purpose(name, "purpose") {
+                    Ok((_, purpose)) => Some(purpose),
+                    Err(_) => {
+                        tracing::warn!(token = %id, "a token's purpose is no longer declared; the token may not declare it");
+                        None
+                    }
+                })
+                .collect()
+        });
+        let principal = Principal::new(subject, roles).with_purposes(purposes);
+        by_hash.insert(
+            hash,
+            Issued {
+                principal,
+                created_at_ms: stored.created_at_ms,
+                expires_at_ms: stored.expires_at_ms,
+                id,
+            },
+        );
+    }
+    Ok(by_hash)
+}
+
+/// The distinct principals of `issued` as the policy is compiled for them.
+fn compiled_for<'a>(issued: impl Iterator<Item = &'a Issued>) -> Vec<Principal> {
+    let mut out: Vec<Principal> = Vec::new();
+    for issued in issued {
+        let p = policy_form(&issued.principal);
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// A new token, made but not yet committed.
 struct Minted {
     token: Zeroizing<String>,
@@ -269,46 +324,7 @@ impl TokenRegistry {
         schema: &Schema,
         options: TokenOptions,
     ) -> Result<Self, Error> {
-        // Tokens are read once here; new ones are written through the audit log.
-        let mut by_hash = HashMap::new();
-        for (key, value) in store.scan_prefix(Keyspace::Meta, PREFIX)? {
-            let hash: [u8; 32] = key[PREFIX.len()..]
-                .try_into()
-                .map_err(|_| Error::DataLoss)?;
-            let stored: StoredToken =
-                serde_json::from_slice(&value).map_err(|_| Error::DataLoss)?;
-            let subject =
-                Subject::parse(&stored.subject, "subject").map_err(|_| Error::DataLoss)?;
-            let roles = stored
-                .roles
-                .iter()
-                .map(|r| Role::parse(r, "role"))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| Error::DataLoss)?;
-            let id = hex::encode(&hash[..4]);
-            let purposes = stored.purposes.map(|names| {
-                names
-                    .iter()
-                    .filter_map(|name| match schema.purpose(name, "purpose") {
-                        Ok((_, purpose)) => Some(purpose),
-                        Err(_) => {
-                            tracing::warn!(token = %id, "a token's purpose is no longer declared; the token may not declare it");
-                            None
-                        }
-                    })
-                    .collect()
-            });
-            let principal = Principal::new(subject, roles).with_purposes(purposes);
-            by_hash.insert(
-                hash,
-                Issued {
-                    principal,
-                    created_at_ms: stored.created_at_ms,
-                    expires_at_ms: stored.expires_at_ms,
-                    id,
-                },
-            );
-        }
+        let by_hash = read_tokens(store.as_ref(), schema)?;
         Ok(Self {
             by_hash: RwLock::new(by_hash),
             changes: Mutex::new(()),
@@ -317,18 +333,43 @@ impl TokenRegistry {
         })
     }
 
+    /// Reloads every token from `store` (another vault node issued, rotated or revoked some),
+    /// recompiles `policy` for their principals, and tells long-lived calls to check theirs
+    /// again. Serialized with this node's own changes.
+    ///
+    /// # Errors
+    /// `Unavailable` if the store fails, `DataLoss` if a stored token is malformed, `Internal`
+    /// if the policy cannot be compiled for them; the tokens in memory then stay as they were.
+    pub async fn reload(
+        &self,
+        store: &dyn Store,
+        schema: &Schema,
+        policy: &PolicyEngine,
+    ) -> Result<(), Error> {
+        let _change = self.changes.lock().await;
+        let by_hash = read_tokens(store, schema)?;
+        let principals = compiled_for(by_hash.values());
+        policy
+            .replace_principals(principals, || async {
+                *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
+                Ok::<(), Infallible>(())
+            })
+            .await
+            .map_err(|e| match e {
+                ReplaceError::Policy(e) => {
+                    Error::Internal(format!("cannot compile the policy for the tokens: {e}"))
+                }
+                ReplaceError::Persist(never) => match never {},
+            })?;
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
     /// Every distinct principal that holds a token: the set the policy is compiled for
     /// (without purposes, which the policy does not decide).
     pub fn principals(&self) -> Vec<Principal> {
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<Principal> = Vec::new();
-        for issued in map.values() {
-            let p = policy_form(&issued.principal);
-            if !out.contains(&p) {
-                out.push(p);
-            }
-        }
-        out
+        compiled_for(map.values())
     }
 
     /// Every distinct principal that holds a token that has not expired (without purposes):
@@ -336,14 +377,7 @@ impl TokenRegistry {
     pub fn live_principals(&self) -> Vec<Principal> {
         let now = self.options.clock.now_ms();
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<Principal> = Vec::new();
-        for issued in map.values().filter(|i| !i.is_expired(now)) {
-            let p = policy_form(&issued.principal);
-            if !out.contains(&p) {
-                out.push(p);
-            }
-        }
-        out
+        compiled_for(map.values().filter(|i| !i.is_expired(now)))
     }
 
     /// Whether any token exists.
@@ -564,6 +598,7 @@ impl TokenRegistry {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut batch = Batch::new();
         batch.put(Keyspace::Meta, token_key(&h), value);
+        changes::stamp(&mut batch, Change::Tokens);
         let mut detail = format!(
             "token {} issued to {} with roles {}",
             issued.id,
@@ -758,6 +793,7 @@ impl TokenRegistry {
         let value = serde_json::to_vec(&StoredToken::of(&old))
             .map_err(|e| Error::Internal(e.to_string()))?;
         batch.put(Keyspace::Meta, token_key(&old_hash), value);
+        changes::stamp(&mut batch, Change::Tokens);
         let event = Event {
             detail: format!(
                 "token {} of {} rotated: {}; the old one works until {}",
@@ -834,6 +870,7 @@ impl TokenRegistry {
         for h in &doomed {
             batch.delete(Keyspace::Meta, token_key(h));
         }
+        changes::stamp(&mut batch, Change::Tokens);
         let event = Event {
             detail: format!("{} token(s) of {subject} revoked", doomed.len()),
             ..event

@@ -1,0 +1,198 @@
+//! What other vault nodes changed: several `strongroom serve` processes on one shared store
+//! (PostgreSQL) each keep the tokens, the compiled policy and the key provider's epochs in
+//! memory. Every change of one of them writes a fresh random stamp under `changes/<what>` in
+//! `meta`, in the batch of the change itself; every node reads the stamps every
+//! `POLL_INTERVAL` and reloads what changed.
+//!
+//! Polling, not PostgreSQL's LISTEN/NOTIFY: the stamps go through the `Store` trait like every
+//! other write, so the same code works on any store (CockroachDB has no LISTEN/NOTIFY); a node
+//! that was disconnected cannot miss a notification, because the stamp is state, not a message;
+//! and the cost is one indexed read of three keys per node every quarter second. A stamp is
+//! random rather than a counter, so two nodes changing at once never write the same value (a
+//! node that saw the first would miss the second).
+
+use std::{sync::Arc, time::Duration};
+
+use rand::RngCore;
+
+use super::{governance::Governance, tokens::TokenRegistry};
+use crate::{
+    crypto::KeyProvider,
+    domain::Schema,
+    storage::{Batch, Keyspace, Store},
+};
+
+/// How often a node reads the stamps: a change on one node is acted on by every other within
+/// this plus the reload.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A token issued, rotated or revoked.
+    Tokens,
+    /// A policy version applied (or rolled back to).
+    Policy,
+    /// A key epoch added or destroyed.
+    Keys,
+}
+
+impl Change {
+    const ALL: [Self; 3] = [Self::Tokens, Self::Policy, Self::Keys];
+
+    fn key(self) -> &'static [u8] {
+        match self {
+            Self::Tokens => b"changes/tokens",
+            Self::Policy => b"changes/policy",
+            Self::Keys => b"changes/keys",
+        }
+    }
+}
+
+/// Adds a fresh stamp for `change` to `batch`: the nodes that read it reload.
+pub(crate) fn stamp(batch: &mut Batch, change: Change) {
+    let mut value = vec![0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut value);
+    batch.put(Keyspace::Meta, change.key().to_vec(), value);
+}
+
+/// The stamps a node last acted on.
+pub struct Watcher {
+    store: Arc<dyn Store>,
+    seen: Vec<Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+impl Watcher {
+    /// Starts from the stamps as they are now (what is in memory was loaded after them).
+    ///
+    /// # Errors
+    /// `StoreError` if the store fails.
+    pub fn new(store: Arc<dyn Store>) -> Result<Self, crate::storage::StoreError> {
+        let seen = read(store.as_ref())?;
+        Ok(Self { store, seen })
+    }
+
+    /// What changed since the last call (or since `new`).
+    ///
+    /// # Errors
+    /// `StoreError` if the store fails; the changes are then reported by a later call.
+    pub fn changed(&mut self) -> Result<Vec<Change>, crate::storage::StoreError> {
+        let now = read(self.store.as_ref())?;
+        let changed = Change::ALL
+            .iter()
+            .zip(self.seen.iter().zip(&now))
+            .filter(|(_, (before, after))| before != after)
+            .map(|(c, _)| *c)
+            .collect();
+        self.seen = now;
+        Ok(changed)
+    }
+}
+
+/// What a node reloads when another changed it.
+pub struct Followed {
+    /// The data store the stamps and the tokens are in.
+    pub store: Arc<dyn Store>,
+    /// The schema tokens' purposes are resolved against.
+    pub schema: Arc<Schema>,
+    /// The token registry.
+    pub tokens: Arc<TokenRegistry>,
+    /// The policy.
+    pub governance: Arc<Governance>,
+    /// The key provider.
+    pub provider: Arc<dyn KeyProvider>,
+}
+
+impl Followed {
+    /// Reloads what `change` names; failures are logged and tried again at the next change.
+    async fn reload(&self, change: Change) {
+        let failed = match change {
+            Change::Tokens => self
+                .tokens
+                .reload(self.store.as_ref(), &self.schema, &self.governance.engine())
+                .await
+                .err()
+                .map(|e| e.to_string()),
+            Change::Policy => self.governance.reload().await.err().map(|e| e.to_string()),
+            Change::Keys => {
+                let provider = Arc::clone(&self.provider);
+                match tokio::task::spawn_blocking(move || provider.refresh()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        };
+        if let Some(e) = failed {
+            tracing::error!(?change, error = %e, "reloading a change made by another vault node failed");
+        }
+    }
+}
+
+/// Reads the stamps every `POLL_INTERVAL` and reloads what another node changed, until
+/// aborted. A change a failed reload missed is reloaded with the next change of its kind.
+pub async fn follow(followed: Followed, mut watcher: Watcher) {
+    let mut every = tokio::time::interval(POLL_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (back, changed) = match tokio::task::spawn_blocking(move || {
+            let changed = watcher.changed();
+            (watcher, changed)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "the change watcher failed; changes by other vault nodes are no longer followed");
+                return;
+            }
+        };
+        watcher = back;
+        match changed {
+            Ok(changed) => {
+                for change in changed {
+                    followed.reload(change).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the change stamps failed; trying again"),
+        }
+    }
+}
+
+fn read(store: &dyn Store) -> Result<Vec<Option<Vec<u8>>>, crate::storage::StoreError> {
+    let keys: Vec<Vec<u8>> = Change::ALL.iter().map(|c| c.key().to_vec()).collect();
+    store.multi_get(Keyspace::Meta, &keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    #[test]
+    fn every_stamp_is_seen_once_even_two_at_once() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut watcher = Watcher::new(Arc::clone(&store)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(watcher.changed().unwrap_or_default().is_empty());
+        for _ in 0..2 {
+            let mut batch = Batch::new();
+            stamp(&mut batch, Change::Tokens);
+            store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut batch = Batch::new();
+        stamp(&mut batch, Change::Keys);
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            watcher.changed().unwrap_or_default(),
+            [Change::Tokens, Change::Keys]
+        );
+        assert!(watcher.changed().unwrap_or_default().is_empty());
+    }
+}
