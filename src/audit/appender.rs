@@ -199,6 +199,8 @@ impl Appender {
         let mut reloads = 0;
         while let Some(jobs) = pending.pop() {
             let Err((jobs, e)) = self.try_commit(jobs) else {
+                // Progress: the budget is for reloads in a row without any.
+                reloads = 0;
                 continue;
             };
             let expected = self.state.signed.clone();

@@ -56,10 +56,13 @@ pub(crate) fn stamp(batch: &mut Batch, change: Change) {
     batch.put(Keyspace::Meta, change.key().to_vec(), value);
 }
 
+/// A stamp as read (`None`: never written).
+pub type Stamp = Option<Vec<u8>>;
+
 /// The stamps a node last acted on.
 pub struct Watcher {
     store: Arc<dyn Store>,
-    seen: Vec<Option<Vec<u8>>>,
+    seen: Vec<Stamp>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -78,20 +81,28 @@ impl Watcher {
         Ok(Self { store, seen })
     }
 
-    /// What changed since the last call (or since `new`).
+    /// What changed since the stamps were last marked seen, with the stamp each change is at.
     ///
     /// # Errors
     /// `StoreError` if the store fails; the changes are then reported by a later call.
-    pub fn changed(&mut self) -> Result<Vec<Change>, crate::storage::StoreError> {
+    pub fn changed(&self) -> Result<Vec<(Change, Stamp)>, crate::storage::StoreError> {
         let now = read(self.store.as_ref())?;
-        let changed = Change::ALL
+        Ok(Change::ALL
             .iter()
-            .zip(self.seen.iter().zip(&now))
-            .filter(|(_, (before, after))| before != after)
-            .map(|(c, _)| *c)
-            .collect();
-        self.seen = now;
-        Ok(changed)
+            .zip(self.seen.iter().zip(now))
+            .filter(|(_, (before, after))| *before != after)
+            .map(|(c, (_, after))| (*c, after))
+            .collect())
+    }
+
+    /// Marks `change` as acted on at `stamp`: only a reload that succeeded does, so a failed
+    /// one is tried again at the next poll.
+    pub fn seen(&mut self, change: Change, stamp: Stamp) {
+        if let Some(i) = Change::ALL.iter().position(|c| *c == change)
+            && let Some(slot) = self.seen.get_mut(i)
+        {
+            *slot = stamp;
+        }
     }
 }
 
@@ -110,8 +121,8 @@ pub struct Followed {
 }
 
 impl Followed {
-    /// Reloads what `change` names; failures are logged and tried again at the next change.
-    async fn reload(&self, change: Change) {
+    /// Reloads what `change` names; `false` (logged) if that failed.
+    async fn reload(&self, change: Change) -> bool {
         let failed = match change {
             Change::Tokens => self
                 .tokens
@@ -129,44 +140,52 @@ impl Followed {
                 }
             }
         };
-        if let Some(e) = failed {
-            tracing::error!(?change, error = %e, "reloading a change made by another vault node failed");
+        if let Some(e) = &failed {
+            tracing::error!(?change, error = %e, "reloading a change made by another vault node failed; trying again");
         }
+        failed.is_none()
     }
 }
 
 /// Reads the stamps every `POLL_INTERVAL` and reloads what another node changed, until
-/// aborted. A change a failed reload missed is reloaded with the next change of its kind.
-pub async fn follow(followed: Followed, mut watcher: Watcher) {
+/// aborted. A reload that fails is tried again at the next poll.
+pub async fn follow(followed: Followed, watcher: Watcher) {
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
     let mut every = tokio::time::interval(POLL_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let (back, changed) = match tokio::task::spawn_blocking(move || {
-            let changed = watcher.changed();
-            (watcher, changed)
+        let reading = Arc::clone(&watcher);
+        let changed = tokio::task::spawn_blocking(move || {
+            reading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .changed()
         })
-        .await
-        {
-            Ok(done) => done,
+        .await;
+        let changed = match changed {
+            Ok(Ok(changed)) => changed,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the change stamps failed; trying again");
+                continue;
+            }
             Err(e) => {
-                tracing::error!(error = %e, "the change watcher failed; changes by other vault nodes are no longer followed");
-                return;
+                tracing::error!(error = %e, "reading the change stamps failed; trying again");
+                continue;
             }
         };
-        watcher = back;
-        match changed {
-            Ok(changed) => {
-                for change in changed {
-                    followed.reload(change).await;
-                }
+        for (change, stamp) in changed {
+            if followed.reload(change).await {
+                watcher
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .seen(change, stamp);
             }
-            Err(e) => tracing::warn!(error = %e, "reading the change stamps failed; trying again"),
         }
     }
 }
 
-fn read(store: &dyn Store) -> Result<Vec<Option<Vec<u8>>>, crate::storage::StoreError> {
+fn read(store: &dyn Store) -> Result<Vec<Stamp>, crate::storage::StoreError> {
     let keys: Vec<Vec<u8>> = Change::ALL.iter().map(|c| c.key().to_vec()).collect();
     store.multi_get(Keyspace::Meta, &keys)
 }
@@ -189,10 +208,22 @@ mod tests {
         let mut batch = Batch::new();
         stamp(&mut batch, Change::Keys);
         store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let changed = watcher.changed().unwrap_or_default();
+        let kinds: Vec<Change> = changed.iter().map(|(c, _)| *c).collect();
+        assert_eq!(kinds, [Change::Tokens, Change::Keys]);
+        // Until a reload marks it seen, a change is reported again.
+        let (tokens, stamp) = changed.into_iter().next().unwrap_or((Change::Tokens, None));
+        watcher.seen(tokens, stamp);
+        let again: Vec<Change> = watcher
+            .changed()
+            .unwrap_or_default()
+            .iter()
+            .map(|(c, _)| *c)
+            .collect();
         assert_eq!(
-            watcher.changed().unwrap_or_default(),
-            [Change::Tokens, Change::Keys]
+            again,
+            [Change::Keys],
+            "a change not marked seen is reported again"
         );
-        assert!(watcher.changed().unwrap_or_default().is_empty());
     }
 }

@@ -595,6 +595,10 @@ impl KeyStore {
             // Another writer changed a key of the chunk, or the epoch moved on: the chunk is
             // read again (a key under the current epoch is skipped).
             Err(StoreError::Conflict(_)) => {
+                // Another node may have moved the epoch on: read the provider's again.
+                self.keys
+                    .refresh()
+                    .map_err(|e| Error::Unavailable(format!("key provider: {e}")))?;
                 self.fence_epoch()?;
                 Ok(Rewrapped {
                     moved: 0,
