@@ -218,12 +218,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() {
         let got = support::get(&mut admin, id, "support").await;
         assert!(got.is_ok(), "acknowledged record {id} is missing: {got:?}");
     }
-    let report = admin
-        .audit
-        .verify_log(pb::VerifyLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let report = support::verified(&mut admin).await;
     assert!(
         report.ok,
         "the audit chain after the failover: {}",
@@ -508,12 +503,7 @@ async fn two_nodes_share_tokens_policy_keys_records_and_one_audit_chain() {
 
     // One chain: both nodes wrote to it, and it verifies end to end from either.
     for admin in [&mut admin_a, &mut admin_b] {
-        let report = admin
-            .audit
-            .verify_log(pb::VerifyLogRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
+        let report = support::verified(admin).await;
         assert!(report.ok, "the chain two nodes wrote: {}", report.problem);
     }
     a.shutdown().await.unwrap();

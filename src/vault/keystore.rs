@@ -252,18 +252,20 @@ impl KeyStore {
                 Some(true) => return Ok(true),
                 // The current epoch moved (or was never recorded): catch up, wrap again.
                 Some(false) if !self.sync_current_epoch(epoch).await? => {}
-                Some(false) => {
-                    // The epoch stands: a slot was taken, unless the epoch was only recorded
-                    // meanwhile (then the write is tried again).
+                // The epoch stands: a slot was taken, unless the epoch was only recorded
+                // meanwhile (then the write is tried again). Without `new_only` no slot is
+                // expected, so only the latter can be.
+                Some(false) if new_only => {
                     let slots: Vec<Vec<u8>> = keys
                         .iter()
                         .map(|(id, ctx, _)| entry_key(id, ctx.record_version))
                         .collect();
                     let taken = self.store.multi_get(Keyspace::Deks, &slots)?;
-                    if new_only && taken.iter().any(Option::is_some) {
+                    if taken.iter().any(Option::is_some) {
                         return Ok(false);
                     }
                 }
+                Some(false) => {}
                 None => {}
             }
         }

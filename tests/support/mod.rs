@@ -572,6 +572,16 @@ pub async fn events_of(client: &mut Client, method: &str) -> Vec<pb::AuditEvent>
     events(client, filter).await
 }
 
+/// The whole audit log, verified through `client`.
+pub async fn verified(client: &mut Client) -> pb::VerifyLogResponse {
+    client
+        .audit
+        .verify_log(pb::VerifyLogRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// `(name, disclosure, value)` of each returned field.
 pub fn view(resp: &pb::GetRecordResponse) -> Vec<(String, pb::Disclosure, String)> {
     resp.fields
