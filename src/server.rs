@@ -29,7 +29,7 @@ use crate::{
     files,
     storage::{self, Batch, Store},
     vault::{
-        ADMIN_ROLE, Keys, Vault,
+        ADMIN_ROLE, Keys, Peers, Vault,
         changes::{self, Followed, Watcher},
         governance::Governance,
         limits::{Limiter, SubjectLimits},
@@ -430,7 +430,11 @@ pub async fn start_with_stores(
     vault = vault
         .with_limiter(Arc::clone(&limiter))
         .with_clock(config.clock.clone());
-    if let Err(e) = vault.reconcile().await {
+    let peers = match config.postgres {
+        Some(_) => Peers::Possible,
+        None => Peers::None,
+    };
+    if let Err(e) = vault.reconcile(peers).await {
         // Its background tasks hold the stores: stop them, so the stores close with the error.
         vault.stop().await;
         return Err(fail(&e));

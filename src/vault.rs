@@ -51,6 +51,7 @@ use keystore::KeyStore;
 use limits::Limiter;
 use locks::RecordLocks;
 use purger::Purger;
+pub use reconcile::Peers;
 use sealed::{Loaded, field_key};
 use times::Times;
 pub use tripwire::HONEYTOKEN_ALERT_METHOD;

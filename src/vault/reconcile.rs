@@ -7,7 +7,11 @@
 //!   written, purge owed, audited);
 //! - a header without any key that the key store never shredded means the key store is older
 //!   than the data, or not theirs: the start is refused and nothing is changed;
-//! - keys of versions other than the header's are leftovers of an interrupted update: removed;
+//! - keys of versions older than the header's are leftovers of an update: removed. Keys of newer
+//!   versions are leftovers of an update interrupted before its commit when the vault is the
+//!   only writer (`Peers::None`, the embedded store): removed. On a shared database they may be
+//!   another node's update in flight (`Peers::Possible`): left, and the record's next update or
+//!   its shred removes them;
 //! - a header whose version has no key while other versions do cannot be read (data and keys
 //!   restored from different times): counted and logged, left for the operator;
 //! - keys without a header are left (an interrupted or failed create, or data older than the
@@ -41,7 +45,8 @@ pub struct Reconciled {
     pub records: u64,
     /// Records without any key, whose shred was finished now.
     pub shredded: u64,
-    /// Keys of versions older than their record header names, removed.
+    /// Keys of versions other than their record header names, removed (older ones only when
+    /// other nodes may share the stores).
     pub stale_keys: u64,
     /// Records whose header names a version the key store has no key for, while it has others.
     pub unreadable: u64,
@@ -53,6 +58,15 @@ pub struct Reconciled {
     pub indexed: u64,
 }
 
+/// Whether other vault nodes may write the stores while this one reconciles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peers {
+    /// The stores are this process's alone (the embedded RocksDB store is locked by it).
+    None,
+    /// Other nodes may share the stores (a PostgreSQL database).
+    Possible,
+}
+
 /// Shreds finished per audited batch.
 const CHUNK: usize = 256;
 
@@ -61,7 +75,7 @@ impl Vault {
     ///
     /// # Errors
     /// `Unavailable` if a store fails or the key store is empty next to records.
-    pub async fn reconcile(&self) -> Result<Reconciled, Error> {
+    pub async fn reconcile(&self, peers: Peers) -> Result<Reconciled, Error> {
         self.keys.check_opens().map_err(Error::Unavailable)?;
         let mut keys = self.keys.all_versions()?;
         let headers = self.store.scan_prefix(Keyspace::Headers, b"")?;
@@ -94,14 +108,16 @@ impl Vault {
                 None => unknown += 1,
                 Some(versions) if versions.contains(&header.version) => {
                     readable.push(record);
-                    // Only older versions: a newer key may be another vault node's update in
-                    // flight (its header not yet committed). One a write left behind is never
-                    // reused (an update skips a version whose key is taken), and the record's
-                    // next update or its shred removes it.
+                    // A newer key may be another vault node's update in flight (its header not
+                    // yet committed): kept when there may be one. One a write left behind is
+                    // never reused (an update skips a version whose key is taken), and the
+                    // record's next update or its shred removes it.
                     stale.extend(
                         versions
                             .into_iter()
-                            .filter(|&v| v < header.version)
+                            .filter(|&v| {
+                                v < header.version || (v > header.version && peers == Peers::None)
+                            })
                             .map(|v| (record, v)),
                     );
                 }

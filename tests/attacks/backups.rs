@@ -9,7 +9,13 @@
 
 use std::{path::Path, time::Duration};
 
-use strongroom::{api::pb, client::Client, config::Config, server};
+use strongroom::{
+    api::pb,
+    client::Client,
+    config::Config,
+    server,
+    storage::{Batch, Keyspace, RocksStore, Store},
+};
 use tonic::Code;
 
 use crate::support::{
@@ -332,4 +338,42 @@ async fn an_older_key_store_is_refused_never_taken_for_shreds() {
             Some((notes.as_str(), pb::Disclosure::Plain))
         );
     }
+}
+
+/// A crash between an update's new data key and its commit leaves a key for a version no header
+/// names. On the embedded store no other vault node can be committing it, so the next start
+/// removes it: the key store holds one key per live record.
+#[tokio::test]
+async fn a_key_left_by_an_update_that_never_committed_is_removed_at_the_next_start() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let (fields, notes) = canary_customer("inflight");
+    let id = create(&mut admin, fields).await;
+    vault.stop().await;
+    // The key the interrupted update wrote: the record's key entry at the next version.
+    let (key, entry) = support::key_entries(&vault.keys_dir(), &id).pop().unwrap();
+    let mut next = key.clone();
+    let version = u64::from_be_bytes(key[16..].try_into().unwrap());
+    next[16..].copy_from_slice(&(version + 1).to_be_bytes());
+    {
+        let store = RocksStore::open(&vault.keys_dir().join("keystore")).unwrap();
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Deks, next, entry);
+        store.write(batch).unwrap();
+    }
+    assert_eq!(support::key_entries(&vault.keys_dir(), &id).len(), 2);
+
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    let resp = get(&mut admin, &id, "support").await.unwrap();
+    assert_eq!(
+        value_of(&resp, "notes"),
+        Some((notes.as_str(), pb::Disclosure::Plain))
+    );
+    vault.stop().await;
+    let left = support::key_entries(&vault.keys_dir(), &id);
+    assert_eq!(
+        left.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![key]
+    );
 }

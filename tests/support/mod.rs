@@ -679,13 +679,15 @@ pub fn wrapped_keys(keys_dir: &Path) -> Vec<Vec<u8>> {
 
 /// The wrapped data key of a record (its newest version) in a stopped vault's key store.
 pub fn wrapped_key_of(keys_dir: &Path, id: &str) -> Vec<u8> {
-    let store = RocksStore::open(&keys_dir.join("keystore")).unwrap();
-    let (_, v) = store
-        .scan_prefix(Keyspace::Deks, &id_bytes(id))
-        .unwrap()
-        .pop()
-        .expect("a wrapped key");
+    let (_, v) = key_entries(keys_dir, id).pop().expect("a wrapped key");
     v[v.len() - 88..].to_vec()
+}
+
+/// A record's key-store entries (one per version, `id | version`), oldest first, in a stopped
+/// vault's key store.
+pub fn key_entries(keys_dir: &Path, id: &str) -> Vec<KeyValue> {
+    let store = RocksStore::open(&keys_dir.join("keystore")).unwrap();
+    store.scan_prefix(Keyspace::Deks, &id_bytes(id)).unwrap()
 }
 
 /// The stored header and `(key, ciphertext)` of each field of a record (not its own entries,
