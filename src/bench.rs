@@ -13,6 +13,7 @@ mod policy;
 mod process;
 mod retention;
 mod rotation;
+mod scale;
 mod tls;
 mod workloads;
 mod zipf;
@@ -81,6 +82,11 @@ pub struct BenchOptions {
     pub tls: bool,
     /// Events the `audit-query` workload appends before it queries.
     pub audit_events: u64,
+    /// Also run get-masked and put on vault nodes on this PostgreSQL database (`postgres://`),
+    /// one and `nodes`, and on a fresh RocksDB vault, back to back.
+    pub store: Option<String>,
+    /// The vault nodes of the larger PostgreSQL side.
+    pub nodes: usize,
 }
 
 /// Every workload, in the default order (shred last: it destroys records). `rotation` and
@@ -208,6 +214,18 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
              with --addr, set them in that vault's config instead"
                 .into(),
         );
+    }
+    if opts.addr.is_some() && opts.store.is_some() {
+        return Err(
+            "--store starts vault nodes on the database to compare them with a RocksDB vault, \
+             so it cannot run with --addr"
+                .into(),
+        );
+    }
+    if !(2..=MAX_NODES).contains(&opts.nodes) {
+        return Err(format!(
+            "--nodes must be between 2 and {MAX_NODES} (one node is always measured)"
+        ));
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut rotation_figures = None;
@@ -462,6 +480,14 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
     if let Some(cost) = &mut tls_cost {
         rows.append(&mut cost.rows);
     }
+    // The same reads and writes on PostgreSQL with one and with N vault nodes, and on RocksDB.
+    let mut scale_figures = match &opts.store {
+        Some(url) => Some(scale::run(&dir.path().join("scale"), &opts, url, opts.nodes).await?),
+        None => None,
+    };
+    if let Some(figures) = &mut scale_figures {
+        rows.append(&mut figures.rows);
+    }
     drop(server);
 
     // The echo ceiling, same concurrency and message sizes, server pinned the same way.
@@ -537,6 +563,11 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     .map(|r| r * workloads::BATCH_SIZE as f64),
                 "batch_put_records_over_put": over(&rows, "batch-put", "put")
                     .map(|r| r * workloads::BATCH_SIZE as f64),
+                "postgres": scale_figures.as_ref().map(|f| json!({
+                    "nodes": f.nodes,
+                    "get_masked": scale_ratios(f, "get-masked"),
+                    "put": scale_ratios(f, "put"),
+                })),
                 "tls_over_plaintext": tls_cost.as_ref().map(|c| json!({
                     "get_masked": c.read_ratio, "put": c.write_ratio,
                 })),
@@ -579,14 +610,15 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
         }
     );
     println!();
+    let width = rows.iter().map(|r| r.name.len()).fold(24, usize::max);
     println!(
-        "{:<24} {:>10} {:>9} {:>9} {:>9} {:>12} {:>8}",
+        "{:<width$} {:>10} {:>9} {:>9} {:>9} {:>12} {:>8}",
         "workload", "req/s", "p50 ms", "p99 ms", "p999 ms", "srv cpu us", "x echo"
     );
     let ms = |us: u64| us as f64 / 1000.0;
     let line = |name: &str, s: &Stats, cpu: Option<f64>| {
         println!(
-            "{name:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>8.2}",
+            "{name:<width$} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>8.2}",
             s.per_second(),
             ms(s.p50_us),
             ms(s.p99_us),
@@ -646,6 +678,24 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
             c.write_ratio * 100.0
         );
     }
+    if let Some(f) = &scale_figures {
+        for workload in ["get-masked", "put"] {
+            let r = |side, base| f.ratio(workload, side, base).unwrap_or(0.0) * 100.0;
+            println!(
+                "  on PostgreSQL, {workload} reaches {:.0}% of RocksDB with 1 vault node and \
+                 {:.0}% with {} ({:.0}% of 1 node)",
+                r(1, 0),
+                r(2, 0),
+                f.nodes,
+                r(2, 1)
+            );
+        }
+        println!(
+            "  (no vault pinned in these rows; srv cpu is the vault nodes' own, not the \
+             database's; their stores were in schema {}, dropped)",
+            f.schema
+        );
+    }
     if let Some(f) = &rotation_figures {
         let limit = opts
             .rewrap_per_second
@@ -698,6 +748,18 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
 pub(super) fn store_config(opts: &BenchOptions) -> String {
     opts.block_cache_mib
         .map_or_else(String::new, |m| format!("block_cache_mib = {m}\n"))
+}
+
+/// The most vault nodes `--nodes` starts.
+const MAX_NODES: usize = 8;
+
+/// One workload's PostgreSQL ratios, for the JSON report.
+fn scale_ratios(f: &scale::ScaleFigures, workload: &str) -> serde_json::Value {
+    json!({
+        "one_node_over_rocksdb": f.ratio(workload, 1, 0),
+        "nodes_over_rocksdb": f.ratio(workload, 2, 0),
+        "nodes_over_one_node": f.ratio(workload, 2, 1),
+    })
 }
 
 /// Requests per second of workload `name` over get-masked reads per second, when both ran.

@@ -277,6 +277,14 @@ struct BenchArgs {
     /// Events the audit-query workload appends to its log before it queries.
     #[arg(long, default_value_t = 10_000_000)]
     audit_events: u64,
+    /// Also measure get-masked and put with one and with --nodes vault nodes on this
+    /// PostgreSQL database (postgres://...; the key store in its `_keys` database), against a
+    /// fresh RocksDB vault, back to back. The nodes' stores go in a fresh schema, dropped after.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// The vault nodes of the larger PostgreSQL side of --store.
+    #[arg(long, default_value_t = 2, requires = "store")]
+    nodes: usize,
 }
 
 async fn bench(args: BenchArgs) -> Result<(), String> {
@@ -312,6 +320,8 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
         block_cache_mib: args.block_cache_mib,
         tls: args.tls,
         audit_events: args.audit_events.max(1),
+        store: args.store,
+        nodes: args.nodes,
     })
     .await
 }

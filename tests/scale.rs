@@ -509,3 +509,107 @@ async fn two_nodes_share_tokens_policy_keys_records_and_one_audit_chain() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A token revoked on node B while node A rotates it must stay revoked once the revocation
+/// was acknowledged: whichever commits second was decided on tokens the other had changed, so
+/// it is refused (ABORTED), or, once its node has reloaded, names a token that no longer
+/// exists. Rounds with the rotation sent 0 to 250 ms after the revocation sweep A's poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotation_on_one_node_never_brings_back_a_token_revoked_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let schema = format!("revoke_{}", rand_suffix());
+    let a = shared_node(&schema, &dir.path().join("a"), &keys).await;
+    let b = shared_node(&schema, &dir.path().join("b"), &keys).await;
+    let admin_token = a.first_admin_token.clone().unwrap().to_string();
+    let (addr_a, addr_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let admin_a = strongroom::client::connect(&addr_a, &admin_token)
+        .await
+        .unwrap();
+    let admin_b = strongroom::client::connect(&addr_b, &admin_token)
+        .await
+        .unwrap();
+    let id = support::create(&mut admin_a.clone(), customer("revoked")).await;
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for round in 0..8_u64 {
+        let subject = format!("svc:desk-{}", support::letters(round));
+        let token = admin_a
+            .tokens
+            .clone()
+            .create_token(pb::CreateTokenRequest {
+                subject: subject.clone(),
+                roles: vec!["role:support".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let token_id = admin_a
+            .tokens
+            .clone()
+            .list_tokens(pb::ListTokensRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens
+            .into_iter()
+            .find(|t| t.subject == subject)
+            .unwrap()
+            .id;
+        let on_b = strongroom::client::connect(&addr_b, &token).await.unwrap();
+        within(Duration::from_secs(1), "a token issued on A, on B", || {
+            name_shown(&on_b, &id)
+        })
+        .await;
+
+        let mut tokens_b = admin_b.tokens.clone();
+        let revoke = tokens_b.revoke_tokens(pb::RevokeTokensRequest {
+            subject: subject.clone(),
+        });
+        let mut tokens_a = admin_a.tokens.clone();
+        let rotate = async move {
+            tokio::time::sleep(Duration::from_millis(round * 35)).await;
+            tokens_a
+                .rotate_token(pb::RotateTokenRequest {
+                    id: token_id,
+                    grace: "1h".into(),
+                })
+                .await
+        };
+        let (revoked, rotated) = tokio::join!(revoke, rotate);
+        let code = |r: Result<(), tonic::Status>| {
+            r.map_or_else(|s| format!("{:?}", s.code()), |()| "Ok".into())
+        };
+        *outcomes
+            .entry(format!(
+                "revoke {}, rotate {}",
+                code(revoked.as_ref().map(drop).map_err(Clone::clone)),
+                code(rotated.as_ref().map(drop).map_err(Clone::clone))
+            ))
+            .or_default() += 1;
+        if revoked.is_err() {
+            continue;
+        }
+        // Past both nodes' polls: every token of the subject is refused everywhere.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut tokens = vec![token];
+        tokens.extend(rotated.ok().map(|r| r.into_inner().token));
+        for (token, addr) in tokens.iter().flat_map(|t| [(t, &addr_a), (t, &addr_b)]) {
+            let mut c = strongroom::client::connect(addr, token).await.unwrap();
+            let got = support::get(&mut c, &id, "support").await;
+            assert!(
+                got.as_ref()
+                    .is_err_and(|s| s.code() == Code::Unauthenticated),
+                "round {round}: a token of the subject revoked on B works on {addr}: {got:?}"
+            );
+        }
+    }
+    println!("a revocation on B racing a rotation on A: {outcomes:?}");
+    for mut admin in [admin_a, admin_b] {
+        let report = support::verified(&mut admin).await;
+        assert!(report.ok, "{}", report.problem);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

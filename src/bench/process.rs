@@ -39,7 +39,14 @@ pub(super) fn pin_self_away_from_cpu0() {
 const STDERR_LINES_KEPT: usize = 20;
 
 impl Child {
-    fn spawn(args: &[String], pin: bool, ready: &str) -> Result<(Self, Vec<String>), String> {
+    /// Starts this executable with `args`; it is up once it printed a line starting with
+    /// `ready` (followed by its address) and, if `then` is given, a line containing `then`.
+    fn spawn(
+        args: &[String],
+        pin: bool,
+        ready: &str,
+        then: Option<&str>,
+    ) -> Result<(Self, Vec<String>), String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
         let mut cmd = match (pin, taskset()) {
@@ -88,10 +95,7 @@ impl Child {
                     .map(str::to_owned);
             }
             lines.push(line);
-            if addr.is_some()
-                && (ready != "strongroom listening on "
-                    || lines.iter().any(|l| l.contains("STRONGROOM_TOKEN=")))
-            {
+            if addr.is_some() && then.is_none_or(|then| lines.iter().any(|l| l.contains(then))) {
                 break;
             }
         }
@@ -121,10 +125,37 @@ impl Child {
         audit_reads: bool,
         config: &str,
     ) -> Result<(Self, String), String> {
+        let mut args = Self::serve_args(data_dir, policies, config)?;
+        if !audit_reads {
+            args.push("--danger-disable-read-audit".to_owned());
+        }
+        let (child, lines) = Self::spawn(
+            &args,
+            pin,
+            "strongroom listening on ",
+            Some("STRONGROOM_TOKEN="),
+        )?;
+        let token = lines
+            .iter()
+            .find_map(|l| l.split("STRONGROOM_TOKEN=").nth(1))
+            .map(str::to_owned)
+            .ok_or("the vault printed no admin token")?;
+        Ok((child, token))
+    }
+
+    /// Starts another node of a vault whose stores `config` names (a PostgreSQL database that
+    /// a first node set up): it prints no admin token. Not pinned: nodes share the CPUs.
+    pub(super) fn node(data_dir: &Path, policies: &Path, config: &str) -> Result<Self, String> {
+        let args = Self::serve_args(data_dir, policies, config)?;
+        Self::spawn(&args, false, "strongroom listening on ", None).map(|(c, _)| c)
+    }
+
+    /// `serve` on loopback with a data dir in `data_dir` and `config` written there.
+    fn serve_args(data_dir: &Path, policies: &Path, config: &str) -> Result<Vec<String>, String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let config_path = data_dir.join("bench.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-        let mut args = vec![
+        Ok(vec![
             "serve".to_owned(),
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
@@ -134,17 +165,7 @@ impl Child {
             policies.display().to_string(),
             "--config".to_owned(),
             config_path.display().to_string(),
-        ];
-        if !audit_reads {
-            args.push("--danger-disable-read-audit".to_owned());
-        }
-        let (child, lines) = Self::spawn(&args, pin, "strongroom listening on ")?;
-        let token = lines
-            .iter()
-            .find_map(|l| l.split("STRONGROOM_TOKEN=").nth(1))
-            .map(str::to_owned)
-            .ok_or("the vault printed no admin token")?;
-        Ok((child, token))
+        ])
     }
 
     /// Starts the echo server.
@@ -154,7 +175,7 @@ impl Child {
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
         ];
-        Self::spawn(&args, pin, "echo listening on ").map(|(c, _)| c)
+        Self::spawn(&args, pin, "echo listening on ", None).map(|(c, _)| c)
     }
 
     /// User + system CPU time of the child so far, in clock ticks.

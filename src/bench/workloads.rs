@@ -22,6 +22,8 @@ pub(super) struct Clients {
     pub(super) admin: Vec<Client>,
     pub(super) support: Vec<Client>,
     pub(super) marketing: Vec<Client>,
+    /// The tokens the connections carry: admin, support, marketing.
+    pub(super) tokens: [String; 3],
 }
 
 impl Clients {
@@ -40,13 +42,9 @@ impl Clients {
         connections: usize,
         tls: Option<&client::ClientTls>,
     ) -> Result<Self, String> {
-        let connections = connections.max(1);
-        let mut admin = Vec::new();
-        for _ in 0..connections {
-            admin.push(client::connect_with(addr, admin_token, tls).await?);
-        }
+        let admin = client::connect_with(addr, admin_token, tls).await?;
         let issue = |subject: &str, role: &str| {
-            let mut c = admin[0].clone();
+            let mut c = admin.clone();
             let (subject, role) = (subject.to_owned(), role.to_owned());
             async move {
                 c.tokens
@@ -60,17 +58,34 @@ impl Clients {
                     .map_err(|s| format!("cannot issue a bench token: {}", s.message()))
             }
         };
-        let support_token = issue("svc:bench-support", "role:support").await?;
-        let marketing_token = issue("svc:bench-marketing", "role:marketing").await?;
-        let (mut support, mut marketing) = (Vec::new(), Vec::new());
-        for _ in 0..connections {
-            support.push(client::connect_with(addr, &support_token, tls).await?);
-            marketing.push(client::connect_with(addr, &marketing_token, tls).await?);
+        let tokens = [
+            admin_token.to_owned(),
+            issue("svc:bench-support", "role:support").await?,
+            issue("svc:bench-marketing", "role:marketing").await?,
+        ];
+        Self::spread(&[addr], tokens, connections, tls).await
+    }
+
+    /// `connections` connections per role carrying `tokens` (admin, support, marketing),
+    /// spread over the nodes at `addrs` (the i-th of each role to node i mod n).
+    pub(super) async fn spread(
+        addrs: &[&str],
+        tokens: [String; 3],
+        connections: usize,
+        tls: Option<&client::ClientTls>,
+    ) -> Result<Self, String> {
+        let mut roles: [Vec<Client>; 3] = Default::default();
+        for (role, token) in roles.iter_mut().zip(&tokens) {
+            for (_, addr) in (0..connections.max(1)).zip(addrs.iter().cycle()) {
+                role.push(client::connect_with(addr, token, tls).await?);
+            }
         }
+        let [admin, support, marketing] = roles;
         Ok(Self {
             admin,
             support,
             marketing,
+            tokens,
         })
     }
 }

@@ -363,6 +363,23 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Drops the store's schema and everything in it: for the throwaway stores `strongroom
+    /// bench --store` creates.
+    ///
+    /// # Errors
+    /// `StoreError::Io` if the database refuses.
+    pub fn drop_schema(self) -> Result<(), StoreError> {
+        // Without the notice naming each table the drop cascades to.
+        let drop = format!(
+            "SET client_min_messages = warning; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.sql.schema
+        );
+        self.run(|pool, _| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+            client.batch_execute(&drop).await.map_err(|e| pg(&e))
+        })
+    }
+
     /// Runs the future `f` makes on the store's runtime, and waits for its answer.
     fn run<T, Fut>(&self, f: impl FnOnce(Pool, Arc<Sql>) -> Fut) -> Result<T, StoreError>
     where

@@ -19,7 +19,7 @@ use super::{governance::Governance, tokens::TokenRegistry};
 use crate::{
     crypto::KeyProvider,
     domain::Schema,
-    storage::{Batch, Keyspace, Store},
+    storage::{Batch, Keyspace, Snapshot, Store},
 };
 
 /// How often a node reads the stamps: a change on one node is acted on by every other within
@@ -49,11 +49,31 @@ impl Change {
     }
 }
 
-/// Adds a fresh stamp for `change` to `batch`: the nodes that read it reload.
-pub(crate) fn stamp(batch: &mut Batch, change: Change) {
+/// Adds a fresh stamp for `change` to `batch` (the nodes that read it reload); returns it.
+pub(crate) fn stamp(batch: &mut Batch, change: Change) -> Vec<u8> {
     let mut value = vec![0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut value);
-    batch.put(Keyspace::Meta, change.key().to_vec(), value);
+    batch.put(Keyspace::Meta, change.key().to_vec(), value.clone());
+    value
+}
+
+/// As `stamp`, for a change decided on what was read at stamp `seen`: the batch also expects
+/// the stamp to be `seen` still, so it fails with a conflict if another node changed the same
+/// kind of thing since (its decision may rest on what that changed).
+pub(crate) fn stamp_after(batch: &mut Batch, change: Change, seen: &Stamp) -> Vec<u8> {
+    batch.expect(Keyspace::Meta, change.key().to_vec(), seen.clone());
+    stamp(batch, change)
+}
+
+/// `change`'s stamp as `snapshot` holds it.
+///
+/// # Errors
+/// `StoreError` if the store fails.
+pub(crate) fn stamp_in(
+    snapshot: &dyn Snapshot,
+    change: Change,
+) -> Result<Stamp, crate::storage::StoreError> {
+    snapshot.get(Keyspace::Meta, change.key())
 }
 
 /// A stamp as read (`None`: never written).

@@ -38,7 +38,7 @@ use crate::{
     vault::{
         Error,
         access::{ADMIN_ROLE, Privilege, require},
-        changes::{self, Change},
+        changes::{self, Change, Stamp},
     },
 };
 
@@ -151,8 +151,11 @@ pub struct Rotated {
 /// The registry of issued tokens, held in memory and in the store.
 pub struct TokenRegistry {
     by_hash: RwLock<HashMap<[u8; 32], Issued>>,
-    /// Serializes issues, rotations and revocations, from the checks to the policy recompile.
-    changes: Mutex<()>,
+    /// Serializes issues, rotations and revocations, from the checks to the policy recompile;
+    /// holds the tokens' change stamp as of the tokens in memory. Each change expects the
+    /// stored stamp to be that one still: one decided on tokens another vault node has changed
+    /// since fails, and the node reloads them (see `changes`).
+    changes: Mutex<Stamp>,
     /// Bumped after every revocation and rotation, so long-lived calls notice theirs at once.
     revocations: watch::Sender<u64>,
     options: TokenOptions,
@@ -249,10 +252,16 @@ fn policy_form(principal: &Principal) -> Principal {
     p
 }
 
-/// Every stored token, by hash. Purposes are resolved against `schema`, as in `load`.
-fn read_tokens(store: &dyn Store, schema: &Schema) -> Result<HashMap<[u8; 32], Issued>, Error> {
+/// Every stored token, by hash, and their change stamp, read at one moment. Purposes are
+/// resolved against `schema`, as in `load`.
+fn read_tokens(
+    store: &dyn Store,
+    schema: &Schema,
+) -> Result<(HashMap<[u8; 32], Issued>, Stamp), Error> {
+    let snapshot = store.snapshot();
+    let stamp = changes::stamp_in(snapshot.as_ref(), Change::Tokens)?;
     let mut by_hash = HashMap::new();
-    for (key, value) in store.scan_prefix(Keyspace::Meta, PREFIX)? {
+    for (key, value) in snapshot.scan_prefix(Keyspace::Meta, PREFIX)? {
         let hash: [u8; 32] = key[PREFIX.len()..]
             .try_into()
             .map_err(|_| Error::DataLoss)?;
@@ -288,7 +297,31 @@ fn read_tokens(store: &dyn Store, schema: &Schema) -> Result<HashMap<[u8; 32], I
             },
         );
     }
-    Ok(by_hash)
+    Ok((by_hash, stamp))
+}
+
+/// Commits a change of the tokens with its audit `event`.
+///
+/// # Errors
+/// `Aborted` if another vault node changed the tokens since this one read them (its follower
+/// reloads them within a poll: the caller retries); `Unavailable` if the store or the audit
+/// log fails.
+async fn commit(audit: &Audit, batch: Batch, event: Event) -> Result<(), Error> {
+    audit
+        .commit(batch, vec![event])
+        .await
+        .map(drop)
+        .map_err(|e| {
+            if e.is_conflict() {
+                Error::Aborted(format!(
+                    "the tokens were changed on another vault node meanwhile; nothing was changed: \
+                 retry in {} ms",
+                    2 * changes::POLL_INTERVAL.as_millis()
+                ))
+            } else {
+                e.into()
+            }
+        })
 }
 
 /// The distinct principals of `issued` as the policy is compiled for them.
@@ -324,10 +357,10 @@ impl TokenRegistry {
         schema: &Schema,
         options: TokenOptions,
     ) -> Result<Self, Error> {
-        let by_hash = read_tokens(store.as_ref(), schema)?;
+        let (by_hash, stamp) = read_tokens(store.as_ref(), schema)?;
         Ok(Self {
             by_hash: RwLock::new(by_hash),
-            changes: Mutex::new(()),
+            changes: Mutex::new(stamp),
             revocations: watch::Sender::new(0),
             options,
         })
@@ -346,8 +379,8 @@ impl TokenRegistry {
         schema: &Schema,
         policy: &PolicyEngine,
     ) -> Result<(), Error> {
-        let _change = self.changes.lock().await;
-        let by_hash = read_tokens(store, schema)?;
+        let mut seen = self.changes.lock().await;
+        let (by_hash, stamp) = read_tokens(store, schema)?;
         let principals = compiled_for(by_hash.values());
         policy
             .replace_principals(principals, || async {
@@ -361,6 +394,7 @@ impl TokenRegistry {
                 }
                 ReplaceError::Persist(never) => match never {},
             })?;
+        *seen = stamp;
         self.revocations.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
@@ -504,7 +538,7 @@ impl TokenRegistry {
         policy: &PolicyEngine,
         event: Event,
     ) -> Result<(Zeroizing<String>, Issued), Error> {
-        let _change = self.changes.lock().await;
+        let mut seen = self.changes.lock().await;
         self.check_issue(policy, by, principal, lifetime)?;
         self.check_live(by)?;
         let mut live = self.principals();
@@ -515,17 +549,18 @@ impl TokenRegistry {
         let now = self.options.clock.now_ms();
         let expires_at_ms = lifetime.map(|l| now.saturating_add(millis(l)));
         self.check_within(policy, by, principal, expires_at_ms)?;
-        let minted = Self::mint(principal, now, expires_at_ms, event)?;
         let Minted {
             token,
             hash,
-            batch,
+            mut batch,
             event,
             issued,
-        } = minted;
+        } = Self::mint(principal, now, expires_at_ms, event)?;
+        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
         let out = issued.clone();
         let commit = || async {
-            audit.commit(batch, vec![event]).await?;
+            commit(audit, batch, event).await?;
+            *seen = Some(stamp);
             self.by_hash
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -557,7 +592,7 @@ impl TokenRegistry {
         audit: &Audit,
         event: Event,
     ) -> Result<Zeroizing<String>, Error> {
-        let _change = self.changes.lock().await;
+        let mut seen = self.changes.lock().await;
         if !self.is_empty() {
             return Err(Error::Internal(
                 "only an empty registry gets a first admin token".into(),
@@ -566,11 +601,13 @@ impl TokenRegistry {
         let Minted {
             token,
             hash,
-            batch,
+            mut batch,
             event,
             issued,
         } = Self::mint(admin, self.options.clock.now_ms(), None, event)?;
-        audit.commit(batch, vec![event]).await?;
+        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
+        commit(audit, batch, event).await?;
+        *seen = Some(stamp);
         self.by_hash
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -598,7 +635,6 @@ impl TokenRegistry {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut batch = Batch::new();
         batch.put(Keyspace::Meta, token_key(&h), value);
-        changes::stamp(&mut batch, Change::Tokens);
         let mut detail = format!(
             "token {} issued to {} with roles {}",
             issued.id,
@@ -751,7 +787,7 @@ impl TokenRegistry {
         audit: &Audit,
         event: Event,
     ) -> Result<Rotated, Error> {
-        let _change = self.changes.lock().await;
+        let mut seen = self.changes.lock().await;
         require(policy, by, Privilege::ManageTokens)?;
         self.check_live(by)?;
         let now = self.options.clock.now_ms();
@@ -793,7 +829,7 @@ impl TokenRegistry {
         let value = serde_json::to_vec(&StoredToken::of(&old))
             .map_err(|e| Error::Internal(e.to_string()))?;
         batch.put(Keyspace::Meta, token_key(&old_hash), value);
-        changes::stamp(&mut batch, Change::Tokens);
+        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
         let event = Event {
             detail: format!(
                 "token {} of {} rotated: {}; the old one works until {}",
@@ -804,7 +840,8 @@ impl TokenRegistry {
             ),
             ..event
         };
-        audit.commit(batch, vec![event]).await?;
+        commit(audit, batch, event).await?;
+        *seen = Some(stamp);
         {
             let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
             map.insert(hash, issued.clone());
@@ -836,7 +873,7 @@ impl TokenRegistry {
         policy: &PolicyEngine,
         event: Event,
     ) -> Result<usize, Error> {
-        let _change = self.changes.lock().await;
+        let mut seen = self.changes.lock().await;
         require(policy, by, Privilege::ManageTokens)?;
         self.check_live(by)?;
         let doomed: Vec<[u8; 32]> = {
@@ -870,12 +907,13 @@ impl TokenRegistry {
         for h in &doomed {
             batch.delete(Keyspace::Meta, token_key(h));
         }
-        changes::stamp(&mut batch, Change::Tokens);
+        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
         let event = Event {
             detail: format!("{} token(s) of {subject} revoked", doomed.len()),
             ..event
         };
-        audit.commit(batch, vec![event]).await?;
+        commit(audit, batch, event).await?;
+        *seen = Some(stamp);
         {
             let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
             for h in &doomed {
