@@ -559,7 +559,7 @@ impl Vault {
                 .get(Keyspace::Headers, id.as_bytes())?
                 .and_then(|b| header::Header::decode(&b));
             if attempts >= 3 || now.is_none_or(|h| h.version == loaded.header.version) {
-                return Err(self.keyless(id)?);
+                return Err(self.keyless(id, &loaded.header)?);
             }
         };
         let collection = loaded.collection;
@@ -774,17 +774,12 @@ impl Vault {
         }
         // An update destroys the old version's data key: under a hold that is spoliation.
         self.refuse_if_held(id, "its update (which destroys the old version)")?;
-        let version = loaded.header.version + 1;
         let changed = values_idx(&touched, &cleared);
         let event = Event {
             collection: collection.name().as_str().to_owned(),
             record_id: id.to_string(),
             fields: outcomes(collection, changed),
             policy_version: permit.policy_version(),
-            detail: format!(
-                "version {} -> {version}; the old version's data key destroyed",
-                loaded.header.version
-            ),
             ..call.event(principal)
         };
         let now = self.clock.now_ms();
@@ -804,7 +799,7 @@ impl Vault {
     /// every other field resealed, `times` stored; the old data key is destroyed once the new
     /// version is durable, so replaced and cleared values are shredded. One path for an update
     /// and a retention expiry of fields. The caller holds the record's lock, loaded it from
-    /// `snapshot`, and queues the purge.
+    /// `snapshot`, and queues the purge; `event`'s detail (if any) is followed by the versions.
     #[allow(
         clippy::too_many_arguments,
         reason = "one internal path for update and retention: each argument is a part of the write"
@@ -821,8 +816,8 @@ impl Vault {
     ) -> Result<u64, Error> {
         let collection = loaded.collection;
         let Some(dek) = self.data_key(id, loaded)? else {
-            // Under the record lock the header cannot move.
-            return Err(self.keyless(id)?);
+            // Under the record lock the header moves only by another vault node.
+            return Err(self.keyless(id, &loaded.header)?);
         };
         let mut current = BTreeMap::new();
         let envelopes =
@@ -890,6 +885,18 @@ impl Vault {
         let mut batch = sealed;
         index::put_entries(&mut batch, &self.index, id, collection, &current)?;
         self.put_times(&mut batch, id, times);
+        let versions = format!(
+            "version {} -> {version}; the old version's data key destroyed",
+            loaded.header.version
+        );
+        let event = Event {
+            detail: if event.detail.is_empty() {
+                versions
+            } else {
+                format!("{}; {versions}", event.detail)
+            },
+            ..event
+        };
         // As in `create`, a failed commit leaves the new key: the next start keeps the one the
         // header names. One that lost to another writer is known not to be applied: its key goes.
         if let Err(e) = self.audit.commit(batch, vec![event]).await {
@@ -954,81 +961,30 @@ impl Vault {
         by: Shred,
         wait_for_purge: bool,
     ) -> Result<ShredReceipt, Error> {
-        let keys: Vec<Vec<u8>> = snapshot
-            .scan_prefix(Keyspace::Records, id.as_bytes())?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        let mut index_entries = Batch::new();
-        index::delete_entries(
-            &mut index_entries,
-            snapshot.as_ref(),
-            id,
-            &loaded.header.collection,
-        )?;
-        drop(snapshot);
-        // The data key goes first: from here on the record is unreadable, whatever happens to
-        // the batch below (a crash before it is finished at the next start).
         let shredded_at_ms = now_ms();
-        self.keys.shred(id, shredded_at_ms).await?;
-        // The field ciphertexts, not the record's own entries (its times, its consents).
-        let fields_destroyed = loaded.header.manifest.count_ones();
-        let mut batch = Batch::new();
-        for key in keys {
-            batch.delete(Keyspace::Records, key);
-        }
-        batch.append(index_entries);
-        // Another vault node may have updated the record since it was read: then this batch
-        // is refused (ABORTED; the keys are gone already, and a retry finishes the shred).
-        batch.expect(
-            Keyspace::Headers,
-            id.as_bytes().to_vec(),
-            Some(loaded.header.encode()),
-        );
-        batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
-        batch.put(
-            Keyspace::Tombstones,
-            id.as_bytes().to_vec(),
-            shredded_at_ms.to_be_bytes().to_vec(),
-        );
-        // The purge is owed from this batch on, across crashes and restarts.
-        purger::owe(&mut batch, id, &loaded.header.collection);
-        let destroyed = (0..loaded.collection.fields().len())
-            .filter(|i| loaded.header.manifest & (1 << i) != 0)
-            .map(|i| (i, "destroyed"));
-        let fields = outcomes(loaded.collection, destroyed);
-        let mut receipt = ShredReceipt {
-            id: *id,
-            collection: loaded.header.collection,
-            shredded_at_ms,
-            fields_destroyed,
-            purged_at_ms: None,
-            unrecoverable_after_ms: self.rotator.unrecoverable_after_ms(),
-            signed: None,
-        };
-        let event = match by {
-            Shred::Requested(event) => event,
-            Shred::Retention { event, rule } => {
-                // The receipt as of the commit (purge pending), signed now, goes in the event:
-                // it holds no personal data, and an auditor can check it offline.
-                receipt = receipt::signed(receipt, self.keys.provider().as_ref());
-                let signed = receipt.signed.as_ref().map_or_else(
-                    || "unsigned (the key provider failed to sign)".to_owned(),
-                    |s| s.file_text().trim_end().to_owned(),
-                );
-                Event {
-                    detail: format!("retention: {rule}; receipt: {signed}"),
-                    ..event
+        let (mut snapshot, mut loaded) = (snapshot, loaded);
+        let mut attempts = 0;
+        let mut receipt = loop {
+            // Read (and the snapshot let go) before anything is awaited.
+            let (batch, receipt, event) =
+                self.shred_batch(snapshot, id, &loaded, &by, shredded_at_ms)?;
+            // The data key goes first: from here on the record is unreadable, whatever
+            // happens to the batch (a crash before it is finished at the next start).
+            self.keys.shred(id, shredded_at_ms).await?;
+            match self.audit.commit(batch, vec![event]).await {
+                Ok(_) => break receipt,
+                // Another vault node updated the record since it was read, maybe with a new
+                // version's key written after the keys were destroyed. The shred has begun and
+                // is finished, never undone: its keys destroyed again, what the record holds
+                // now deleted.
+                Err(e) if e.is_conflict() && attempts < MAX_VERSION_SKIPS => {
+                    attempts += 1;
+                    snapshot = self.store.snapshot();
+                    loaded = self.load(snapshot.as_ref(), id)?;
                 }
+                Err(e) => return Err(e.into()),
             }
         };
-        let event = Event {
-            collection: receipt.collection.clone(),
-            record_id: id.to_string(),
-            fields,
-            ..event
-        };
-        self.audit.commit(batch, vec![event]).await?;
         // The shred is durable; a purge that fails now is retried, and the receipt says it is
         // still pending.
         let purged_at_ms = match self
@@ -1053,6 +1009,78 @@ impl Vault {
 }
 
 impl Vault {
+    /// The batch of a shred of `id` as `loaded` from `snapshot`: its ciphertexts, index entries
+    /// and header deleted (expecting the header read), its tombstone written and its purge
+    /// owed; the receipt as of the commit, and the audit event.
+    fn shred_batch(
+        &self,
+        snapshot: Box<dyn Snapshot + '_>,
+        id: &RecordId,
+        loaded: &Loaded<'_>,
+        by: &Shred,
+        shredded_at_ms: i64,
+    ) -> Result<(Batch, ShredReceipt, Event), Error> {
+        let mut batch = Batch::new();
+        for (key, _) in snapshot.scan_prefix(Keyspace::Records, id.as_bytes())? {
+            batch.delete(Keyspace::Records, key);
+        }
+        index::delete_entries(&mut batch, snapshot.as_ref(), id, &loaded.header.collection)?;
+        drop(snapshot);
+        // The field ciphertexts, not the record's own entries (its times, its consents).
+        let fields_destroyed = loaded.header.manifest.count_ones();
+        // Another vault node may have updated the record since it was read: then this batch
+        // is refused, and the shred is done again on what it holds now.
+        batch.expect(
+            Keyspace::Headers,
+            id.as_bytes().to_vec(),
+            Some(loaded.header.encode()),
+        );
+        batch.delete(Keyspace::Headers, id.as_bytes().to_vec());
+        batch.put(
+            Keyspace::Tombstones,
+            id.as_bytes().to_vec(),
+            shredded_at_ms.to_be_bytes().to_vec(),
+        );
+        // The purge is owed from this batch on, across crashes and restarts.
+        purger::owe(&mut batch, id, &loaded.header.collection);
+        let destroyed = (0..loaded.collection.fields().len())
+            .filter(|i| loaded.header.manifest & (1 << i) != 0)
+            .map(|i| (i, "destroyed"));
+        let fields = outcomes(loaded.collection, destroyed);
+        let mut receipt = ShredReceipt {
+            id: *id,
+            collection: loaded.header.collection.clone(),
+            shredded_at_ms,
+            fields_destroyed,
+            purged_at_ms: None,
+            unrecoverable_after_ms: self.rotator.unrecoverable_after_ms(),
+            signed: None,
+        };
+        let event = match by {
+            Shred::Requested(event) => event.clone(),
+            Shred::Retention { event, rule } => {
+                // The receipt as of the commit (purge pending), signed now, goes in the event:
+                // it holds no personal data, and an auditor can check it offline.
+                receipt = receipt::signed(receipt, self.keys.provider().as_ref());
+                let signed = receipt.signed.as_ref().map_or_else(
+                    || "unsigned (the key provider failed to sign)".to_owned(),
+                    |s| s.file_text().trim_end().to_owned(),
+                );
+                Event {
+                    detail: format!("retention: {rule}; receipt: {signed}"),
+                    ..event.clone()
+                }
+            }
+        };
+        let event = Event {
+            collection: receipt.collection.clone(),
+            record_id: id.to_string(),
+            fields,
+            ..event
+        };
+        Ok((batch, receipt, event))
+    }
+
     /// Deletes `id`'s keys of the versions before `version`, logging a failure: the update
     /// already succeeded, and a leftover key is removed at the next start anyway.
     async fn forget_older_keys(&self, id: &RecordId, version: u64) {
@@ -1061,10 +1089,22 @@ impl Vault {
         }
     }
 
-    /// Why a record has no data key for its header's version: none at all is a shredded record
+    /// Why a record read with header `read` has no data key for its version: a header that
+    /// has changed since is a record another call (another vault node) updated meanwhile
+    /// (`Aborted`: retry), or shredded (`NotFound`); no key at all is a shredded record
     /// (`NotFound`, like an id that never existed); keys of other versions only is a header
     /// that does not match the key store (`DataLoss`: altered, or restored from another time).
-    fn keyless(&self, id: &RecordId) -> Result<Error, Error> {
+    fn keyless(&self, id: &RecordId, read: &header::Header) -> Result<Error, Error> {
+        match self.store.get(Keyspace::Headers, id.as_bytes())? {
+            None => return Ok(Error::NotFound),
+            Some(now) if now != read.encode() => {
+                return Ok(Error::Aborted(
+                    "the record was changed by another call meanwhile; read it again and retry"
+                        .into(),
+                ));
+            }
+            Some(_) => {}
+        }
         if self.keys.holds_any(id)? {
             tracing::error!(record = %id, "the record header names a version the key store has no key for");
             Ok(Error::DataLoss)

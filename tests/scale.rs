@@ -18,6 +18,7 @@ use strongroom::{
     api::pb,
     config::{Config, Overrides},
     server,
+    storage::Store,
 };
 use tonic::Code;
 
@@ -479,11 +480,30 @@ async fn two_nodes_share_tokens_policy_keys_records_and_one_audit_chain() {
         aborted += w.await.unwrap();
     }
     let record = support::get(&mut admin_b, &id, "support").await.unwrap();
-    let updates = support::events_of(&mut admin_a, "Records/UpdateRecord")
+    let events: Vec<_> = support::events_of(&mut admin_a, "Records/UpdateRecord")
         .await
         .into_iter()
         .filter(|e| e.record_id == id && e.result == "OK")
-        .count();
+        .collect();
+    let updates = events.len();
+    // Each event names the version its update wrote (one that skipped a version held by
+    // another writer's key says so): distinct, the last the record's.
+    let mut written: Vec<u64> = events
+        .iter()
+        .filter_map(|e| {
+            e.detail
+                .split("-> ")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    written.sort_unstable();
+    written.dedup();
+    assert_eq!(written.len(), updates, "{events:?}");
+    assert_eq!(written.last(), Some(&record.version));
     println!(
         "{} updates through two nodes: {aborted} refused as stale and retried; version {}",
         2 * per_node,
@@ -606,6 +626,108 @@ async fn a_rotation_on_one_node_never_brings_back_a_token_revoked_on_another() {
         }
     }
     println!("a revocation on B racing a rotation on A: {outcomes:?}");
+    for mut admin in [admin_a, admin_b] {
+        let report = support::verified(&mut admin).await;
+        assert!(report.ok, "{}", report.problem);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A shred on node A racing updates on node B: once the shred has destroyed the keys it is
+/// finished, never answered ABORTED, even when B's update commits in between (with a new
+/// version's key written after the keys were destroyed); then the record is gone on both nodes
+/// and the key store holds no key of it. B's updates are answered OK, ABORTED (stale) or
+/// NOT_FOUND (shredded), never DATA_LOSS. Rounds with the shred sent 0 to 150 ms into the
+/// updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shred_racing_updates_on_another_node_finishes_and_leaves_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let schema = format!("shred_{}", rand_suffix());
+    let a = shared_node(&schema, &dir.path().join("a"), &keys).await;
+    let b = shared_node(&schema, &dir.path().join("b"), &keys).await;
+    let admin_token = a.first_admin_token.clone().unwrap().to_string();
+    let (addr_a, addr_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let admin_a = strongroom::client::connect(&addr_a, &admin_token)
+        .await
+        .unwrap();
+    let admin_b = strongroom::client::connect(&addr_b, &admin_token)
+        .await
+        .unwrap();
+    let key_store = strongroom::storage::PgStore::open(&strongroom::storage::PgOptions {
+        url: std::env::var("STRONGROOM_TEST_PG_KEYS").unwrap(),
+        schema: schema.clone(),
+        pool_size: 1,
+    })
+    .unwrap();
+    let mut answers = std::collections::BTreeMap::<String, u32>::new();
+    for round in 0..6_u64 {
+        let id = support::create(&mut admin_a.clone(), customer("racing")).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let updates = {
+            let (mut c, id, stop) = (admin_b.clone(), id.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for i in 0.. {
+                    let update = c
+                        .records
+                        .update_record(pb::UpdateRecordRequest {
+                            id: id.clone(),
+                            set: vec![support::field("notes", &support::letters(i))],
+                            ..Default::default()
+                        })
+                        .await;
+                    let code = update.map_or_else(|s| s.code(), |_| Code::Ok);
+                    codes.push(code);
+                    if code == Code::NotFound || stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                }
+                codes
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(round * 30)).await;
+        let shred = admin_a
+            .records
+            .clone()
+            .delete_record(pb::DeleteRecordRequest {
+                id: id.clone(),
+                wait_for_purge: false,
+            })
+            .await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let codes = updates.await.unwrap();
+        for code in &codes {
+            *answers.entry(format!("update {code:?}")).or_default() += 1;
+        }
+        assert!(
+            shred.is_ok(),
+            "round {round}: a shred racing updates on another node: {shred:?}"
+        );
+        assert!(
+            codes
+                .iter()
+                .all(|c| matches!(c, Code::Ok | Code::Aborted | Code::NotFound)),
+            "round {round}: updates racing a shred on another node: {codes:?}"
+        );
+        for admin in [&admin_a, &admin_b] {
+            let got = support::get(&mut admin.clone(), &id, "support").await;
+            assert!(
+                got.as_ref().is_err_and(|s| s.code() == Code::NotFound),
+                "round {round}: the shredded record: {got:?}"
+            );
+        }
+        let left = key_store
+            .scan_prefix(strongroom::storage::Keyspace::Deks, &support::id_bytes(&id))
+            .unwrap();
+        assert!(
+            left.is_empty(),
+            "round {round}: {} keys of a shredded record",
+            left.len()
+        );
+    }
+    println!("a shred on A racing updates on B: {answers:?}");
     for mut admin in [admin_a, admin_b] {
         let report = support::verified(&mut admin).await;
         assert!(report.ok, "{}", report.problem);

@@ -619,17 +619,12 @@ impl Vault {
                 let cleared: Vec<usize> = fields.iter().map(|f| f.0).collect();
                 let rules: Vec<&str> = fields.iter().map(|f| f.2.as_str()).collect();
                 times.forget(&cleared);
-                let version = loaded.header.version + 1;
                 let event = Event {
                     method: "Retention/ShredField".into(),
                     collection: loaded.header.collection.clone(),
                     record_id: id.to_string(),
                     fields: outcomes(loaded.collection, cleared.iter().map(|&i| (i, "destroyed"))),
-                    detail: format!(
-                        "retention: {}; version {} -> {version}, the old version's data key destroyed",
-                        rules.join("; "),
-                        loaded.header.version
-                    ),
+                    detail: format!("retention: {}", rules.join("; ")),
                     ..base
                 };
                 self.rewrite(snapshot, id, &loaded, Vec::new(), &cleared, &times, event)
