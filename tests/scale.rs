@@ -284,6 +284,57 @@ async fn shared_node(schema: &str, data: &Path, keys: &Path) -> server::Running 
         .unwrap()
 }
 
+/// Two vault nodes on a fresh schema of the shared cluster, one keys dir, an admin client on
+/// each.
+struct Pair {
+    _dir: tempfile::TempDir,
+    schema: String,
+    a: server::Running,
+    b: server::Running,
+    addr_a: String,
+    addr_b: String,
+    admin_a: strongroom::client::Client,
+    admin_b: strongroom::client::Client,
+}
+
+impl Pair {
+    async fn start(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let schema = format!("{name}_{}", rand_suffix());
+        let a = shared_node(&schema, &dir.path().join("a"), &keys).await;
+        let b = shared_node(&schema, &dir.path().join("b"), &keys).await;
+        let admin_token = a.first_admin_token.clone().unwrap().to_string();
+        let (addr_a, addr_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+        let admin_a = strongroom::client::connect(&addr_a, &admin_token)
+            .await
+            .unwrap();
+        let admin_b = strongroom::client::connect(&addr_b, &admin_token)
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            schema,
+            a,
+            b,
+            addr_a,
+            addr_b,
+            admin_a,
+            admin_b,
+        }
+    }
+
+    /// Checks that the audit chain both nodes wrote verifies from either, and stops them.
+    async fn verify_and_stop(self) {
+        for mut admin in [self.admin_a, self.admin_b] {
+            let report = support::verified(&mut admin).await;
+            assert!(report.ok, "the chain two nodes wrote: {}", report.problem);
+        }
+        self.a.shutdown().await.unwrap();
+        self.b.shutdown().await.unwrap();
+    }
+}
+
 /// Polls `check` until it holds, at most `limit`; prints how long that took.
 async fn within<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -536,19 +587,9 @@ async fn two_nodes_share_tokens_policy_keys_records_and_one_audit_chain() {
 /// exists. Rounds with the rotation sent 0 to 250 ms after the revocation sweep A's poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_on_one_node_never_brings_back_a_token_revoked_on_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    let schema = format!("revoke_{}", rand_suffix());
-    let a = shared_node(&schema, &dir.path().join("a"), &keys).await;
-    let b = shared_node(&schema, &dir.path().join("b"), &keys).await;
-    let admin_token = a.first_admin_token.clone().unwrap().to_string();
-    let (addr_a, addr_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
-    let admin_a = strongroom::client::connect(&addr_a, &admin_token)
-        .await
-        .unwrap();
-    let admin_b = strongroom::client::connect(&addr_b, &admin_token)
-        .await
-        .unwrap();
+    let pair = Pair::start("revoke").await;
+    let (addr_a, addr_b) = (pair.addr_a.clone(), pair.addr_b.clone());
+    let (admin_a, admin_b) = (pair.admin_a.clone(), pair.admin_b.clone());
     let id = support::create(&mut admin_a.clone(), customer("revoked")).await;
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     for round in 0..8_u64 {
@@ -626,12 +667,7 @@ async fn a_rotation_on_one_node_never_brings_back_a_token_revoked_on_another() {
         }
     }
     println!("a revocation on B racing a rotation on A: {outcomes:?}");
-    for mut admin in [admin_a, admin_b] {
-        let report = support::verified(&mut admin).await;
-        assert!(report.ok, "{}", report.problem);
-    }
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
+    pair.verify_and_stop().await;
 }
 
 /// A shred on node A racing updates on node B: once the shred has destroyed the keys it is
@@ -642,22 +678,11 @@ async fn a_rotation_on_one_node_never_brings_back_a_token_revoked_on_another() {
 /// updates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shred_racing_updates_on_another_node_finishes_and_leaves_no_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    let schema = format!("shred_{}", rand_suffix());
-    let a = shared_node(&schema, &dir.path().join("a"), &keys).await;
-    let b = shared_node(&schema, &dir.path().join("b"), &keys).await;
-    let admin_token = a.first_admin_token.clone().unwrap().to_string();
-    let (addr_a, addr_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
-    let admin_a = strongroom::client::connect(&addr_a, &admin_token)
-        .await
-        .unwrap();
-    let admin_b = strongroom::client::connect(&addr_b, &admin_token)
-        .await
-        .unwrap();
+    let pair = Pair::start("shred").await;
+    let (admin_a, admin_b) = (pair.admin_a.clone(), pair.admin_b.clone());
     let key_store = strongroom::storage::PgStore::open(&strongroom::storage::PgOptions {
         url: std::env::var("STRONGROOM_TEST_PG_KEYS").unwrap(),
-        schema: schema.clone(),
+        schema: pair.schema.clone(),
         pool_size: 1,
     })
     .unwrap();
@@ -728,10 +753,5 @@ async fn a_shred_racing_updates_on_another_node_finishes_and_leaves_no_key() {
         );
     }
     println!("a shred on A racing updates on B: {answers:?}");
-    for mut admin in [admin_a, admin_b] {
-        let report = support::verified(&mut admin).await;
-        assert!(report.ok, "{}", report.problem);
-    }
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
+    pair.verify_and_stop().await;
 }
