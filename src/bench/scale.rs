@@ -85,12 +85,21 @@ pub(super) async fn run(
         .map_err(|e| format!("--store: {e}"))?
         .postgres
         .ok_or("--store: not a PostgreSQL URL")?;
-    let stores = [&pg.data, &pg.keys]
-        .into_iter()
-        .map(PgStore::open)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--store: {e}"))?;
-    let measured = measure(dir, opts, &config, nodes).await;
+    let mut stores = Vec::new();
+    let mut measured = Ok((Vec::new(), Vec::new()));
+    for options in [&pg.data, &pg.keys] {
+        match PgStore::open(options) {
+            Ok(store) => stores.push(store),
+            Err(e) => {
+                measured = Err(format!("--store: {e}"));
+                break;
+            }
+        }
+    }
+    if measured.is_ok() {
+        measured = measure(dir, opts, &config, nodes).await;
+    }
+    // Whatever happened, the schemas made are dropped.
     let mut dropped = Ok(());
     for store in stores {
         if let Err(e) = store.drop_schema() {

@@ -368,7 +368,7 @@ impl PgStore {
     ///
     /// # Errors
     /// `StoreError::Io` if the database refuses.
-    pub fn drop_schema(self) -> Result<(), StoreError> {
+    pub(crate) fn drop_schema(self) -> Result<(), StoreError> {
         // Without the notice naming each table the drop cascades to.
         let drop = format!(
             "SET client_min_messages = warning; DROP SCHEMA IF EXISTS \"{}\" CASCADE",

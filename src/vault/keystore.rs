@@ -17,7 +17,7 @@
 //! never stored under an epoch being destroyed and a rewrap never brings a deleted key back.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, PoisonError, RwLock},
 };
 
@@ -221,7 +221,10 @@ impl KeyStore {
                 };
                 let key = entry_key(id, ctx.record_version);
                 if new_only {
+                    // A new version's key: its slot free, and the record never shredded (a
+                    // shred on another vault node may have begun after the update read it).
                     batch.expect(Keyspace::Deks, key.clone(), None);
+                    batch.expect(Keyspace::Meta, shredded_key(id), None);
                 }
                 batch.put(Keyspace::Deks, key, entry.encode());
             }
@@ -256,6 +259,12 @@ impl KeyStore {
                 // meanwhile (then the write is tried again). Without `new_only` no slot is
                 // expected, so only the latter can be.
                 Some(false) if new_only => {
+                    for &(id, _, _) in keys {
+                        if self.was_shredded(id)? {
+                            tracing::info!(record = %id, "an update lost to a shred on another vault node");
+                            return Err(Error::NotFound);
+                        }
+                    }
                     let slots: Vec<Vec<u8>> = keys
                         .iter()
                         .map(|(id, ctx, _)| entry_key(id, ctx.record_version))
@@ -396,6 +405,16 @@ impl KeyStore {
     /// Whether this key store recorded `id` as shredded.
     pub(crate) fn was_shredded(&self, id: &RecordId) -> Result<bool, Error> {
         Ok(self.meta(&shredded_key(id))?.is_some())
+    }
+
+    /// Every record this key store recorded as shredded.
+    pub(crate) fn shredded(&self) -> Result<HashSet<[u8; 16]>, Error> {
+        Ok(self
+            .store
+            .scan_prefix(Keyspace::Meta, SHREDDED_PREFIX)?
+            .into_iter()
+            .filter_map(|(k, _)| <[u8; 16]>::try_from(&k[SHREDDED_PREFIX.len()..]).ok())
+            .collect())
     }
 
     /// Whether the store holds a key of any version for `id`.

@@ -5,6 +5,9 @@
 //!   a shredded record (a restored copy of the data dir, or a shred interrupted between its two
 //!   writes): its shred is finished (ciphertexts, index entries and header deleted, tombstone
 //!   written, purge owed, audited);
+//! - a header with keys, of a record the key store recorded as shredded, is a shred that lost
+//!   a race with an update on another vault node and did not finish: its keys are destroyed and
+//!   its shred finished;
 //! - a header without any key that the key store never shredded means the key store is older
 //!   than the data, or not theirs: the start is refused and nothing is changed;
 //! - keys of versions older than the header's are leftovers of an update: removed. Keys of newer
@@ -92,6 +95,7 @@ impl Vault {
             )));
         }
         self.keys.mark_initialized()?;
+        let shredded = self.keys.shredded()?;
         let mut orphans = Vec::new();
         let mut stale = Vec::new();
         let mut unknown = 0u64;
@@ -104,8 +108,14 @@ impl Vault {
             };
             let record = RecordId::from_bytes(id);
             match keys.remove(&id) {
-                None if self.keys.was_shredded(&record)? => orphans.push((record, header)),
+                None if shredded.contains(&id) => orphans.push((record, header)),
                 None => unknown += 1,
+                // A shred that had begun (its keys destroyed) when an update on another node
+                // wrote a new version's key, and did not finish: finished now.
+                Some(_) if shredded.contains(&id) => {
+                    self.keys.shred(&record, now_ms()).await?;
+                    orphans.push((record, header));
+                }
                 Some(versions) if versions.contains(&header.version) => {
                     readable.push(record);
                     // A newer key may be another vault node's update in flight (its header not

@@ -377,3 +377,38 @@ async fn a_key_left_by_an_update_that_never_committed_is_removed_at_the_next_sta
         vec![key]
     );
 }
+
+/// A shred on one vault node destroys the record's keys, an update on another writes a new
+/// version's key and commits, and the shredding node dies before its own commit: the key store
+/// recorded the shred, the data holds a readable record. The next start finishes the shred
+/// (here: the marker written into a stopped vault's key store, as that race leaves it).
+#[tokio::test]
+async fn a_shred_that_began_and_lost_a_race_is_finished_at_the_next_start() {
+    let mut vault = Vault::start().await;
+    let mut admin = vault.admin().await;
+    let (fields, notes) = canary_customer("begun");
+    let id = create(&mut admin, fields).await;
+    let (kept_fields, kept_notes) = canary_customer("kept");
+    let kept = create(&mut admin, kept_fields).await;
+    vault.stop().await;
+    {
+        let store = RocksStore::open(&vault.keys_dir().join("keystore")).unwrap();
+        let mut marker = b"shredded/".to_vec();
+        marker.extend_from_slice(&support::id_bytes(&id));
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Meta, marker, 1_i64.to_be_bytes().to_vec());
+        store.write(batch).unwrap();
+    }
+
+    vault.restart().await;
+    let mut admin = vault.admin().await;
+    assert_code(get(&mut admin, &id, "support").await, Code::NotFound);
+    let resp = get(&mut admin, &kept, "support").await.unwrap();
+    assert_eq!(
+        value_of(&resp, "notes"),
+        Some((kept_notes.as_str(), pb::Disclosure::Plain))
+    );
+    vault.stop().await;
+    assert!(support::key_entries(&vault.keys_dir(), &id).is_empty());
+    assert!(files_containing(&vault.data_dir(), notes.as_bytes()).is_empty());
+}
