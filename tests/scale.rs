@@ -91,14 +91,20 @@ async fn node(cluster: &Cluster, dir: &Path) -> server::Running {
         cluster.url("strongroom"),
         cluster.url("strongroom_keys")
     );
+    start_node(&toml, dir.join("data"), None).await
+}
+
+/// A vault node started with config `toml`, on loopback, its data in `data` and its keys in
+/// `keys` (by default next to the data).
+async fn start_node(toml: &str, data: PathBuf, keys: Option<PathBuf>) -> server::Running {
     let over = Overrides {
         listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(dir.join("data")),
-        keys_dir: None,
+        data_dir: Some(data),
+        keys_dir: keys,
         policies_dir: Some(policies_dir()),
         store_url: None,
     };
-    server::start(Config::from_toml(&toml, over).unwrap())
+    server::start(Config::from_toml(toml, over).unwrap())
         .await
         .unwrap()
 }
@@ -272,16 +278,7 @@ async fn shared_node(schema: &str, data: &Path, keys: &Path) -> server::Running 
     let toml = format!(
         "[postgres]\nurl = {url:?}\nkeys_url = {keys_url:?}\nschema = {schema:?}\npool_size = 4\n"
     );
-    let over = Overrides {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(data.to_path_buf()),
-        keys_dir: Some(keys.to_path_buf()),
-        policies_dir: Some(policies_dir()),
-        store_url: None,
-    };
-    server::start(Config::from_toml(&toml, over).unwrap())
-        .await
-        .unwrap()
+    start_node(&toml, data.to_path_buf(), Some(keys.to_path_buf())).await
 }
 
 /// Two vault nodes on a fresh schema of the shared cluster, one keys dir, an admin client on
