@@ -359,16 +359,17 @@ pub async fn start_with_stores(
 
     // Several vault nodes share a PostgreSQL store: each follows the others' changes. Read
     // before the tokens and the policy are, so a change made in between is reloaded.
-    let watcher = match config.postgres {
-        Some(_) => Some(Watcher::new(Arc::clone(&store)).map_err(|e| fail(&e))?),
-        None => None,
+    let watcher = match store.shared() {
+        true => Some(Watcher::new(Arc::clone(&store)).map_err(|e| fail(&e))?),
+        false => None,
     };
     let token_options = TokenOptions {
         clock: config.clock.clone(),
         max_vendor_lifetime: config.max_vendor_token_lifetime,
     };
     let tokens = Arc::new(
-        TokenRegistry::load(Arc::clone(&store), &schema, token_options).map_err(|e| fail(&e))?,
+        TokenRegistry::load(Arc::clone(&store), Arc::clone(&schema), token_options)
+            .map_err(|e| fail(&e))?,
     );
     let mut first_admin_token = None;
     if tokens.is_empty() {
@@ -403,8 +404,6 @@ pub async fn start_with_stores(
     let policy = governance.engine();
     let followed = watcher.map(|watcher| {
         let followed = Followed {
-            store: Arc::clone(&store),
-            schema: Arc::clone(&schema),
             tokens: Arc::clone(&tokens),
             governance: Arc::clone(&governance),
             provider: Arc::clone(&provider),
@@ -430,9 +429,9 @@ pub async fn start_with_stores(
     vault = vault
         .with_limiter(Arc::clone(&limiter))
         .with_clock(config.clock.clone());
-    let peers = match config.postgres {
-        Some(_) => Peers::Possible,
-        None => Peers::None,
+    let peers = match store.shared() {
+        true => Peers::Possible,
+        false => Peers::None,
     };
     if let Err(e) = vault.reconcile(peers).await {
         // Its background tasks hold the stores: stop them, so the stores close with the error.

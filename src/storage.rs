@@ -256,6 +256,12 @@ pub trait Store: Send + Sync + 'static {
     /// `StoreError::Io` if the engine fails.
     fn last(&self, ks: Keyspace) -> Result<Option<KeyValue>, StoreError>;
 
+    /// Whether other processes may write the store at the same time (a database several vault
+    /// nodes share): what a node read at its start may be changed by another since.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Applies a batch atomically and durably.
     ///
     /// # Errors

@@ -41,7 +41,32 @@ impl State {
     /// The state after the last stored event (genesis when there is none). If the signed head
     /// checkpoint is ahead of the last event, the tail was cut off: the chain continues after
     /// the checkpoint, so the gap stays visible to verification instead of being papered over.
+    ///
+    /// The last event and the head are two reads: on a log other vault nodes append to, one
+    /// may append between them, which looks like a cut tail. A head ahead of the last event is
+    /// taken for a cut only once the last event read again has not moved.
     pub(super) fn load(log: &dyn EventLog, keys: &Keys) -> Result<Self, AuditError> {
+        let mut reads = 0;
+        loop {
+            let (state, last) = Self::read(log, keys)?;
+            let Some(signed) = state.signed.as_ref().filter(|h| h.seq > last) else {
+                return Ok(state);
+            };
+            reads += 1;
+            let now = log.last()?.map_or(0, |(seq, _)| seq);
+            if now == last || reads >= MAX_RELOADS {
+                tracing::error!(
+                    last_event = last,
+                    checkpoint = signed.seq,
+                    "the audit log ends before its last checkpoint: its tail was truncated"
+                );
+                return Ok(state);
+            }
+        }
+    }
+
+    /// `load`, once; also returns the last stored event's number (0: none).
+    fn read(log: &dyn EventLog, keys: &Keys) -> Result<(Self, u64), AuditError> {
         let mut state = match log.last()? {
             None => Self {
                 seq: 0,
@@ -103,14 +128,10 @@ impl State {
             None | Some(_) => {}
         }
         state.signed.clone_from(&head);
+        let last = state.seq;
         if let Some(head) = head
             && head.seq > state.seq
         {
-            tracing::error!(
-                last_event = state.seq,
-                checkpoint = head.seq,
-                "the audit log ends before its last checkpoint: its tail was truncated"
-            );
             // `load_valid` returns only validly signed checkpoints, whose head decodes.
             let Some(head_mac) = head.head_bytes() else {
                 return Err(AuditError::new(
@@ -124,7 +145,7 @@ impl State {
                 signed: Some(head),
             };
         }
-        Ok(state)
+        Ok((state, last))
     }
 }
 

@@ -426,16 +426,17 @@ impl PgStore {
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send,
     {
         self.run(move |pool, sql| async move {
-            with_retries(&pool, broken, |c| f(c, Arc::clone(&sql))).await
+            with_retries(&pool, broken, pg, |c| f(c, Arc::clone(&sql))).await
         })
     }
 }
 
 /// Runs `f` on a pooled connection, and again on another after a growing wait when its error
-/// passes `may_retry`, up to `ATTEMPTS` times in all.
+/// passes `may_retry`, up to `ATTEMPTS` times in all; the last error is told by `gave_up`.
 async fn with_retries<T, F, Fut>(
     pool: &Pool,
     may_retry: fn(&tokio_postgres::Error) -> bool,
+    gave_up: impl Fn(&tokio_postgres::Error) -> StoreError,
     f: F,
 ) -> Result<T, StoreError>
 where
@@ -451,7 +452,7 @@ where
             Err(e) if may_retry(&e) && attempt < ATTEMPTS => {
                 tracing::warn!(error = %pg(&e), attempt, "PostgreSQL call failed; trying again");
             }
-            Err(e) => return Err(pg(&e)),
+            Err(e) => return Err(gave_up(&e)),
         }
         tokio::time::sleep(wait).await;
         wait *= 2;
@@ -598,16 +599,31 @@ impl Store for PgStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         // Tried again only when the database aborted it (nothing was applied). Any other
         // error, a broken connection included, is the caller's to see: whether a COMMIT that
-        // lost its connection was applied is unknown.
+        // lost its connection was applied is unknown. A batch with preconditions still aborted
+        // after its attempts lost its race with other writers of the rows it expects: a
+        // conflict, which the caller decides again on what it reads then (under load, two
+        // vault nodes appending to one audit chain abort each other's transactions).
+        let expected = batch.ops().iter().find_map(|op| match op {
+            Op::Expect(ks, ..) => Some(ks.name()),
+            Op::Put(..) | Op::Delete(..) | Op::DeleteRange(..) => None,
+        });
+        let gave_up = move |e: &tokio_postgres::Error| match expected {
+            Some(ks) if retryable(e) => StoreError::Conflict(ks),
+            Some(_) | None => pg(e),
+        };
         let batch = Arc::new(batch);
         self.run(|pool, sql| async move {
-            with_retries(&pool, retryable, |mut c| {
+            with_retries(&pool, retryable, gave_up, |mut c| {
                 let (sql, batch) = (Arc::clone(&sql), Arc::clone(&batch));
                 async move { apply(&mut c, &sql, &batch).await }
             })

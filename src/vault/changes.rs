@@ -18,7 +18,6 @@ use rand::RngCore;
 use super::{governance::Governance, tokens::TokenRegistry};
 use crate::{
     crypto::KeyProvider,
-    domain::Schema,
     storage::{Batch, Keyspace, Snapshot, Store},
 };
 
@@ -57,12 +56,10 @@ pub(crate) fn stamp(batch: &mut Batch, change: Change) -> Vec<u8> {
     value
 }
 
-/// As `stamp`, for a change decided on what was read at stamp `seen`: the batch also expects
-/// the stamp to be `seen` still, so it fails with a conflict if another node changed the same
-/// kind of thing since (its decision may rest on what that changed).
-pub(crate) fn stamp_after(batch: &mut Batch, change: Change, seen: &Stamp) -> Vec<u8> {
-    batch.expect(Keyspace::Meta, change.key().to_vec(), seen.clone());
-    stamp(batch, change)
+/// Adds to `batch` the precondition that `change`'s stamp is still `seen`: a decision taken
+/// on what was read at `seen` fails with a conflict if a node changed that kind of thing since.
+pub(crate) fn expect(batch: &mut Batch, change: Change, seen: Stamp) {
+    batch.expect(Keyspace::Meta, change.key().to_vec(), seen);
 }
 
 /// `change`'s stamp as `snapshot` holds it.
@@ -128,10 +125,6 @@ impl Watcher {
 
 /// What a node reloads when another changed it.
 pub struct Followed {
-    /// The data store the stamps and the tokens are in.
-    pub store: Arc<dyn Store>,
-    /// The schema tokens' purposes are resolved against.
-    pub schema: Arc<Schema>,
     /// The token registry.
     pub tokens: Arc<TokenRegistry>,
     /// The policy.
@@ -146,7 +139,7 @@ impl Followed {
         let failed = match change {
             Change::Tokens => self
                 .tokens
-                .reload(self.store.as_ref(), &self.schema, &self.governance.engine())
+                .reload(&self.governance.engine())
                 .await
                 .err()
                 .map(|e| e.to_string()),

@@ -80,6 +80,13 @@ fn key(version: u64) -> Vec<u8> {
     k
 }
 
+/// Adds to `batch` the precondition that policy `version` is still the newest: a change
+/// decided on it (who holds a privilege) is refused with a conflict if a vault node applied a
+/// later version meanwhile.
+pub(crate) fn expect_current(batch: &mut Batch, version: u64) {
+    batch.expect(Keyspace::Meta, key(version + 1), None);
+}
+
 fn policy_input(e: PolicyError) -> Error {
     Error::InvalidArgument(InvalidInput::new("policy", e.to_string()))
 }
@@ -363,7 +370,10 @@ impl Governance {
             None => proposal::next_id(self.store.as_ref())?,
         };
         let audit = &self.audit;
-        let live = self.tokens.live_principals();
+        // The token holders and the stamp they are at: the version is refused if a node
+        // changed the tokens meanwhile (a revocation decided on the running policy could
+        // otherwise leave, together with this version, nobody holding `tokens manage`).
+        let (live, tokens_seen) = self.tokens.live_principals_at(&self.engine).await?;
         let result = self
             .engine
             .replace(text, next, |c: Candidate<'_>| {
@@ -376,6 +386,7 @@ impl Governance {
                     .collect();
                 let changes = c.changes.to_vec();
                 let rule_count = c.text.rule_count() as u64;
+                let tokens_seen = tokens_seen.clone();
                 async move {
                     if let Some(problem) = lockout {
                         return Err(Error::InvalidArgument(InvalidInput::new("policy", problem)));
@@ -419,6 +430,7 @@ impl Governance {
                         decisions_changed: changes.len() as u64,
                     };
                     let mut batch = version_batch(&record);
+                    changes::expect(&mut batch, Change::Tokens, tokens_seen);
                     // Our own text only: the applier's comment is kept with the version
                     // (ListPolicyVersions), not copied into the log.
                     let detail = match approving {
@@ -449,7 +461,17 @@ impl Governance {
                         detail,
                         ..call.event(by)
                     };
-                    audit.commit(batch, vec![event]).await?;
+                    audit.commit(batch, vec![event]).await.map_err(|e| {
+                        if e.is_conflict() {
+                            Error::Aborted(format!(
+                                "another vault node applied a policy version or changed the \
+                                 tokens meanwhile; version {next} was not applied: read the \
+                                 policy again and retry"
+                            ))
+                        } else {
+                            e.into()
+                        }
+                    })?;
                     Ok(Commit::Install(Outcome::Applied(record, changes)))
                 }
             })

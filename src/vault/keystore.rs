@@ -703,6 +703,17 @@ impl KeyStore {
         Ok(self.store.write(batch)?)
     }
 
+    /// The versions `id` has a key of.
+    pub(crate) fn versions_of(&self, id: &RecordId) -> Result<Vec<u64>, Error> {
+        let end = record_end(id);
+        Ok(self
+            .store
+            .scan_range(Keyspace::Deks, id.as_bytes(), Some(&end), usize::MAX)?
+            .iter()
+            .filter_map(|(key, _)| parse_entry_key(key).map(|(_, version)| version))
+            .collect())
+    }
+
     /// Every stored entry's record id and version.
     pub(crate) fn all_versions(&self) -> Result<BTreeMap<[u8; 16], Vec<u64>>, Error> {
         let mut out: BTreeMap<[u8; 16], Vec<u64>> = BTreeMap::new();

@@ -70,6 +70,32 @@ pub enum Peers {
     Possible,
 }
 
+/// What a record header and the key store's keys of the record say.
+enum Found {
+    /// No key, and the key store recorded the shred.
+    Shredded,
+    /// Keys, and the key store recorded the shred.
+    ShredUnfinished,
+    /// No key, and the key store never shredded it.
+    Unknown,
+    /// A key of the header's version, and of these versions in all.
+    Readable(Vec<u64>),
+    /// Keys of other versions only.
+    Unreadable,
+}
+
+impl Found {
+    fn of(header: &Header, versions: Option<Vec<u64>>, shredded: bool) -> Self {
+        match versions {
+            None if shredded => Self::Shredded,
+            None => Self::Unknown,
+            Some(_) if shredded => Self::ShredUnfinished,
+            Some(versions) if versions.contains(&header.version) => Self::Readable(versions),
+            Some(_) => Self::Unreadable,
+        }
+    }
+}
+
 /// Shreds finished per audited batch.
 const CHUNK: usize = 256;
 
@@ -101,22 +127,40 @@ impl Vault {
         let mut unknown = 0u64;
         let mut readable = Vec::new();
         for (key, value) in &headers {
-            let (Ok(id), Some(header)) = (<[u8; 16]>::try_from(&key[..]), Header::decode(value))
+            let (Ok(id), Some(mut header)) =
+                (<[u8; 16]>::try_from(&key[..]), Header::decode(value))
             else {
                 tracing::error!("a malformed record header is left as it is");
                 continue;
             };
             let record = RecordId::from_bytes(id);
-            match keys.remove(&id) {
-                None if shredded.contains(&id) => orphans.push((record, header)),
-                None => unknown += 1,
+            let mut found = Found::of(&header, keys.remove(&id), shredded.contains(&id));
+            if matches!(found, Found::Unknown | Found::Unreadable) {
+                // The keys were read before the headers: another vault node may have created
+                // or updated the record in between. Its header again, then its keys, which a
+                // writer stores before the header that names them.
+                let Some(now) = self.store.get(Keyspace::Headers, key)? else {
+                    continue; // Shredded meanwhile.
+                };
+                let Some(now) = Header::decode(&now) else {
+                    tracing::error!("a malformed record header is left as it is");
+                    continue;
+                };
+                header = now;
+                let versions = self.keys.versions_of(&record)?;
+                let versions = (!versions.is_empty()).then_some(versions);
+                found = Found::of(&header, versions, self.keys.was_shredded(&record)?);
+            }
+            match found {
+                Found::Shredded => orphans.push((record, header)),
+                Found::Unknown => unknown += 1,
                 // A shred that had begun (its keys destroyed) when an update on another node
                 // wrote a new version's key, and did not finish: finished now.
-                Some(_) if shredded.contains(&id) => {
+                Found::ShredUnfinished => {
                     self.keys.shred(&record, now_ms()).await?;
                     orphans.push((record, header));
                 }
-                Some(versions) if versions.contains(&header.version) => {
+                Found::Readable(versions) => {
                     readable.push(record);
                     // A newer key may be another vault node's update in flight (its header not
                     // yet committed): kept when there may be one. One a write left behind is
@@ -131,7 +175,7 @@ impl Vault {
                             .map(|v| (record, v)),
                     );
                 }
-                Some(_) => {
+                Found::Unreadable => {
                     tracing::error!(record = %record, version = header.version, "the key store has no key for this record's version (data and keys restored from different times?): it cannot be read");
                     done.unreadable += 1;
                 }

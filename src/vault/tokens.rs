@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use rand::{RngCore, rngs::OsRng};
+use rand::{Rng, RngCore, rngs::OsRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -33,16 +33,19 @@ use zeroize::Zeroizing;
 use crate::{
     audit::{Audit, Event},
     domain::{Clock, InvalidInput, Principal, Role, Schema, Subject, friendly},
-    policy::{PolicyEngine, ReplaceError},
+    policy::{DecisionTable, PolicyEngine, ReplaceError},
     storage::{Batch, Keyspace, Store},
     vault::{
         Error,
         access::{ADMIN_ROLE, Privilege, require},
         changes::{self, Change, Stamp},
+        governance,
     },
 };
 
 const PREFIX: &[u8] = b"token/";
+/// The change stamp of one subject's tokens, under this prefix and the subject's name.
+const SUBJECT_PREFIX: &[u8] = b"tokens-of/";
 const TOKEN_PREFIX: &str = "sr_";
 
 /// The longest lifetime a token may be given (ten years): beyond it, give none.
@@ -57,6 +60,10 @@ pub const DEFAULT_MAX_VENDOR_LIFETIME: Duration = Duration::from_secs(168 * 3600
 /// may be moved (a manual clock in tests, the wall clock by an operator), so a call never
 /// sleeps to the computed instant in one go.
 const EXPIRY_TICK: Duration = Duration::from_secs(1);
+/// How many times a token change refused because another vault node changed the tokens or
+/// applied a policy version meanwhile is decided again, on the tokens as stored then, before
+/// the caller is answered ABORTED.
+const CONFLICT_RETRIES: u32 = 8;
 
 #[derive(Serialize, Deserialize)]
 struct StoredToken {
@@ -151,14 +158,17 @@ pub struct Rotated {
 /// The registry of issued tokens, held in memory and in the store.
 pub struct TokenRegistry {
     by_hash: RwLock<HashMap<[u8; 32], Issued>>,
-    /// Serializes issues, rotations and revocations, from the checks to the policy recompile;
-    /// holds the tokens' change stamp as of the tokens in memory. Each change expects the
-    /// stored stamp to be that one still: one decided on tokens another vault node has changed
-    /// since fails, and the node reloads them (see `changes`).
-    changes: Mutex<Stamp>,
+    /// Serializes issues, rotations, revocations and reloads, from the checks to the policy
+    /// recompile. Each change re-reads the tokens first and expects the stamps of the
+    /// subjects it decided on (see `change`).
+    changes: Mutex<()>,
     /// Bumped after every revocation and rotation, so long-lived calls notice theirs at once.
     revocations: watch::Sender<u64>,
     options: TokenOptions,
+    /// Where the tokens are stored, and the schema their purposes are resolved against: a
+    /// change another node made meanwhile is re-read from there.
+    store: Arc<dyn Store>,
+    schema: Arc<Schema>,
 }
 
 impl std::fmt::Debug for TokenRegistry {
@@ -252,14 +262,53 @@ fn policy_form(principal: &Principal) -> Principal {
     p
 }
 
-/// Every stored token, by hash, and their change stamp, read at one moment. Purposes are
+/// The change stamps of the tokens, read with them: the one every node follows, and one per
+/// subject, which a change of the subject's tokens replaces.
+struct Stamps {
+    tokens: Stamp,
+    subjects: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Stamps {
+    /// Adds to `batch` the precondition that `subject`'s tokens are as read: a change decided
+    /// on them fails with a conflict if a node changed them since.
+    fn expect(&self, batch: &mut Batch, subject: &Subject) {
+        let key = subject_key(subject);
+        let seen = self.subjects.get(&key).cloned();
+        batch.expect(Keyspace::Meta, key, seen);
+    }
+
+    /// As `expect`, for a change of `subject`'s tokens: also writes their new stamp, and the
+    /// one the nodes follow.
+    fn change(&self, batch: &mut Batch, subject: &Subject) {
+        self.expect(batch, subject);
+        let mut value = vec![0u8; 16];
+        OsRng.fill_bytes(&mut value);
+        batch.put(Keyspace::Meta, subject_key(subject), value);
+        changes::stamp(batch, Change::Tokens);
+    }
+}
+
+fn subject_key(subject: &Subject) -> Vec<u8> {
+    let mut key = SUBJECT_PREFIX.to_vec();
+    key.extend_from_slice(subject.as_str().as_bytes());
+    key
+}
+
+/// Every stored token, by hash, and their change stamps, read at one moment. Purposes are
 /// resolved against `schema`, as in `load`.
 fn read_tokens(
     store: &dyn Store,
     schema: &Schema,
-) -> Result<(HashMap<[u8; 32], Issued>, Stamp), Error> {
+) -> Result<(HashMap<[u8; 32], Issued>, Stamps), Error> {
     let snapshot = store.snapshot();
-    let stamp = changes::stamp_in(snapshot.as_ref(), Change::Tokens)?;
+    let stamps = Stamps {
+        tokens: changes::stamp_in(snapshot.as_ref(), Change::Tokens)?,
+        subjects: snapshot
+            .scan_prefix(Keyspace::Meta, SUBJECT_PREFIX)?
+            .into_iter()
+            .collect(),
+    };
     let mut by_hash = HashMap::new();
     for (key, value) in snapshot.scan_prefix(Keyspace::Meta, PREFIX)? {
         let hash: [u8; 32] = key[PREFIX.len()..]
@@ -297,15 +346,14 @@ fn read_tokens(
             },
         );
     }
-    Ok((by_hash, stamp))
+    Ok((by_hash, stamps))
 }
 
 /// Commits a change of the tokens with its audit `event`.
 ///
 /// # Errors
-/// `Aborted` if another vault node changed the tokens since this one read them (its follower
-/// reloads them within a poll: the caller retries); `Unavailable` if the store or the audit
-/// log fails.
+/// `Aborted` if another vault node changed the tokens or the policy since this one read them
+/// (`TokenRegistry::change` decides again); `Unavailable` if the store or the audit log fails.
 async fn commit(audit: &Audit, batch: Batch, event: Event) -> Result<(), Error> {
     audit
         .commit(batch, vec![event])
@@ -313,11 +361,11 @@ async fn commit(audit: &Audit, batch: Batch, event: Event) -> Result<(), Error> 
         .map(drop)
         .map_err(|e| {
             if e.is_conflict() {
-                Error::Aborted(format!(
-                    "the tokens were changed on another vault node meanwhile; nothing was changed: \
-                 retry in {} ms",
-                    2 * changes::POLL_INTERVAL.as_millis()
-                ))
+                Error::Aborted(
+                    "the tokens or the policy kept being changed on other vault nodes meanwhile; \
+                     nothing was changed: retry"
+                        .into(),
+                )
             } else {
                 e.into()
             }
@@ -354,49 +402,89 @@ impl TokenRegistry {
     /// `Unavailable` if the store fails, `DataLoss` if a stored token is malformed.
     pub fn load(
         store: Arc<dyn Store>,
-        schema: &Schema,
+        schema: Arc<Schema>,
         options: TokenOptions,
     ) -> Result<Self, Error> {
-        let (by_hash, stamp) = read_tokens(store.as_ref(), schema)?;
+        let (by_hash, _) = read_tokens(store.as_ref(), &schema)?;
         Ok(Self {
             by_hash: RwLock::new(by_hash),
-            changes: Mutex::new(stamp),
+            changes: Mutex::new(()),
             revocations: watch::Sender::new(0),
             options,
+            store,
+            schema,
         })
     }
 
-    /// Reloads every token from `store` (another vault node issued, rotated or revoked some),
-    /// recompiles `policy` for their principals, and tells long-lived calls to check theirs
-    /// again. Serialized with this node's own changes.
+    /// Reloads every token from the store (another vault node issued, rotated or revoked
+    /// some), recompiles `policy` for their principals, and tells long-lived calls to check
+    /// theirs again. Serialized with this node's own changes.
+    ///
+    /// # Errors
+    /// As `refresh`; the tokens in memory then stay as they were.
+    pub async fn reload(&self, policy: &PolicyEngine) -> Result<(), Error> {
+        let _change = self.changes.lock().await;
+        self.refresh(policy).await.map(drop)
+    }
+
+    /// `reload`, for a caller holding the change lock; returns the stamps read with the tokens.
     ///
     /// # Errors
     /// `Unavailable` if the store fails, `DataLoss` if a stored token is malformed, `Internal`
-    /// if the policy cannot be compiled for them; the tokens in memory then stay as they were.
-    pub async fn reload(
-        &self,
-        store: &dyn Store,
-        schema: &Schema,
-        policy: &PolicyEngine,
-    ) -> Result<(), Error> {
-        let mut seen = self.changes.lock().await;
-        let (by_hash, stamp) = read_tokens(store, schema)?;
+    /// if the policy cannot be compiled for them.
+    async fn refresh(&self, policy: &PolicyEngine) -> Result<Stamps, Error> {
+        let (by_hash, stamps) = read_tokens(self.store.as_ref(), &self.schema)?;
         let principals = compiled_for(by_hash.values());
-        policy
-            .replace_principals(principals, || async {
-                *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
-                Ok::<(), Infallible>(())
-            })
-            .await
-            .map_err(|e| match e {
-                ReplaceError::Policy(e) => {
-                    Error::Internal(format!("cannot compile the policy for the tokens: {e}"))
-                }
-                ReplaceError::Persist(never) => match never {},
-            })?;
-        *seen = stamp;
+        let current = self.principals();
+        if principals.len() == current.len() && principals.iter().all(|p| current.contains(p)) {
+            // Unchanged, rotated, or tokens added or revoked for principals that hold others:
+            // the policy is compiled for these already (compiling takes far longer).
+            *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
+        } else {
+            policy
+                .replace_principals(principals, || async {
+                    *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
+                    Ok::<(), Infallible>(())
+                })
+                .await
+                .map_err(|e| match e {
+                    ReplaceError::Policy(e) => {
+                        Error::Internal(format!("cannot compile the policy for the tokens: {e}"))
+                    }
+                    ReplaceError::Persist(never) => match never {},
+                })?;
+        }
         self.revocations.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(())
+        Ok(stamps)
+    }
+
+    /// Makes one change of the tokens under the change lock. The tokens are re-read from the
+    /// store first (another vault node may have changed them since the last poll), then
+    /// `attempt` decides on them and commits expecting the stamps of the subjects it decided
+    /// on, and the newest policy version it decided on. A commit refused because a node
+    /// changed one of those meanwhile is decided again, after a pause, on what is stored then,
+    /// up to `CONFLICT_RETRIES` times. Changes of other subjects' tokens on other nodes do not
+    /// refuse it, so a revocation is not starved by a busy node.
+    async fn change<T, F, Fut>(&self, policy: &PolicyEngine, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Stamps) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let _change = self.changes.lock().await;
+        let mut retries = 0;
+        loop {
+            let stamps = self.refresh(policy).await?;
+            match attempt(stamps).await {
+                Err(Error::Aborted(_)) if retries < CONFLICT_RETRIES => {
+                    retries += 1;
+                    // Jittered and growing, so two nodes retrying at once draw apart; long
+                    // enough in total for this node's follower to reload a policy version.
+                    let pause = OsRng.gen_range(5..=25) * u64::from(retries);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Every distinct principal that holds a token: the set the policy is compiled for
@@ -404,6 +492,20 @@ impl TokenRegistry {
     pub fn principals(&self) -> Vec<Principal> {
         let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         compiled_for(map.values())
+    }
+
+    /// `live_principals` as stored now (re-read, and installed with `policy` recompiled if
+    /// they changed), with the stamp they are at: a decision on them can expect it.
+    ///
+    /// # Errors
+    /// As `reload`.
+    pub async fn live_principals_at(
+        &self,
+        policy: &PolicyEngine,
+    ) -> Result<(Vec<Principal>, Stamp), Error> {
+        let _change = self.changes.lock().await;
+        let stamps = self.refresh(policy).await?;
+        Ok((self.live_principals(), stamps.tokens))
     }
 
     /// Every distinct principal that holds a token that has not expired (without purposes):
@@ -538,7 +640,32 @@ impl TokenRegistry {
         policy: &PolicyEngine,
         event: Event,
     ) -> Result<(Zeroizing<String>, Issued), Error> {
-        let mut seen = self.changes.lock().await;
+        self.change(policy, |stamps| {
+            self.try_issue(
+                stamps,
+                by,
+                principal,
+                lifetime,
+                audit,
+                policy,
+                event.clone(),
+            )
+        })
+        .await
+    }
+
+    /// One attempt of `issue`, decided on the tokens read with `stamps`.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_issue(
+        &self,
+        stamps: Stamps,
+        by: &Principal,
+        principal: &Principal,
+        lifetime: Option<Duration>,
+        audit: &Audit,
+        policy: &PolicyEngine,
+        event: Event,
+    ) -> Result<(Zeroizing<String>, Issued), Error> {
         self.check_issue(policy, by, principal, lifetime)?;
         self.check_live(by)?;
         let mut live = self.principals();
@@ -548,7 +675,8 @@ impl TokenRegistry {
         }
         let now = self.options.clock.now_ms();
         let expires_at_ms = lifetime.map(|l| now.saturating_add(millis(l)));
-        self.check_within(policy, by, principal, expires_at_ms)?;
+        let table = policy.table();
+        self.check_within(&table, by, principal, expires_at_ms)?;
         let Minted {
             token,
             hash,
@@ -556,11 +684,14 @@ impl TokenRegistry {
             event,
             issued,
         } = Self::mint(principal, now, expires_at_ms, event)?;
-        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
+        // Decided on the subject's roles, the issuer's own tokens (`check_live`,
+        // `check_within`) and who holds what in this policy version.
+        stamps.change(&mut batch, &principal.subject);
+        stamps.expect(&mut batch, &by.subject);
+        governance::expect_current(&mut batch, table.version());
         let out = issued.clone();
         let commit = || async {
             commit(audit, batch, event).await?;
-            *seen = Some(stamp);
             self.by_hash
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -592,8 +723,9 @@ impl TokenRegistry {
         audit: &Audit,
         event: Event,
     ) -> Result<Zeroizing<String>, Error> {
-        let mut seen = self.changes.lock().await;
-        if !self.is_empty() {
+        let _change = self.changes.lock().await;
+        let (stored, stamps) = read_tokens(self.store.as_ref(), &self.schema)?;
+        if !stored.is_empty() {
             return Err(Error::Internal(
                 "only an empty registry gets a first admin token".into(),
             ));
@@ -605,9 +737,10 @@ impl TokenRegistry {
             event,
             issued,
         } = Self::mint(admin, self.options.clock.now_ms(), None, event)?;
-        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
+        // Two nodes starting on an empty database: one of them fails.
+        changes::expect(&mut batch, Change::Tokens, stamps.tokens.clone());
+        stamps.change(&mut batch, &admin.subject);
         commit(audit, batch, event).await?;
-        *seen = Some(stamp);
         self.by_hash
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -668,12 +801,11 @@ impl TokenRegistry {
     /// `PermissionDenied` naming what `by` lacks.
     fn check_within(
         &self,
-        policy: &PolicyEngine,
+        table: &DecisionTable,
         by: &Principal,
         principal: &Principal,
         expires_at_ms: Option<i64>,
     ) -> Result<(), Error> {
-        let table = policy.table();
         if let Some(p) = Privilege::ALL
             .into_iter()
             .find(|&p| table.holds(principal, p) && !table.holds(by, p))
@@ -787,7 +919,24 @@ impl TokenRegistry {
         audit: &Audit,
         event: Event,
     ) -> Result<Rotated, Error> {
-        let mut seen = self.changes.lock().await;
+        self.change(policy, |stamps| {
+            self.try_rotate(stamps, policy, by, id, grace, audit, event.clone())
+        })
+        .await
+    }
+
+    /// One attempt of `rotate`, decided on the tokens read with `stamps`.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_rotate(
+        &self,
+        stamps: Stamps,
+        policy: &PolicyEngine,
+        by: &Principal,
+        id: &str,
+        grace: Duration,
+        audit: &Audit,
+        event: Event,
+    ) -> Result<Rotated, Error> {
         require(policy, by, Privilege::ManageTokens)?;
         self.check_live(by)?;
         let now = self.options.clock.now_ms();
@@ -815,7 +964,8 @@ impl TokenRegistry {
         if old.is_expired(now) {
             return Err(InvalidInput::new("id", "this token has expired: issue a new one").into());
         }
-        self.check_within(policy, by, &old.principal, old.expires_at_ms)?;
+        let table = policy.table();
+        self.check_within(&table, by, &old.principal, old.expires_at_ms)?;
         let Minted {
             token,
             hash,
@@ -829,7 +979,9 @@ impl TokenRegistry {
         let value = serde_json::to_vec(&StoredToken::of(&old))
             .map_err(|e| Error::Internal(e.to_string()))?;
         batch.put(Keyspace::Meta, token_key(&old_hash), value);
-        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
+        stamps.change(&mut batch, &old.principal.subject);
+        stamps.expect(&mut batch, &by.subject);
+        governance::expect_current(&mut batch, table.version());
         let event = Event {
             detail: format!(
                 "token {} of {} rotated: {}; the old one works until {}",
@@ -841,7 +993,6 @@ impl TokenRegistry {
             ..event
         };
         commit(audit, batch, event).await?;
-        *seen = Some(stamp);
         {
             let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
             map.insert(hash, issued.clone());
@@ -873,10 +1024,26 @@ impl TokenRegistry {
         policy: &PolicyEngine,
         event: Event,
     ) -> Result<usize, Error> {
-        let mut seen = self.changes.lock().await;
+        self.change(policy, |stamps| {
+            self.try_revoke(stamps, by, subject, audit, policy, event.clone())
+        })
+        .await
+    }
+
+    /// One attempt of `revoke_subject`, decided on the tokens read with `stamps`.
+    async fn try_revoke(
+        &self,
+        stamps: Stamps,
+        by: &Principal,
+        subject: &Subject,
+        audit: &Audit,
+        policy: &PolicyEngine,
+        event: Event,
+    ) -> Result<usize, Error> {
         require(policy, by, Privilege::ManageTokens)?;
         self.check_live(by)?;
-        let doomed: Vec<[u8; 32]> = {
+        let table = policy.table();
+        let (doomed, manager) = {
             let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
             let doomed: Vec<[u8; 32]> = map
                 .iter()
@@ -885,13 +1052,15 @@ impl TokenRegistry {
                 .collect();
             // Whoever holds `tokens manage` in the live policy, not a role name: the policy
             // may give it to any role.
-            let table = policy.table();
-            let manager_left = map.iter().any(|(h, i)| {
-                !doomed.contains(h)
-                    && i.expires_at_ms.is_none()
-                    && table.holds(&i.principal, Privilege::ManageTokens)
-            });
-            if !manager_left {
+            let manager = map
+                .iter()
+                .find(|(h, i)| {
+                    !doomed.contains(h)
+                        && i.expires_at_ms.is_none()
+                        && table.holds(&i.principal, Privilege::ManageTokens)
+                })
+                .map(|(_, i)| i.principal.subject.clone());
+            let Some(manager) = manager else {
                 return Err(InvalidInput::new(
                     "subject",
                     format!(
@@ -900,20 +1069,25 @@ impl TokenRegistry {
                     ),
                 )
                 .into());
-            }
-            doomed
+            };
+            (doomed, manager)
         };
         let mut batch = Batch::new();
         for h in &doomed {
             batch.delete(Keyspace::Meta, token_key(h));
         }
-        let stamp = changes::stamp_after(&mut batch, Change::Tokens, &seen);
+        // Decided on every token of the subject (one issued or rotated meanwhile is revoked
+        // too, or the commit fails), the revoker's, the manager's that is left, and this policy
+        // version (who holds `tokens manage`): refused if a node changed any of them since.
+        stamps.change(&mut batch, subject);
+        stamps.expect(&mut batch, &by.subject);
+        stamps.expect(&mut batch, &manager);
+        governance::expect_current(&mut batch, table.version());
         let event = Event {
             detail: format!("{} token(s) of {subject} revoked", doomed.len()),
             ..event
         };
         commit(audit, batch, event).await?;
-        *seen = Some(stamp);
         {
             let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
             for h in &doomed {
@@ -981,8 +1155,12 @@ mod tests {
     async fn issues_authenticates_and_reloads_storing_only_hashes() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let registry = Arc::new(
-            TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
-                .unwrap_or_else(|e| panic!("{e}")),
+            TokenRegistry::load(
+                Arc::clone(&store),
+                Arc::new(schema()),
+                TokenOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
         );
         let log = audit(&store);
         let admin = principal("user:root", ADMIN_ROLE);
@@ -1011,7 +1189,7 @@ mod tests {
             assert!(!value.windows(raw.len()).any(|w| w == raw));
         }
         let reloaded = Arc::new(
-            TokenRegistry::load(store, &schema(), TokenOptions::default())
+            TokenRegistry::load(store, Arc::new(schema()), TokenOptions::default())
                 .unwrap_or_else(|e| panic!("{e}")),
         );
         assert_eq!(who(&reloaded, &token), Some(p));
@@ -1020,8 +1198,12 @@ mod tests {
     #[tokio::test]
     async fn only_admins_issue_and_subjects_keep_their_roles() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry = TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let registry = TokenRegistry::load(
+            Arc::clone(&store),
+            Arc::new(schema()),
+            TokenOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let log = audit(&store);
         let writer = principal("svc:crm", "role:writer");
         let admin = principal("user:root", ADMIN_ROLE);
@@ -1062,8 +1244,12 @@ mod tests {
     #[tokio::test]
     async fn the_policy_follows_issues_and_revocations() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry = TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let registry = TokenRegistry::load(
+            Arc::clone(&store),
+            Arc::new(schema()),
+            TokenOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let log = audit(&store);
         let root = principal("user:root", ADMIN_ROLE);
         registry
@@ -1127,7 +1313,7 @@ mod tests {
             ..TokenOptions::default()
         };
         let registry = Arc::new(
-            TokenRegistry::load(Arc::new(store), &schema(), options)
+            TokenRegistry::load(Arc::new(store), Arc::new(schema()), options)
                 .unwrap_or_else(|e| panic!("{e}")),
         );
         let (old, credential) = registry
@@ -1157,8 +1343,12 @@ mod tests {
         use proptest::prelude::*;
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let registry = Arc::new(
-            TokenRegistry::load(Arc::clone(&store), &schema(), TokenOptions::default())
-                .unwrap_or_else(|e| panic!("{e}")),
+            TokenRegistry::load(
+                Arc::clone(&store),
+                Arc::new(schema()),
+                TokenOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
         );
         let token = registry
             .bootstrap(
@@ -1223,7 +1413,11 @@ mod tests {
                     input.bytes,
                 );
                 store.write(batch).unwrap_or_else(|e| panic!("{e}"));
-                match TokenRegistry::load(Arc::new(store), &schema(), TokenOptions::default()) {
+                match TokenRegistry::load(
+                    Arc::new(store),
+                    Arc::new(schema()),
+                    TokenOptions::default(),
+                ) {
                     Ok(registry) => prop_assert!(registry.principals().len() <= 1),
                     Err(e) => prop_assert!(matches!(e, Error::DataLoss), "{e}"),
                 }
