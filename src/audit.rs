@@ -586,6 +586,9 @@ mod tests {
     }
 
     impl Store for GatedStore {
+        fn shared(&self) -> bool {
+            self.inner.shared()
+        }
         fn snapshot(&self) -> Box<dyn crate::storage::Snapshot + '_> {
             self.inner.snapshot()
         }

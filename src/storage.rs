@@ -258,9 +258,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether other processes may write the store at the same time (a database several vault
     /// nodes share): what a node read at its start may be changed by another since.
-    fn shared(&self) -> bool {
-        false
-    }
+    fn shared(&self) -> bool;
 
     /// Applies a batch atomically and durably.
     ///

@@ -115,6 +115,10 @@ impl Store for MemoryStore {
             .map(|((_, key), value)| (key.clone(), value.clone())))
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
         super::check_expected(&batch, |ks, key| {

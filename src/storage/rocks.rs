@@ -328,6 +328,10 @@ impl Store for RocksStore {
         }
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         // Taken in ascending order, so two batches never wait for each other: exclusively for
         // a key the batch writes, shared for one it only expects.

@@ -333,7 +333,16 @@ impl KeyStore {
             current.0.to_be_bytes().to_vec(),
         );
         match self.store.write(batch) {
-            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+            Ok(()) => Ok(()),
+            // Another node recorded one meanwhile, or the database kept aborting the write for
+            // other writers: only a recorded epoch at least as new fences the older ones.
+            Err(StoreError::Conflict(_)) => match self.recorded_epoch()? {
+                Some(r) if r >= current => Ok(()),
+                Some(_) | None => Err(Error::Unavailable(
+                    "recording the current key epoch kept losing to other writers; try again"
+                        .into(),
+                )),
+            },
             Err(e) => Err(e.into()),
         }
     }
@@ -878,6 +887,9 @@ mod tests {
     }
 
     impl Store for Recording {
+        fn shared(&self) -> bool {
+            self.inner.shared()
+        }
         fn snapshot(&self) -> Box<dyn crate::storage::Snapshot + '_> {
             self.inner.snapshot()
         }

@@ -37,7 +37,7 @@ use crate::{
     storage::{Batch, Keyspace, Store},
     vault::{
         Error,
-        access::{ADMIN_ROLE, Privilege, require},
+        access::{ADMIN_ROLE, Privilege, require, require_in},
         changes::{self, Change, Stamp},
         governance,
     },
@@ -470,15 +470,19 @@ impl TokenRegistry {
         F: FnMut(Stamps) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        let _change = self.changes.lock().await;
         let mut retries = 0;
         loop {
-            let stamps = self.refresh(policy).await?;
-            match attempt(stamps).await {
+            let outcome = {
+                let _change = self.changes.lock().await;
+                let stamps = self.refresh(policy).await?;
+                attempt(stamps).await
+            };
+            match outcome {
                 Err(Error::Aborted(_)) if retries < CONFLICT_RETRIES => {
                     retries += 1;
                     // Jittered and growing, so two nodes retrying at once draw apart; long
-                    // enough in total for this node's follower to reload a policy version.
+                    // enough in total for this node's follower to reload a policy version
+                    // (the lock is not held meanwhile: the follower takes it).
                     let pause = OsRng.gen_range(5..=25) * u64::from(retries);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
@@ -937,7 +941,9 @@ impl TokenRegistry {
         audit: &Audit,
         event: Event,
     ) -> Result<Rotated, Error> {
-        require(policy, by, Privilege::ManageTokens)?;
+        // One policy version decides everything, and the commit expects it still newest.
+        let table = policy.table();
+        require_in(&table, by, Privilege::ManageTokens)?;
         self.check_live(by)?;
         let now = self.options.clock.now_ms();
         let (old_hash, mut old) = {
@@ -964,7 +970,6 @@ impl TokenRegistry {
         if old.is_expired(now) {
             return Err(InvalidInput::new("id", "this token has expired: issue a new one").into());
         }
-        let table = policy.table();
         self.check_within(&table, by, &old.principal, old.expires_at_ms)?;
         let Minted {
             token,
@@ -1040,9 +1045,10 @@ impl TokenRegistry {
         policy: &PolicyEngine,
         event: Event,
     ) -> Result<usize, Error> {
-        require(policy, by, Privilege::ManageTokens)?;
-        self.check_live(by)?;
+        // One policy version decides everything, and the commit expects it still newest.
         let table = policy.table();
+        require_in(&table, by, Privilege::ManageTokens)?;
+        self.check_live(by)?;
         let (doomed, manager) = {
             let map = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
             let doomed: Vec<[u8; 32]> = map
@@ -1052,14 +1058,19 @@ impl TokenRegistry {
                 .collect();
             // Whoever holds `tokens manage` in the live policy, not a role name: the policy
             // may give it to any role.
-            let manager = map
+            // The revoker's own subject first when it qualifies: its stamp is expected anyway,
+            // so another subject's token changes do not refuse the revocation.
+            let mut managers: Vec<&Subject> = map
                 .iter()
-                .find(|(h, i)| {
+                .filter(|(h, i)| {
                     !doomed.contains(h)
                         && i.expires_at_ms.is_none()
                         && table.holds(&i.principal, Privilege::ManageTokens)
                 })
-                .map(|(_, i)| i.principal.subject.clone());
+                .map(|(_, i)| &i.principal.subject)
+                .collect();
+            managers.sort_by_key(|s| **s != by.subject);
+            let manager = managers.first().map(|s| (*s).clone());
             let Some(manager) = manager else {
                 return Err(InvalidInput::new(
                     "subject",

@@ -408,6 +408,9 @@ impl Gate {
 }
 
 impl<S: Store> Store for Faulty<S> {
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
     fn snapshot(&self) -> Box<dyn Snapshot + '_> {
         self.inner.snapshot()
     }
