@@ -195,17 +195,30 @@ impl Sql {
 
     /// Creates the schema and the table if missing. Values are stored out of line without
     /// compression: ciphertext does not compress.
+    ///
+    /// An existing table is left alone, untouched by any DDL: `ALTER TABLE` takes an ACCESS
+    /// EXCLUSIVE lock, which waits for every open transaction on the table while every later
+    /// query waits behind it, so a node starting next to busy ones would stall them all. Nodes
+    /// starting together create it one at a time (a transaction-scoped advisory lock named by
+    /// the schema), so the second finds the first's table instead of failing on it.
     fn create(&self) -> String {
         let s = format!("\"{}\"", self.schema);
+        // The schema name is a checked identifier ([a-z_][a-z0-9_]*): safe in a literal.
+        let schema = &self.schema;
         format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};
-             CREATE TABLE IF NOT EXISTS {s}.kv (
-                 ks smallint NOT NULL,
-                 k bytea NOT NULL,
-                 v bytea NOT NULL,
-                 PRIMARY KEY (ks, k)
-             );
-             ALTER TABLE {s}.kv ALTER COLUMN v SET STORAGE EXTERNAL;"
+            "DO $create$ BEGIN
+                 PERFORM pg_advisory_xact_lock(hashtext('strongroom.create.{schema}'));
+                 IF to_regclass('{s}.kv') IS NULL THEN
+                     CREATE SCHEMA IF NOT EXISTS {s};
+                     CREATE TABLE {s}.kv (
+                         ks smallint NOT NULL,
+                         k bytea NOT NULL,
+                         v bytea NOT NULL,
+                         PRIMARY KEY (ks, k)
+                     );
+                     ALTER TABLE {s}.kv ALTER COLUMN v SET STORAGE EXTERNAL;
+                 END IF;
+             END $create$"
         )
     }
 }
@@ -911,6 +924,49 @@ mod tests {
             "the write waited for the snapshot's connection"
         );
         drop(snap);
+    }
+
+    /// A node starting on a table other nodes use must not take a lock that waits for their
+    /// open transactions: every later query on the table would queue behind it, and a node
+    /// reading through a snapshot while it writes would wait for itself (found with a node
+    /// started while another wrote: its updates stalled until the 60 s answer wait).
+    #[test]
+    fn a_store_opens_while_another_holds_a_snapshot_of_the_same_table() {
+        let options = test_options("reopen", 1);
+        let store = PgStore::open(&options).unwrap_or_else(|e| panic!("{e}"));
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Records, b"a".to_vec(), b"1".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let snap = store.snapshot();
+        assert!(snap.get(Keyspace::Records, b"a").is_ok_and(|v| v.is_some()));
+        let other = PgStore::open(&options).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            other
+                .get(Keyspace::Records, b"a")
+                .unwrap_or_else(|e| panic!("{e}")),
+            Some(b"1".to_vec())
+        );
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Records, b"b".to_vec(), b"2".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        drop(snap);
+    }
+
+    /// Nodes started together on a new schema all open it: one creates the table, the others
+    /// find it.
+    #[test]
+    fn stores_opened_together_on_a_new_schema_all_open() {
+        let options = test_options("together", 1);
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let options = options.clone();
+                std::thread::spawn(move || PgStore::open(&options).map(|_| ()))
+            })
+            .collect();
+        for open in opens {
+            let opened = open.join().unwrap_or_else(|_| panic!("an open panicked"));
+            opened.unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     #[test]
