@@ -567,6 +567,12 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                     "nodes": f.nodes,
                     "get_masked": scale_ratios(f, "get-masked"),
                     "put": scale_ratios(f, "put"),
+                    "spread": f.spread.as_ref().map(|s| json!({
+                        "issued_ms": s.issued.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+                        "revoked_ms": s.revoked.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+                        "target_ms": scale::SPREAD_TARGET.as_millis(),
+                        "met": s.met(),
+                    })),
                 })),
                 "tls_over_plaintext": tls_cost.as_ref().map(|c| json!({
                     "get_masked": c.read_ratio, "put": c.write_ratio,
@@ -688,6 +694,22 @@ pub async fn run(opts: BenchOptions) -> Result<(), String> {
                 r(2, 0),
                 f.nodes,
                 r(2, 1)
+            );
+        }
+        if let Some(spread) = &f.spread {
+            let issued = scale::Spread::median_and_max_ms(&spread.issued);
+            let revoked = scale::Spread::median_and_max_ms(&spread.revoked);
+            println!(
+                "  a token issued on node 1 was accepted by every other node after {} ms \
+                 (median; longest {} ms), and revoked, refused after {} ms (longest {} ms), \
+                 over {} rounds: target {} ms {}",
+                issued.0,
+                issued.1,
+                revoked.0,
+                revoked.1,
+                spread.issued.len(),
+                scale::SPREAD_TARGET.as_millis(),
+                if spread.met() { "met" } else { "NOT met" }
             );
         }
         println!(

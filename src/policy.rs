@@ -302,9 +302,11 @@ impl PolicyEngine {
     {
         let mut compiled_for = self.principals.lock().await;
         let text = self.text();
-        let table = compile::compile(&self.model, &text, &self.schema, &principals)
-            .await
-            .map_err(ReplaceError::Policy)?;
+        // The current table is `text` compiled and checked for `compiled_for`.
+        let (table, _) =
+            compile::recompile(&self.model, &text, &self.schema, &principals, &compiled_for)
+                .await
+                .map_err(ReplaceError::Policy)?;
         let out = commit().await.map_err(ReplaceError::Persist)?;
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         *current = Arc::new(Current {

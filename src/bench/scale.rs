@@ -17,6 +17,7 @@ use super::{BenchOptions, Row, cpu_us, drive, op, preload, process::Child, zipf:
 use crate::{
     api::pb,
     bench::workloads::Clients,
+    client::{self, Client},
     config::{Config, Overrides},
     storage::PgStore,
 };
@@ -28,9 +29,46 @@ const WORKLOADS: [&str; 2] = ["get-masked", "put"];
 /// 250 ms).
 const TOKEN_SPREAD_LIMIT: Duration = Duration::from_secs(10);
 
+/// Rounds of the spread measurement: a token issued on the first node, then revoked.
+const SPREAD_ROUNDS: usize = 8;
+
+/// The promise: a change made on one node is acted on by every other within this.
+pub(super) const SPREAD_TARGET: Duration = Duration::from_secs(1);
+
+/// How long each change made on the first node took to be acted on by every other node, one
+/// entry per round.
+pub(super) struct Spread {
+    /// A token issued on the first node, until every other node accepts it.
+    pub(super) issued: Vec<Duration>,
+    /// That token revoked on the first node, until every other node refuses it.
+    pub(super) revoked: Vec<Duration>,
+}
+
+impl Spread {
+    /// The median and the longest of `times`, in milliseconds.
+    pub(super) fn median_and_max_ms(times: &[Duration]) -> (u128, u128) {
+        let mut ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+        ms.sort_unstable();
+        (
+            ms.get(ms.len() / 2).copied().unwrap_or(0),
+            ms.last().copied().unwrap_or(0),
+        )
+    }
+
+    /// Whether every change was acted on within `SPREAD_TARGET`.
+    pub(super) fn met(&self) -> bool {
+        self.issued
+            .iter()
+            .chain(&self.revoked)
+            .all(|t| *t <= SPREAD_TARGET)
+    }
+}
+
 /// What the comparison measured.
 pub(super) struct ScaleFigures {
     pub(super) rows: Vec<Row>,
+    /// With more than one node: how long changes took to reach the others.
+    pub(super) spread: Option<Spread>,
     /// The vault nodes of the last side.
     pub(super) nodes: usize,
     /// The schema the stores were in (dropped).
@@ -86,7 +124,7 @@ pub(super) async fn run(
         .postgres
         .ok_or("--store: not a PostgreSQL URL")?;
     let mut stores = Vec::new();
-    let mut measured = Ok((Vec::new(), Vec::new()));
+    let mut measured = Ok((Vec::new(), Vec::new(), None));
     for options in [&pg.data, &pg.keys] {
         match PgStore::open(options) {
             Ok(store) => stores.push(store),
@@ -108,17 +146,18 @@ pub(super) async fn run(
             ));
         }
     }
-    let (rows, rates) = measured?;
+    let (rows, rates, spread) = measured?;
     dropped?;
     Ok(ScaleFigures {
         rows,
+        spread,
         nodes,
         schema,
         rates,
     })
 }
 
-type Measured = (Vec<Row>, Vec<(&'static str, [f64; 3])>);
+type Measured = (Vec<Row>, Vec<(&'static str, [f64; 3])>, Option<Spread>);
 
 async fn measure(
     dir: &Path,
@@ -168,6 +207,11 @@ async fn measure(
         .await?,
     );
     tokens_known(&many, &ids[0]).await?;
+    let spread = if addrs.len() > 1 {
+        Some(spread(&one.admin[0], &addrs[1..], &ids[0]).await?)
+    } else {
+        None
+    };
 
     let sides = [
         Side {
@@ -222,7 +266,89 @@ async fn measure(
         }
         rates.push((workload, sums));
     }
-    Ok((rows, rates))
+    Ok((rows, rates, spread))
+}
+
+/// Issues a support token on the first node through `admin` and times until every node of
+/// `others` accepts it (a read of record `id`), then revokes it there and times until every
+/// one refuses it; `SPREAD_ROUNDS` times.
+async fn spread(admin: &Client, others: &[&str], id: &str) -> Result<Spread, String> {
+    let mut figures = Spread {
+        issued: Vec::new(),
+        revoked: Vec::new(),
+    };
+    for round in 0..SPREAD_ROUNDS {
+        let subject = format!("svc:bench-spread-{round}");
+        let token = admin
+            .tokens
+            .clone()
+            .create_token(pb::CreateTokenRequest {
+                subject: subject.clone(),
+                roles: vec!["role:support".into()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("issuing a token for the spread: {}", s.message()))?
+            .into_inner()
+            .token;
+        let started = Instant::now();
+        let mut readers = Vec::new();
+        for addr in others {
+            readers.push(client::connect(addr, &token).await?);
+        }
+        for reader in &readers {
+            acted_on(reader, id, started, true).await?;
+        }
+        figures.issued.push(started.elapsed());
+        admin
+            .tokens
+            .clone()
+            .revoke_tokens(pb::RevokeTokensRequest { subject })
+            .await
+            .map_err(|s| format!("revoking the spread's token: {}", s.message()))?;
+        let started = Instant::now();
+        for reader in &readers {
+            acted_on(reader, id, started, false).await?;
+        }
+        figures.revoked.push(started.elapsed());
+    }
+    Ok(figures)
+}
+
+/// Reads record `id` through `reader` until its token is `accepted` (or refused, if not).
+async fn acted_on(
+    reader: &Client,
+    id: &str,
+    started: Instant,
+    accepted: bool,
+) -> Result<(), String> {
+    loop {
+        let read = reader
+            .records
+            .clone()
+            .get_record(pb::GetRecordRequest {
+                id: id.to_owned(),
+                fields: vec![],
+                purpose: "support".into(),
+            })
+            .await;
+        match read {
+            Ok(_) if accepted => return Ok(()),
+            Err(s) if s.code() == tonic::Code::Unauthenticated && !accepted => return Ok(()),
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
+            Err(s) => return Err(format!("a read through another node: {}", s.message())),
+        }
+        if started.elapsed() > TOKEN_SPREAD_LIMIT {
+            return Err(format!(
+                "a token {} on the first node was not {} by every node within {} s",
+                if accepted { "issued" } else { "revoked" },
+                if accepted { "accepted" } else { "refused" },
+                TOKEN_SPREAD_LIMIT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits until every node accepts the support token the first node issued (the others learn
@@ -230,31 +356,7 @@ async fn measure(
 async fn tokens_known(clients: &Clients, id: &str) -> Result<(), String> {
     let started = Instant::now();
     for client in &clients.support {
-        loop {
-            let read = client
-                .clone()
-                .records
-                .get_record(pb::GetRecordRequest {
-                    id: id.to_owned(),
-                    fields: vec![],
-                    purpose: "support".into(),
-                })
-                .await;
-            match read {
-                Ok(_) => break,
-                Err(s) if s.code() == tonic::Code::Unauthenticated => {
-                    if started.elapsed() > TOKEN_SPREAD_LIMIT {
-                        return Err(format!(
-                            "a token issued on the first node was not accepted by every node \
-                             within {} s",
-                            TOKEN_SPREAD_LIMIT.as_secs()
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(s) => return Err(format!("a read through every node: {}", s.message())),
-            }
-        }
+        acted_on(client, id, started, true).await?;
     }
     Ok(())
 }

@@ -576,12 +576,12 @@ impl TokenRegistry {
     /// to none.
     pub fn check_issue(
         &self,
-        policy: &PolicyEngine,
+        table: &DecisionTable,
         by: &Principal,
         principal: &Principal,
         lifetime: Option<Duration>,
     ) -> Result<(), Error> {
-        require(policy, by, Privilege::ManageTokens)?;
+        require_in(table, by, Privilege::ManageTokens)?;
         if lifetime == Some(Duration::ZERO) {
             return Err(InvalidInput::new("expires_in", "must be longer than zero").into());
         }
@@ -670,7 +670,9 @@ impl TokenRegistry {
         policy: &PolicyEngine,
         event: Event,
     ) -> Result<(Zeroizing<String>, Issued), Error> {
-        self.check_issue(policy, by, principal, lifetime)?;
+        // One policy table for every check and the version expected at the commit.
+        let table = policy.table();
+        self.check_issue(&table, by, principal, lifetime)?;
         self.check_live(by)?;
         let mut live = self.principals();
         let compiled = policy_form(principal);
@@ -679,7 +681,6 @@ impl TokenRegistry {
         }
         let now = self.options.clock.now_ms();
         let expires_at_ms = lifetime.map(|l| now.saturating_add(millis(l)));
-        let table = policy.table();
         self.check_within(&table, by, principal, expires_at_ms)?;
         let Minted {
             token,
@@ -1221,10 +1222,14 @@ mod tests {
         let policy = engine(vec![]).await;
         assert!(
             registry
-                .check_issue(&policy, &writer, &writer, None)
+                .check_issue(&policy.table(), &writer, &writer, None)
                 .is_err()
         );
-        assert!(registry.check_issue(&policy, &admin, &writer, None).is_ok());
+        assert!(
+            registry
+                .check_issue(&policy.table(), &admin, &writer, None)
+                .is_ok()
+        );
         registry
             .bootstrap(&admin, &log, Event::default())
             .await
@@ -1246,10 +1251,19 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             registry
-                .check_issue(&policy, &admin, &principal("svc:crm", "role:admin"), None)
+                .check_issue(
+                    &policy.table(),
+                    &admin,
+                    &principal("svc:crm", "role:admin"),
+                    None
+                )
                 .is_err()
         );
-        assert!(registry.check_issue(&policy, &admin, &writer, None).is_ok());
+        assert!(
+            registry
+                .check_issue(&policy.table(), &admin, &writer, None)
+                .is_ok()
+        );
     }
 
     #[tokio::test]
