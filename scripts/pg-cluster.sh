@@ -64,6 +64,28 @@ primary_conninfo = 'host=127.0.0.1 port=$(port_of "$upstream") user=postgres app
 EOF
 }
 
+# A throwaway CA and a server certificate for 127.0.0.1 and localhost, in $dir/tls: the
+# servers' key readable by the postgres user only, the CA certificate by anyone.
+make_certificates() {
+  local tls="$dir/tls"
+  mkdir -p "$tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=strongroom test cluster CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" \
+    >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "cannot make the test CA"; }
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=127.0.0.1" -keyout "$tls/server.key" -out "$tls/server.csr" \
+    >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "cannot make the server key"; }
+  printf 'subjectAltName = IP:127.0.0.1, DNS:localhost\n' >"$tls/san.ext"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+    -CAcreateserial -days 30 -extfile "$tls/san.ext" -out "$tls/server.pem" \
+    >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "cannot sign the server certificate"; }
+  rm -f "$tls/ca.key" "$tls/server.csr"
+  chmod 0600 "$tls/server.key"
+  pg_own "$tls"
+  chmod 0755 "$tls"
+  chmod 0644 "$tls/ca.pem" "$tls/server.pem"
+}
+
 cmd_start() {
   pg_require_bindir
   [ "$(id -u)" -ne 0 ] || id postgres >/dev/null 2>&1 || die "no 'postgres' OS user (it comes with the postgresql package)"
@@ -78,6 +100,7 @@ cmd_start() {
   pg_own "$dir"
   as_pg "$bindir/initdb" -D "$(data_of r1)" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
     >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+  make_certificates
   cat >>"$(data_of r1)/postgresql.conf" <<EOF
 
 # strongroom test cluster (scripts/pg-cluster.sh)
@@ -95,6 +118,11 @@ max_wal_senders = 10
 wal_keep_size = '256MB'
 synchronous_standby_names = 'ANY 1 (r2, r3)'
 hot_standby = on
+# TLS offered (clients choose: the vault's tests connect both ways), with a certificate for
+# 127.0.0.1 from the cluster's own CA ($dir/tls/ca.pem).
+ssl = on
+ssl_cert_file = '$dir/tls/server.pem'
+ssl_key_file = '$dir/tls/server.key'
 # A killed node's clients notice within seconds.
 tcp_keepalives_idle = 5
 tcp_keepalives_interval = 1
@@ -177,6 +205,7 @@ case "${1:-}" in
     echo "export STRONGROOM_TEST_PG='$(url strongroom)'"
     echo "export STRONGROOM_TEST_PG_KEYS='$(url strongroom_keys)'"
     echo "export STRONGROOM_TEST_PG_CLUSTER='$dir'"
+    echo "export STRONGROOM_TEST_PG_CA='$dir/tls/ca.pem'"
     ;;
   kill) cmd_kill "${2:-}" ;;
   promote) cmd_promote ;;

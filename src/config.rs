@@ -97,6 +97,7 @@ struct PostgresFile {
     keys_url: Option<String>,
     schema: Option<String>,
     pool_size: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 /// The schema both stores use unless `[postgres] schema` says otherwise.
@@ -107,7 +108,11 @@ pub const DEFAULT_PG_SCHEMA: &str = "strongroom";
 /// plain schema name, a pool size.
 fn postgres(file: PostgresFile, url: Option<String>) -> Result<Option<Postgres>, String> {
     let Some(url) = url.or(file.url) else {
-        if file.keys_url.is_some() || file.schema.is_some() || file.pool_size.is_some() {
+        if file.keys_url.is_some()
+            || file.schema.is_some()
+            || file.pool_size.is_some()
+            || file.ca_file.is_some()
+        {
             return Err("postgres.url: missing; the other [postgres] keys need it".into());
         }
         return Ok(None);
@@ -142,6 +147,7 @@ fn postgres(file: PostgresFile, url: Option<String>) -> Result<Option<Postgres>,
         url,
         schema: schema.clone(),
         pool_size,
+        ca_file: file.ca_file.clone(),
     };
     Ok(Some(Postgres {
         data: options(url),

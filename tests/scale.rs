@@ -275,8 +275,13 @@ async fn shared_node(schema: &str, data: &Path, keys: &Path) -> server::Running 
     let url = std::env::var("STRONGROOM_TEST_PG").expect("STRONGROOM_TEST_PG: run `make test`");
     let keys_url =
         std::env::var("STRONGROOM_TEST_PG_KEYS").expect("STRONGROOM_TEST_PG_KEYS: run `make test`");
+    // Over TLS to the database, verified against the cluster's CA (the vault's other
+    // PostgreSQL runs, `STRONGROOM_TEST_STORE=postgres`, connect in plaintext).
+    let ca_file =
+        std::env::var("STRONGROOM_TEST_PG_CA").expect("STRONGROOM_TEST_PG_CA: run `make test`");
     let toml = format!(
-        "[postgres]\nurl = {url:?}\nkeys_url = {keys_url:?}\nschema = {schema:?}\npool_size = 4\n"
+        "[postgres]\nurl = {url:?}\nkeys_url = {keys_url:?}\nschema = {schema:?}\npool_size = 4\n\
+         ca_file = {ca_file:?}\n"
     );
     start_node(&toml, data.to_path_buf(), Some(keys.to_path_buf())).await
 }
@@ -979,6 +984,7 @@ async fn a_shred_racing_updates_on_another_node_finishes_and_leaves_no_key() {
         url: std::env::var("STRONGROOM_TEST_PG_KEYS").unwrap(),
         schema: pair.schema.clone(),
         pool_size: 1,
+        ca_file: None,
     })
     .unwrap();
     let mut answers = std::collections::BTreeMap::<String, u32>::new();

@@ -19,7 +19,8 @@ use std::{
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, error::SqlState, types::ToSql};
+use tokio_postgres::{NoTls, config::SslMode, error::SqlState, types::ToSql};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Batch, KeyValue, Keyspace, Op, Snapshot, Store, StoreError, prefix_end};
 
@@ -48,6 +49,12 @@ pub struct PgOptions {
     pub schema: String,
     /// Connections kept open for reads and writes, and as many again for snapshots.
     pub pool_size: usize,
+    /// The certificate authorities (PEM) the database's certificate must chain to. Given,
+    /// every connection is TLS, whatever the URL's `sslmode`: the server's certificate is
+    /// verified against them and against the host the URL names, and a server that offers no
+    /// TLS is refused, never used in plaintext. `None`: plaintext, unless the URL asks for TLS
+    /// (`sslmode=require`), which is then refused for want of a CA to verify against.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -57,6 +64,7 @@ impl std::fmt::Debug for PgOptions {
             .field("url", &redacted(&self.url))
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -223,6 +231,27 @@ impl Sql {
     }
 }
 
+/// The TLS connector of a store with `postgres.ca_file`: rustls (ring, TLS 1.2 and 1.3) trusting
+/// only the certificates in `ca_file`.
+fn tls_connector(ca_file: &std::path::Path) -> Result<MakeRustlsConnect, String> {
+    let pem = crate::tls::read_certificates(ca_file, "postgres.ca_file")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
+        let block = block.map_err(|e| format!("postgres.ca_file: not PEM: {e}"))?;
+        roots
+            .add(rustls::pki_types::CertificateDer::from(block.contents))
+            .map_err(|e| format!("postgres.ca_file: {}: {e}", ca_file.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("postgres.ca_file: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 /// The keyspace's number in the table. Fixed: changing one would move stored data.
 fn code(ks: Keyspace) -> i16 {
     match ks {
@@ -246,7 +275,9 @@ fn pg(e: &tokio_postgres::Error) -> StoreError {
             db.code().code(),
             db.message()
         ),
-        None => format!("PostgreSQL: {e}"),
+        // The client's own error (a connection, a TLS handshake): its causes say what failed,
+        // such as the certificate check, and quote no data.
+        None => format!("PostgreSQL: {}", crate::tls::error_chain(e)),
     })
 }
 
@@ -330,10 +361,25 @@ impl PgStore {
                 "the schema must be a lowercase letter or _, then lowercase letters, digits and _, at most 63".into(),
             ));
         }
-        let config: tokio_postgres::Config = options
+        let mut config: tokio_postgres::Config = options
             .url
             .parse()
             .map_err(|_| open_error("not a valid postgres:// URL".into()))?;
+        let tls = match &options.ca_file {
+            Some(ca_file) => {
+                // Verified TLS or no connection: never a silent fall back to plaintext.
+                config.ssl_mode(SslMode::Require);
+                Some(tls_connector(ca_file).map_err(open_error)?)
+            }
+            None if config.get_ssl_mode() == SslMode::Require => {
+                return Err(open_error(
+                    "the URL asks for TLS (sslmode=require): set postgres.ca_file to the CA \
+                     the database's certificate chains to"
+                        .into(),
+                ));
+            }
+            None => None,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("strongroom-pg")
@@ -341,15 +387,15 @@ impl PgStore {
             .build()
             .map_err(|e| open_error(format!("cannot start its runtime: {e}")))?;
         let pool = || {
-            let manager = Manager::from_config(
-                config.clone(),
-                NoTls,
-                ManagerConfig {
-                    // A connection returned to the pool is checked before reuse (a failover
-                    // closes every connection to the old primary).
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let manager_config = ManagerConfig {
+                // A connection returned to the pool is checked before reuse (a failover
+                // closes every connection to the old primary).
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+                None => Manager::from_config(config.clone(), NoTls, manager_config),
+            };
             Pool::builder(manager)
                 .max_size(options.pool_size.max(1))
                 .runtime(Runtime::Tokio1)
@@ -875,6 +921,7 @@ pub(super) fn test_options(tag: &str, pool_size: usize) -> PgOptions {
         url,
         schema: format!("{tag}_{}_{}", std::process::id(), rand::random::<u32>()),
         pool_size,
+        ca_file: None,
     }
 }
 
@@ -969,6 +1016,120 @@ mod tests {
         }
     }
 
+    /// With `ca_file`, every connection is TLS, verified against the CA: the test cluster
+    /// offers TLS with a certificate for 127.0.0.1 from its own CA.
+    #[test]
+    fn a_store_with_a_ca_file_talks_tls_to_the_database() {
+        let mut options = test_options("tls", 1);
+        options.ca_file = Some(
+            std::env::var("STRONGROOM_TEST_PG_CA")
+                .unwrap_or_else(|_| panic!("STRONGROOM_TEST_PG_CA is not set: run `make test`"))
+                .into(),
+        );
+        let store = PgStore::open(&options).unwrap_or_else(|e| panic!("{e}"));
+        let mut batch = Batch::new();
+        batch.put(Keyspace::Records, b"a".to_vec(), b"1".to_vec());
+        store.write(batch).unwrap_or_else(|e| panic!("{e}"));
+        let snap = store.snapshot();
+        assert!(snap.get(Keyspace::Records, b"a").is_ok_and(|v| v.is_some()));
+        // Its connection goes back to the snapshots' pool of one, to be asked below.
+        drop(snap);
+        let tls = |pool: Pool| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+            let row = client
+                .query_one(
+                    "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg(&e))?;
+            Ok((row.get::<_, bool>(0), row.get::<_, Option<String>>(1)))
+        };
+        for pool in [store.pool.clone(), store.snapshots.clone()] {
+            let (ssl, version) = store.block_on(tls(pool)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(ssl, "a connection of the store is not TLS");
+            assert!(version.is_some_and(|v| v.starts_with("TLSv1.")));
+        }
+    }
+
+    /// A database whose certificate does not chain to `ca_file` is refused.
+    #[test]
+    fn a_database_certificate_from_another_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ca_file = dir.path().join("other-ca.pem");
+        std::fs::write(&ca_file, other.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+        let mut options = test_options("othertls", 1);
+        options.ca_file = Some(ca_file);
+        let err = PgStore::open(&options)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("certificate"), "{err}");
+    }
+
+    /// With `ca_file` set, a server (or a man in the middle) that answers the TLS request with
+    /// "no TLS" gets no plaintext connection, even from a URL that says `sslmode=disable`; and
+    /// a URL that asks for TLS without a CA to verify it against is refused.
+    #[test]
+    fn a_ca_file_refuses_a_server_without_tls_and_sslmode_require_needs_one() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+            let mut request = [0u8; 8];
+            conn.read_exact(&mut request)
+                .unwrap_or_else(|e| panic!("{e}"));
+            conn.write_all(b"N").unwrap_or_else(|e| panic!("{e}"));
+            // Whatever the client sends after "no TLS" (a plaintext startup would name the
+            // user and the database), until it hangs up.
+            let mut after = Vec::new();
+            let _ = conn.read_to_end(&mut after);
+            (request, after)
+        });
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+        let options = PgOptions {
+            url: format!(
+                "postgres://vault@127.0.0.1:{port}/data?sslmode=disable&connect_timeout=5"
+            ),
+            schema: "s".into(),
+            pool_size: 1,
+            ca_file: Some(ca_file),
+        };
+        assert!(PgStore::open(&options).is_err());
+        let (request, after) = server
+            .join()
+            .unwrap_or_else(|_| panic!("the server panicked"));
+        // The SSLRequest: length 8, code 80877103.
+        assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+        assert!(
+            after.is_empty(),
+            "sent in plaintext after a refused TLS: {after:?}"
+        );
+
+        let options = PgOptions {
+            url: "postgres://vault:pw@127.0.0.1:1/data?sslmode=require".into(),
+            schema: "s".into(),
+            pool_size: 1,
+            ca_file: None,
+        };
+        let err = PgStore::open(&options)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("postgres.ca_file"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+    }
+
     #[test]
     fn urls_name_their_database_and_hide_their_credentials() {
         let url = "postgres://vault:pw@h1:5432,h2:5433/data?target_session_attrs=read-write";
@@ -1007,6 +1168,7 @@ mod tests {
             url: url.into(),
             schema: "s".into(),
             pool_size: 1,
+            ca_file: None,
         };
         assert!(!format!("{options:?}").contains("pw"));
     }
@@ -1018,6 +1180,7 @@ mod tests {
             url: "postgres://vault:pw@127.0.0.1:1/data?connect_timeout=2".into(),
             schema: "s".into(),
             pool_size: 1,
+            ca_file: None,
         };
         let err = PgStore::open(&options)
             .err()

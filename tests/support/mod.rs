@@ -60,6 +60,7 @@ pub fn pg_options(dir: &Path) -> (PgOptions, PgOptions) {
         url: pg_env(var),
         schema: pg_schema(dir),
         pool_size: 4,
+        ca_file: None,
     };
     (
         options("STRONGROOM_TEST_PG"),
