@@ -136,6 +136,21 @@ pub fn read_certificates(path: &std::path::Path, label: &str) -> Result<Vec<u8>,
     Ok(pem)
 }
 
+/// Reads a PEM file of certificates as `read_certificates` does; returns each certificate's DER.
+///
+/// # Errors
+/// As `read_certificates`.
+pub fn read_certificates_der(path: &std::path::Path, label: &str) -> Result<Vec<Vec<u8>>, String> {
+    let pem = read_certificates(path, label)?;
+    x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .map(|block| {
+            block
+                .map(|b| b.contents)
+                .map_err(|e| format!("{label}: {} not PEM: {e}", path.display()))
+        })
+        .collect()
+}
+
 /// An error and its sources, on one line (tonic's transport errors say little at the top).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

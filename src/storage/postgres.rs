@@ -234,12 +234,10 @@ impl Sql {
 /// The TLS connector of a store with `postgres.ca_file`: rustls (ring, TLS 1.2 and 1.3) trusting
 /// only the certificates in `ca_file`.
 fn tls_connector(ca_file: &std::path::Path) -> Result<MakeRustlsConnect, String> {
-    let pem = crate::tls::read_certificates(ca_file, "postgres.ca_file")?;
     let mut roots = rustls::RootCertStore::empty();
-    for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
-        let block = block.map_err(|e| format!("postgres.ca_file: not PEM: {e}"))?;
+    for der in crate::tls::read_certificates_der(ca_file, "postgres.ca_file")? {
         roots
-            .add(rustls::pki_types::CertificateDer::from(block.contents))
+            .add(rustls::pki_types::CertificateDer::from(der))
             .map_err(|e| format!("postgres.ca_file: {}: {e}", ca_file.display()))?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -1052,15 +1050,24 @@ mod tests {
         }
     }
 
+    /// A CA of our own (`strongroom tls init`), not the test cluster's: its dir and `ca.pem`.
+    fn another_ca() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        crate::tls::init(&crate::tls::InitOptions {
+            dir: dir.path().to_path_buf(),
+            names: vec!["127.0.0.1".into()],
+            clients: vec![],
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ca_file = dir.path().join("ca.pem");
+        (dir, ca_file)
+    }
+
     /// A database whose certificate does not chain to `ca_file` is refused.
     #[test]
     fn a_database_certificate_from_another_ca_is_refused() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ca_file = dir.path().join("other-ca.pem");
-        std::fs::write(&ca_file, other.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
         let mut options = test_options("othertls", 1);
+        let (_dir, ca_file) = another_ca();
         options.ca_file = Some(ca_file);
         let err = PgStore::open(&options)
             .err()
@@ -1092,11 +1099,7 @@ mod tests {
             let _ = conn.read_to_end(&mut after);
             (request, after)
         });
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+        let (_dir, ca_file) = another_ca();
         let options = PgOptions {
             url: format!(
                 "postgres://vault@127.0.0.1:{port}/data?sslmode=disable&connect_timeout=5"
