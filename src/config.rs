@@ -827,6 +827,16 @@ mod tests {
             "postgres://vault:secret@db1:5432,db2:5432/vault_keys?target_session_attrs=read-write"
         );
         assert_eq!(stores.data.schema, DEFAULT_PG_SCHEMA);
+        assert_eq!(stores.data.ca_file, None);
+        // TLS covers the key store as much as the data.
+        let tls = config(&format!(
+            "[postgres]\nurl = {url:?}\nca_file = \"/etc/db-ca.pem\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let stores_tls = tls.postgres.as_ref().unwrap_or_else(|| panic!("postgres"));
+        for store in [&stores_tls.data, &stores_tls.keys] {
+            assert_eq!(store.ca_file, Some(PathBuf::from("/etc/db-ca.pem")));
+        }
         assert!(pg.audit.in_store, "one chain in the database");
         assert!(
             !format!("{pg:?}").contains("secret"),
@@ -860,6 +870,7 @@ mod tests {
                 "postgres.url",
             ),
             ("[postgres]\nschema = \"x\"\n".into(), "postgres.url"),
+            ("[postgres]\nca_file = \"/x.pem\"\n".into(), "postgres.url"),
             (
                 format!("audit_log = \"segments\"\n[postgres]\nurl = {url:?}\n"),
                 "audit_log",

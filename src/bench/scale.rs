@@ -336,7 +336,13 @@ async fn acted_on(
             Ok(_) if accepted => return Ok(()),
             Err(s) if s.code() == tonic::Code::Unauthenticated && !accepted => return Ok(()),
             Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::Unauthenticated => {}
+            // Unknown yet or refused already; or, on a node between its token list and its
+            // table, known with no row yet or no row any more.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) => {}
             Err(s) => return Err(format!("a read through another node: {}", s.message())),
         }
         if started.elapsed() > TOKEN_SPREAD_LIMIT {

@@ -213,9 +213,13 @@ impl Sql {
         let s = format!("\"{}\"", self.schema);
         // The schema name is a checked identifier ([a-z_][a-z0-9_]*): safe in a literal.
         let schema = &self.schema;
+        // READ COMMITTED whatever the database's default: each statement then sees the
+        // catalog as committed when it starts, so the check after the lock sees a table
+        // another node created while this one waited. The lock's first key is ours alone.
         format!(
-            "DO $create$ BEGIN
-                 PERFORM pg_advisory_xact_lock(hashtext('strongroom.create.{schema}'));
+            "BEGIN ISOLATION LEVEL READ COMMITTED;
+             SELECT pg_advisory_xact_lock({CREATE_LOCK}, hashtext('{schema}'));
+             DO $create$ BEGIN
                  IF to_regclass('{s}.kv') IS NULL THEN
                      CREATE SCHEMA IF NOT EXISTS {s};
                      CREATE TABLE {s}.kv (
@@ -226,7 +230,8 @@ impl Sql {
                      );
                      ALTER TABLE {s}.kv ALTER COLUMN v SET STORAGE EXTERNAL;
                  END IF;
-             END $create$"
+             END $create$;
+             COMMIT;"
         )
     }
 }
@@ -249,6 +254,10 @@ fn tls_connector(ca_file: &std::path::Path) -> Result<MakeRustlsConnect, String>
     .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
+
+/// The first key of the advisory lock nodes creating a store's table take ("srcr"), the second
+/// being the schema's hash: apart from other applications' locks on the same database.
+const CREATE_LOCK: i32 = 0x7372_6372;
 
 /// The keyspace's number in the table. Fixed: changing one would move stored data.
 fn code(ks: Keyspace) -> i16 {
@@ -1073,7 +1082,7 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("certificate"), "{err}");
+        assert!(err.contains("UnknownIssuer"), "{err}");
     }
 
     /// With `ca_file` set, a server (or a man in the middle) that answers the TLS request with

@@ -442,10 +442,7 @@ impl TokenRegistry {
             *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
         } else {
             policy
-                .replace_principals(principals, || async {
-                    *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
-                    Ok::<(), Infallible>(())
-                })
+                .replace_principals(principals, || async { Ok::<(), Infallible>(()) })
                 .await
                 .map_err(|e| match e {
                     ReplaceError::Policy(e) => {
@@ -453,6 +450,10 @@ impl TokenRegistry {
                     }
                     ReplaceError::Persist(never) => match never {},
                 })?;
+            // After the table: a token another node issued is not accepted here before its
+            // holder has a row (it would be refused PERMISSION_DENIED meanwhile); a revoked
+            // one, whose row went first, is refused either way.
+            *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
         }
         self.revocations.send_modify(|n| *n = n.wrapping_add(1));
         Ok(stamps)
