@@ -1059,6 +1059,14 @@ mod tests {
         }
     }
 
+    /// The message of `PgStore::open`'s error for `options` ("" if it opened).
+    fn open_error_of(options: &PgOptions) -> String {
+        PgStore::open(options)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
     /// A CA of our own (`strongroom tls init`), not the test cluster's: its dir and `ca.pem`.
     fn another_ca() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -1078,10 +1086,7 @@ mod tests {
         let mut options = test_options("othertls", 1);
         let (_dir, ca_file) = another_ca();
         options.ca_file = Some(ca_file);
-        let err = PgStore::open(&options)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = open_error_of(&options);
         assert!(err.contains("UnknownIssuer"), "{err}");
     }
 
@@ -1134,10 +1139,7 @@ mod tests {
             pool_size: 1,
             ca_file: None,
         };
-        let err = PgStore::open(&options)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = open_error_of(&options);
         assert!(err.contains("postgres.ca_file"), "{err}");
         assert!(!err.contains("pw"), "{err}");
     }
@@ -1194,10 +1196,7 @@ mod tests {
             pool_size: 1,
             ca_file: None,
         };
-        let err = PgStore::open(&options)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = open_error_of(&options);
         assert!(err.contains("postgres://127.0.0.1:1/data"), "{err}");
         assert!(!err.contains("pw"), "{err}");
     }
