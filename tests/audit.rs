@@ -455,15 +455,6 @@ fn rewrite(data: &std::path::Path, entries: &[(u64, Vec<u8>)], head: &Checkpoint
     rewrite_segments(&data.join(AUDIT_DIR), entries, head).unwrap();
 }
 
-async fn verify(client: &mut strongroom::client::Client) -> pb::VerifyLogResponse {
-    client
-        .audit
-        .verify_log(pb::VerifyLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test]
 async fn tampering_with_stored_events_is_detected_naming_the_first_bad_one() {
     let mut vault = Vault::start().await;
@@ -472,7 +463,7 @@ async fn tampering_with_stored_events_is_detected_naming_the_first_bad_one() {
         let id = create(&mut admin, customer(tag)).await;
         get(&mut admin, &id, "support").await.unwrap();
     }
-    let report = verify(&mut admin).await;
+    let report = verified(&mut admin).await;
     assert!(report.ok, "{report:?}");
     // Tamper with the files of a stopped vault, as someone with disk access would (checksums
     // recomputed), and verify with the vault's own key (verification appends nothing).
@@ -620,7 +611,7 @@ async fn a_tail_truncated_while_down_is_seen_after_restart() {
     rewrite(&vault.data_dir(), &entries[..entries.len() - 2], &head);
     vault.restart().await;
     let mut admin = vault.admin().await;
-    let r = verify(&mut admin).await;
+    let r = verified(&mut admin).await;
     assert!(!r.ok, "{r:?}");
     assert_eq!(r.problem_seq, last - 1, "{r:?}");
 }
@@ -867,7 +858,7 @@ async fn a_data_write_failing_after_its_events_are_durable_is_named_in_the_chain
         "{}",
         note.detail
     );
-    assert!(verify(&mut admin).await.ok);
+    assert!(verified(&mut admin).await.ok);
     running.shutdown().await.unwrap();
 }
 
@@ -893,7 +884,7 @@ async fn a_failed_checkpoint_write_is_not_called_a_lost_data_write() {
         "{events:?}"
     );
     assert!(events.iter().any(|e| e.method == "Records/GetRecord"));
-    assert!(verify(&mut admin).await.ok);
+    assert!(verified(&mut admin).await.ok);
     running.shutdown().await.unwrap();
 }
 
@@ -950,7 +941,7 @@ async fn events_past_the_signed_head_or_a_log_without_one_are_refused_not_signed
         put_meta(&store, b"audit/head", meta_head);
     }
     vault.restart().await;
-    let report = verify(&mut vault.admin().await).await;
+    let report = verified(&mut vault.admin().await).await;
     assert!(report.ok, "{report:?}");
 }
 
@@ -1111,6 +1102,6 @@ async fn kill_9_during_appends_loses_no_acknowledged_event() {
         );
         get(&mut admin, id, "support").await.unwrap();
     }
-    let report = verify(&mut admin).await;
+    let report = verified(&mut admin).await;
     assert!(report.ok, "{report:?}");
 }

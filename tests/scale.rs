@@ -393,17 +393,7 @@ async fn two_nodes_share_tokens_policy_keys_records_and_one_audit_chain() {
     let mut admin_b = connect(&addr_b, &admin_token).await;
 
     // A token issued on A works on B.
-    let issued = admin_a
-        .tokens
-        .create_token(pb::CreateTokenRequest {
-            subject: "svc:helpdesk".into(),
-            roles: vec!["role:support".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let issued = support::issue_token(&admin_a, "svc:helpdesk", &["role:support"]).await;
     let id = support::create(&mut admin_a, customer("shared")).await;
     let support_b = connect(&addr_b, &issued).await;
     within(ACTED_ON, "a token issued on A, on B", || {
@@ -602,7 +592,7 @@ async fn a_rotation_on_one_node_never_brings_back_a_token_revoked_on_another() {
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     for round in 0..8_u64 {
         let subject = format!("svc:desk-{}", support::letters(round));
-        let token = issue(&admin_a, &subject, &["role:support"]).await;
+        let token = support::issue_token(&admin_a, &subject, &["role:support"]).await;
         let token_id = token_id(&admin_a, &subject).await;
         let on_b = strongroom::client::connect(&addr_b, &token).await.unwrap();
         within(ACTED_ON, "a token issued on A, on B", || {
@@ -751,22 +741,6 @@ async fn token_id(admin: &strongroom::client::Client, subject: &str) -> String {
         .id
 }
 
-/// Issues a token for `subject` with `roles`, never expiring, through `admin`.
-async fn issue(admin: &strongroom::client::Client, subject: &str, roles: &[&str]) -> String {
-    admin
-        .tokens
-        .clone()
-        .create_token(pb::CreateTokenRequest {
-            subject: subject.into(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
 /// Revocations on node B while node A rotates a token in a loop: each is decided again on the
 /// tokens as stored when another node changed them meanwhile, so none is refused (before, each
 /// was refused ABORTED when A had changed a token since B's last poll, which here is always).
@@ -777,11 +751,11 @@ async fn revocations_are_not_starved_by_token_changes_in_a_loop_on_another_node(
         .map(|n| format!("svc:doomed-{}", support::letters(n)))
         .collect();
     for subject in &subjects {
-        issue(&pair.admin_a, subject, &["role:support"]).await;
+        support::issue_token(&pair.admin_a, subject, &["role:support"]).await;
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A rotates one token in a loop: a token change every few milliseconds.
-    issue(&pair.admin_a, "svc:churn", &["role:support"]).await;
+    support::issue_token(&pair.admin_a, "svc:churn", &["role:support"]).await;
     let mut churn_id = token_id(&pair.admin_a, "svc:churn").await;
     let rotating = {
         let (admin_a, stop) = (pair.admin_a.clone(), Arc::clone(&stop));
@@ -886,7 +860,8 @@ async fn a_policy_apply_and_a_revocation_on_two_nodes_never_lock_out_token_manag
             .pending
             .expect("an escalation waits for approval")
             .id;
-        let second = issue(&pair.admin_a, "user:second", &["role:security_admin"]).await;
+        let second =
+            support::issue_token(&pair.admin_a, "user:second", &["role:security_admin"]).await;
         let mut second = strongroom::client::connect(&pair.addr_a, &second)
             .await
             .unwrap();
@@ -897,7 +872,7 @@ async fn a_policy_apply_and_a_revocation_on_two_nodes_never_lock_out_token_manag
             .unwrap()
             .into_inner();
         assert!(approved.version.is_some(), "round {round}: not applied");
-        let ops = issue(&pair.admin_a, "svc:ops", &["role:ops"]).await;
+        let ops = support::issue_token(&pair.admin_a, "svc:ops", &["role:ops"]).await;
         let ops_b = strongroom::client::connect(&pair.addr_b, &ops)
             .await
             .unwrap();

@@ -78,21 +78,6 @@ fn trust(certs: &Path, client: Option<&str>) -> ClientTls {
     .unwrap()
 }
 
-/// A token for `subject` with `roles`, issued by `admin`.
-async fn token(admin: &mut client::Client, subject: &str, roles: &[&str]) -> String {
-    admin
-        .tokens
-        .create_token(pb::CreateTokenRequest {
-            subject: subject.into(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
 async fn create(admin: &mut client::Client) -> String {
     support::create(admin, customer("tls")).await
 }
@@ -168,7 +153,7 @@ async fn mtls_binds_each_token_to_its_certificates_subject() {
     .await
     .unwrap();
     let id = create(&mut admin).await;
-    let crm_token = token(&mut admin, "svc:crm", &["role:support"]).await;
+    let crm_token = support::issue_token(&admin, "svc:crm", &["role:support"]).await;
 
     // No client certificate: health answers, everything else is refused.
     let bare = client::channel(&addr, Some(&trust(&certs, None)))
@@ -446,7 +431,7 @@ async fn a_python_grpcio_client_reads_over_mtls() {
     .await
     .unwrap();
     let id = create(&mut admin).await;
-    let crm_token = token(&mut admin, "svc:crm", &["role:support"]).await;
+    let crm_token = support::issue_token(&admin, "svc:crm", &["role:support"]).await;
 
     let read = |client_cert: bool| {
         let mut cmd = std::process::Command::new(&python);

@@ -514,6 +514,22 @@ pub fn field(name: &str, value: &str) -> pb::Field {
     }
 }
 
+/// Issues a token for `subject` with `roles`, never expiring, through `admin`; returns it.
+pub async fn issue_token(admin: &Client, subject: &str, roles: &[&str]) -> String {
+    admin
+        .tokens
+        .clone()
+        .create_token(pb::CreateTokenRequest {
+            subject: subject.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
 pub async fn create(client: &mut Client, fields: Vec<pb::Field>) -> String {
     client
         .records
